@@ -1,0 +1,53 @@
+//! Commands: one-off, signed, expiring instructions from the hub. Devices
+//! drop expired ones and execute each id at most once.
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::is_valid_id;
+use crate::name::DeviceId;
+use crate::sign::{Message, MessageKind};
+use crate::validate::ValidationErrors;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Command {
+    pub id: String,
+    pub device_id: DeviceId,
+    pub issued_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub action: CommandAction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
+pub enum CommandAction {
+    /// Re-run the reconciler now, including a full drift check.
+    Resync,
+    /// Send a status report now.
+    ReportStatus,
+    /// Restart one workload (Kubernetes rollout restart, or model reload).
+    RestartWorkload { name: String },
+}
+
+impl Message for Command {
+    const KIND: MessageKind = MessageKind::Command;
+
+    fn device_id(&self) -> &DeviceId {
+        &self.device_id
+    }
+
+    fn expires_at_ms(&self) -> Option<u64> {
+        Some(self.expires_at_ms)
+    }
+
+    fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut errs = ValidationErrors::default();
+        if !is_valid_id(&self.id) {
+            errs.push("id", "must be 1-64 characters of [A-Za-z0-9_-]");
+        }
+        if self.expires_at_ms <= self.issued_at_ms {
+            errs.push("expiresAtMs", "must be after issuedAtMs");
+        }
+        errs.into_result()
+    }
+}

@@ -1,0 +1,113 @@
+//! Desired state: everything one device should run, signed by the hub and
+//! published retained on `…/{device}/desired`. Each document replaces the
+//! previous one whole; devices accept only strictly newer [`Version`]s.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::deployment::MAX_WORKLOAD_ID_LEN;
+use crate::limits::MAX_WORKLOADS;
+use crate::name::{DeviceId, check_dns_label};
+use crate::sign::{Message, MessageKind};
+use crate::validate::ValidationErrors;
+use crate::workload::Workload;
+
+/// Orders desired documents: first by hub epoch (a new epoch starts when a
+/// hub's store is created anew), then by revision within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Version {
+    pub hub_epoch: u64,
+    pub revision: u64,
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.hub_epoch, self.revision)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DesiredState {
+    pub device_id: DeviceId,
+    /// Bumped by one whenever this device's document changes.
+    pub revision: u64,
+    /// Identifies the hub store that issued the revision (its creation time
+    /// in Unix milliseconds), so a rebuilt hub is never mistaken for an old one.
+    pub hub_epoch: u64,
+    pub issued_at_ms: u64,
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_WORKLOADS>")]
+    pub workloads: Vec<DesiredWorkload>,
+}
+
+/// A workload as a device sees it: `name` is the device-unique workload id
+/// `<deployment>.<workload>`. (No `deny_unknown_fields` here: serde does not
+/// support it with `flatten`; the flattened [`Workload`] denies them instead.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredWorkload {
+    pub deployment: String,
+    /// The Deployment's generation this workload came from.
+    pub generation: u64,
+    #[serde(flatten)]
+    pub workload: Workload,
+}
+
+impl DesiredState {
+    pub fn version(&self) -> Version {
+        Version {
+            hub_epoch: self.hub_epoch,
+            revision: self.revision,
+        }
+    }
+}
+
+impl Message for DesiredState {
+    const KIND: MessageKind = MessageKind::Desired;
+
+    fn device_id(&self) -> &DeviceId {
+        &self.device_id
+    }
+
+    fn version(&self) -> Option<Version> {
+        Some(DesiredState::version(self))
+    }
+
+    fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut errs = ValidationErrors::default();
+        if self.revision == 0 {
+            errs.push("revision", "starts at 1");
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, w) in self.workloads.iter().enumerate() {
+            let p = format!("workloads[{i}]");
+            let id = &w.workload.name;
+            let prefix_ok = id
+                .strip_prefix(w.deployment.as_str())
+                .and_then(|r| r.strip_prefix('.'))
+                .is_some_and(|short| check_dns_label(short, MAX_WORKLOAD_ID_LEN).is_ok());
+            if check_dns_label(&w.deployment, MAX_WORKLOAD_ID_LEN).is_err()
+                || !prefix_ok
+                || id.len() > MAX_WORKLOAD_ID_LEN
+            {
+                errs.push(
+                    format!("{p}.name"),
+                    format_args!(
+                        "{id:?} is not <deployment>.<workload> for deployment {:?}",
+                        w.deployment
+                    ),
+                );
+            }
+            if !seen.insert(id.as_str()) {
+                errs.push(
+                    format!("{p}.name"),
+                    format_args!("duplicate workload {id:?}"),
+                );
+            }
+            w.workload.validate_spec_into(&p, &mut errs);
+        }
+        errs.into_result()
+    }
+}

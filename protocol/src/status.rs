@@ -1,0 +1,101 @@
+//! Status reports: what a device has applied and how each workload is doing.
+//! Sync state (did we apply what was asked) and health (is it working) are
+//! kept apart, as Argo CD does.
+
+use serde::{Deserialize, Serialize};
+
+use crate::desired::Version;
+use crate::limits::{MAX_MESSAGE_BYTES, MAX_WORKLOADS};
+use crate::name::DeviceId;
+use crate::sign::{Message, MessageKind};
+use crate::validate::ValidationErrors;
+
+/// Whether the device applied the workload as desired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub enum SyncState {
+    /// Applied exactly as in the applied revision.
+    Synced,
+    /// Being applied, or waiting for a dependency (a model download).
+    Syncing,
+    /// Applying failed; `message` says why. Retried with backoff.
+    Failed,
+}
+
+/// Whether the workload works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub enum Health {
+    Healthy,
+    Progressing,
+    Degraded,
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WorkloadStatus {
+    /// The workload id, `<deployment>.<workload>`.
+    pub name: String,
+    pub sync: SyncState,
+    pub health: Health,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StatusReport {
+    pub device_id: DeviceId,
+    /// The desired version the workloads below describe; `None` before the
+    /// device ever received desired state.
+    pub applied: Option<Version>,
+    pub reported_at_ms: u64,
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_WORKLOADS>")]
+    pub workloads: Vec<WorkloadStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub agent_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k3s_version: Option<String>,
+}
+
+/// Cuts a free-text message to [`MAX_MESSAGE_BYTES`] on a char boundary.
+pub fn truncate_message(s: &str) -> String {
+    if s.len() <= MAX_MESSAGE_BYTES {
+        return s.to_owned();
+    }
+    let mut end = MAX_MESSAGE_BYTES - 3;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+impl Message for StatusReport {
+    const KIND: MessageKind = MessageKind::Status;
+
+    fn device_id(&self) -> &DeviceId {
+        &self.device_id
+    }
+
+    fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut errs = ValidationErrors::default();
+        let long = |m: &Option<String>| m.as_ref().is_some_and(|m| m.len() > MAX_MESSAGE_BYTES);
+        if long(&self.message) {
+            errs.push(
+                "message",
+                format_args!("longer than {MAX_MESSAGE_BYTES} bytes"),
+            );
+        }
+        for (i, w) in self.workloads.iter().enumerate() {
+            if long(&w.message) {
+                errs.push(
+                    format!("workloads[{i}].message"),
+                    format_args!("longer than {MAX_MESSAGE_BYTES} bytes"),
+                );
+            }
+        }
+        errs.into_result()
+    }
+}

@@ -1,0 +1,356 @@
+//! Workloads: what a Deployment asks a device to run. Shared by the
+//! operator's manifest ([`crate::deployment`]) and the desired state sent to
+//! devices ([`crate::desired`]), so both validate the same way.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::limits::{MAX_MANIFEST_BYTES, MAX_MANIFESTS};
+use crate::name::check_dns_label;
+use crate::validate::{ValidationErrors, is_sha256_hex};
+
+/// A named workload of exactly one kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Workload {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesWorkload>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inference: Option<InferenceWorkload>,
+}
+
+/// The kind of a validated workload.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum WorkloadSpec<'a> {
+    Kubernetes(&'a KubernetesWorkload),
+    Inference(&'a InferenceWorkload),
+}
+
+impl Workload {
+    /// The workload's kind; `None` only for a workload that failed validation.
+    pub fn spec(&self) -> Option<WorkloadSpec<'_>> {
+        match (&self.kubernetes, &self.inference) {
+            (Some(k), None) => Some(WorkloadSpec::Kubernetes(k)),
+            (None, Some(i)) => Some(WorkloadSpec::Inference(i)),
+            _ => None,
+        }
+    }
+
+    /// Checks everything but the name, which the caller constrains.
+    pub(crate) fn validate_spec_into(&self, path: &str, errs: &mut ValidationErrors) {
+        match (&self.kubernetes, &self.inference) {
+            (Some(k), None) => k.validate_into(&format!("{path}.kubernetes"), errs),
+            (None, Some(i)) => i.validate_into(&format!("{path}.inference"), errs),
+            (None, None) => errs.push(
+                path,
+                "exactly one of `kubernetes` or `inference` must be set, found neither",
+            ),
+            (Some(_), Some(_)) => errs.push(
+                path,
+                "exactly one of `kubernetes` or `inference` must be set, found both",
+            ),
+        }
+    }
+}
+
+/// Kubernetes objects applied to the device's K3s with server-side apply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubernetesWorkload {
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_MANIFESTS>")]
+    pub manifests: Vec<serde_json::Value>,
+}
+
+impl KubernetesWorkload {
+    fn validate_into(&self, path: &str, errs: &mut ValidationErrors) {
+        if self.manifests.is_empty() {
+            errs.push(format!("{path}.manifests"), "must list at least one object");
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, m) in self.manifests.iter().enumerate() {
+            let p = format!("{path}.manifests[{i}]");
+            let Some(obj) = m.as_object() else {
+                errs.push(p, "must be a Kubernetes object (a mapping)");
+                continue;
+            };
+            let size = serde_json::to_vec(m).map(|v| v.len()).unwrap_or(usize::MAX);
+            if size > MAX_MANIFEST_BYTES {
+                errs.push(
+                    &p,
+                    format_args!("is {size} bytes as JSON, the limit is {MAX_MANIFEST_BYTES}"),
+                );
+            }
+            let api_version = obj.get("apiVersion").and_then(|v| v.as_str());
+            let kind = obj.get("kind").and_then(|v| v.as_str());
+            if api_version.is_none_or(str::is_empty) {
+                errs.push(format!("{p}.apiVersion"), "is required");
+            }
+            if kind.is_none_or(str::is_empty) {
+                errs.push(format!("{p}.kind"), "is required");
+            }
+            let meta = obj.get("metadata").and_then(|v| v.as_object());
+            let name = meta.and_then(|m| m.get("name")).and_then(|v| v.as_str());
+            let ns = meta
+                .and_then(|m| m.get("namespace"))
+                .and_then(|v| v.as_str());
+            match name {
+                None | Some("") => errs.push(format!("{p}.metadata.name"), "is required"),
+                Some(n) if n.len() > 253 => errs.push(
+                    format!("{p}.metadata.name"),
+                    "is longer than 253 characters",
+                ),
+                Some(_) => {}
+            }
+            if let Some(ns) = ns
+                && let Err(e) = check_dns_label(ns, 63)
+            {
+                errs.push(format!("{p}.metadata.namespace"), e);
+            }
+            if let (Some(a), Some(k), Some(n)) = (api_version, kind, name)
+                && !seen.insert((a.split('/').next().unwrap_or(a).to_owned(), k, ns, n))
+            {
+                errs.push(&p, format_args!("duplicate object {k} {n}"));
+            }
+        }
+    }
+}
+
+/// An ONNX model run next to the data source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InferenceWorkload {
+    pub model: ModelRef,
+    pub input: InferenceInput,
+    #[serde(default)]
+    pub output: InferenceOutput,
+    /// Inference requests run at once for this model (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+}
+
+/// A model by name and content hash; the hash is what the device fetches
+/// and verifies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ModelRef {
+    pub name: String,
+    pub sha256: String,
+}
+
+/// Where inputs come from: the device-local MQTT broker and/or the agent's
+/// local KServe v2 HTTP endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InferenceInput {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<MqttInput>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpInput>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MqttInput {
+    pub topic: String,
+}
+
+/// Serve the model on the agent's local KServe v2 endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpInput {}
+
+/// Where results go.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InferenceOutput {
+    /// Send results to the hub through the outbox as events.
+    #[serde(default)]
+    pub upstream: bool,
+    /// Publish results on this topic of the device-local broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// Only emit results for which this holds, e.g. `score > 0.8`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<Condition>,
+}
+
+impl InferenceWorkload {
+    fn validate_into(&self, path: &str, errs: &mut ValidationErrors) {
+        if let Err(e) = check_dns_label(&self.model.name, 63) {
+            errs.push(format!("{path}.model.name"), e);
+        }
+        if !is_sha256_hex(&self.model.sha256) {
+            errs.push(
+                format!("{path}.model.sha256"),
+                "not a sha256 (64 lower-case hex characters)",
+            );
+        }
+        match &self.input {
+            InferenceInput {
+                mqtt: None,
+                http: None,
+            } => errs.push(format!("{path}.input"), "set `mqtt`, `http` or both"),
+            InferenceInput { mqtt: Some(m), .. } if !is_mqtt_topic_name(&m.topic) => errs.push(
+                format!("{path}.input.mqtt.topic"),
+                "must be a non-empty MQTT topic name without wildcards",
+            ),
+            _ => {}
+        }
+        if let Some(t) = &self.output.topic
+            && !is_mqtt_topic_name(t)
+        {
+            errs.push(
+                format!("{path}.output.topic"),
+                "must be a non-empty MQTT topic name without wildcards",
+            );
+        }
+        if !self.output.upstream && self.output.topic.is_none() {
+            errs.push(
+                format!("{path}.output"),
+                "results would go nowhere: set `upstream: true`, `topic`, or both",
+            );
+        }
+        if let Some(c) = self.concurrency
+            && !(1..=64).contains(&c)
+        {
+            errs.push(format!("{path}.concurrency"), "must be between 1 and 64");
+        }
+    }
+}
+
+fn is_mqtt_topic_name(t: &str) -> bool {
+    !t.is_empty() && t.len() <= 256 && !t.contains(['+', '#', '\0'])
+}
+
+/// A filter on a result: `<output> <op> <number>`, e.g. `score > 0.8`.
+/// On the wire it is the string form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Condition {
+    pub field: String,
+    pub op: CmpOp,
+    pub value: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmpOp {
+    Gt,
+    Ge,
+    Lt,
+    Le,
+    Eq,
+    Ne,
+}
+
+impl CmpOp {
+    fn as_str(self) -> &'static str {
+        match self {
+            CmpOp::Gt => ">",
+            CmpOp::Ge => ">=",
+            CmpOp::Lt => "<",
+            CmpOp::Le => "<=",
+            CmpOp::Eq => "==",
+            CmpOp::Ne => "!=",
+        }
+    }
+}
+
+impl Condition {
+    /// Evaluates the condition against a value of `field`.
+    pub fn holds(&self, x: f64) -> bool {
+        match self.op {
+            CmpOp::Gt => x > self.value,
+            CmpOp::Ge => x >= self.value,
+            CmpOp::Lt => x < self.value,
+            CmpOp::Le => x <= self.value,
+            CmpOp::Eq => x == self.value,
+            CmpOp::Ne => x != self.value,
+        }
+    }
+}
+
+impl TryFrom<String> for Condition {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl std::str::FromStr for Condition {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad =
+            || format!("condition {s:?} must look like `score > 0.8` (operators > >= < <= == !=)");
+        let mut parts = s.split_whitespace();
+        let (Some(field), Some(op), Some(value), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        let ident_ok = field
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && field
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.');
+        let op = match op {
+            ">" => CmpOp::Gt,
+            ">=" => CmpOp::Ge,
+            "<" => CmpOp::Lt,
+            "<=" => CmpOp::Le,
+            "==" => CmpOp::Eq,
+            "!=" => CmpOp::Ne,
+            _ => return Err(bad()),
+        };
+        let value: f64 = value.parse().map_err(|_| bad())?;
+        if !ident_ok || !value.is_finite() {
+            return Err(bad());
+        }
+        Ok(Condition {
+            field: field.to_owned(),
+            op,
+            value,
+        })
+    }
+}
+
+impl fmt::Display for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {}", self.field, self.op.as_str(), self.value)
+    }
+}
+
+impl From<Condition> for String {
+    fn from(c: Condition) -> String {
+        c.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conditions_parse_and_evaluate() {
+        let c: Condition = "score > 0.8".parse().unwrap();
+        assert!(c.holds(0.81) && !c.holds(0.8));
+        assert_eq!(c.to_string(), "score > 0.8");
+        let c: Condition = "error.max <= -1e-3".parse().unwrap();
+        assert!(c.holds(-0.002) && !c.holds(0.0));
+        for bad in [
+            "",
+            "score",
+            "score >",
+            "score >> 1",
+            "1x > 2",
+            "a > b",
+            "a > 1 2",
+            "a > NaN",
+        ] {
+            assert!(bad.parse::<Condition>().is_err(), "{bad}");
+        }
+    }
+}
