@@ -1,9 +1,20 @@
-//! `cloudcore`: the hub.
+//! `cloudcore`: the edgefleet hub. This file owns the command line and the
+//! process's signals; everything else is in the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use cloudcore::config::{Config, Overrides};
+use cloudcore::exit;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
-#[command(name = "cloudcore", version, about = "edgefleet hub")]
+#[command(
+    name = "cloudcore",
+    version,
+    about = "edgefleet hub: desired-state sync for fleets of edge devices"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -11,11 +22,134 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the hub.
-    Serve,
+    /// Run the hub: embedded MQTT broker (unless broker.url is set), REST API, store.
+    Serve(ServeArgs),
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// TOML config file (see `cloudcore config defaults`).
+    #[arg(long, env = "CLOUDCORE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (store, keys, tokens, model blobs).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// REST API listen address.
+    #[arg(long)]
+    api_listen: Option<SocketAddr>,
+    /// Embedded broker listen address.
+    #[arg(long)]
+    broker_listen: Option<SocketAddr>,
+    /// Use this external broker (mqtt://host:port or mqtts://…) instead of the embedded one.
+    #[arg(long)]
+    broker_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the default configuration as TOML.
+    Defaults,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CLOUDCORE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// The one place that owns signals: SIGINT/SIGTERM cancel the token.
+fn spawn_signal_handler(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot install the SIGTERM handler");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stop signal received");
+        cancel.cancel();
+    });
+}
+
+fn main() {
     let cli = Cli::parse();
-    anyhow::bail!("`cloudcore {:?}` is not implemented yet", cli.command)
+    let code = match cli.command {
+        Command::Config {
+            command: ConfigCommand::Defaults,
+        } => {
+            print!("{}", Config::defaults_toml());
+            0
+        }
+        Command::Serve(args) => serve(args),
+    };
+    std::process::exit(code);
+}
+
+fn serve(args: ServeArgs) -> i32 {
+    init_logging();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let overrides = Overrides {
+        data_dir: args.data_dir,
+        api_listen: args.api_listen,
+        broker_listen: args.broker_listen,
+        broker_url: args.broker_url,
+    };
+    let cfg = match Config::load(
+        args.config.as_deref(),
+        |k| std::env::var(k).ok(),
+        &overrides,
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cloudcore: bad configuration: {}", error_chain(&e));
+            return exit::CONFIG;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cloudcore: cannot start the runtime: {e}");
+            return exit::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        let cancel = CancellationToken::new();
+        spawn_signal_handler(cancel.clone());
+        match cloudcore::serve::serve(cfg, cancel).await {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("cloudcore: {}", error_chain(&e));
+                e.exit_code()
+            }
+        }
+    })
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }

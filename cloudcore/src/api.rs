@@ -1,0 +1,313 @@
+//! The REST API under `/api/v1`, plus `/livez`, `/readyz` and `/metrics`.
+//! JSON everywhere; errors have one shape:
+//! `{"error": {"code": "not_found", "message": "…"}}`. Operators
+//! authenticate with a bearer token (compared in constant time); devices
+//! enroll with the bootstrap token and fetch model blobs with their broker
+//! credentials.
+
+mod deployments;
+mod devices;
+mod enroll;
+mod models;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use edgefleet_protocol::{DeviceId, PublicKey};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use crate::metrics::Metrics;
+use crate::mqtt::Session;
+use crate::publisher::Trigger;
+use crate::registry::Registry;
+use crate::store::{Store, StoreError};
+
+/// Everything handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub registry: Registry,
+    pub publish: Trigger,
+    pub session: Session,
+    pub hub_key: PublicKey,
+    pub operator_token: String,
+    pub bootstrap_token: String,
+    pub device_broker_url: String,
+    pub models_dir: PathBuf,
+}
+
+pub type Shared = Arc<AppState>;
+
+/// An API error with its HTTP status and stable code.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ErrorDetail {
+    code: String,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid", message)
+    }
+
+    pub fn not_found(what: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, source = ?std::error::Error::source(&e), "store error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal store error; see the hub log",
+        )
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// A page of a list: `{"items": [...], "continue": "<token>"}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    #[serde(rename = "continue", skip_serializing_if = "Option::is_none")]
+    pub continue_token: Option<String>,
+}
+
+/// `?limit=&continue=` on list endpoints.
+#[derive(Debug, Deserialize)]
+pub struct PageQuery {
+    pub limit: Option<usize>,
+    #[serde(rename = "continue")]
+    pub continue_token: Option<String>,
+}
+
+impl PageQuery {
+    pub const DEFAULT_LIMIT: usize = 500;
+    pub const MAX_LIMIT: usize = 5000;
+
+    pub fn limit(&self) -> ApiResult<usize> {
+        match self.limit {
+            None => Ok(Self::DEFAULT_LIMIT),
+            Some(0) => Err(ApiError::bad_request("limit must be at least 1")),
+            Some(n) => Ok(n.min(Self::MAX_LIMIT)),
+        }
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+fn token_ok(given: &str, expected: &str) -> bool {
+    given.as_bytes().ct_eq(expected.as_bytes()).into()
+}
+
+/// Operator routes: a bearer token equal to the operator token.
+async fn require_operator(State(st): State<Shared>, req: Request, next: Next) -> Response {
+    match bearer(req.headers()) {
+        Some(t) if token_ok(t, &st.operator_token) => next.run(req).await,
+        Some(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the operator token is not valid",
+        )
+        .into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing `Authorization: Bearer <operator token>` header",
+        )
+        .into_response(),
+    }
+}
+
+/// The operator token, or a device's broker credentials as HTTP Basic auth
+/// (devices fetch model blobs with those).
+pub fn operator_or_device(st: &AppState, headers: &HeaderMap) -> bool {
+    if bearer(headers).is_some_and(|t| token_ok(t, &st.operator_token)) {
+        return true;
+    }
+    let Some(basic) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+    else {
+        return false;
+    };
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(basic.trim()) else {
+        return false;
+    };
+    let Ok(text) = String::from_utf8(decoded) else {
+        return false;
+    };
+    let Some((user, pass)) = text.split_once(':') else {
+        return false;
+    };
+    let Ok(id) = DeviceId::new(user) else {
+        return false;
+    };
+    st.registry
+        .get(&id)
+        .is_some_and(|d| bool::from(crate::broker::password_hash(pass).ct_eq(&d.password_hash)))
+}
+
+async fn track_latency(State(st): State<Shared>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let resp = next.run(req).await;
+    st.metrics
+        .api_requests
+        .get_or_create(&vec![
+            ("method", method),
+            ("route", route),
+            ("status", resp.status().as_u16().to_string()),
+        ])
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+async fn livez() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(st): State<Shared>) -> Response {
+    let store = st.store.run(|s| s.ping()).await.is_ok();
+    let broker = st.session.is_connected();
+    let body = format!(
+        "store: {}\nbroker: {}\n",
+        if store { "ok" } else { "unavailable" },
+        if broker { "connected" } else { "not connected" }
+    );
+    let status = if store && broker {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body).into_response()
+}
+
+async fn metrics(State(st): State<Shared>) -> Response {
+    if let Ok((total, online)) = st.store.run(|s| s.count_devices()).await {
+        st.metrics.devices.set(total as i64);
+        st.metrics.devices_online.set(online as i64);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        st.metrics.render(),
+    )
+        .into_response()
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HubKey {
+    public_key: String,
+    key_id: String,
+}
+
+async fn hub_key(State(st): State<Shared>) -> Json<HubKey> {
+    Json(HubKey {
+        public_key: st.hub_key.to_base64(),
+        key_id: st.hub_key.kid().to_string(),
+    })
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route")
+}
+
+/// The whole HTTP surface.
+pub fn router(st: Shared, max_body: usize) -> Router {
+    let operator = Router::new()
+        .route("/devices", get(devices::list))
+        .route(
+            "/devices/{id}",
+            get(devices::get_one)
+                .patch(devices::patch)
+                .delete(devices::delete),
+        )
+        .route("/devices/{id}/events", get(devices::events))
+        .route("/deployments", get(deployments::list))
+        .route(
+            "/deployments/{name}",
+            get(deployments::get_one)
+                .put(deployments::put)
+                .delete(deployments::delete),
+        )
+        .route("/deployments/{name}/status", get(deployments::status))
+        .route("/models", post(models::upload).get(models::list))
+        .route_layer(middleware::from_fn_with_state(st.clone(), require_operator));
+    let open = Router::new()
+        .route("/enroll", post(enroll::enroll))
+        .route("/hub/key", get(hub_key))
+        .route("/models/{sha256}/blob", get(models::blob));
+    Router::new()
+        .nest("/api/v1", operator.merge(open))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(st.clone(), track_latency))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(st)
+}

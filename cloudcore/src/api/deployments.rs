@@ -1,0 +1,239 @@
+//! `/api/v1/deployments…`: apply (PUT, YAML or JSON), list, get, delete, and
+//! rollout status per device.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use edgefleet_protocol::{Deployment, Health, SyncState};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiResult, Shared};
+use crate::store::DeploymentRecord;
+
+pub async fn list(State(st): State<Shared>) -> ApiResult<Json<super::Page<DeploymentSummary>>> {
+    let (deps, rows) = st
+        .store
+        .run(|s| {
+            let deps = s.list_deployments()?;
+            let mut rows = Vec::new();
+            for d in &deps {
+                rows.push(rollout(s, d)?);
+            }
+            Ok((deps, rows))
+        })
+        .await?;
+    let items = deps
+        .into_iter()
+        .zip(rows)
+        .map(|(d, r)| DeploymentSummary {
+            name: d.name,
+            generation: d.generation,
+            workloads: d.spec.spec.workloads.len(),
+            updated_ms: d.updated_ms,
+            counts: r.counts,
+        })
+        .collect();
+    Ok(Json(super::Page {
+        items,
+        continue_token: None,
+    }))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentSummary {
+    pub name: String,
+    pub generation: u64,
+    pub workloads: usize,
+    pub updated_ms: u64,
+    #[serde(flatten)]
+    pub counts: Counts,
+}
+
+pub async fn get_one(
+    State(st): State<Shared>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<DeploymentRecord>> {
+    let n = name.clone();
+    st.store
+        .run(move |s| s.get_deployment(&n))
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format_args!("deployment {name:?}")))
+}
+
+/// Applies a manifest (YAML or JSON; JSON is YAML). Created → 201,
+/// changed → 200, unchanged → 200 without a new generation.
+pub async fn put(
+    State(st): State<Shared>,
+    Path(name): Path<String>,
+    body: String,
+) -> ApiResult<(StatusCode, Json<DeploymentRecord>)> {
+    let d = Deployment::from_yaml(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if d.metadata.name != name {
+        return Err(ApiError::bad_request(format!(
+            "metadata.name {:?} does not match the URL's {name:?}",
+            d.metadata.name
+        )));
+    }
+    let (rec, changed) = st.store.run(move |s| s.put_deployment(&d)).await?;
+    if changed {
+        tracing::info!(deployment = %rec.name, generation = rec.generation, "deployment applied");
+        st.publish.changed();
+    }
+    let status = if changed && rec.generation == 1 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(rec)))
+}
+
+pub async fn delete(State(st): State<Shared>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    let n = name.clone();
+    if !st.store.run(move |s| s.delete_deployment(&n)).await? {
+        return Err(ApiError::not_found(format_args!("deployment {name:?}")));
+    }
+    tracing::info!(deployment = %name, "deployment deleted");
+    st.publish.changed();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Rollout counts across targeted devices.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counts {
+    /// Devices the selector matches.
+    pub targeted: usize,
+    /// Devices that applied the latest revision with every workload Synced.
+    pub in_sync: usize,
+    /// Devices in sync whose workloads are all Healthy.
+    pub healthy: usize,
+    /// Devices with a workload whose sync Failed or health is Degraded.
+    pub failed: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceRollout {
+    pub device: String,
+    pub presence: String,
+    pub desired_revision: Option<u64>,
+    pub applied_revision: Option<u64>,
+    pub in_sync: bool,
+    pub healthy: bool,
+    pub failed: bool,
+    pub workloads: Vec<WorkloadRow>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadRow {
+    pub name: String,
+    pub sync: Option<SyncState>,
+    pub health: Option<Health>,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentStatus {
+    pub name: String,
+    pub generation: u64,
+    #[serde(flatten)]
+    pub counts: Counts,
+    pub devices: Vec<DeviceRollout>,
+}
+
+/// Computes one deployment's rollout from the store.
+fn rollout(
+    s: &crate::store::Store,
+    d: &DeploymentRecord,
+) -> Result<DeploymentStatus, crate::store::StoreError> {
+    let mut status_by_device: HashMap<String, Vec<crate::store::WorkloadStatusRecord>> =
+        HashMap::new();
+    for w in s.workload_status(None)? {
+        if w.name.starts_with(&format!("{}.", d.name)) {
+            status_by_device
+                .entry(w.device_id.to_string())
+                .or_default()
+                .push(w);
+        }
+    }
+    let wanted: Vec<String> = d
+        .spec
+        .spec
+        .workloads
+        .iter()
+        .map(|w| d.spec.workload_id(w))
+        .collect();
+    let mut out = DeploymentStatus {
+        name: d.name.clone(),
+        generation: d.generation,
+        counts: Counts::default(),
+        devices: Vec::new(),
+    };
+    let mut after: Option<String> = None;
+    loop {
+        let page = s.list_devices(after.as_deref(), 1000)?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.to_string());
+        for dev in page {
+            if !d.spec.spec.selector.matches(&dev.labels) {
+                continue;
+            }
+            let reported = status_by_device.remove(dev.id.as_str()).unwrap_or_default();
+            let rows: Vec<WorkloadRow> = wanted
+                .iter()
+                .map(|name| {
+                    let r = reported.iter().find(|r| &r.name == name);
+                    WorkloadRow {
+                        name: name.clone(),
+                        sync: r.map(|r| r.sync),
+                        health: r.map(|r| r.health),
+                        message: r.and_then(|r| r.message.clone()),
+                    }
+                })
+                .collect();
+            let current =
+                dev.desired_revision.is_some() && dev.applied_revision == dev.desired_revision;
+            let in_sync = current && rows.iter().all(|r| r.sync == Some(SyncState::Synced));
+            let healthy = in_sync && rows.iter().all(|r| r.health == Some(Health::Healthy));
+            let failed = rows
+                .iter()
+                .any(|r| r.sync == Some(SyncState::Failed) || r.health == Some(Health::Degraded));
+            out.counts.targeted += 1;
+            out.counts.in_sync += usize::from(in_sync);
+            out.counts.healthy += usize::from(healthy);
+            out.counts.failed += usize::from(failed);
+            out.devices.push(DeviceRollout {
+                device: dev.id.to_string(),
+                presence: dev.presence,
+                desired_revision: dev.desired_revision,
+                applied_revision: dev.applied_revision,
+                in_sync,
+                healthy,
+                failed,
+                workloads: rows,
+            });
+        }
+    }
+    Ok(out)
+}
+
+pub async fn status(
+    State(st): State<Shared>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<DeploymentStatus>> {
+    let n = name.clone();
+    st.store
+        .run(move |s| match s.get_deployment(&n)? {
+            Some(d) => rollout(s, &d).map(Some),
+            None => Ok(None),
+        })
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format_args!("deployment {name:?}")))
+}

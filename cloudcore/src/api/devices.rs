@@ -1,0 +1,200 @@
+//! `/api/v1/devices…`: list, describe, relabel, delete, events.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use edgefleet_protocol::name::{check_label_key, check_label_value};
+use edgefleet_protocol::{Channel, DeviceId, Topic};
+use rumqttc::QoS;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiResult, Page, PageQuery, Shared};
+use crate::store::{DeviceRecord, EventRecord, WorkloadStatusRecord};
+
+pub async fn list(
+    State(st): State<Shared>,
+    Query(q): Query<PageQuery>,
+) -> ApiResult<Json<Page<DeviceRecord>>> {
+    let limit = q.limit()?;
+    let after = q.continue_token.clone();
+    let mut items = st
+        .store
+        .run(move |s| s.list_devices(after.as_deref(), limit + 1))
+        .await?;
+    let continue_token = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|d| d.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(Page {
+        items,
+        continue_token,
+    }))
+}
+
+/// A device with its workloads: what it should run and what it reports.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceDetail {
+    #[serde(flatten)]
+    pub device: DeviceRecord,
+    pub desired_workloads: Vec<String>,
+    pub workloads: Vec<WorkloadStatusRecord>,
+}
+
+pub async fn get_one(
+    State(st): State<Shared>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DeviceDetail>> {
+    let id2 = id.clone();
+    let (device, desired, workloads) = st
+        .store
+        .run(move |s| {
+            Ok((
+                s.get_device(&id2)?,
+                s.desired_workloads(&id2)?,
+                s.workload_status(Some(&id2))?,
+            ))
+        })
+        .await?;
+    let device = device.ok_or_else(|| ApiError::not_found(format_args!("device {id:?}")))?;
+    let desired_workloads = desired
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|w| w.get("name").and_then(|n| n.as_str()).map(str::to_owned))
+        .collect();
+    Ok(Json(DeviceDetail {
+        device,
+        desired_workloads,
+        workloads,
+    }))
+}
+
+/// `PATCH` body: merge-patch of labels; a `null` value removes the label.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicePatch {
+    #[serde(default)]
+    labels: BTreeMap<String, Option<String>>,
+}
+
+pub async fn patch(
+    State(st): State<Shared>,
+    Path(id): Path<String>,
+    body: Result<Json<DevicePatch>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<DeviceRecord>> {
+    let Json(p) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    for (k, v) in &p.labels {
+        check_label_key(k).map_err(|e| ApiError::bad_request(format!("labels: {e}")))?;
+        if let Some(v) = v {
+            check_label_value(v).map_err(|e| ApiError::bad_request(format!("labels.{k}: {e}")))?;
+        }
+    }
+    let id2 = id.clone();
+    let updated = st
+        .store
+        .run(move |s| {
+            let Some(dev) = s.get_device(&id2)? else {
+                return Ok(None);
+            };
+            let mut labels = dev.labels;
+            for (k, v) in p.labels {
+                match v {
+                    Some(v) => labels.insert(k, v),
+                    None => labels.remove(&k),
+                };
+            }
+            if labels.len() > edgefleet_protocol::limits::MAX_LABELS {
+                return Ok(Some(Err(())));
+            }
+            s.set_labels(&id2, &labels)?;
+            Ok(s.get_device(&id2)?.map(Ok))
+        })
+        .await?;
+    match updated {
+        None => Err(ApiError::not_found(format_args!("device {id:?}"))),
+        Some(Err(())) => Err(ApiError::bad_request(format!(
+            "labels: at most {} labels per device",
+            edgefleet_protocol::limits::MAX_LABELS
+        ))),
+        Some(Ok(d)) => {
+            st.publish.changed();
+            Ok(Json(d))
+        }
+    }
+}
+
+pub async fn delete(State(st): State<Shared>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let id2 = id.clone();
+    if !st.store.run(move |s| s.delete_device(&id2)).await? {
+        return Err(ApiError::not_found(format_args!("device {id:?}")));
+    }
+    if let Ok(dev) = DeviceId::new(id) {
+        st.registry.remove(&dev);
+        // Clear the retained document so a re-enrolled key starts clean.
+        let topic = Topic::new(dev, Channel::Desired).to_string();
+        if let Err(e) = st
+            .session
+            .client
+            .publish(topic, QoS::AtLeastOnce, true, Vec::<u8>::new())
+            .await
+        {
+            tracing::warn!(error = %e, "cannot clear retained desired state of a deleted device");
+        }
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EventQuery {
+    /// Return events with a sequence number above this (the `continue` of
+    /// the previous page).
+    #[serde(rename = "continue")]
+    continue_token: Option<String>,
+    limit: Option<usize>,
+}
+
+pub async fn events(
+    State(st): State<Shared>,
+    Path(id): Path<String>,
+    Query(q): Query<EventQuery>,
+) -> ApiResult<Json<Page<EventRecord>>> {
+    let after: i64 = match q.continue_token.as_deref() {
+        None | Some("") => 0,
+        Some(t) => t
+            .parse()
+            .map_err(|_| ApiError::bad_request("continue must be a token from a previous page"))?,
+    };
+    let limit = PageQuery {
+        limit: q.limit,
+        continue_token: None,
+    }
+    .limit()?;
+    let id2 = id.clone();
+    let (exists, mut items) = st
+        .store
+        .run(move |s| {
+            Ok((
+                s.get_device(&id2)?.is_some(),
+                s.events(&id2, after, limit + 1)?,
+            ))
+        })
+        .await?;
+    if !exists {
+        return Err(ApiError::not_found(format_args!("device {id:?}")));
+    }
+    let continue_token = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|e| e.seq.to_string())
+    } else {
+        None
+    };
+    Ok(Json(Page {
+        items,
+        continue_token,
+    }))
+}

@@ -1,0 +1,114 @@
+//! `POST /api/v1/enroll`: bootstrap token + device public key → device id,
+//! broker credentials, hub key.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use edgefleet_protocol::{BrokerCredentials, DeviceId, EnrollRequest, EnrollResponse};
+use sha2::{Digest, Sha256};
+
+use super::{ApiError, ApiResult, Shared, token_ok};
+use crate::broker::password_hash;
+use crate::keys::random_token;
+use crate::registry::DeviceEntry;
+use crate::store::EnrollOutcome;
+
+/// `dev-` + 16 hex characters of the key's SHA-256: stable per key.
+fn derived_id(public_key_b64: &str) -> DeviceId {
+    let h = hex::encode(&Sha256::digest(public_key_b64.as_bytes())[..8]);
+    DeviceId::new(format!("dev-{h}"))
+        .unwrap_or_else(|_| unreachable!("dev-<hex> is a valid DNS label"))
+}
+
+pub async fn enroll(
+    State(st): State<Shared>,
+    body: Result<Json<EnrollRequest>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Json<EnrollResponse>> {
+    let result = |r: &str| {
+        st.metrics
+            .enrollments
+            .get_or_create(&vec![("result", r.to_owned())])
+            .inc()
+    };
+    let Json(req) = body.map_err(|e| {
+        result("invalid");
+        ApiError::bad_request(e.body_text())
+    })?;
+    if !token_ok(&req.token, &st.bootstrap_token) {
+        result("bad_token");
+        tracing::warn!("enrollment refused: bad bootstrap token");
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the bootstrap token is not valid",
+        ));
+    }
+    let key = req.validate().map_err(|e| {
+        result("invalid");
+        ApiError::bad_request(e.to_string())
+    })?;
+    let public_key = key.to_base64();
+    let derived = derived_id(&public_key);
+    let password = random_token();
+    let hash = password_hash(&password);
+    let (pk, labels, requested) = (
+        public_key.clone(),
+        req.labels.clone(),
+        req.device_id.clone(),
+    );
+    let meta = (
+        req.hostname.clone(),
+        req.arch.clone(),
+        req.agent_version.clone(),
+    );
+    let outcome = st
+        .store
+        .run(move |s| {
+            s.enroll_device(
+                requested.as_ref(),
+                &derived,
+                &pk,
+                &labels,
+                &hash,
+                (&meta.0, &meta.1, &meta.2),
+            )
+        })
+        .await?;
+    let (id, new) = match outcome {
+        EnrollOutcome::New(id) => (id, true),
+        EnrollOutcome::Existing(id) => (id, false),
+        EnrollOutcome::IdTaken => {
+            result("conflict");
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!(
+                    "device id {:?} is enrolled with another key; delete that device first or choose another id",
+                    req.device_id.map(|d| d.to_string()).unwrap_or_default()
+                ),
+            ));
+        }
+    };
+    st.registry.insert(
+        id.clone(),
+        DeviceEntry {
+            key,
+            password_hash: hash,
+        },
+    );
+    result(if new { "enrolled" } else { "re_enrolled" });
+    tracing::info!(device = %id, new, "device enrolled");
+    if new {
+        st.publish.changed();
+    }
+    Ok(Json(EnrollResponse {
+        device_id: id.clone(),
+        broker: BrokerCredentials {
+            url: st.device_broker_url.clone(),
+            username: id.to_string(),
+            password,
+        },
+        hub_public_key: st.hub_key.to_base64(),
+        hub_key_id: st.hub_key.kid().to_string(),
+    }))
+}

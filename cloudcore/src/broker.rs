@@ -1,0 +1,193 @@
+//! The embedded MQTT broker (rumqttd, in-process, its own threads).
+//!
+//! Only enrolled devices (username = client id = device id, password from
+//! enrollment) and the hub itself may connect. rumqttd keeps no retained
+//! messages across restarts, so the publisher republishes stored desired
+//! documents when the hub starts with the embedded broker.
+//!
+//! Memory: rumqttd keeps an in-memory commit log per subscription filter,
+//! bounded by segment size × count. Segments are sized to hold the largest
+//! allowed payload and kept few, so memory stays flat under churn.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use edgefleet_protocol::DeviceId;
+use edgefleet_protocol::limits::MAX_PAYLOAD_BYTES;
+use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+
+/// Username the hub uses on its own broker.
+pub const HUB_USERNAME: &str = "cloudcore-hub";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the broker thread")]
+    Thread(#[source] std::io::Error),
+}
+
+/// SHA-256 of a broker password. Passwords are 32 random bytes, so a fast
+/// hash is enough; what is stored cannot be replayed as the password.
+pub fn password_hash(password: &str) -> [u8; 32] {
+    Sha256::digest(password.as_bytes()).into()
+}
+
+/// Who may connect: the hub's own secret and every enrolled device.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    hub_password_hash: [u8; 32],
+    devices: Registry,
+}
+
+impl Credentials {
+    pub fn new(hub_password: &str, devices: Registry) -> Self {
+        Self {
+            hub_password_hash: password_hash(hub_password),
+            devices,
+        }
+    }
+
+    /// Constant-time check of one connection attempt.
+    pub fn check(&self, client_id: &str, username: &str, password: &str) -> bool {
+        let given = password_hash(password);
+        if username == HUB_USERNAME {
+            return client_id.starts_with(HUB_USERNAME)
+                && bool::from(given.ct_eq(&self.hub_password_hash));
+        }
+        // Devices connect as themselves: client id = username = device id.
+        if client_id != username {
+            return false;
+        }
+        let Ok(id) = DeviceId::new(username) else {
+            return false;
+        };
+        self.devices
+            .get(&id)
+            .is_some_and(|d| bool::from(given.ct_eq(&d.password_hash)))
+    }
+}
+
+/// Starts rumqttd on `listen` in its own threads. It runs until the process
+/// exits (rumqttd has no shutdown); the hub stops using it on shutdown.
+pub fn start(
+    listen: SocketAddr,
+    max_connections: usize,
+    creds: Credentials,
+    metrics: Arc<Metrics>,
+) -> Result<(), BrokerError> {
+    // Fail early and clearly if the port is taken: rumqttd would only log it
+    // from its own thread.
+    std::net::TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
+        addr: listen,
+        source,
+    })?;
+
+    let mut connections = ConnectionSettings {
+        connection_timeout_ms: 10_000,
+        max_payload_size: MAX_PAYLOAD_BYTES + 8 * 1024,
+        max_inflight_count: 1_000,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    connections.set_auth_handler(
+        move |client_id: String, username: String, password: String| {
+            let ok = creds.check(&client_id, &username, &password);
+            if !ok {
+                metrics.broker_auth_failures.inc();
+                tracing::warn!(
+                    client_id,
+                    username,
+                    "broker refused a connection: bad credentials"
+                );
+            }
+            async move { ok }
+        },
+    );
+    let server = ServerSettings {
+        name: "edgefleet-v4".into(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections,
+    };
+    let router = RouterConfig {
+        max_connections,
+        max_outgoing_packet_count: 1_000,
+        max_segment_size: MAX_PAYLOAD_BYTES + 512 * 1024,
+        max_segment_count: 2,
+        // The hub's wildcard subscriptions see every device's traffic: give
+        // them room for bursts (an outbox flush of 10,000 events) so the
+        // log does not roll past messages the hub has not read yet.
+        custom_segment: Some(
+            crate::mqtt::UPSTREAM
+                .iter()
+                .map(|c| {
+                    (
+                        c.filter_all_devices(),
+                        SegmentConfig {
+                            max_segment_size: 16 * 1024 * 1024,
+                            max_segment_count: 16,
+                        },
+                    )
+                })
+                .collect(),
+        ),
+        initialized_filters: None,
+        shared_subscriptions_strategy: Default::default(),
+    };
+    let config = Config {
+        id: 0,
+        router,
+        v4: Some(HashMap::from([("1".to_owned(), server)])),
+        ..Default::default()
+    };
+    let mut broker = Broker::new(config);
+    std::thread::Builder::new()
+        .name("rumqttd".into())
+        .spawn(move || {
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "embedded broker stopped");
+            }
+        })
+        .map_err(BrokerError::Thread)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_enrolled_devices_and_the_hub_get_in() {
+        let devices = Registry::default();
+        devices.insert(
+            DeviceId::new("pi-1").unwrap(),
+            crate::registry::DeviceEntry {
+                key: edgefleet_protocol::Signer::generate().public().clone(),
+                password_hash: password_hash("device-secret"),
+            },
+        );
+        let c = Credentials::new("hub-secret", devices);
+        assert!(c.check("cloudcore-hub", HUB_USERNAME, "hub-secret"));
+        assert!(!c.check("cloudcore-hub", HUB_USERNAME, "nope"));
+        assert!(c.check("pi-1", "pi-1", "device-secret"));
+        assert!(
+            !c.check("pi-2", "pi-1", "device-secret"),
+            "client id must be the device id"
+        );
+        assert!(!c.check("pi-1", "pi-1", "hub-secret"));
+        assert!(!c.check("pi-9", "pi-9", "device-secret"));
+    }
+}

@@ -1,0 +1,339 @@
+//! Hub configuration: one typed struct with defaults, layered
+//! file → env (`CLOUDCORE_*`) → flags. Tests build it directly.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{name}={value:?} is not valid: {message}")]
+    Env {
+        name: String,
+        value: String,
+        message: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Store, keys, tokens and model blobs live here.
+    pub data_dir: PathBuf,
+    pub api: ApiConfig,
+    pub broker: BrokerConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// REST API listen address (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Largest request body (model uploads included).
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// External broker, `mqtt://host:port` or `mqtts://host:port`. Empty:
+    /// run the embedded broker.
+    pub url: String,
+    /// Hub credentials on the external broker.
+    pub username: String,
+    pub password: String,
+    /// Embedded broker listen address.
+    pub listen: SocketAddr,
+    /// Embedded broker connection limit.
+    pub max_connections: usize,
+    /// Broker URL handed to devices at enrollment; default: derived from
+    /// `url` or `listen`.
+    pub advertise_url: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Operator bearer token; empty: read or create `<data_dir>/operator-token`.
+    pub operator_token: String,
+    /// Device bootstrap token; empty: read or create `<data_dir>/bootstrap-token`.
+    pub bootstrap_token: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./cloudcore-data"),
+            api: ApiConfig::default(),
+            broker: BrokerConfig::default(),
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            username: String::new(),
+            password: String::new(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            max_connections: 20_000,
+            advertise_url: String::new(),
+        }
+    }
+}
+
+/// Command-line overrides (the top layer).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub api_listen: Option<SocketAddr>,
+    pub broker_listen: Option<SocketAddr>,
+    pub broker_url: Option<String>,
+}
+
+/// Where a broker is: parsed `mqtt://` / `mqtts://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl BrokerUrl {
+    pub fn parse(url: &str) -> Result<Self, ConfigError> {
+        let bad = |m: &str| ConfigError::Invalid(format!("broker URL {url:?}: {m}"));
+        let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("mqtt://") {
+            (false, r)
+        } else {
+            return Err(bad("must start with mqtt:// or mqtts://"));
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse::<u16>().map_err(|_| bad("port is not a number"))?,
+            ),
+            None => (rest, if tls { 8883 } else { 1883 }),
+        };
+        if host.is_empty() || host.contains('/') {
+            return Err(bad("missing or malformed host"));
+        }
+        Ok(Self {
+            tls,
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port,
+        })
+    }
+}
+
+impl Config {
+    /// Layers: defaults, then `file` (if given), then env, then `overrides`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let mut cfg = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.to_owned(),
+                    source,
+                })?
+            }
+            None => Config::default(),
+        };
+        cfg.apply_env(env)?;
+        if let Some(d) = &overrides.data_dir {
+            cfg.data_dir = d.clone();
+        }
+        if let Some(a) = overrides.api_listen {
+            cfg.api.listen = a;
+        }
+        if let Some(a) = overrides.broker_listen {
+            cfg.broker.listen = a;
+        }
+        if let Some(u) = &overrides.broker_url {
+            cfg.broker.url = u.clone();
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn addr(name: &str, v: String) -> Result<SocketAddr, ConfigError> {
+            v.parse().map_err(|_| ConfigError::Env {
+                name: name.into(),
+                value: v,
+                message: "expected host:port, e.g. 127.0.0.1:8080".into(),
+            })
+        }
+        if let Some(v) = env("CLOUDCORE_DATA_DIR") {
+            self.data_dir = v.into();
+        }
+        if let Some(v) = env("CLOUDCORE_API_LISTEN") {
+            self.api.listen = addr("CLOUDCORE_API_LISTEN", v)?;
+        }
+        if let Some(v) = env("CLOUDCORE_BROKER_LISTEN") {
+            self.broker.listen = addr("CLOUDCORE_BROKER_LISTEN", v)?;
+        }
+        if let Some(v) = env("CLOUDCORE_BROKER_URL") {
+            self.broker.url = v;
+        }
+        if let Some(v) = env("CLOUDCORE_BROKER_USERNAME") {
+            self.broker.username = v;
+        }
+        if let Some(v) = env("CLOUDCORE_BROKER_PASSWORD") {
+            self.broker.password = v;
+        }
+        if let Some(v) = env("CLOUDCORE_OPERATOR_TOKEN") {
+            self.auth.operator_token = v;
+        }
+        if let Some(v) = env("CLOUDCORE_BOOTSTRAP_TOKEN") {
+            self.auth.bootstrap_token = v;
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.broker.url.is_empty() {
+            BrokerUrl::parse(&self.broker.url)?;
+        }
+        if !self.broker.advertise_url.is_empty() {
+            BrokerUrl::parse(&self.broker.advertise_url)?;
+        }
+        for (name, t) in [
+            ("auth.operator_token", &self.auth.operator_token),
+            ("auth.bootstrap_token", &self.auth.bootstrap_token),
+        ] {
+            if !t.is_empty() && t.len() < 16 {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be at least 16 characters"
+                )));
+            }
+        }
+        if self.broker.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "broker.max_connections must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the hub runs its own broker.
+    pub fn embedded_broker(&self) -> bool {
+        self.broker.url.is_empty()
+    }
+
+    /// The broker URL devices are told at enrollment.
+    pub fn device_broker_url(&self) -> String {
+        if !self.broker.advertise_url.is_empty() {
+            self.broker.advertise_url.clone()
+        } else if !self.broker.url.is_empty() {
+            self.broker.url.clone()
+        } else {
+            format!("mqtt://{}", self.broker.listen)
+        }
+    }
+
+    /// The defaults as TOML, for `cloudcore config defaults`.
+    pub fn defaults_toml() -> String {
+        toml::to_string_pretty(&Config::default()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn layers_file_env_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "data_dir = \"/from/file\"\n[api]\nlisten = \"127.0.0.1:9000\"\n",
+        )
+        .unwrap();
+        let env = |k: &str| (k == "CLOUDCORE_API_LISTEN").then(|| "127.0.0.1:9001".to_owned());
+        let c = Config::load(Some(&f), env, &Overrides::default()).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(c.api.listen.port(), 9001);
+        let o = Overrides {
+            api_listen: Some("127.0.0.1:9002".parse().unwrap()),
+            ..Default::default()
+        };
+        let c = Config::load(Some(&f), env, &o).unwrap();
+        assert_eq!(c.api.listen.port(), 9002);
+    }
+
+    #[test]
+    fn defaults_round_trip_and_bad_config_is_refused() {
+        let d: Config = toml::from_str(&Config::defaults_toml()).unwrap();
+        assert_eq!(d, Config::default());
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[api]\nlisen = 1\n").unwrap();
+        assert!(matches!(
+            Config::load(Some(&f), no_env, &Overrides::default()),
+            Err(ConfigError::Parse { .. })
+        ));
+        let env = |k: &str| (k == "CLOUDCORE_BROKER_URL").then(|| "http://x".to_owned());
+        assert!(Config::load(None, env, &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn broker_urls() {
+        assert_eq!(
+            BrokerUrl::parse("mqtt://127.0.0.1:1884").unwrap(),
+            BrokerUrl {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 1884
+            }
+        );
+        assert_eq!(BrokerUrl::parse("mqtts://hub.example").unwrap().port, 8883);
+        assert!(BrokerUrl::parse("tcp://x:1").is_err());
+        assert!(BrokerUrl::parse("mqtt://:1").is_err());
+        assert!(BrokerUrl::parse("mqtt://x:abc").is_err());
+    }
+}

@@ -1,0 +1,184 @@
+//! The hub's own MQTT session, to the embedded broker or an external one:
+//! subscribes to every device's upstream channels, hands incoming publishes
+//! to ingest (acknowledged only after they are committed), and carries the
+//! publisher's signed documents.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use edgefleet_protocol::Channel;
+use edgefleet_protocol::limits::MAX_PAYLOAD_BYTES;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, Transport};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::HUB_USERNAME;
+use crate::config::{BrokerUrl, Config, ConfigError};
+
+/// The upstream channels the hub subscribes to for all devices.
+pub const UPSTREAM: [Channel; 4] = [
+    Channel::Status,
+    Channel::Presence,
+    Channel::Events,
+    Channel::Heartbeat,
+];
+
+fn qos(q: u8) -> QoS {
+    match q {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+/// QoS of a channel as rumqttc wants it.
+pub fn channel_qos(c: Channel) -> QoS {
+    qos(c.qos())
+}
+
+/// Options for the hub's session. `hub_password` is the embedded broker's
+/// internal secret; with an external broker the configured credentials are used.
+pub fn options(cfg: &Config, hub_password: &str) -> Result<MqttOptions, ConfigError> {
+    let (url, username, password) = if cfg.embedded_broker() {
+        let a = cfg.broker.listen;
+        let host = if a.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            a.ip().to_string()
+        };
+        (
+            BrokerUrl {
+                tls: false,
+                host,
+                port: a.port(),
+            },
+            HUB_USERNAME.to_owned(),
+            hub_password.to_owned(),
+        )
+    } else {
+        (
+            BrokerUrl::parse(&cfg.broker.url)?,
+            cfg.broker.username.clone(),
+            cfg.broker.password.clone(),
+        )
+    };
+    let mut o = MqttOptions::new(HUB_USERNAME, url.host, url.port);
+    o.set_keep_alive(Duration::from_secs(10))
+        // A persistent session: with an external broker, messages devices
+        // send while the hub restarts wait for it.
+        .set_clean_session(false)
+        .set_max_packet_size(MAX_PAYLOAD_BYTES + 16 * 1024, MAX_PAYLOAD_BYTES + 16 * 1024)
+        .set_inflight(1_000)
+        .set_request_channel_capacity(20_000)
+        .set_manual_acks(true);
+    if !username.is_empty() {
+        o.set_credentials(username, password);
+    }
+    if url.tls {
+        o.set_transport(Transport::tls_with_default_config());
+    }
+    Ok(o)
+}
+
+/// A connected-or-reconnecting session.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub client: AsyncClient,
+    connected: Arc<AtomicBool>,
+}
+
+impl Session {
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+}
+
+/// Starts the session; incoming device publishes go to `ingest`; every
+/// (re)connect is signalled on `connected_tx` so the publisher can catch up.
+pub fn start(
+    opts: MqttOptions,
+    ingest: mpsc::Sender<Publish>,
+    reconnected: Arc<tokio::sync::Notify>,
+    cancel: CancellationToken,
+    tracker: &tokio_util::task::TaskTracker,
+) -> Session {
+    let (client, eventloop) = AsyncClient::new(opts, 20_000);
+    let connected = Arc::new(AtomicBool::new(false));
+    let session = Session {
+        client: client.clone(),
+        connected: connected.clone(),
+    };
+    tracker.spawn(run(
+        client,
+        eventloop,
+        ingest,
+        connected,
+        reconnected,
+        cancel,
+    ));
+    session
+}
+
+async fn run(
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    ingest: mpsc::Sender<Publish>,
+    connected: Arc<AtomicBool>,
+    reconnected: Arc<tokio::sync::Notify>,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let ev = tokio::select! {
+            _ = cancel.cancelled() => break,
+            ev = eventloop.poll() => ev,
+        };
+        match ev {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                backoff = Duration::from_millis(100);
+                connected.store(true, Ordering::Relaxed);
+                tracing::info!(
+                    session_present = ack.session_present,
+                    "hub connected to the broker"
+                );
+                // Subscribing again is harmless and covers a broker that lost
+                // the session.
+                for c in UPSTREAM {
+                    if let Err(e) = client.try_subscribe(c.filter_all_devices(), channel_qos(c)) {
+                        tracing::error!(error = %e, "cannot queue subscription");
+                    }
+                }
+                reconnected.notify_one();
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if ingest.send(p).await.is_err() {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if connected.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "lost the broker connection; reconnecting");
+                } else {
+                    tracing::debug!(error = %e, "broker still unreachable");
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    // Clean stop: flush what the event loop still holds, then disconnect.
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(ev) = eventloop.poll().await {
+            if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                break;
+            }
+        }
+    })
+    .await;
+}

@@ -1,0 +1,187 @@
+//! `cloudcore serve`: wires the store, keys, broker, MQTT session, ingest,
+//! publisher and API together, and shuts them down in order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, AppState};
+use crate::config::{Config, ConfigError};
+use crate::keys::{self, KeyError};
+use crate::metrics::Metrics;
+use crate::publisher::{Publisher, Trigger};
+use crate::registry::Registry;
+use crate::store::{Store, StoreError};
+use crate::{broker, exit, ingest, mqtt};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("invalid configuration")]
+    Config(#[from] ConfigError),
+    #[error("cannot open the store")]
+    Store(#[from] StoreError),
+    #[error("cannot load or create the hub's secrets")]
+    Keys(#[from] KeyError),
+    #[error("embedded broker")]
+    Broker(#[from] broker::BrokerError),
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ServeError {
+    /// The process exit code for this failure.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ServeError::Config(_) => exit::CONFIG,
+            ServeError::Store(_) | ServeError::Keys(_) => exit::STORE,
+            ServeError::Broker(_) | ServeError::Listen { .. } => exit::UNAVAILABLE,
+        }
+    }
+}
+
+/// How long tasks get to finish after a stop signal.
+pub const GRACE: Duration = Duration::from_secs(5);
+
+/// Runs the hub until `cancel` fires.
+pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), ServeError> {
+    let data = cfg.data_dir.clone();
+    create_private_dir(&data)?;
+    let store = Store::open(&data)?;
+    let epoch = store.epoch()?;
+    let (signer, created) = keys::load_or_create_signer(&data)?;
+    if created {
+        tracing::info!(key_id = %signer.public().kid(), "created the hub signing key");
+    }
+    let operator_token =
+        keys::load_or_create_token(&data, "operator-token", &cfg.auth.operator_token)?;
+    let bootstrap_token =
+        keys::load_or_create_token(&data, "bootstrap-token", &cfg.auth.bootstrap_token)?;
+    let registry = Registry::load(&store)?;
+    let metrics = Arc::new(Metrics::new());
+    let tracker = TaskTracker::new();
+
+    let hub_password = keys::random_token();
+    if cfg.embedded_broker() {
+        let creds = broker::Credentials::new(&hub_password, registry.clone());
+        broker::start(
+            cfg.broker.listen,
+            cfg.broker.max_connections,
+            creds,
+            metrics.clone(),
+        )?;
+        println!(
+            "cloudcore: MQTT broker (embedded) on mqtt://{}",
+            cfg.broker.listen
+        );
+    } else {
+        println!("cloudcore: MQTT broker (external) at {}", cfg.broker.url);
+    }
+
+    let (ingest_tx, ingest_rx) = mpsc::channel(4096);
+    let reconnected = Arc::new(Notify::new());
+    let session = mqtt::start(
+        mqtt::options(&cfg, &hub_password)?,
+        ingest_tx,
+        reconnected.clone(),
+        cancel.clone(),
+        &tracker,
+    );
+    tracker.spawn(ingest::run(
+        store.clone(),
+        registry.clone(),
+        metrics.clone(),
+        session.client.clone(),
+        ingest_rx,
+    ));
+    let trigger = Trigger::default();
+    let publisher = Publisher {
+        store: store.clone(),
+        signer: Arc::new(signer),
+        epoch,
+        client: session.client.clone(),
+        metrics: metrics.clone(),
+    };
+    let hub_key = publisher.signer.public().clone();
+    let kid = hub_key.kid().clone();
+    tracker.spawn(publisher.run(
+        trigger.clone(),
+        reconnected,
+        cfg.embedded_broker(),
+        cancel.clone(),
+    ));
+
+    let state = Arc::new(AppState {
+        store,
+        metrics,
+        registry,
+        publish: trigger,
+        session,
+        hub_key,
+        operator_token,
+        bootstrap_token,
+        device_broker_url: cfg.device_broker_url(),
+        models_dir: data.join("models"),
+    });
+    let listener = tokio::net::TcpListener::bind(cfg.api.listen)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: cfg.api.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Listen {
+        addr: cfg.api.listen,
+        source,
+    })?;
+    let app = api::router(state, cfg.api.max_body_bytes);
+    let stop = cancel.clone();
+    tracker.spawn(async move {
+        let r = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "REST API server failed");
+        }
+    });
+    println!("cloudcore: REST API on http://{addr}");
+    println!(
+        "cloudcore: data in {} (operator token: {}, bootstrap token: {})",
+        data.display(),
+        data.join("operator-token").display(),
+        data.join("bootstrap-token").display()
+    );
+    println!("cloudcore: ready (hub key id {kid})");
+
+    cancel.cancelled().await;
+    tracing::info!("shutting down");
+    tracker.close();
+    if tokio::time::timeout(GRACE, tracker.wait()).await.is_err() {
+        tracing::warn!("tasks did not finish within {GRACE:?}; stopping anyway");
+    }
+    Ok(())
+}
+
+/// The data dir holds secrets and password hashes: owner-only.
+fn create_private_dir(dir: &std::path::Path) -> Result<(), ServeError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let err = |source| {
+        ServeError::Store(StoreError::Io {
+            path: dir.display().to_string(),
+            source,
+        })
+    };
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(err)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! The hub (`cloudcore serve`) as a real process, with a small REST client.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use edgefleet_protocol::{EnrollRequest, EnrollResponse, Signer};
+use serde_json::Value;
+use tokio::process::Command;
+
+use crate::process::{Proc, bin};
+
+/// How to start a hub.
+#[derive(Debug, Clone, Default)]
+pub struct HubOptions {
+    /// `mqtt://…` of an external broker; `None`: the embedded one.
+    pub external_broker: Option<String>,
+    /// Reuse a data dir (a restart); `None`: a fresh temp dir.
+    pub data_dir: Option<PathBuf>,
+    /// Extra environment (e.g. `CLOUDCORE_LOG`).
+    pub env: Vec<(String, String)>,
+}
+
+/// A running hub.
+#[derive(Debug)]
+pub struct Hub {
+    pub proc: Proc,
+    opts: HubOptions,
+    _tmp: Option<tempfile::TempDir>,
+    data_dir: PathBuf,
+    api_port: u16,
+    broker_port: u16,
+    api_url: String,
+    http: reqwest::Client,
+}
+
+impl Hub {
+    pub async fn start() -> Self {
+        Self::start_with(HubOptions::default()).await
+    }
+
+    pub async fn start_with(opts: HubOptions) -> Self {
+        crate::install_crypto();
+        let (tmp, data_dir) = match &opts.data_dir {
+            Some(d) => (None, d.clone()),
+            None => {
+                let t = tempfile::tempdir().expect("tempdir");
+                let d = t.path().join("cloudcore-data");
+                (Some(t), d)
+            }
+        };
+        let mut hub = Self {
+            proc: Proc::placeholder("cloudcore"),
+            opts,
+            _tmp: tmp,
+            data_dir,
+            api_port: 0,
+            broker_port: crate::free_port(),
+            api_url: String::new(),
+            http: reqwest::Client::new(),
+        };
+        hub.launch().await;
+        hub
+    }
+
+    async fn launch(&mut self) {
+        let mut cmd = Command::new(bin("cloudcore"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--api-listen")
+            .arg(format!("127.0.0.1:{}", self.api_port))
+            .arg("--broker-listen")
+            .arg(format!("127.0.0.1:{}", self.broker_port))
+            .env("CLOUDCORE_LOG", "info,rumqttd=warn");
+        if let Some(url) = &self.opts.external_broker {
+            cmd.arg("--broker-url").arg(url);
+        }
+        for (k, v) in &self.opts.env {
+            cmd.env(k, v);
+        }
+        self.proc = Proc::spawn("cloudcore", cmd);
+        let line = self
+            .proc
+            .wait_for_line("REST API on http://", Duration::from_secs(20))
+            .await;
+        let url = line
+            .split("REST API on ")
+            .nth(1)
+            .expect("api url")
+            .trim()
+            .to_owned();
+        self.api_port = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("api port");
+        self.api_url = url;
+        self.proc
+            .wait_for_line("cloudcore: ready", Duration::from_secs(20))
+            .await;
+        crate::eventually("hub /readyz", Duration::from_secs(20), || async {
+            let r = self
+                .http
+                .get(format!("{}/readyz", self.api_url))
+                .send()
+                .await
+                .ok()?;
+            r.status().is_success().then_some(())
+        })
+        .await;
+    }
+
+    pub fn api_url(&self) -> &str {
+        &self.api_url
+    }
+
+    /// The broker devices use.
+    pub fn broker_url(&self) -> String {
+        self.opts
+            .external_broker
+            .clone()
+            .unwrap_or_else(|| format!("mqtt://127.0.0.1:{}", self.broker_port))
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    fn secret(&self, name: &str) -> String {
+        std::fs::read_to_string(self.data_dir.join(name))
+            .unwrap_or_else(|e| panic!("read {name}: {e}"))
+            .trim()
+            .to_owned()
+    }
+
+    pub fn operator_token(&self) -> String {
+        self.secret("operator-token")
+    }
+
+    pub fn bootstrap_token(&self) -> String {
+        self.secret("bootstrap-token")
+    }
+
+    /// SIGKILL.
+    pub async fn kill(&mut self) {
+        self.proc.kill().await;
+    }
+
+    /// SIGTERM; returns the exit code.
+    pub async fn stop(&mut self) -> Option<i32> {
+        self.proc.terminate(Duration::from_secs(15)).await
+    }
+
+    /// Starts again on the same ports and data dir (after kill or stop).
+    pub async fn restart(&mut self) {
+        self.proc.kill().await;
+        self.launch().await;
+    }
+
+    /// Any API call with the operator token; returns status and JSON body
+    /// (`Value::Null` when empty or not JSON).
+    pub async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<(&str, String)>,
+    ) -> (u16, Value) {
+        self.api_as(method, path, body, Some(&self.operator_token()))
+            .await
+    }
+
+    pub async fn api_as(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<(&str, String)>,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}/api/v1{path}", self.api_url));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some((ct, b)) = body {
+            req = req.header("content-type", ct).body(b);
+        }
+        let resp = req.send().await.expect("hub API reachable");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.api(reqwest::Method::GET, path, None).await
+    }
+
+    /// `PUT /deployments/{name}` with a YAML manifest.
+    pub async fn put_deployment(&self, name: &str, yaml: &str) -> (u16, Value) {
+        self.api(
+            reqwest::Method::PUT,
+            &format!("/deployments/{name}"),
+            Some(("application/yaml", yaml.to_owned())),
+        )
+        .await
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.api_url))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .unwrap_or_default()
+    }
+
+    /// The value of one metric line (exact name with labels), or 0.
+    pub async fn metric(&self, name_with_labels: &str) -> f64 {
+        metric_value(&self.metrics().await, name_with_labels)
+    }
+
+    /// Enrolls a device key with labels through the REST API.
+    pub async fn enroll(
+        &self,
+        key: &Signer,
+        device_id: Option<&str>,
+        labels: &[(&str, &str)],
+    ) -> EnrollResponse {
+        let req = EnrollRequest {
+            token: self.bootstrap_token(),
+            public_key: key.public().to_base64(),
+            device_id: device_id.map(|d| d.parse().expect("device id")),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            hostname: Some("test".into()),
+            arch: std::env::consts::ARCH.into(),
+            agent_version: "test".into(),
+        };
+        let resp = self
+            .http
+            .post(format!("{}/api/v1/enroll", self.api_url))
+            .json(&req)
+            .send()
+            .await
+            .expect("enroll");
+        assert!(
+            resp.status().is_success(),
+            "enroll failed: {}",
+            resp.text().await.unwrap_or_default()
+        );
+        resp.json().await.expect("enroll response")
+    }
+}
+
+/// Reads `name{labels} value` from a Prometheus exposition.
+pub fn metric_value(text: &str, name_with_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix(name_with_labels)?;
+            rest.strip_prefix(' ')?.trim().parse().ok()
+        })
+        .unwrap_or(0.0)
+}
