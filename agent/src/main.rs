@@ -1,7 +1,15 @@
-//! `edge-agent`: the device daemon. This entry point only parses the command
-//! line; the daemon itself lands with the agent issue.
+//! `edge-agent`: command line, logging, runtime and exit codes. Everything
+//! else lives in the library.
+
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use edge_agent::cli::{check, enroll, status};
+use edge_agent::config::{Config, DEFAULT_CONFIG_PATH, Overrides};
+use edge_agent::db::Db;
+use edge_agent::exit;
+use edgefleet_protocol::DeviceId;
 
 #[derive(Debug, Parser)]
 #[command(name = "edge-agent", version, about = "edgefleet device agent")]
@@ -10,27 +18,292 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Debug, clap::Args)]
+struct Common {
+    /// Config file.
+    #[arg(long, env = "EDGEFLEET_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// State directory (store, keys, model cache); overrides the config.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Enroll this device with a hub.
+    /// Enroll this device with a hub: creates the device key, writes the
+    /// config and pins the hub key. Safe to run again.
     Enroll {
+        #[command(flatten)]
+        common: Common,
+        /// Hub REST URL, e.g. https://hub.example:8080.
         #[arg(long)]
         hub: String,
-        #[arg(long)]
+        /// Bootstrap token from the hub.
+        #[arg(long, env = "EDGEFLEET_TOKEN", hide_env_values = true)]
         token: String,
+        /// Device label, k=v (repeatable).
+        #[arg(long = "label", value_name = "K=V")]
+        labels: Vec<String>,
+        /// Requested device id (default: derived by the hub).
+        #[arg(long)]
+        device_id: Option<DeviceId>,
     },
     /// Run the daemon.
     Run {
+        #[command(flatten)]
+        common: Common,
+        /// Local HTTP port on 127.0.0.1 (0: any free port).
         #[arg(long)]
-        config: Option<std::path::PathBuf>,
+        http_port: Option<u16>,
+        /// Kubeconfig of the device's K3s.
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
     },
-    /// Show what the local store holds.
-    Status,
-    /// Check reachability of hub, broker and K3s.
-    Check,
+    /// Show what the local store says (works while the daemon runs).
+    Status {
+        #[command(flatten)]
+        common: Common,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check config, keys, hub, broker, K3s, clock and disk.
+    Check {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the default configuration as TOML.
+    Defaults,
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EDGEFLEET_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
+fn load(common: &Common, must_exist: bool, extra: Overrides) -> Result<Config, i32> {
+    let flags = Overrides {
+        state_dir: common.state_dir.clone().or(extra.state_dir),
+        ..extra
+    };
+    Config::load(&common.config, must_exist, &env_var, &flags).map_err(|e| {
+        eprintln!("edge-agent: {}", edge_agent::error_chain(&e));
+        exit::CONFIG
+    })
+}
+
+fn runtime(workers: usize) -> Result<tokio::runtime::Runtime, i32> {
+    // Two workers and a small blocking pool keep the idle footprint small.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .max_blocking_threads(4)
+        .thread_stack_size(512 * 1024)
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("edge-agent: cannot start the async runtime: {e}");
+            exit::FAILURE
+        })
+}
+
+fn main() {
+    // reqwest, kube and rumqttc share rustls with ring as the provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    anyhow::bail!("`edge-agent {:?}` is not implemented yet", cli.command)
+    let code = match cli.command {
+        Command::Config {
+            command: ConfigCommand::Defaults,
+        } => {
+            print!("{}", Config::default().to_toml());
+            exit::OK
+        }
+        Command::Enroll {
+            common,
+            hub,
+            token,
+            labels,
+            device_id,
+        } => {
+            init_logging("warn");
+            cmd_enroll(&common, hub, token, labels, device_id).unwrap_or_else(|c| c)
+        }
+        Command::Run {
+            common,
+            http_port,
+            kubeconfig,
+        } => {
+            init_logging("info");
+            cmd_run(
+                &common,
+                Overrides {
+                    http_port,
+                    kubeconfig,
+                    ..Default::default()
+                },
+            )
+            .unwrap_or_else(|c| c)
+        }
+        Command::Status { common, json } => {
+            init_logging("warn");
+            cmd_status(&common, json).unwrap_or_else(|c| c)
+        }
+        Command::Check { common } => {
+            init_logging("error");
+            cmd_check(&common).unwrap_or_else(|c| c)
+        }
+    };
+    std::process::exit(code);
+}
+
+fn cmd_enroll(
+    common: &Common,
+    hub: String,
+    token: String,
+    labels: Vec<String>,
+    device_id: Option<DeviceId>,
+) -> Result<i32, i32> {
+    let cfg = load(common, false, Overrides::default())?;
+    let args = enroll::EnrollArgs {
+        hub,
+        token,
+        labels,
+        device_id,
+        config_path: common.config.clone(),
+    };
+    let rt = runtime(1)?;
+    match rt.block_on(enroll::enroll(cfg, args)) {
+        Ok(resp) => {
+            println!(
+                "enrolled as {} (broker {}); config written to {}",
+                resp.device_id,
+                resp.broker.url,
+                common.config.display()
+            );
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            eprintln!("edge-agent enroll: {}", edge_agent::error_chain(&e));
+            Err(e.exit_code())
+        }
+    }
+}
+
+fn cmd_run(common: &Common, extra: Overrides) -> Result<i32, i32> {
+    let cfg = load(common, true, extra)?;
+    let fail_config = |msg: String| {
+        tracing::error!("{msg}");
+        eprintln!("edge-agent: {msg}");
+        exit::CONFIG
+    };
+    cfg.require_enrolled()
+        .map_err(|e| fail_config(edge_agent::error_chain(&e)))?;
+    let device = DeviceId::new(cfg.device_id.as_str())
+        .map_err(|e| fail_config(format!("device_id: {e}")))?;
+    let identity = edge_agent::identity::Identity::load(&cfg.state_dir)
+        .map_err(|e| fail_config(format!("not enrolled: {}", edge_agent::error_chain(&e))))?;
+    let (store, report) = edge_agent::store::Store::open(&cfg.db_path(), cfg.store.synchronous)
+        .map_err(|e| {
+            let msg = edge_agent::error_chain(&e);
+            tracing::error!("cannot open the store: {msg}");
+            eprintln!("edge-agent: cannot open the store: {msg}");
+            exit::STORE
+        })?;
+    let shared = Arc::new(edge_agent::daemon::Shared::new(
+        cfg,
+        device,
+        identity,
+        Db::new(store),
+    ));
+    if report.moved_aside.is_some() {
+        shared.metrics.store_recovered.inc();
+    }
+    let (depth, dropped) = shared
+        .db
+        .call_sync(|s| (s.outbox_depth(), s.outbox_dropped()));
+    shared.metrics.set_outbox(depth);
+    shared.metrics.outbox_dropped.inc_by(dropped.unwrap_or(0));
+    let rt = runtime(2)?;
+    match rt.block_on(edge_agent::daemon::run(shared)) {
+        Ok(()) => Ok(exit::OK),
+        Err(e) => {
+            let msg = edge_agent::error_chain(&e);
+            tracing::error!("{msg}");
+            Err(match e {
+                edge_agent::daemon::DaemonError::Http(_) => exit::UNAVAILABLE,
+                edge_agent::daemon::DaemonError::Session(_) => exit::CONFIG,
+                _ => exit::FAILURE,
+            })
+        }
+    }
+}
+
+fn cmd_status(common: &Common, json: bool) -> Result<i32, i32> {
+    let cfg = load(common, false, Overrides::default())?;
+    match status::snapshot(&cfg) {
+        Ok(s) => {
+            if json {
+                println!("{}", s.to_json());
+            } else {
+                print!("{}", s.to_text());
+            }
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            eprintln!(
+                "edge-agent status: cannot read {}: {}",
+                cfg.db_path().display(),
+                edge_agent::error_chain(&e)
+            );
+            Err(exit::STORE)
+        }
+    }
+}
+
+fn cmd_check(common: &Common) -> Result<i32, i32> {
+    let cfg = Config::load(
+        &common.config,
+        true,
+        &env_var,
+        &Overrides {
+            state_dir: common.state_dir.clone(),
+            ..Default::default()
+        },
+    )
+    .map_err(|e| edge_agent::error_chain(&e));
+    let rt = runtime(1)?;
+    let lines = rt.block_on(check::run(&common.config, cfg));
+    for l in &lines {
+        println!("{l}");
+    }
+    let failed = lines
+        .iter()
+        .filter(|l| l.verdict == check::Verdict::Fail)
+        .count();
+    if failed > 0 {
+        println!("{failed} check(s) failed");
+        Ok(exit::FAILURE)
+    } else {
+        println!("all checks passed");
+        Ok(exit::OK)
+    }
 }

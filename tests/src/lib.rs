@@ -1,19 +1,40 @@
-//! Shared support for the end-to-end suites in `tests/tests/`: starting real
-//! processes and brokers, and waiting on conditions with deadlines.
+//! Shared support for the end-to-end suites in `tests/tests/`, written so a
+//! test reads like the scenario: start a hub, an agent, a broker, a
+//! Kubernetes API stand-in; kill them; wait for conditions with deadlines.
 //! Never shipped.
+//!
+//! The suites run the real `cloudcore` and `edge-agent` binaries that
+//! `cargo test --workspace` builds next to the test executables.
+
+pub mod agent;
+pub mod device;
+pub mod hub;
+pub mod kube_standin;
+pub mod mosquitto;
+pub mod process;
 
 use std::time::{Duration, Instant};
+
+/// reqwest is built without a default TLS crypto provider (we pick ring);
+/// every test process installs it before its first HTTP client.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
 
 /// Whether a test must fail, rather than skip, when `what` is missing:
 /// true when `EDGEFLEET_REQUIRE_<WHAT>` is set to anything but `0`.
 pub fn required(what: &str) -> bool {
-    std::env::var(format!("EDGEFLEET_REQUIRE_{}", what.to_ascii_uppercase()))
-        .is_ok_and(|v| !v.is_empty() && v != "0")
+    std::env::var(require_var(what)).is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
-/// Skips loudly, or panics when the dependency is required.
-pub fn missing(what: &str, why: &str) {
-    let var = format!("EDGEFLEET_REQUIRE_{}", what.to_ascii_uppercase());
+fn require_var(what: &str) -> String {
+    format!("EDGEFLEET_REQUIRE_{}", what.to_ascii_uppercase())
+}
+
+/// Skips loudly, or panics when the dependency is required. Call as
+/// `if !have { return skip("mosquitto", "not on PATH"); }`.
+pub fn skip(what: &str, why: &str) {
+    let var = require_var(what);
     if required(what) {
         panic!("{what} is required ({var} is set) but unavailable: {why}");
     }
@@ -22,16 +43,29 @@ pub fn missing(what: &str, why: &str) {
 
 /// Polls `check` until it returns `Some`, or panics after `timeout` saying
 /// what was expected.
-pub fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(v) = check() {
+        if let Some(v) = check().await {
             return v;
         }
         assert!(
             Instant::now() < deadline,
             "timed out after {timeout:?} waiting for {what}"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// A free TCP port on 127.0.0.1 (for servers that cannot bind port 0
+/// themselves, like mosquitto).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
 }

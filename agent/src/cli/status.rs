@@ -1,0 +1,116 @@
+//! `edge-agent status`: what the local store says, read-only, safe while the
+//! daemon runs (WAL readers never block the writer).
+
+use std::fmt::Write as _;
+
+use serde_json::json;
+
+use crate::config::Config;
+use crate::store::{Store, StoreError, enum_str};
+
+/// Everything `status` shows.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub device_id: String,
+    pub version: Option<edgefleet_protocol::Version>,
+    pub received_at_ms: Option<u64>,
+    pub last_reconcile_ms: Option<u64>,
+    pub workloads: Vec<crate::store::StoredStatus>,
+    pub outbox_depth: u64,
+    pub outbox_bytes: u64,
+    pub outbox_dropped: u64,
+}
+
+pub fn snapshot(cfg: &Config) -> Result<Snapshot, StoreError> {
+    let store = Store::open_read_only(&cfg.db_path())?;
+    let (depth, bytes) = store.outbox_depth();
+    Ok(Snapshot {
+        device_id: cfg.device_id.clone(),
+        version: store.desired_version()?,
+        received_at_ms: store.desired_received_at_ms()?,
+        last_reconcile_ms: store
+            .kv_get("last_reconcile_ms")?
+            .and_then(|v| v.parse().ok()),
+        workloads: store.statuses()?,
+        outbox_depth: depth,
+        outbox_bytes: bytes,
+        outbox_dropped: store.outbox_dropped()?,
+    })
+}
+
+fn ago(ms: Option<u64>) -> String {
+    match ms {
+        None => "never".into(),
+        Some(ms) => {
+            let secs = edgefleet_protocol::now_ms().saturating_sub(ms) / 1000;
+            format!("{secs}s ago")
+        }
+    }
+}
+
+impl Snapshot {
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "deviceId": self.device_id,
+            "desired": self.version,
+            "receivedAtMs": self.received_at_ms,
+            "lastReconcileAtMs": self.last_reconcile_ms,
+            "workloads": self.workloads.iter().map(|w| json!({
+                "name": w.name, "sync": enum_str(&w.sync), "health": enum_str(&w.health),
+                "message": w.message,
+            })).collect::<Vec<_>>(),
+            "outbox": {"depth": self.outbox_depth, "bytes": self.outbox_bytes, "dropped": self.outbox_dropped},
+        })
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "device:     {}", self.device_id);
+        match self.version {
+            Some(v) => {
+                let _ = writeln!(
+                    s,
+                    "desired:    revision {} (hub epoch {}), received {}",
+                    v.revision,
+                    v.hub_epoch,
+                    ago(self.received_at_ms)
+                );
+            }
+            None => {
+                let _ = writeln!(s, "desired:    none received yet");
+            }
+        }
+        let _ = writeln!(s, "last sync:  {}", ago(self.last_reconcile_ms));
+        let _ = writeln!(
+            s,
+            "outbox:     {} queued ({} bytes), {} dropped",
+            self.outbox_depth, self.outbox_bytes, self.outbox_dropped
+        );
+        let _ = writeln!(s, "workloads:  {}", self.workloads.len());
+        if !self.workloads.is_empty() {
+            let width = self
+                .workloads
+                .iter()
+                .map(|w| w.name.len())
+                .max()
+                .unwrap_or(4)
+                .max(4);
+            let _ = writeln!(
+                s,
+                "  {:width$}  {:8} {:11} MESSAGE",
+                "NAME", "SYNC", "HEALTH"
+            );
+            for w in &self.workloads {
+                let _ = writeln!(
+                    s,
+                    "  {:width$}  {:8} {:11} {}",
+                    w.name,
+                    enum_str(&w.sync),
+                    enum_str(&w.health),
+                    w.message.as_deref().unwrap_or("")
+                );
+            }
+        }
+        s
+    }
+}

@@ -1,0 +1,543 @@
+//! Agent configuration: one typed struct with defaults, layered
+//! file → env (`EDGEFLEET_*`) → flags. Tests build [`Config`] directly.
+//!
+//! Secrets never live here: the device key and the broker password are
+//! files in the state directory with mode 0600 (see [`crate::identity`]).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Default config file location.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/edgefleet/agent.toml";
+/// Default state directory (store, keys, model cache).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/edgefleet";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{name}={value:?} is not valid: {message}")]
+    Env {
+        name: String,
+        value: String,
+        message: String,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("cannot write config file {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Everything `edge-agent` can be configured with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This device's id, written by `edge-agent enroll`.
+    pub device_id: String,
+    /// Store, keys and model cache live here.
+    pub state_dir: PathBuf,
+    pub hub: HubConfig,
+    pub broker: BrokerConfig,
+    pub http: HttpConfig,
+    pub kube: KubeConfig,
+    pub outbox: OutboxConfig,
+    pub reconcile: ReconcileConfig,
+    pub heartbeat: HeartbeatConfig,
+    pub store: StoreConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HubConfig {
+    /// REST base URL of the hub, e.g. `https://hub.example:8080`.
+    pub url: String,
+    /// Timeout of each REST request to the hub.
+    pub request_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// `mqtt://host:port` or `mqtts://host:port`, from enrollment.
+    pub url: String,
+    /// MQTT username (the device id); the password is `<state_dir>/broker-password`.
+    pub username: String,
+    /// Keepalive: a dead link is noticed within about 1.5× this.
+    pub keepalive_secs: u64,
+    /// TCP + MQTT connect timeout.
+    pub connect_timeout_secs: u64,
+    /// Reconnect backoff: first delay, doubled per failure up to the max, with jitter.
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+    /// CA bundle (PEM) trusted for `mqtts://` brokers.
+    pub ca_file: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Local HTTP port on 127.0.0.1 (0 picks a free port; the agent prints it).
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KubeConfig {
+    /// Kubeconfig of the device's K3s; empty: in-cluster or `$KUBECONFIG`.
+    pub kubeconfig: Option<PathBuf>,
+    /// Timeout of each Kubernetes API request.
+    pub request_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Most queued messages; the oldest are dropped (and counted) beyond it.
+    pub max_messages: u64,
+    /// Most queued payload bytes; same drop-oldest rule.
+    pub max_bytes: u64,
+    /// QoS 1 publishes in flight (awaiting PUBACK) at once.
+    pub window: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReconcileConfig {
+    /// Periodic drift check even when nothing changed.
+    pub drift_interval_secs: u64,
+    /// Retry backoff after a failed pass: first delay and cap.
+    pub backoff_min_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Re-check status this often while a workload is not yet healthy.
+    pub progress_poll_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    pub interval_secs: u64,
+}
+
+/// SQLite `synchronous` mode (WAL journal in both cases).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// Commits survive a crash of the agent (SIGKILL, OOM, abort) and never
+    /// corrupt the database; on power loss the last commits before the WAL
+    /// checkpoint may roll back. No fsync per commit: fast on SD cards.
+    Normal,
+    /// Every commit is fsynced: also survives power loss, at one fsync per commit.
+    Full,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    pub synchronous: Synchronous,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            device_id: String::new(),
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            hub: HubConfig::default(),
+            broker: BrokerConfig::default(),
+            http: HttpConfig::default(),
+            kube: KubeConfig::default(),
+            outbox: OutboxConfig::default(),
+            reconcile: ReconcileConfig::default(),
+            heartbeat: HeartbeatConfig::default(),
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            username: String::new(),
+            keepalive_secs: 5,
+            connect_timeout_secs: 5,
+            reconnect_min_ms: 200,
+            reconnect_max_ms: 30_000,
+            ca_file: PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { port: 9477 }
+    }
+}
+
+impl Default for KubeConfig {
+    fn default() -> Self {
+        Self {
+            kubeconfig: None,
+            request_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            max_messages: 100_000,
+            max_bytes: 64 * 1024 * 1024,
+            window: 1_000,
+        }
+    }
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        Self {
+            drift_interval_secs: 60,
+            backoff_min_ms: 500,
+            backoff_max_ms: 60_000,
+            progress_poll_ms: 1_000,
+        }
+    }
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        Self { interval_secs: 30 }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            synchronous: Synchronous::Normal,
+        }
+    }
+}
+
+/// Values given on the command line; they win over file and env.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub state_dir: Option<PathBuf>,
+    pub device_id: Option<String>,
+    pub http_port: Option<u16>,
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads `path` (a missing file means defaults when `must_exist` is false),
+    /// then the environment through `env`, then `flags`, and validates.
+    pub fn load(
+        path: &Path,
+        must_exist: bool,
+        env: &dyn Fn(&str) -> Option<String>,
+        flags: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let mut cfg = match std::fs::read_to_string(path) {
+            Ok(text) => Self::from_toml(&text).map_err(|source| ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => Self::default(),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        cfg.apply_env(env)?;
+        cfg.apply_overrides(flags);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    pub fn to_toml(&self) -> String {
+        // Our own plain struct always serialises.
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Applies `EDGEFLEET_*` variables; `env` is `std::env::var(..).ok()` in
+    /// production and a map in tests.
+    pub fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn parse<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.parse().map_err(|e: T::Err| ConfigError::Env {
+                name: name.to_owned(),
+                value: v.to_owned(),
+                message: e.to_string(),
+            })
+        }
+        if let Some(v) = env("EDGEFLEET_DEVICE_ID") {
+            self.device_id = v;
+        }
+        if let Some(v) = env("EDGEFLEET_STATE_DIR") {
+            self.state_dir = PathBuf::from(v);
+        }
+        if let Some(v) = env("EDGEFLEET_HUB_URL") {
+            self.hub.url = v;
+        }
+        if let Some(v) = env("EDGEFLEET_BROKER_URL") {
+            self.broker.url = v;
+        }
+        if let Some(v) = env("EDGEFLEET_HTTP_PORT") {
+            self.http.port = parse("EDGEFLEET_HTTP_PORT", &v)?;
+        }
+        if let Some(v) = env("EDGEFLEET_KUBECONFIG") {
+            self.kube.kubeconfig = (!v.is_empty()).then(|| PathBuf::from(v));
+        }
+        if let Some(v) = env("EDGEFLEET_OUTBOX_MAX_MESSAGES") {
+            self.outbox.max_messages = parse("EDGEFLEET_OUTBOX_MAX_MESSAGES", &v)?;
+        }
+        if let Some(v) = env("EDGEFLEET_OUTBOX_MAX_BYTES") {
+            self.outbox.max_bytes = parse("EDGEFLEET_OUTBOX_MAX_BYTES", &v)?;
+        }
+        Ok(())
+    }
+
+    pub fn apply_overrides(&mut self, o: &Overrides) {
+        if let Some(v) = &o.state_dir {
+            self.state_dir = v.clone();
+        }
+        if let Some(v) = &o.device_id {
+            self.device_id = v.clone();
+        }
+        if let Some(v) = o.http_port {
+            self.http.port = v;
+        }
+        if let Some(v) = &o.kubeconfig {
+            self.kube.kubeconfig = Some(v.clone());
+        }
+    }
+
+    /// Structural checks; `edge-agent run` additionally needs [`Config::require_enrolled`].
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errs = Vec::new();
+        if !self.device_id.is_empty()
+            && let Err(e) = edgefleet_protocol::DeviceId::new(self.device_id.as_str())
+        {
+            errs.push(format!("device_id: {e}"));
+        }
+        if self.state_dir.as_os_str().is_empty() {
+            errs.push("state_dir: must not be empty".to_owned());
+        }
+        if !self.broker.url.is_empty() && broker_addr(&self.broker.url).is_none() {
+            errs.push(format!(
+                "broker.url: {:?} is not mqtt://host:port or mqtts://host:port",
+                self.broker.url
+            ));
+        }
+        let hub_ok = ["", "http://", "https://"].iter().any(|p| {
+            if p.is_empty() {
+                self.hub.url.is_empty()
+            } else {
+                self.hub.url.starts_with(p)
+            }
+        });
+        if !hub_ok {
+            errs.push(format!("hub.url: {:?} is not an http(s) URL", self.hub.url));
+        }
+        if !(1..=3600).contains(&self.broker.keepalive_secs) {
+            errs.push("broker.keepalive_secs: must be 1..=3600".to_owned());
+        }
+        if self.broker.reconnect_min_ms == 0
+            || self.broker.reconnect_min_ms > self.broker.reconnect_max_ms
+        {
+            errs.push("broker.reconnect_min_ms: must be > 0 and <= reconnect_max_ms".to_owned());
+        }
+        if self.outbox.max_messages == 0 || self.outbox.max_bytes < 1024 * 1024 {
+            errs.push("outbox: max_messages must be > 0 and max_bytes at least 1048576".to_owned());
+        }
+        if self.outbox.window == 0 || self.outbox.window > 10_000 {
+            errs.push("outbox.window: must be 1..=10000".to_owned());
+        }
+        if self.reconcile.backoff_min_ms == 0
+            || self.reconcile.backoff_min_ms > self.reconcile.backoff_max_ms
+        {
+            errs.push("reconcile.backoff_min_ms: must be > 0 and <= backoff_max_ms".to_owned());
+        }
+        if self.reconcile.drift_interval_secs == 0 || self.heartbeat.interval_secs == 0 {
+            errs.push(
+                "reconcile.drift_interval_secs and heartbeat.interval_secs: must be > 0".to_owned(),
+            );
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errs.join("; ")))
+        }
+    }
+
+    /// What `edge-agent run` needs beyond a valid file: an enrolled identity.
+    pub fn require_enrolled(&self) -> Result<(), ConfigError> {
+        let mut missing = Vec::new();
+        if self.device_id.is_empty() {
+            missing.push("device_id");
+        }
+        if self.broker.url.is_empty() {
+            missing.push("broker.url");
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(format!(
+                "{} not set: run `edge-agent enroll --hub URL --token TOKEN` first",
+                missing.join(", ")
+            )))
+        }
+    }
+
+    /// Writes the config as TOML (mode 0644; it holds no secrets).
+    pub fn write(&self, path: &Path) -> Result<(), ConfigError> {
+        let err = |source| ConfigError::Write {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        crate::identity::write_atomic(path, self.to_toml().as_bytes(), 0o644).map_err(err)
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.state_dir.join("agent.db")
+    }
+}
+
+/// Host and port of an `mqtt://` / `mqtts://` URL, and whether it is TLS.
+pub fn broker_addr(url: &str) -> Option<(String, u16, bool)> {
+    let (rest, tls, default_port) = if let Some(r) = url.strip_prefix("mqtt://") {
+        (r, false, 1883)
+    } else if let Some(r) = url.strip_prefix("mqtts://") {
+        (r, true, 8883)
+    } else {
+        return None;
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || rest.contains('/') {
+        return None;
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, p.parse().ok()?),
+        _ => (rest, default_port),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty()).then(|| (host.to_owned(), port, tls))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults_round_trip_through_toml() {
+        let d = Config::default();
+        let text = d.to_toml();
+        assert!(text.contains("state_dir = \"/var/lib/edgefleet\""));
+        assert_eq!(Config::from_toml(&text).unwrap(), d);
+        d.validate().unwrap();
+    }
+
+    #[test]
+    fn precedence_is_flag_over_env_over_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "device_id = \"from-file\"\n[http]\nport = 1000\n").unwrap();
+        let e = env(&[
+            ("EDGEFLEET_HTTP_PORT", "2000"),
+            ("EDGEFLEET_DEVICE_ID", "from-env"),
+        ]);
+        let cfg = Config::load(&path, true, &e, &Overrides::default()).unwrap();
+        assert_eq!((cfg.device_id.as_str(), cfg.http.port), ("from-env", 2000));
+        let flags = Overrides {
+            http_port: Some(3000),
+            ..Default::default()
+        };
+        let cfg = Config::load(&path, true, &e, &flags).unwrap();
+        assert_eq!(cfg.http.port, 3000);
+    }
+
+    #[test]
+    fn invalid_inputs_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "nonsense = 1\n").unwrap();
+        let none = env(&[]);
+        assert!(matches!(
+            Config::load(&path, true, &none, &Overrides::default()),
+            Err(ConfigError::Parse { .. })
+        ));
+        std::fs::write(&path, "device_id = \"Bad_ID\"\n").unwrap();
+        assert!(matches!(
+            Config::load(&path, true, &none, &Overrides::default()),
+            Err(ConfigError::Invalid(_))
+        ));
+        std::fs::write(&path, "").unwrap();
+        let bad = env(&[("EDGEFLEET_HTTP_PORT", "x")]);
+        assert!(matches!(
+            Config::load(&path, true, &bad, &Overrides::default()),
+            Err(ConfigError::Env { .. })
+        ));
+        let missing = dir.path().join("missing.toml");
+        assert!(Config::load(&missing, false, &none, &Overrides::default()).is_ok());
+        assert!(matches!(
+            Config::load(&missing, true, &none, &Overrides::default()),
+            Err(ConfigError::Read { .. })
+        ));
+        assert!(Config::default().require_enrolled().is_err());
+    }
+
+    #[test]
+    fn broker_urls() {
+        assert_eq!(
+            broker_addr("mqtt://127.0.0.1:1883"),
+            Some(("127.0.0.1".into(), 1883, false))
+        );
+        assert_eq!(broker_addr("mqtts://hub"), Some(("hub".into(), 8883, true)));
+        assert_eq!(broker_addr("http://hub:1"), None);
+        assert_eq!(broker_addr("mqtt://hub:x"), None);
+    }
+}

@@ -1,0 +1,177 @@
+//! `edge-agent run`: wires the store, reconciler, MQTT session and local HTTP
+//! together and owns the process lifecycle. This is the one place that
+//! handles signals: SIGTERM/SIGINT cancel a [`CancellationToken`], every task
+//! is tracked by a [`TaskTracker`] and gets a grace period to drain. A task
+//! that dies on its own takes the process down (systemd restarts it).
+//!
+//! systemd: READY=1 once the store is open and the config valid, then
+//! WATCHDOG=1 from the main loop after the store answered.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, atomic::AtomicU64};
+use std::time::Duration;
+
+use edgefleet_protocol::DeviceId;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::identity::Identity;
+use crate::metrics::Metrics;
+use crate::outbox::Limits;
+
+/// How long tasks get to finish after a stop signal.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// State shared by the daemon's tasks.
+#[derive(Debug)]
+pub struct Shared {
+    pub cfg: Config,
+    pub device: DeviceId,
+    pub identity: Identity,
+    pub db: Db,
+    pub metrics: Metrics,
+    /// Wakes the reconciler (new desired state, connect, commands).
+    pub reconcile_wake: Notify,
+    /// The next pass must queue a status report even if nothing changed.
+    pub report_wanted: AtomicBool,
+    /// New outbox rows were committed.
+    pub outbox_wake: Notify,
+    pub connected: AtomicBool,
+    /// Kubernetes workloads exist (so `/readyz` needs the API).
+    pub kube_needed: AtomicBool,
+    pub kube_reachable: AtomicBool,
+    k3s_version: Mutex<Option<String>>,
+    /// Process start, for the cold-start log line.
+    pub started_ms: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(cfg: Config, device: DeviceId, identity: Identity, db: Db) -> Self {
+        Self {
+            cfg,
+            device,
+            identity,
+            db,
+            metrics: Metrics::new(),
+            reconcile_wake: Notify::new(),
+            report_wanted: AtomicBool::new(true),
+            outbox_wake: Notify::new(),
+            connected: AtomicBool::new(false),
+            kube_needed: AtomicBool::new(false),
+            kube_reachable: AtomicBool::new(false),
+            k3s_version: Mutex::new(None),
+            started_ms: AtomicU64::new(edgefleet_protocol::now_ms()),
+        }
+    }
+
+    pub fn outbox_limits(&self) -> Limits {
+        Limits {
+            max_messages: self.cfg.outbox.max_messages,
+            max_bytes: self.cfg.outbox.max_bytes,
+        }
+    }
+
+    pub fn k3s_version(&self) -> Option<String> {
+        self.k3s_version
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_k3s_version(&self, v: Option<String>) {
+        *self.k3s_version.lock().unwrap_or_else(|p| p.into_inner()) = v;
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
+    #[error(transparent)]
+    Session(#[from] crate::session::SessionError),
+    #[error("cannot install signal handlers")]
+    Signals(#[source] std::io::Error),
+    #[error("task {0} stopped unexpectedly")]
+    TaskDied(&'static str),
+}
+
+/// Runs the daemon until a stop signal; `shared` holds an open store.
+pub async fn run(shared: Arc<Shared>) -> Result<(), DaemonError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    // The first reconcile pass starts before anything touches the network.
+    let reconciler = tracker.spawn(crate::reconcile::run(shared.clone(), cancel.clone()));
+    let listener = crate::http::bind(shared.cfg.http.port).await?;
+    let http = tracker.spawn(crate::http::serve(listener, shared.clone(), cancel.clone()));
+    let session = tracker.spawn(crate::session::run(shared.clone(), cancel.clone()));
+    tracker.close();
+
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    tracing::info!(device = %shared.device, "edge-agent running");
+
+    let mut watchdog_usec = 0u64;
+    let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
+    let period = if watchdog {
+        Duration::from_micros(watchdog_usec / 2).max(Duration::from_millis(500))
+    } else {
+        Duration::from_secs(3600)
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    tokio::pin!(reconciler, http, session);
+    let mut result = Ok(());
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
+            _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
+            r = &mut reconciler => {
+                tracing::error!(result = ?r, "reconciler stopped");
+                result = Err(DaemonError::TaskDied("reconciler"));
+                break;
+            }
+            r = &mut http => {
+                result = match r {
+                    Ok(Err(e)) => Err(e.into()),
+                    _ => Err(DaemonError::TaskDied("http")),
+                };
+                break;
+            }
+            r = &mut session => {
+                result = match r {
+                    Ok(Err(e)) => Err(e.into()),
+                    _ => Err(DaemonError::TaskDied("session")),
+                };
+                break;
+            }
+            _ = tick.tick(), if watchdog => {
+                // Ping only when the store answers: a wedged agent gets restarted.
+                let alive = tokio::time::timeout(period, shared.db.call(|s| s.schema_version().is_ok())).await;
+                if matches!(alive, Ok(true)) {
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                } else {
+                    tracing::error!("store did not answer; withholding the watchdog ping");
+                }
+            }
+        }
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    cancel.cancel();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "tasks did not finish within the grace period");
+    }
+    shared.connected.store(false, Ordering::Relaxed);
+    tracing::info!("edge-agent stopped");
+    result
+}

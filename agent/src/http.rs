@@ -1,0 +1,247 @@
+//! Local HTTP on 127.0.0.1 only: `/livez`, `/readyz`, `/metrics`, and
+//! `POST /v1/events`, through which apps on the device send telemetry
+//! upstream. An event is answered 202 only after its SQLite commit, so an app
+//! that got 202 never loses it. The KServe v2 inference endpoints
+//! (`/v2/...`, issue 5) will be merged into [`router`] beside these.
+//!
+//! Never binds anything but loopback.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use edgefleet_protocol::{Channel, Event};
+use serde::Deserialize;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::daemon::Shared;
+
+/// Most events in one `POST /v1/events` body.
+pub const MAX_EVENTS_PER_REQUEST: usize = 1000;
+const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("cannot bind local HTTP on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("local HTTP server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// An event as an app posts it; the agent fills in what is missing.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct EventIn {
+    /// Unique id for dedup at the hub; default: a fresh UUIDv7.
+    #[serde(default)]
+    id: Option<String>,
+    kind: String,
+    #[serde(default)]
+    workload: Option<String>,
+    #[serde(default)]
+    created_at_ms: Option<u64>,
+    #[serde(default)]
+    payload: serde_json::Value,
+}
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/events", post(post_events))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(shared)
+}
+
+/// Binds 127.0.0.1:`port` and prints the bound address.
+pub async fn bind(port: u16) -> Result<tokio::net::TcpListener, HttpError> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| HttpError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| HttpError::Bind { addr, source })?;
+    // Tests and scripts parse this line (port 0 picks a free port).
+    println!("local HTTP on http://{bound}");
+    tracing::info!(%bound, "local HTTP listening");
+    Ok(listener)
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) -> Result<(), HttpError> {
+    axum::serve(listener, router(shared))
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await
+        .map_err(HttpError::Serve)
+}
+
+fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {
+    (
+        status,
+        axum::Json(json!({"error": {"code": code, "message": message.to_string()}})),
+    )
+        .into_response()
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    let store_ok = shared.db.call(|s| s.schema_version().is_ok()).await;
+    if !store_ok {
+        return (StatusCode::SERVICE_UNAVAILABLE, "store not readable\n").into_response();
+    }
+    if shared.kube_needed.load(Ordering::Relaxed) && !shared.kube_reachable.load(Ordering::Relaxed)
+    {
+        return (StatusCode::SERVICE_UNAVAILABLE, "K3s API unreachable\n").into_response();
+    }
+    (StatusCode::OK, "ready\n").into_response()
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        shared.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// Parses a body holding one event object or an array of them.
+fn parse_events(body: &[u8]) -> Result<Vec<EventIn>, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
+    let items = match value {
+        serde_json::Value::Array(items) => {
+            if items.is_empty() {
+                return Err("empty array: post at least one event".into());
+            }
+            if items.len() > MAX_EVENTS_PER_REQUEST {
+                return Err(format!(
+                    "{} events in one request, the limit is {MAX_EVENTS_PER_REQUEST}",
+                    items.len()
+                ));
+            }
+            items
+        }
+        obj @ serde_json::Value::Object(_) => vec![obj],
+        _ => return Err("body must be an event object or an array of them".into()),
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| serde_json::from_value::<EventIn>(v).map_err(|e| format!("event [{i}]: {e}")))
+        .collect()
+}
+
+async fn post_events(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let m = &shared.metrics;
+    let items = match parse_events(&body) {
+        Ok(items) => items,
+        Err(msg) => {
+            m.events_refused.inc();
+            return error(StatusCode::BAD_REQUEST, "invalid_event", msg);
+        }
+    };
+    let now = edgefleet_protocol::now_ms();
+    let mut ids = Vec::with_capacity(items.len());
+    let mut sealed = Vec::with_capacity(items.len());
+    for (i, it) in items.into_iter().enumerate() {
+        let event = Event {
+            id: it
+                .id
+                .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string()),
+            device_id: shared.device.clone(),
+            kind: it.kind,
+            workload: it.workload,
+            created_at_ms: it.created_at_ms.unwrap_or(now),
+            payload: it.payload,
+        };
+        if let Err(e) = event.check() {
+            m.events_refused.inc();
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_event",
+                format_args!("event [{i}]: {e}"),
+            );
+        }
+        sealed.push(shared.identity.signer.seal(&event));
+        ids.push(event.id);
+    }
+    let n = sealed.len() as u64;
+    let limits = shared.outbox_limits();
+    let res = shared
+        .db
+        .call(move |s| {
+            s.outbox_push(Channel::Events, &sealed, limits)
+                .map(|p| (p, s.outbox_depth()))
+        })
+        .await;
+    match res {
+        Ok((pushed, depth)) => {
+            m.events_accepted.inc_by(n);
+            m.outbox_dropped.inc_by(pushed.dropped);
+            m.set_outbox(depth);
+            shared.outbox_wake.notify_one();
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(json!({"accepted": n, "ids": ids})),
+            )
+                .into_response()
+        }
+        Err(e) => {
+            m.events_refused.inc_by(n);
+            m.store_errors.inc();
+            tracing::error!(error = %crate::error_chain(&e), "cannot commit posted events");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the event could not be committed; retry",
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_single_and_batches_with_clear_errors() {
+        assert_eq!(
+            parse_events(br#"{"kind":"a","payload":1}"#).unwrap().len(),
+            1
+        );
+        assert_eq!(
+            parse_events(br#"[{"kind":"a"},{"kind":"b","id":"x"}]"#)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(parse_events(b"nope").unwrap_err().contains("not JSON"));
+        assert!(parse_events(b"[]").unwrap_err().contains("empty"));
+        assert!(parse_events(b"3").unwrap_err().contains("event object"));
+        let e = parse_events(br#"[{"kind":"a"},{"kind":"b","bogus":1}]"#).unwrap_err();
+        assert!(e.starts_with("event [1]") && e.contains("bogus"), "{e}");
+        assert!(
+            parse_events(br#"{"payload":{}}"#)
+                .unwrap_err()
+                .contains("kind")
+        );
+    }
+}

@@ -1,0 +1,227 @@
+//! The agent's Prometheus metrics, registered once and shared by every task.
+//! Names follow `edgefleet_agent_…` with `_total`, `_seconds`, `_bytes`.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+type Labels = [(&'static str, &'static str); 1];
+
+/// Every metric the agent exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub mqtt_connected: Gauge,
+    pub mqtt_connects: Counter,
+    pub mqtt_disconnects: Counter,
+    pub outbox_depth: Gauge,
+    pub outbox_bytes: Gauge,
+    pub outbox_dropped: Counter,
+    pub outbox_acked: Counter,
+    pub desired_accepted: Counter,
+    pub desired_duplicates: Counter,
+    pub rejected: Family<Labels, Counter>,
+    pub desired_revision: Gauge,
+    pub reconcile_duration: Histogram,
+    pub reconcile_passes: Counter,
+    pub reconcile_errors: Counter,
+    pub kube_reachable: Gauge,
+    pub kube_applies: Counter,
+    pub kube_deletes: Counter,
+    pub events_accepted: Counter,
+    pub events_refused: Counter,
+    pub store_errors: Counter,
+    pub store_recovered: Counter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("edgefleet_agent");
+        let m = Self {
+            mqtt_connected: Gauge::default(),
+            mqtt_connects: Counter::default(),
+            mqtt_disconnects: Counter::default(),
+            outbox_depth: Gauge::default(),
+            outbox_bytes: Gauge::default(),
+            outbox_dropped: Counter::default(),
+            outbox_acked: Counter::default(),
+            desired_accepted: Counter::default(),
+            desired_duplicates: Counter::default(),
+            rejected: Family::default(),
+            desired_revision: Gauge::default(),
+            reconcile_duration: Histogram::new([
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            reconcile_passes: Counter::default(),
+            reconcile_errors: Counter::default(),
+            kube_reachable: Gauge::default(),
+            kube_applies: Counter::default(),
+            kube_deletes: Counter::default(),
+            events_accepted: Counter::default(),
+            events_refused: Counter::default(),
+            store_errors: Counter::default(),
+            store_recovered: Counter::default(),
+            registry: Registry::default(),
+        };
+        // Pre-register every rejection reason so dashboards see zeros.
+        for reason in edgefleet_protocol::Rejection::REASONS {
+            let _ = m.rejected.get_or_create(&[("reason", reason)]);
+        }
+        r.register(
+            "mqtt_connected",
+            "1 while the MQTT session is up",
+            m.mqtt_connected.clone(),
+        );
+        r.register(
+            "mqtt_connects",
+            "MQTT connections established",
+            m.mqtt_connects.clone(),
+        );
+        r.register(
+            "mqtt_disconnects",
+            "MQTT connections lost or refused",
+            m.mqtt_disconnects.clone(),
+        );
+        r.register(
+            "outbox_depth",
+            "Messages queued in the outbox",
+            m.outbox_depth.clone(),
+        );
+        r.register_with_unit(
+            "outbox",
+            "Payload bytes queued in the outbox",
+            Unit::Bytes,
+            m.outbox_bytes.clone(),
+        );
+        r.register(
+            "outbox_dropped",
+            "Outbox messages dropped (oldest first) because it was full",
+            m.outbox_dropped.clone(),
+        );
+        r.register(
+            "outbox_acked",
+            "Outbox messages acknowledged by the broker and deleted",
+            m.outbox_acked.clone(),
+        );
+        r.register(
+            "desired_accepted",
+            "Desired-state documents verified and stored",
+            m.desired_accepted.clone(),
+        );
+        r.register(
+            "desired_duplicates",
+            "Redeliveries of the stored desired-state version",
+            m.desired_duplicates.clone(),
+        );
+        r.register(
+            "messages_rejected",
+            "Messages from the hub refused by verification, by reason",
+            m.rejected.clone(),
+        );
+        r.register(
+            "desired_revision",
+            "Revision of the stored desired state",
+            m.desired_revision.clone(),
+        );
+        r.register_with_unit(
+            "reconcile_duration",
+            "Duration of reconcile passes",
+            Unit::Seconds,
+            m.reconcile_duration.clone(),
+        );
+        r.register(
+            "reconcile_passes",
+            "Reconcile passes run",
+            m.reconcile_passes.clone(),
+        );
+        r.register(
+            "reconcile_errors",
+            "Reconcile passes that left a workload failed",
+            m.reconcile_errors.clone(),
+        );
+        r.register(
+            "kube_reachable",
+            "1 when the Kubernetes API answered the last probe",
+            m.kube_reachable.clone(),
+        );
+        r.register(
+            "kube_applies",
+            "Server-side applies sent",
+            m.kube_applies.clone(),
+        );
+        r.register(
+            "kube_deletes",
+            "Owned objects deleted (pruned)",
+            m.kube_deletes.clone(),
+        );
+        r.register(
+            "events_accepted",
+            "Events committed to the outbox from POST /v1/events",
+            m.events_accepted.clone(),
+        );
+        r.register(
+            "events_refused",
+            "Events refused by POST /v1/events (bad input or store failure)",
+            m.events_refused.clone(),
+        );
+        r.register(
+            "store_errors",
+            "SQLite operations that failed",
+            m.store_errors.clone(),
+        );
+        r.register(
+            "store_recovered",
+            "Corrupt databases moved aside at startup",
+            m.store_recovered.clone(),
+        );
+        Self { registry: r, ..m }
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn reject(&self, reason: &'static str) {
+        self.rejected.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    pub fn set_outbox(&self, depth: (u64, u64)) {
+        self.outbox_depth.set(depth.0 as i64);
+        self.outbox_bytes.set(depth.1 as i64);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_names_and_reasons() {
+        let m = Metrics::new();
+        m.reject("bad_signature");
+        m.outbox_dropped.inc_by(3);
+        let text = m.encode();
+        assert!(
+            text.contains("edgefleet_agent_messages_rejected_total{reason=\"bad_signature\"} 1")
+        );
+        assert!(
+            text.contains("edgefleet_agent_messages_rejected_total{reason=\"stale_revision\"} 0")
+        );
+        assert!(text.contains("edgefleet_agent_outbox_dropped_total 3"));
+        assert!(text.contains("edgefleet_agent_reconcile_duration_seconds_bucket"));
+        assert!(text.contains("edgefleet_agent_outbox_bytes"));
+    }
+}

@@ -1,0 +1,1148 @@
+//! The K3s runtime: server-side apply of arbitrary Kubernetes objects to the
+//! device's own cluster through kube-rs, plus health read from their status.
+//!
+//! Objects are handled as `DynamicObject`s; apiVersion/kind are mapped to
+//! resources by discovery of the one group-version asked for (one request,
+//! cached per kind) rather than a full discovery sweep, which costs N+2
+//! requests on every start of a small device.
+//!
+//! This module keeps no state besides that cache and never talks MQTT. It never
+//! deletes an object that does not carry our `managed-by` label, never labels
+//! a namespace it only created as a prerequisite, and never blocks a caller
+//! longer than the request timeout it was built with.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use edgefleet_protocol::Health;
+use edgefleet_protocol::name::check_label_value;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{
+    Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, Preconditions,
+    PropagationPolicy,
+};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::gvk::GroupVersion;
+use kube::discovery::{ApiResource, Scope};
+use kube::{Client, Config};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// The field manager of every server-side apply we send.
+pub const FIELD_MANAGER: &str = "edgefleet-agent";
+/// Label marking objects as ours; only such objects are ever deleted.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`] on our objects.
+pub const MANAGED_BY_VALUE: &str = "edgefleet";
+/// Label naming the workload (`<deployment>.<workload>`) an object belongs to.
+pub const WORKLOAD_LABEL: &str = "edgefleet.io/workload";
+/// Namespace of namespaced objects whose manifest names none (as kubectl does).
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// Metadata the server owns; a manifest exported from a cluster carries it,
+/// and sending `resourceVersion` in an apply would turn it into a
+/// compare-and-swap that fails forever once the object changes.
+const SERVER_METADATA: &[&str] = &[
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "managedFields",
+    "selfLink",
+];
+
+/// Identity of a Kubernetes object we apply.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct ObjectKey {
+    pub api_version: String,
+    pub kind: String,
+    /// `None` for cluster-scoped objects, and for namespaced objects whose
+    /// manifest names no namespace (the runtime then uses [`DEFAULT_NAMESPACE`]).
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+impl ObjectKey {
+    /// The key of a manifest; `None` unless apiVersion, kind and metadata.name
+    /// are non-empty strings.
+    pub fn from_manifest(m: &Value) -> Option<Self> {
+        let text = |v: Option<&Value>| {
+            v.and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        let meta = m.get("metadata");
+        Some(Self {
+            api_version: text(m.get("apiVersion"))?,
+            kind: text(m.get("kind"))?,
+            namespace: text(meta.and_then(|md| md.get("namespace"))),
+            name: text(meta.and_then(|md| md.get("name")))?,
+        })
+    }
+
+    fn group(&self) -> &str {
+        self.api_version
+            .split_once('/')
+            .map_or("", |(group, _)| group)
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.namespace {
+            Some(ns) => write!(f, "{} {} {}/{}", self.api_version, self.kind, ns, self.name),
+            None => write!(f, "{} {} {}", self.api_version, self.kind, self.name),
+        }
+    }
+}
+
+/// An object as the API server returned it.
+#[derive(Debug, Clone)]
+pub struct LiveObject {
+    /// The key as the server reports it (the namespace is always filled in
+    /// for namespaced objects).
+    pub key: ObjectKey,
+    pub uid: String,
+    pub resource_version: String,
+    pub generation: Option<i64>,
+    pub labels: BTreeMap<String, String>,
+    pub raw: Value,
+}
+
+impl LiveObject {
+    /// Whether the object carries our `managed-by` label.
+    pub fn is_owned(&self) -> bool {
+        self.labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("reading kubeconfig {path}")]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("no Kubernetes configuration found (no kubeconfig, not in a cluster)")]
+    InferConfig(#[source] kube::config::InferConfigError),
+    #[error("building the Kubernetes client")]
+    Client(#[source] kube::Error),
+    #[error("invalid manifest: {0}")]
+    InvalidManifest(String),
+    #[error("Kubernetes API unreachable ({op})")]
+    Unreachable {
+        op: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("Kubernetes API did not answer within {after:?} ({op})")]
+    Timeout { op: String, after: Duration },
+    #[error("the API server does not serve kind {kind} in {api_version}")]
+    UnknownKind { api_version: String, kind: String },
+    #[error("Kubernetes API refused: {code} {reason}: {message}")]
+    Api {
+        code: u16,
+        reason: String,
+        message: String,
+    },
+    #[error("unexpected response from the Kubernetes API ({op})")]
+    Decode {
+        op: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("encoding object {key}")]
+    Encode {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl KubeError {
+    /// True when retrying the same call later may succeed (API down, slow,
+    /// overloaded, racing writers); false for a bad manifest or config.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Unreachable { .. } | Self::Timeout { .. } => true,
+            // 403 "being terminated": the namespace is going away and the
+            // next attempt recreates it.
+            Self::Api { code, message, .. } => {
+                *code >= 500
+                    || matches!(code, 408 | 409 | 429)
+                    || (*code == 403 && message.contains("being terminated"))
+            }
+            Self::Kubeconfig { .. }
+            | Self::InferConfig(_)
+            | Self::Client(_)
+            | Self::InvalidManifest(_)
+            | Self::UnknownKind { .. }
+            | Self::Decode { .. }
+            | Self::Encode { .. } => false,
+        }
+    }
+
+    fn from_kube(op: &str, e: kube::Error) -> Self {
+        match e {
+            kube::Error::Api(status) => Self::Api {
+                code: status.code,
+                reason: status.reason,
+                message: status.message,
+            },
+            kube::Error::SerdeError(_)
+            | kube::Error::FromUtf8(_)
+            | kube::Error::LinesCodecMaxLineLengthExceeded => Self::Decode {
+                op: op.to_owned(),
+                source: e,
+            },
+            kube::Error::BuildRequest(_) | kube::Error::HttpError(_) => {
+                Self::InvalidManifest(format!("{op}: {e}"))
+            }
+            _ => Self::Unreachable {
+                op: op.to_owned(),
+                source: e,
+            },
+        }
+    }
+}
+
+/// Where an apiVersion/kind lives in the API.
+#[derive(Debug, Clone)]
+struct Resolved {
+    resource: ApiResource,
+    namespaced: bool,
+}
+
+/// Client for the device's K3s API.
+#[derive(Clone)]
+pub struct KubeRuntime {
+    client: Client,
+    timeout: Duration,
+    /// (apiVersion, kind) → resource; only positive answers are cached.
+    kinds: Arc<RwLock<HashMap<(String, String), Resolved>>>,
+}
+
+impl fmt::Debug for KubeRuntime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KubeRuntime")
+            .field("timeout", &self.timeout)
+            .field("cached_kinds", &self.kinds.read().map(|k| k.len()).ok())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KubeRuntime {
+    /// Builds a client from a kubeconfig file (None: in-cluster/default). Does
+    /// not contact the server. `request_timeout` bounds every call below as a
+    /// whole, whatever the API server does.
+    pub async fn connect(
+        kubeconfig: Option<&Path>,
+        request_timeout: Duration,
+    ) -> Result<Self, KubeError> {
+        // kube's rustls stack needs a process-wide provider; ring is the one we
+        // build with. Err only means one is already installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut config = match kubeconfig {
+            Some(path) => {
+                let err = |source| KubeError::Kubeconfig {
+                    path: path.to_owned(),
+                    source,
+                };
+                let kc = Kubeconfig::read_from(path).map_err(err)?;
+                Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                    .await
+                    .map_err(err)?
+            }
+            None => Config::infer().await.map_err(KubeError::InferConfig)?,
+        };
+        config.connect_timeout = Some(request_timeout);
+        config.read_timeout = Some(request_timeout);
+        config.write_timeout = Some(request_timeout);
+        // Count the read timeout from the request, not from when a pooled
+        // connection went idle.
+        config.reset_reader_on_write = true;
+        // The reconciler retries with its own backoff; kube's retries would
+        // hide an overloaded API behind our timeout.
+        config.default_retry = false;
+        let client = Client::try_from(config).map_err(KubeError::Client)?;
+        Ok(Self {
+            client,
+            timeout: request_timeout,
+            kinds: Arc::default(),
+        })
+    }
+
+    /// "v1.31.4+k3s1"; also the reachability probe.
+    pub async fn server_version(&self) -> Result<String, KubeError> {
+        self.bounded("server version", async {
+            let info = self
+                .client
+                .apiserver_version()
+                .await
+                .map_err(|e| KubeError::from_kube("server version", e))?;
+            Ok(info.git_version)
+        })
+        .await
+    }
+
+    /// GET; Ok(None) when absent. Read-only.
+    pub async fn get(&self, key: &ObjectKey) -> Result<Option<LiveObject>, KubeError> {
+        self.bounded("get", self.get_inner(key)).await
+    }
+
+    /// Server-side apply (fieldManager=edgefleet-agent, force) of one manifest
+    /// with our two labels added. Creates a missing namespace (unlabelled, so
+    /// never pruned). A namespaced manifest without namespace goes to
+    /// [`DEFAULT_NAMESPACE`].
+    pub async fn apply(
+        &self,
+        workload_id: &str,
+        manifest: &Value,
+    ) -> Result<LiveObject, KubeError> {
+        self.bounded("apply", self.apply_inner(workload_id, manifest))
+            .await
+    }
+
+    /// Deletes the object only if the live object carries our `managed-by`
+    /// label (never touches anything else). Ok(false) when absent or not ours.
+    pub async fn delete_owned(&self, key: &ObjectKey) -> Result<bool, KubeError> {
+        self.bounded("delete", self.delete_inner(key)).await
+    }
+
+    /// Objects of the given (apiVersion, kind) pairs labelled as ours, in all
+    /// namespaces. Kinds the server does not serve have no objects.
+    pub async fn list_owned(
+        &self,
+        kinds: &[(String, String)],
+    ) -> Result<Vec<LiveObject>, KubeError> {
+        self.bounded("list", async {
+            let mut out = Vec::new();
+            for (api_version, kind) in kinds {
+                let resolved = match self.resolve(api_version, kind).await {
+                    Ok(r) => r,
+                    Err(KubeError::UnknownKind { .. }) => continue,
+                    Err(e) => return Err(e),
+                };
+                let api: Api<DynamicObject> =
+                    Api::all_with(self.client.clone(), &resolved.resource);
+                let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
+                let list = api
+                    .list(&ListParams::default().labels(&selector))
+                    .await
+                    .map_err(|e| KubeError::from_kube("list", e))?;
+                for obj in list.items {
+                    out.push(live_object(obj, &resolved.resource)?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn bounded<T>(
+        &self,
+        op: &str,
+        fut: impl Future<Output = Result<T, KubeError>>,
+    ) -> Result<T, KubeError> {
+        tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| KubeError::Timeout {
+                op: op.to_owned(),
+                after: self.timeout,
+            })?
+    }
+
+    async fn get_inner(&self, key: &ObjectKey) -> Result<Option<LiveObject>, KubeError> {
+        let resolved = self.resolve(&key.api_version, &key.kind).await?;
+        let api = self.api(&resolved, key.namespace.as_deref());
+        let op = format!("get {key}");
+        match api.get_opt(&key.name).await {
+            Ok(Some(obj)) => Ok(Some(live_object(obj, &resolved.resource)?)),
+            Ok(None) => Ok(None),
+            Err(e) => Err(KubeError::from_kube(&op, e)),
+        }
+    }
+
+    async fn apply_inner(
+        &self,
+        workload_id: &str,
+        manifest: &Value,
+    ) -> Result<LiveObject, KubeError> {
+        let mut body = prepare(workload_id, manifest)?;
+        let key = ObjectKey::from_manifest(&body).ok_or_else(|| {
+            KubeError::InvalidManifest("apiVersion, kind and metadata.name are required".into())
+        })?;
+        let resolved = self.resolve(&key.api_version, &key.kind).await?;
+        let namespace = if resolved.namespaced {
+            let ns = key
+                .namespace
+                .clone()
+                .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
+            set_namespace(&mut body, Some(&ns));
+            Some(ns)
+        } else {
+            // The server ignores it; dropping it keeps the field out of our
+            // managed fields.
+            set_namespace(&mut body, None);
+            None
+        };
+        let api = self.api(&resolved, namespace.as_deref());
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let op = format!("apply {key}");
+        let applied = match api.patch(&key.name, &params, &Patch::Apply(&body)).await {
+            Err(kube::Error::Api(status))
+                if status.code == 404
+                    && namespace.is_some()
+                    && status.details.as_ref().is_some_and(|d| {
+                        d.kind == "namespaces" && Some(d.name.as_str()) == namespace.as_deref()
+                    }) =>
+            {
+                let ns = namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+                self.create_namespace(ns).await?;
+                api.patch(&key.name, &params, &Patch::Apply(&body)).await
+            }
+            other => other,
+        };
+        match applied {
+            Ok(obj) => live_object(obj, &resolved.resource),
+            Err(e) => {
+                if let kube::Error::Api(status) = &e
+                    && status.code == 404
+                {
+                    // A 404 that is not about the namespace: the resource went
+                    // away (a CRD deleted); ask discovery again next time.
+                    self.forget(&key.api_version, &key.kind);
+                }
+                Err(KubeError::from_kube(&op, e))
+            }
+        }
+    }
+
+    async fn create_namespace(&self, name: &str) -> Result<(), KubeError> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let ns = Namespace {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.to_owned()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..Default::default()
+        };
+        match api.create(&params, &ns).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(()),
+            Err(e) => Err(KubeError::from_kube(&format!("create namespace {name}"), e)),
+        }
+    }
+
+    async fn delete_inner(&self, key: &ObjectKey) -> Result<bool, KubeError> {
+        let Some(live) = self.get_inner(key).await? else {
+            return Ok(false);
+        };
+        if !live.is_owned() {
+            return Ok(false);
+        }
+        let resolved = self.resolve(&key.api_version, &key.kind).await?;
+        let api = self.api(&resolved, live.key.namespace.as_deref());
+        let params = DeleteParams {
+            // Background: the Job API's default is to orphan the Job's pods.
+            propagation_policy: Some(PropagationPolicy::Background),
+            // Never delete an object that replaced the one we checked.
+            preconditions: Some(Preconditions {
+                uid: Some(live.uid.clone()),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api.delete(&key.name, &params).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.is_not_found() => Ok(false),
+            Err(e) => Err(KubeError::from_kube(&format!("delete {key}"), e)),
+        }
+    }
+
+    fn api(&self, resolved: &Resolved, namespace: Option<&str>) -> Api<DynamicObject> {
+        if resolved.namespaced {
+            Api::namespaced_with(
+                self.client.clone(),
+                namespace.unwrap_or(DEFAULT_NAMESPACE),
+                &resolved.resource,
+            )
+        } else {
+            Api::all_with(self.client.clone(), &resolved.resource)
+        }
+    }
+
+    async fn resolve(&self, api_version: &str, kind: &str) -> Result<Resolved, KubeError> {
+        let cache_key = (api_version.to_owned(), kind.to_owned());
+        if let Some(hit) = self
+            .kinds
+            .read()
+            .ok()
+            .and_then(|k| k.get(&cache_key).cloned())
+        {
+            return Ok(hit);
+        }
+        let unknown = || KubeError::UnknownKind {
+            api_version: api_version.to_owned(),
+            kind: kind.to_owned(),
+        };
+        let gv = GroupVersion::from_str(api_version).map_err(|_| {
+            KubeError::InvalidManifest(format!("apiVersion {api_version:?} is not group/version"))
+        })?;
+        let gvk = gv.with_kind(kind);
+        let (resource, caps) = match kube::discovery::pinned_kind(&self.client, &gvk).await {
+            Ok(found) => found,
+            Err(kube::Error::Discovery(_)) => return Err(unknown()),
+            Err(kube::Error::Api(status)) if status.code == 404 => return Err(unknown()),
+            Err(e) => return Err(KubeError::from_kube("discovery", e)),
+        };
+        let resolved = Resolved {
+            resource,
+            namespaced: caps.scope == Scope::Namespaced,
+        };
+        if let Ok(mut kinds) = self.kinds.write() {
+            kinds.insert(cache_key, resolved.clone());
+        }
+        Ok(resolved)
+    }
+
+    fn forget(&self, api_version: &str, kind: &str) {
+        if let Ok(mut kinds) = self.kinds.write() {
+            kinds.remove(&(api_version.to_owned(), kind.to_owned()));
+        }
+    }
+}
+
+fn live_object(obj: DynamicObject, resource: &ApiResource) -> Result<LiveObject, KubeError> {
+    // List items come without apiVersion/kind.
+    let (api_version, kind) = match &obj.types {
+        Some(t) if !t.api_version.is_empty() && !t.kind.is_empty() => {
+            (t.api_version.clone(), t.kind.clone())
+        }
+        _ => (resource.api_version.clone(), resource.kind.clone()),
+    };
+    let meta = &obj.metadata;
+    let key = ObjectKey {
+        api_version: api_version.clone(),
+        kind: kind.clone(),
+        namespace: meta.namespace.clone(),
+        name: meta.name.clone().unwrap_or_default(),
+    };
+    let mut raw = serde_json::to_value(&obj).map_err(|source| KubeError::Encode {
+        key: key.to_string(),
+        source,
+    })?;
+    if let Some(map) = raw.as_object_mut() {
+        map.insert("apiVersion".into(), Value::String(api_version));
+        map.insert("kind".into(), Value::String(kind));
+    }
+    Ok(LiveObject {
+        uid: meta.uid.clone().unwrap_or_default(),
+        resource_version: meta.resource_version.clone().unwrap_or_default(),
+        generation: meta.generation,
+        labels: meta.labels.clone().unwrap_or_default(),
+        key,
+        raw,
+    })
+}
+
+/// The body `apply` sends, before the namespace is settled by discovery:
+/// the manifest minus server-owned metadata, plus our two labels.
+fn prepare(workload_id: &str, manifest: &Value) -> Result<Value, KubeError> {
+    if let Err(e) = check_label_value(workload_id) {
+        return Err(KubeError::InvalidManifest(format!(
+            "workload id {workload_id:?} cannot be a label value: {e}"
+        )));
+    }
+    let mut body = manifest.clone();
+    let Some(obj) = body.as_object_mut() else {
+        return Err(KubeError::InvalidManifest("not a mapping".into()));
+    };
+    let meta = obj
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Some(meta) = meta.as_object_mut() else {
+        return Err(KubeError::InvalidManifest(
+            "metadata is not a mapping".into(),
+        ));
+    };
+    for field in SERVER_METADATA {
+        meta.remove(*field);
+    }
+    let labels = meta
+        .entry("labels")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if labels.is_null() {
+        *labels = Value::Object(Map::new());
+    }
+    let Some(labels) = labels.as_object_mut() else {
+        return Err(KubeError::InvalidManifest(
+            "metadata.labels is not a mapping".into(),
+        ));
+    };
+    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
+    labels.insert(WORKLOAD_LABEL.into(), workload_id.into());
+    if ObjectKey::from_manifest(&body).is_none() {
+        return Err(KubeError::InvalidManifest(
+            "apiVersion, kind and metadata.name must be non-empty strings".into(),
+        ));
+    }
+    Ok(body)
+}
+
+fn set_namespace(body: &mut Value, namespace: Option<&str>) {
+    if let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) {
+        match namespace {
+            Some(ns) => meta.insert("namespace".into(), Value::String(ns.to_owned())),
+            None => meta.remove("namespace"),
+        };
+    }
+}
+
+/// Stable hash of exactly what `apply` would send for this manifest (labels
+/// included), so the reconciler can skip re-applying unchanged objects.
+pub fn apply_hash(workload_id: &str, manifest: &Value) -> String {
+    let body = prepare(workload_id, manifest).unwrap_or_else(|_| manifest.clone());
+    let mut canonical = String::new();
+    write_canonical(&body, &mut canonical);
+    let mut h = Sha256::new();
+    // Versioned, so a change in what `apply` sends re-applies everything once.
+    h.update(b"edgefleet-apply-v1\n");
+    h.update(FIELD_MANAGER.as_bytes());
+    h.update(b"\n");
+    h.update(canonical.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// JSON with object keys sorted, whatever map order serde_json was built with.
+fn write_canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                write_canonical(&map[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// Health from status: Deployment/StatefulSet/DaemonSet rollout, Job
+/// completion/failure, Pod phase and container readiness; other kinds are
+/// Healthy once they exist. The message says what is missing.
+pub fn health_of(obj: &LiveObject) -> (Health, Option<String>) {
+    let status = obj.raw.get("status").filter(|s| s.is_object());
+    let spec = obj.raw.get("spec");
+    match (obj.key.group(), obj.key.kind.as_str()) {
+        ("apps", kind @ ("Deployment" | "StatefulSet" | "DaemonSet")) => {
+            let Some(status) = status else {
+                return progressing("waiting for the controller to report status");
+            };
+            if let Some(generation) = obj.generation
+                && int(status, "observedGeneration") < generation
+            {
+                return progressing(format!(
+                    "waiting for the controller to observe generation {generation}"
+                ));
+            }
+            match kind {
+                "Deployment" => deployment_health(spec, status),
+                "StatefulSet" => statefulset_health(spec, status),
+                _ => daemonset_health(spec, status),
+            }
+        }
+        ("batch", "Job") => job_health(spec, status),
+        ("", "Pod") => pod_health(status),
+        _ => (Health::Healthy, None),
+    }
+}
+
+fn progressing(msg: impl Into<String>) -> (Health, Option<String>) {
+    (Health::Progressing, Some(msg.into()))
+}
+
+fn degraded(msg: impl Into<String>) -> (Health, Option<String>) {
+    (Health::Degraded, Some(msg.into()))
+}
+
+fn int(v: &Value, field: &str) -> i64 {
+    v.get(field).and_then(Value::as_i64).unwrap_or(0)
+}
+
+fn str_at<'a>(v: Option<&'a Value>, path: &[&str]) -> Option<&'a str> {
+    path.iter()
+        .try_fold(v?, |v, p| v.get(p))
+        .and_then(Value::as_str)
+}
+
+fn desired_replicas(spec: Option<&Value>) -> i64 {
+    spec.and_then(|s| s.get("replicas"))
+        .and_then(Value::as_i64)
+        .unwrap_or(1)
+}
+
+/// The condition of `type_` whose status is "True".
+fn true_condition<'a>(status: Option<&'a Value>, type_: &str) -> Option<&'a Value> {
+    status?.get("conditions")?.as_array()?.iter().find(|c| {
+        c.get("type").and_then(Value::as_str) == Some(type_)
+            && c.get("status").and_then(Value::as_str) == Some("True")
+    })
+}
+
+fn condition_text(c: &Value) -> String {
+    let reason = c.get("reason").and_then(Value::as_str).unwrap_or("");
+    let message = c.get("message").and_then(Value::as_str).unwrap_or("");
+    match (reason.is_empty(), message.is_empty()) {
+        (false, false) => format!("{reason}: {message}"),
+        (false, true) => reason.to_owned(),
+        (true, false) => message.to_owned(),
+        (true, true) => String::new(),
+    }
+}
+
+fn deployment_health(spec: Option<&Value>, status: &Value) -> (Health, Option<String>) {
+    let conditions = status.get("conditions").and_then(Value::as_array);
+    for c in conditions.into_iter().flatten() {
+        let type_ = c.get("type").and_then(Value::as_str);
+        let reason = c.get("reason").and_then(Value::as_str);
+        if type_ == Some("Progressing") && reason == Some("ProgressDeadlineExceeded") {
+            return degraded(format!("rollout stuck: {}", condition_text(c)));
+        }
+    }
+    if let Some(c) = true_condition(Some(status), "ReplicaFailure") {
+        return degraded(format!("replica failure: {}", condition_text(c)));
+    }
+    let desired = desired_replicas(spec);
+    let updated = int(status, "updatedReplicas");
+    let total = int(status, "replicas");
+    let available = int(status, "availableReplicas");
+    if updated < desired {
+        return progressing(format!("{updated}/{desired} replicas updated"));
+    }
+    if total > updated {
+        return progressing(format!(
+            "{} old replicas pending termination",
+            total - updated
+        ));
+    }
+    if available < desired {
+        return progressing(format!("{available}/{desired} replicas available"));
+    }
+    (Health::Healthy, None)
+}
+
+fn statefulset_health(spec: Option<&Value>, status: &Value) -> (Health, Option<String>) {
+    let desired = desired_replicas(spec);
+    let strategy = str_at(spec, &["updateStrategy", "type"]).unwrap_or("RollingUpdate");
+    if strategy == "RollingUpdate" {
+        let partition = spec
+            .and_then(|s| s.pointer("/updateStrategy/rollingUpdate/partition"))
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        let updated = int(status, "updatedReplicas");
+        let want_updated = (desired - partition).max(0);
+        if updated < want_updated {
+            return progressing(format!("{updated}/{want_updated} replicas updated"));
+        }
+    }
+    let ready = int(status, "readyReplicas");
+    if ready < desired {
+        return progressing(format!("{ready}/{desired} replicas ready"));
+    }
+    if status.get("availableReplicas").is_some() {
+        let available = int(status, "availableReplicas");
+        if available < desired {
+            return progressing(format!("{available}/{desired} replicas available"));
+        }
+    }
+    (Health::Healthy, None)
+}
+
+fn daemonset_health(spec: Option<&Value>, status: &Value) -> (Health, Option<String>) {
+    let desired = int(status, "desiredNumberScheduled");
+    let strategy = str_at(spec, &["updateStrategy", "type"]).unwrap_or("RollingUpdate");
+    let updated = int(status, "updatedNumberScheduled");
+    if strategy == "RollingUpdate" && updated < desired {
+        return progressing(format!("{updated}/{desired} pods updated"));
+    }
+    let available = int(status, "numberAvailable");
+    if available < desired {
+        return progressing(format!("{available}/{desired} pods available"));
+    }
+    (Health::Healthy, None)
+}
+
+fn job_health(spec: Option<&Value>, status: Option<&Value>) -> (Health, Option<String>) {
+    if let Some(c) = true_condition(status, "Failed") {
+        return degraded(format!("job failed: {}", condition_text(c)));
+    }
+    if true_condition(status, "Complete").is_some() {
+        return (Health::Healthy, None);
+    }
+    if spec.and_then(|s| s.get("suspend")).and_then(Value::as_bool) == Some(true) {
+        return progressing("job suspended");
+    }
+    let completions = spec
+        .and_then(|s| s.get("completions"))
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    let succeeded = status.map_or(0, |s| int(s, "succeeded"));
+    let failed = status.map_or(0, |s| int(s, "failed"));
+    let mut msg = format!("{succeeded}/{completions} completions");
+    if failed > 0 {
+        msg.push_str(&format!(", {failed} failed pods"));
+    }
+    progressing(msg)
+}
+
+/// Container waiting reasons that will not clear by themselves.
+const STUCK_REASONS: &[&str] = &[
+    "CrashLoopBackOff",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+fn pod_health(status: Option<&Value>) -> (Health, Option<String>) {
+    let Some(status) = status else {
+        return progressing("waiting for the pod to be scheduled");
+    };
+    let containers: Vec<&Value> = ["initContainerStatuses", "containerStatuses"]
+        .iter()
+        .filter_map(|f| status.get(*f).and_then(Value::as_array))
+        .flatten()
+        .collect();
+    let stuck = containers.iter().find_map(|c| {
+        let waiting = c.pointer("/state/waiting")?;
+        let reason = waiting.get("reason").and_then(Value::as_str)?;
+        STUCK_REASONS.contains(&reason).then(|| {
+            let name = c.get("name").and_then(Value::as_str).unwrap_or("?");
+            format!("container {name}: {}", condition_text(waiting))
+        })
+    });
+    match status.get("phase").and_then(Value::as_str) {
+        Some("Succeeded") => (Health::Healthy, None),
+        Some("Failed") => {
+            let text = condition_text(status);
+            degraded(if text.is_empty() {
+                "pod failed".to_owned()
+            } else {
+                format!("pod failed: {text}")
+            })
+        }
+        Some("Pending") | Some("Running") if stuck.is_some() => degraded(stuck.unwrap_or_default()),
+        Some("Running") => {
+            if true_condition(Some(status), "Ready").is_some() {
+                return (Health::Healthy, None);
+            }
+            let main: Vec<&Value> = status
+                .get("containerStatuses")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .collect();
+            let ready = main
+                .iter()
+                .filter(|c| c.get("ready").and_then(Value::as_bool) == Some(true))
+                .count();
+            progressing(format!("{ready}/{} containers ready", main.len()))
+        }
+        Some("Pending") => {
+            let text = condition_text(status);
+            progressing(if text.is_empty() {
+                "pod pending".to_owned()
+            } else {
+                format!("pod pending: {text}")
+            })
+        }
+        Some(other) => (Health::Unknown, Some(format!("pod phase {other}"))),
+        None => progressing("waiting for the pod to be scheduled"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn live(manifest: Value) -> LiveObject {
+        LiveObject {
+            key: ObjectKey::from_manifest(&manifest).expect("key"),
+            uid: "u".into(),
+            resource_version: "1".into(),
+            generation: manifest
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64),
+            labels: BTreeMap::new(),
+            raw: manifest,
+        }
+    }
+
+    fn deploy(replicas: i64, status: Value) -> LiveObject {
+        live(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "demo", "generation": 2},
+            "spec": {"replicas": replicas},
+            "status": status,
+        }))
+    }
+
+    #[test]
+    fn key_from_manifest_and_display() {
+        let m = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                       "metadata": {"name": "web", "namespace": "demo"}});
+        let k = ObjectKey::from_manifest(&m).expect("key");
+        assert_eq!(k.to_string(), "apps/v1 Deployment demo/web");
+        let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "demo"}});
+        let k = ObjectKey::from_manifest(&ns).expect("key");
+        assert_eq!(k.namespace, None);
+        assert_eq!(k.to_string(), "v1 Namespace demo");
+        assert!(ObjectKey::from_manifest(&json!({"kind": "Pod"})).is_none());
+        assert!(
+            ObjectKey::from_manifest(&json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": ""}}))
+            .is_none()
+        );
+    }
+
+    #[test]
+    fn prepare_adds_labels_and_strips_server_fields() {
+        let m = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "c", "resourceVersion": "7", "uid": "x", "labels": {"a": "b"}},
+            "data": {"k": "v"}});
+        let body = prepare("demo.web", &m).expect("prepare");
+        assert_eq!(
+            body["metadata"]["labels"],
+            json!({"a": "b",
+            "app.kubernetes.io/managed-by": "edgefleet", "edgefleet.io/workload": "demo.web"})
+        );
+        assert!(body["metadata"].get("resourceVersion").is_none());
+        assert!(body["metadata"].get("uid").is_none());
+        assert!(matches!(
+            prepare("bad id!", &m),
+            Err(KubeError::InvalidManifest(_))
+        ));
+        assert!(matches!(
+            prepare("w", &json!([1])),
+            Err(KubeError::InvalidManifest(_))
+        ));
+    }
+
+    #[test]
+    fn apply_hash_is_stable_and_sensitive() {
+        let a = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"},
+                       "data": {"x": "1", "y": "2"}});
+        let b = json!({"data": {"y": "2", "x": "1"}, "metadata": {"name": "c"},
+                       "kind": "ConfigMap", "apiVersion": "v1"});
+        assert_eq!(apply_hash("w", &a), apply_hash("w", &b));
+        assert_ne!(apply_hash("w", &a), apply_hash("w2", &a));
+        let mut c = a.clone();
+        c["data"]["x"] = json!("3");
+        assert_ne!(apply_hash("w", &a), apply_hash("w", &c));
+        // Server-owned metadata does not change what is sent.
+        let mut d = a.clone();
+        d["metadata"]["resourceVersion"] = json!("42");
+        assert_eq!(apply_hash("w", &a), apply_hash("w", &d));
+    }
+
+    #[test]
+    fn deployment_health_follows_rollout() {
+        let (h, m) = health_of(&deploy(3, json!(null)));
+        assert_eq!(h, Health::Progressing, "{m:?}");
+        let (h, m) = health_of(&deploy(3, json!({"observedGeneration": 1})));
+        assert_eq!(h, Health::Progressing);
+        assert!(m.unwrap_or_default().contains("generation 2"));
+        let (h, m) = health_of(&deploy(
+            3,
+            json!({"observedGeneration": 2, "replicas": 3,
+            "updatedReplicas": 3, "availableReplicas": 1}),
+        ));
+        assert_eq!(
+            (h, m.as_deref()),
+            (Health::Progressing, Some("1/3 replicas available"))
+        );
+        let (h, m) = health_of(&deploy(
+            3,
+            json!({"observedGeneration": 2, "replicas": 4,
+            "updatedReplicas": 3, "availableReplicas": 3}),
+        ));
+        assert_eq!(
+            (h, m.as_deref()),
+            (
+                Health::Progressing,
+                Some("1 old replicas pending termination")
+            )
+        );
+        let (h, m) = health_of(&deploy(
+            3,
+            json!({"observedGeneration": 2, "replicas": 3,
+            "updatedReplicas": 3, "availableReplicas": 3, "readyReplicas": 3}),
+        ));
+        assert_eq!((h, m), (Health::Healthy, None));
+        let (h, _) = health_of(&deploy(
+            1,
+            json!({"observedGeneration": 2,
+            "conditions": [{"type": "Progressing", "status": "False",
+                            "reason": "ProgressDeadlineExceeded", "message": "too slow"}]}),
+        ));
+        assert_eq!(h, Health::Degraded);
+    }
+
+    #[test]
+    fn statefulset_and_daemonset_health() {
+        let sts = |status: Value| {
+            live(json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": "db", "namespace": "d", "generation": 1},
+            "spec": {"replicas": 2}, "status": status}))
+        };
+        let (h, m) = health_of(&sts(
+            json!({"observedGeneration": 1, "updatedReplicas": 2, "readyReplicas": 1}),
+        ));
+        assert_eq!(
+            (h, m.as_deref()),
+            (Health::Progressing, Some("1/2 replicas ready"))
+        );
+        let (h, _) = health_of(&sts(json!({"observedGeneration": 1, "updatedReplicas": 2,
+            "readyReplicas": 2, "availableReplicas": 2})));
+        assert_eq!(h, Health::Healthy);
+        let ds = |status: Value| {
+            live(json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+            "metadata": {"name": "agent", "namespace": "d", "generation": 1}, "spec": {},
+            "status": status}))
+        };
+        let (h, m) = health_of(&ds(
+            json!({"observedGeneration": 1, "desiredNumberScheduled": 2,
+            "updatedNumberScheduled": 2, "numberAvailable": 1}),
+        ));
+        assert_eq!(
+            (h, m.as_deref()),
+            (Health::Progressing, Some("1/2 pods available"))
+        );
+        let (h, _) = health_of(&ds(
+            json!({"observedGeneration": 1, "desiredNumberScheduled": 2,
+            "updatedNumberScheduled": 2, "numberAvailable": 2}),
+        ));
+        assert_eq!(h, Health::Healthy);
+    }
+
+    #[test]
+    fn job_and_pod_health() {
+        let job = |status: Value| {
+            live(json!({"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "j", "namespace": "d"}, "spec": {"completions": 2},
+            "status": status}))
+        };
+        assert_eq!(
+            health_of(&job(json!({"succeeded": 1}))).1.as_deref(),
+            Some("1/2 completions")
+        );
+        let done =
+            job(json!({"succeeded": 2, "conditions": [{"type": "Complete", "status": "True"}]}));
+        assert_eq!(health_of(&done), (Health::Healthy, None));
+        let failed = job(
+            json!({"failed": 6, "conditions": [{"type": "Failed", "status": "True",
+            "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]}),
+        );
+        assert_eq!(health_of(&failed).0, Health::Degraded);
+
+        let pod = |status: Value| {
+            live(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "d"}, "status": status}))
+        };
+        assert_eq!(
+            health_of(&pod(json!({"phase": "Pending"}))).0,
+            Health::Progressing
+        );
+        let pulling = pod(
+            json!({"phase": "Pending", "containerStatuses": [{"name": "app",
+            "ready": false, "state": {"waiting": {"reason": "ImagePullBackOff", "message": "no"}}}]}),
+        );
+        assert_eq!(
+            health_of(&pulling),
+            (
+                Health::Degraded,
+                Some("container app: ImagePullBackOff: no".into())
+            )
+        );
+        let ready = pod(
+            json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+            "containerStatuses": [{"name": "app", "ready": true, "state": {"running": {}}}]}),
+        );
+        assert_eq!(health_of(&ready), (Health::Healthy, None));
+        let starting = pod(
+            json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}],
+            "containerStatuses": [{"name": "app", "ready": false, "state": {"running": {}}}]}),
+        );
+        assert_eq!(
+            health_of(&starting).1.as_deref(),
+            Some("0/1 containers ready")
+        );
+        assert_eq!(
+            health_of(&pod(json!({"phase": "Failed", "reason": "Evicted"}))).0,
+            Health::Degraded
+        );
+        let cm = live(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}));
+        assert_eq!(health_of(&cm), (Health::Healthy, None));
+    }
+
+    #[test]
+    fn transient_errors() {
+        let api = |code| KubeError::Api {
+            code,
+            reason: String::new(),
+            message: String::new(),
+        };
+        assert!(api(503).is_transient());
+        assert!(api(429).is_transient());
+        assert!(!api(422).is_transient());
+        assert!(!api(403).is_transient());
+        assert!(
+            KubeError::Timeout {
+                op: "x".into(),
+                after: Duration::from_secs(1)
+            }
+            .is_transient()
+        );
+        assert!(
+            !KubeError::UnknownKind {
+                api_version: "a/v1".into(),
+                kind: "K".into()
+            }
+            .is_transient()
+        );
+    }
+}

@@ -1,0 +1,551 @@
+//! The MQTT session with the hub's broker (rumqttc): persistent session
+//! (clean_session = false), QoS 1, the device id as client id, a signed
+//! `offline` presence as last will and a retained signed `online` presence
+//! on every connect, capped exponential reconnect backoff with jitter, and a
+//! short keepalive so a dead link is noticed in seconds.
+//!
+//! Two tasks: the *poller* owns the rumqttc `EventLoop` and is never
+//! cancelled mid-poll (rumqttc's poll is not cancel-safe); the *session*
+//! task is the only publisher: it verifies incoming documents, drains the
+//! outbox in order with a window of in-flight publishes, and deletes rows
+//! on PUBACK. Publishes are paired with packet ids through [`Inflight`].
+//!
+//! This module never decides what runs: it stores verified desired state and
+//! wakes the reconciler.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use edgefleet_protocol::{
+    Channel, Command, CommandAction, Expect, Presence, PresenceState, Topic, open,
+};
+use rand::Rng;
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing,
+    Publish, QoS, TlsConfiguration, Transport,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::broker_addr;
+use crate::daemon::Shared;
+use crate::outbox::{Inflight, Tag};
+
+/// Acknowledged rows are deleted in batches of this size, or after [`ACK_FLUSH`].
+const ACK_BATCH: usize = 512;
+const ACK_FLUSH: Duration = Duration::from_millis(20);
+/// Outbox payloads are at most an event envelope (128 KiB); leave headroom
+/// over the 1 MiB desired-state limit for incoming packets.
+const MAX_PACKET: usize = edgefleet_protocol::limits::MAX_PAYLOAD_BYTES + 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("broker URL {0:?} is not mqtt://host:port or mqtts://host:port")]
+    BrokerUrl(String),
+    #[error("cannot read the broker CA file {path}")]
+    CaFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What the poller reports to the session task.
+#[derive(Debug)]
+enum Ev {
+    Connected { session_present: bool, session: u64 },
+    Mqtt(Event),
+    Disconnected(ConnectionError),
+}
+
+/// Builds the rumqttc options from config and identity.
+fn options(shared: &Shared) -> Result<MqttOptions, SessionError> {
+    let cfg = &shared.cfg.broker;
+    let (host, port, tls) =
+        broker_addr(&cfg.url).ok_or_else(|| SessionError::BrokerUrl(cfg.url.clone()))?;
+    let mut o = MqttOptions::new(shared.device.as_str(), host, port);
+    let username = if cfg.username.is_empty() {
+        shared.device.as_str()
+    } else {
+        cfg.username.as_str()
+    };
+    o.set_credentials(username, shared.identity.broker_password.as_str())
+        .set_clean_session(false)
+        .set_keep_alive(Duration::from_secs(cfg.keepalive_secs))
+        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+        .set_inflight(shared.cfg.outbox.window.saturating_add(64))
+        .set_manual_acks(true);
+    if tls {
+        let ca = std::fs::read(&cfg.ca_file).map_err(|source| SessionError::CaFile {
+            path: cfg.ca_file.clone(),
+            source,
+        })?;
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+            ca,
+            alpn: None,
+            client_auth: None,
+        }));
+    }
+    Ok(o)
+}
+
+fn presence(shared: &Shared, state: PresenceState, session: u64, at_ms: u64) -> Vec<u8> {
+    shared.identity.signer.seal(&Presence {
+        device_id: shared.device.clone(),
+        state,
+        session,
+        at_ms,
+    })
+}
+
+/// Runs the session until `cancel`; on a clean stop publishes `offline`.
+pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) -> Result<(), SessionError> {
+    let opts = options(&shared)?;
+    let window = usize::from(shared.cfg.outbox.window);
+    let (client, eventloop) = AsyncClient::new(opts, window + 256);
+    let (ev_tx, ev_rx) = mpsc::channel(1024);
+    let (resume_tx, resume_rx) = mpsc::channel(1);
+    let poller_stop = CancellationToken::new();
+    let poller = tokio::spawn(poll_loop(
+        eventloop,
+        shared.clone(),
+        ev_tx,
+        resume_rx,
+        poller_stop.clone(),
+    ));
+    let mut s = Session {
+        shared: shared.clone(),
+        client,
+        inflight: Inflight::default(),
+        acked: Vec::new(),
+        connected: false,
+        maybe_more: false,
+        need_subscribe: true,
+        session: 0,
+        seen_commands: std::collections::VecDeque::new(),
+        telemetry: crate::telemetry::Sampler::new(),
+    };
+    s.drive(ev_rx, resume_tx, cancel).await;
+    poller_stop.cancel();
+    let _ = poller.await;
+    Ok(())
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    client: AsyncClient,
+    inflight: Inflight,
+    acked: Vec<i64>,
+    connected: bool,
+    /// The outbox may hold rows not yet handed to rumqttc.
+    maybe_more: bool,
+    need_subscribe: bool,
+    session: u64,
+    seen_commands: std::collections::VecDeque<String>,
+    telemetry: crate::telemetry::Sampler,
+}
+
+impl Session {
+    async fn drive(
+        &mut self,
+        mut ev_rx: mpsc::Receiver<Ev>,
+        resume_tx: mpsc::Sender<()>,
+        cancel: CancellationToken,
+    ) {
+        let shared = self.shared.clone();
+        let mut heartbeat =
+            tokio::time::interval(Duration::from_secs(shared.cfg.heartbeat.interval_secs));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut flush_at: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                ev = ev_rx.recv() => match ev {
+                    Some(Ev::Connected { session_present, session }) => {
+                        self.on_connected(session_present, session);
+                    }
+                    Some(Ev::Mqtt(ev)) => self.on_event(ev).await,
+                    Some(Ev::Disconnected(e)) => {
+                        self.on_disconnected(&e).await;
+                        // The poller waits for this before draining rumqttc's queue.
+                        let _ = resume_tx.send(()).await;
+                    }
+                    None => break,
+                },
+                _ = shared.outbox_wake.notified() => self.maybe_more = true,
+                _ = heartbeat.tick() => self.heartbeat().await,
+                _ = sleep_until(flush_at), if flush_at.is_some() => {
+                    self.flush_acks().await;
+                }
+            }
+            if self.acked.len() >= ACK_BATCH {
+                self.flush_acks().await;
+            }
+            flush_at = match (self.acked.is_empty(), flush_at) {
+                (true, _) => None,
+                (false, None) => Some(tokio::time::Instant::now() + ACK_FLUSH),
+                (false, at) => at,
+            };
+            self.top_up().await;
+        }
+        self.shutdown(&mut ev_rx).await;
+    }
+
+    fn topic(&self, channel: Channel) -> String {
+        Topic::new(self.shared.device.clone(), channel).to_string()
+    }
+
+    fn publish(&mut self, channel: Channel, payload: Vec<u8>, tag: Tag) -> bool {
+        let qos = if channel.qos() == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        match self
+            .client
+            .try_publish(self.topic(channel), qos, channel.retained(), payload)
+        {
+            Ok(()) => {
+                self.inflight.queued(tag);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "MQTT request queue full; will retry");
+                false
+            }
+        }
+    }
+
+    fn on_connected(&mut self, session_present: bool, session: u64) {
+        let m = &self.shared.metrics;
+        m.mqtt_connects.inc();
+        m.mqtt_connected.set(1);
+        self.connected = true;
+        self.shared.connected.store(true, Ordering::Relaxed);
+        self.session = session;
+        self.inflight.reset();
+        self.maybe_more = true;
+        tracing::info!(session_present, "MQTT connected");
+        let online = presence(
+            &self.shared,
+            PresenceState::Online,
+            session,
+            edgefleet_protocol::now_ms(),
+        );
+        self.publish(Channel::Presence, online, Tag::Other);
+        if self.need_subscribe || !session_present {
+            let subs = [Channel::Desired, Channel::Commands].map(|c| rumqttc::SubscribeFilter {
+                path: self.topic(c),
+                qos: QoS::AtLeastOnce,
+            });
+            if let Err(e) = self.client.try_subscribe_many(subs) {
+                tracing::warn!(error = %e, "cannot queue subscribe; retrying on next connect");
+            }
+        }
+        // A fresh status report for the hub on every connect.
+        self.shared.report_wanted.store(true, Ordering::Relaxed);
+        self.shared.reconcile_wake.notify_one();
+    }
+
+    async fn on_disconnected(&mut self, e: &ConnectionError) {
+        if self.connected {
+            tracing::warn!(error = %e, "MQTT connection lost");
+        } else {
+            tracing::debug!(error = %e, "MQTT connect failed");
+        }
+        self.shared.metrics.mqtt_disconnects.inc();
+        self.shared.metrics.mqtt_connected.set(0);
+        self.shared.connected.store(false, Ordering::Relaxed);
+        self.connected = false;
+        self.flush_acks().await;
+        self.inflight.reset();
+    }
+
+    async fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Outgoing(Outgoing::Publish(pkid)) => self.inflight.written(pkid),
+            Event::Incoming(Incoming::PubAck(ack)) => {
+                if let Some(id) = self.inflight.acked(ack.pkid) {
+                    self.acked.push(id);
+                }
+            }
+            Event::Incoming(Incoming::SubAck(ack)) => {
+                let ok = ack
+                    .return_codes
+                    .iter()
+                    .all(|c| !matches!(c, rumqttc::SubscribeReasonCode::Failure));
+                if ok {
+                    self.need_subscribe = false;
+                } else {
+                    tracing::error!("broker refused our subscriptions (check its ACLs)");
+                }
+            }
+            Event::Incoming(Incoming::Publish(p)) => self.on_publish(p).await,
+            _ => {}
+        }
+    }
+
+    async fn on_publish(&mut self, p: Publish) {
+        let channel = Topic::parse(&p.topic)
+            .ok()
+            .filter(|t| t.device == self.shared.device)
+            .map(|t| t.channel);
+        let ack = match channel {
+            Some(Channel::Desired) => {
+                let shared = self.shared.clone();
+                let payload = p.payload.clone();
+                let outcome = shared
+                    .db
+                    .call({
+                        let shared = shared.clone();
+                        move |s| {
+                            crate::desired::handle(
+                                s,
+                                &payload,
+                                &shared.device,
+                                &shared.identity.hub_key,
+                                &shared.metrics,
+                            )
+                        }
+                    })
+                    .await;
+                match outcome {
+                    crate::desired::Outcome::Accepted(_) => {
+                        shared.reconcile_wake.notify_one();
+                        true
+                    }
+                    // Not stored: let the broker redeliver it.
+                    crate::desired::Outcome::StoreFailed(_) => false,
+                    _ => true,
+                }
+            }
+            Some(Channel::Commands) => {
+                self.on_command(&p.payload);
+                true
+            }
+            _ => {
+                tracing::warn!(topic = %p.topic, "message on an unexpected topic ignored");
+                true
+            }
+        };
+        if ack && let Err(e) = self.client.try_ack(&p) {
+            tracing::warn!(error = %e, "cannot queue PUBACK");
+        }
+    }
+
+    fn on_command(&mut self, payload: &[u8]) {
+        let shared = &self.shared;
+        let cmd = match open::<Command>(
+            payload,
+            &shared.identity.hub_key,
+            &Expect::device(&shared.device),
+        ) {
+            Ok(c) => c,
+            Err(r) => {
+                shared.metrics.reject(r.reason());
+                tracing::warn!(reason = r.reason(), error = %r, "command rejected");
+                return;
+            }
+        };
+        if self.seen_commands.contains(&cmd.id) {
+            return;
+        }
+        if self.seen_commands.len() >= 256 {
+            self.seen_commands.pop_front();
+        }
+        self.seen_commands.push_back(cmd.id.clone());
+        tracing::info!(id = %cmd.id, action = ?cmd.action, "command received");
+        match cmd.action {
+            CommandAction::Resync => shared.reconcile_wake.notify_one(),
+            CommandAction::ReportStatus => {
+                shared.report_wanted.store(true, Ordering::Relaxed);
+                shared.reconcile_wake.notify_one();
+            }
+            CommandAction::RestartWorkload { name } => {
+                tracing::warn!(workload = %name, "restartWorkload is not supported yet");
+            }
+        }
+    }
+
+    /// Hands outbox rows to rumqttc while the window has room.
+    async fn top_up(&mut self) {
+        let window = usize::from(self.shared.cfg.outbox.window);
+        if !self.connected || !self.maybe_more {
+            return;
+        }
+        let in_flight = self.inflight.rows_in_flight();
+        let room = window.saturating_sub(in_flight);
+        // Read in batches: wait for a quarter of the window to free up.
+        if room == 0 || (in_flight > 0 && room < window / 4) {
+            return;
+        }
+        let after = self.inflight.last_row;
+        let rows = self
+            .shared
+            .db
+            .call(move |s| s.outbox_after(after, room))
+            .await;
+        let rows = match rows {
+            Ok(r) => r,
+            Err(e) => {
+                self.shared.metrics.store_errors.inc();
+                tracing::error!(error = %crate::error_chain(&e), "cannot read the outbox");
+                return;
+            }
+        };
+        if rows.len() < room {
+            self.maybe_more = false;
+        }
+        for row in rows {
+            if !self.publish(row.channel, row.payload, Tag::Row(row.id)) {
+                self.maybe_more = true;
+                break;
+            }
+        }
+    }
+
+    async fn flush_acks(&mut self) {
+        if self.acked.is_empty() {
+            return;
+        }
+        let ids = std::mem::take(&mut self.acked);
+        let n = ids.len() as u64;
+        let res = self
+            .shared
+            .db
+            .call(move |s| s.outbox_delete(&ids).map(|_| s.outbox_depth()))
+            .await;
+        match res {
+            Ok(depth) => {
+                self.shared.metrics.outbox_acked.inc_by(n);
+                self.shared.metrics.set_outbox(depth);
+            }
+            Err(e) => {
+                // The rows stay and are resent; the hub dedups events by id.
+                self.shared.metrics.store_errors.inc();
+                tracing::error!(error = %crate::error_chain(&e), "cannot delete acknowledged outbox rows");
+            }
+        }
+    }
+
+    async fn heartbeat(&mut self) {
+        if !self.connected {
+            return;
+        }
+        let hb = self.telemetry.heartbeat(&self.shared).await;
+        let payload = self.shared.identity.signer.seal(&hb);
+        self.publish(Channel::Heartbeat, payload, Tag::Other);
+    }
+
+    /// Clean stop: retained `offline`, DISCONNECT, and wait briefly for both
+    /// to be written.
+    async fn shutdown(&mut self, ev_rx: &mut mpsc::Receiver<Ev>) {
+        if self.connected {
+            let offline = presence(
+                &self.shared,
+                PresenceState::Offline,
+                self.session,
+                edgefleet_protocol::now_ms(),
+            );
+            self.publish(Channel::Presence, offline, Tag::Other);
+            let _ = self.client.try_disconnect();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            loop {
+                match tokio::time::timeout_at(deadline, ev_rx.recv()).await {
+                    Ok(Some(Ev::Mqtt(Event::Outgoing(Outgoing::Disconnect)))) => break,
+                    Ok(Some(Ev::Mqtt(Event::Incoming(Incoming::PubAck(ack))))) => {
+                        if let Some(id) = self.inflight.acked(ack.pkid) {
+                            self.acked.push(id);
+                        }
+                    }
+                    Ok(Some(Ev::Mqtt(Event::Outgoing(Outgoing::Publish(pkid))))) => {
+                        self.inflight.written(pkid);
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            tracing::info!("MQTT session closed (offline presence sent)");
+        }
+        self.flush_acks().await;
+        self.shared.metrics.mqtt_connected.set(0);
+        self.shared.connected.store(false, Ordering::Relaxed);
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Owns the rumqttc event loop; reconnects with capped exponential backoff
+/// plus jitter. After each disconnect it waits for the session task to
+/// reset its bookkeeping, then drops everything rumqttc still had queued:
+/// unacknowledged outbox rows are re-read from SQLite and resent instead.
+async fn poll_loop(
+    mut el: EventLoop,
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Ev>,
+    mut resume: mpsc::Receiver<()>,
+    stop: CancellationToken,
+) {
+    let cfg = shared.cfg.broker.clone();
+    let mut el_opts = el.network_options();
+    el_opts.set_connection_timeout(cfg.connect_timeout_secs);
+    el.set_network_options(el_opts);
+    let presence_topic = Topic::new(shared.device.clone(), Channel::Presence).to_string();
+    let mut delay = Duration::from_millis(cfg.reconnect_min_ms);
+    let max = Duration::from_millis(cfg.reconnect_max_ms);
+    loop {
+        // A new session id per connection; the will carries the same one.
+        let session = rand::thread_rng().gen_range(1..(1u64 << 53));
+        let at = edgefleet_protocol::now_ms();
+        el.mqtt_options.set_last_will(LastWill::new(
+            presence_topic.clone(),
+            presence(&shared, PresenceState::Offline, session, at),
+            QoS::AtLeastOnce,
+            true,
+        ));
+        loop {
+            let polled = tokio::select! {
+                r = el.poll() => r,
+                _ = stop.cancelled() => return,
+            };
+            let ev = match polled {
+                Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
+                    delay = Duration::from_millis(cfg.reconnect_min_ms);
+                    Ev::Connected {
+                        session_present: ack.session_present,
+                        session,
+                    }
+                }
+                Ok(ev) => Ev::Mqtt(ev),
+                Err(e) => {
+                    if tx.send(Ev::Disconnected(e)).await.is_err() {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = resume.recv() => {}
+                        _ = stop.cancelled() => return,
+                    }
+                    // Drain requests queued before the session task noticed.
+                    el.clean();
+                    el.pending.clear();
+                    let jittered = delay.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
+                    delay = (delay * 2).min(max);
+                    tokio::select! {
+                        _ = tokio::time::sleep(jittered) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                    break;
+                }
+            };
+            if tx.send(ev).await.is_err() {
+                return;
+            }
+        }
+    }
+}

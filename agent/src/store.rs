@@ -1,0 +1,635 @@
+//! The agent's durable state in one SQLite file: the verified desired state,
+//! the inventory of Kubernetes objects applied per workload, per-workload
+//! sync/health, the outbox ([`crate::outbox`]), the model cache index and a
+//! small key-value table.
+//!
+//! Journal: WAL, so `edge-agent status` can read while the daemon writes.
+//! `synchronous` is configurable ([`Synchronous`]); the default NORMAL keeps
+//! every commit across a crash of the agent (SIGKILL, OOM kill, abort) and
+//! never corrupts the file, but the last commits may roll back on power loss.
+//! FULL adds an fsync per commit for power-loss durability. The desired state
+//! is republished retained by the broker, so it is recovered either way.
+//!
+//! At open, `PRAGMA integrity_check` runs; a corrupt or foreign file is moved
+//! aside with a loud log line and a fresh database is created, so a bad file
+//! never turns into a crash loop. Desired state is then refetched from the
+//! broker's retained message.
+//!
+//! This module must never hold a lock across an `.await` or talk to the network.
+
+use std::path::{Path, PathBuf};
+
+use edgefleet_protocol::{DesiredState, Health, SyncState, Version};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use crate::config::Synchronous;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create state directory {path}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot move corrupt database {path} aside")]
+    MoveAside {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("SQLite error on {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("SQLite error")]
+    Sql(#[from] rusqlite::Error),
+    #[error("stored document does not parse")]
+    Json(#[from] serde_json::Error),
+    #[error("database schema version {found} is newer than this agent knows ({known})")]
+    TooNew { found: i64, known: i64 },
+}
+
+/// Schema migrations; entry `i` moves `user_version` from `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE desired (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    hub_epoch INTEGER NOT NULL,
+    revision INTEGER NOT NULL,
+    document TEXT NOT NULL,
+    received_at_ms INTEGER NOT NULL
+);
+CREATE TABLE inventory (
+    workload TEXT NOT NULL,
+    api_version TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    uid TEXT NOT NULL,
+    resource_version TEXT NOT NULL,
+    apply_hash TEXT NOT NULL,
+    PRIMARY KEY (workload, api_version, kind, namespace, name)
+);
+CREATE TABLE workload_status (
+    name TEXT PRIMARY KEY,
+    sync TEXT NOT NULL,
+    health TEXT NOT NULL,
+    message TEXT,
+    updated_at_ms INTEGER NOT NULL
+);
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE models (
+    sha256 TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    complete INTEGER NOT NULL DEFAULT 0,
+    last_used_ms INTEGER NOT NULL
+);
+CREATE TABLE kv (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"#];
+
+/// What happened at open, for the startup log and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// Where a corrupt database was moved, if one was.
+    pub moved_aside: Option<PathBuf>,
+}
+
+/// One Kubernetes object the agent applied for a workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InventoryEntry {
+    pub workload: String,
+    pub api_version: String,
+    pub kind: String,
+    /// `None` for cluster-scoped objects.
+    pub namespace: Option<String>,
+    pub name: String,
+    pub uid: String,
+    pub resource_version: String,
+    pub apply_hash: String,
+}
+
+/// Sync state and health of one workload as last reconciled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredStatus {
+    pub name: String,
+    pub sync: SyncState,
+    pub health: Health,
+    pub message: Option<String>,
+    pub updated_at_ms: u64,
+}
+
+/// The agent's SQLite store: one connection, owned by whoever holds it.
+#[derive(Debug)]
+pub struct Store {
+    pub(crate) conn: Connection,
+    pub(crate) outbox_count: u64,
+    pub(crate) outbox_bytes: u64,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store read-write, moving a corrupt
+    /// database aside.
+    pub fn open(path: &Path, sync: Synchronous) -> Result<(Self, OpenReport), StoreError> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let mut report = OpenReport::default();
+        let conn = match Self::open_checked(path, sync) {
+            Ok(c) => c,
+            Err(Corrupt::No(e)) => return Err(e),
+            Err(Corrupt::Yes(why)) => {
+                let aside = move_aside(path)?;
+                tracing::error!(
+                    db = %path.display(),
+                    moved_to = %aside.display(),
+                    reason = %why,
+                    "STORE CORRUPT: database failed its integrity check and was moved aside; \
+                     starting with an empty store, desired state will be refetched from the hub"
+                );
+                report.moved_aside = Some(aside);
+                Self::open_checked(path, sync).map_err(|e| match e {
+                    Corrupt::No(e) => e,
+                    Corrupt::Yes(why) => StoreError::Open {
+                        path: path.to_owned(),
+                        source: rusqlite::Error::InvalidParameterName(why),
+                    },
+                })?
+            }
+        };
+        let mut store = Self {
+            conn,
+            outbox_count: 0,
+            outbox_bytes: 0,
+        };
+        store.migrate()?;
+        store.load_outbox_counters()?;
+        Ok((store, report))
+    }
+
+    /// Opens an existing store read-only (for `edge-agent status` while the
+    /// daemon runs); never migrates or repairs.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(2))
+            .map_err(err)?;
+        let mut store = Self {
+            conn,
+            outbox_count: 0,
+            outbox_bytes: 0,
+        };
+        store.load_outbox_counters()?;
+        Ok(store)
+    }
+
+    fn open_checked(path: &Path, sync: Synchronous) -> Result<Connection, Corrupt> {
+        let classify = |e: rusqlite::Error| {
+            if is_corruption(&e) {
+                Corrupt::Yes(e.to_string())
+            } else {
+                Corrupt::No(StoreError::Open {
+                    path: path.to_owned(),
+                    source: e,
+                })
+            }
+        };
+        let conn = Connection::open(path).map_err(classify)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(classify)?;
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .map_err(classify)?;
+        if check != "ok" {
+            return Err(Corrupt::Yes(format!("integrity_check: {check}")));
+        }
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(classify)?;
+        let sync = match sync {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        };
+        conn.pragma_update(None, "synchronous", sync)
+            .map_err(classify)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(classify)?;
+        Ok(conn)
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::TooNew {
+                found: version,
+                known,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = self.conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)?;
+            tx.commit()?;
+            tracing::info!(to = i + 1, "store schema migrated");
+        }
+        Ok(())
+    }
+
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    // ---- desired state ----
+
+    /// Version of the stored desired state, if any.
+    pub fn desired_version(&self) -> Result<Option<Version>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT hub_epoch, revision FROM desired WHERE id = 1",
+                [],
+                |r| {
+                    Ok(Version {
+                        hub_epoch: r.get::<_, i64>(0)? as u64,
+                        revision: r.get::<_, i64>(1)? as u64,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// The stored desired state, if any.
+    pub fn desired(&self) -> Result<Option<DesiredState>, StoreError> {
+        let doc: Option<String> = self
+            .conn
+            .query_row("SELECT document FROM desired WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(doc.map(|d| serde_json::from_str(&d)).transpose()?)
+    }
+
+    /// When the stored desired state was received.
+    pub fn desired_received_at_ms(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT received_at_ms FROM desired WHERE id = 1", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()?
+            .map(|v| v as u64))
+    }
+
+    /// Replaces the desired state in one transaction. The caller has
+    /// verified `doc` (signature, device, strictly newer version).
+    pub fn replace_desired(&mut self, doc: &DesiredState) -> Result<(), StoreError> {
+        let json = serde_json::to_string(doc)?;
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO desired (id, hub_epoch, revision, document, received_at_ms)
+             VALUES (1, ?1, ?2, ?3, ?4)
+             ON CONFLICT (id) DO UPDATE SET hub_epoch = excluded.hub_epoch,
+               revision = excluded.revision, document = excluded.document,
+               received_at_ms = excluded.received_at_ms",
+            params![
+                doc.hub_epoch as i64,
+                doc.revision as i64,
+                json,
+                edgefleet_protocol::now_ms() as i64
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    // ---- inventory ----
+
+    /// Every inventory entry, ordered by workload then object.
+    pub fn inventory(&self) -> Result<Vec<InventoryEntry>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT workload, api_version, kind, namespace, name, uid, resource_version, apply_hash
+             FROM inventory ORDER BY workload, api_version, kind, namespace, name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let ns: String = r.get(3)?;
+            Ok(InventoryEntry {
+                workload: r.get(0)?,
+                api_version: r.get(1)?,
+                kind: r.get(2)?,
+                namespace: (!ns.is_empty()).then_some(ns),
+                name: r.get(4)?,
+                uid: r.get(5)?,
+                resource_version: r.get(6)?,
+                apply_hash: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn record_applied(&mut self, e: &InventoryEntry) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO inventory (workload, api_version, kind, namespace, name, uid, resource_version, apply_hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (workload, api_version, kind, namespace, name) DO UPDATE SET
+               uid = excluded.uid, resource_version = excluded.resource_version,
+               apply_hash = excluded.apply_hash",
+            params![
+                e.workload,
+                e.api_version,
+                e.kind,
+                e.namespace.as_deref().unwrap_or(""),
+                e.name,
+                e.uid,
+                e.resource_version,
+                e.apply_hash
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn forget_applied(
+        &mut self,
+        workload: &str,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "DELETE FROM inventory WHERE workload = ?1 AND api_version = ?2 AND kind = ?3
+               AND namespace = ?4 AND name = ?5",
+            params![workload, api_version, kind, namespace.unwrap_or(""), name],
+        )?;
+        Ok(())
+    }
+
+    // ---- workload status ----
+
+    /// Replaces the per-workload status table with `statuses`.
+    pub fn set_statuses(&mut self, statuses: &[StoredStatus]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM workload_status", [])?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO workload_status (name, sync, health, message, updated_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for s in statuses {
+                stmt.execute(params![
+                    s.name,
+                    enum_str(&s.sync),
+                    enum_str(&s.health),
+                    s.message,
+                    s.updated_at_ms as i64
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn statuses(&self) -> Result<Vec<StoredStatus>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT name, sync, health, message, updated_at_ms FROM workload_status ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, sync, health, message, at) = row?;
+            out.push(StoredStatus {
+                name,
+                sync: enum_parse(&sync).unwrap_or(SyncState::Syncing),
+                health: enum_parse(&health).unwrap_or(Health::Unknown),
+                message,
+                updated_at_ms: at as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    // ---- kv ----
+
+    pub fn kv_get(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn kv_set(&mut self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO kv (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+}
+
+enum Corrupt {
+    Yes(String),
+    No(StoreError),
+}
+
+fn is_corruption(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
+/// Renames the database and its WAL/SHM files to `<name>.corrupt-<ms>`.
+fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
+    let stamp = edgefleet_protocol::now_ms();
+    let aside = PathBuf::from(format!("{}.corrupt-{stamp}", path.display()));
+    std::fs::rename(path, &aside).map_err(|source| StoreError::MoveAside {
+        path: path.to_owned(),
+        source,
+    })?;
+    for ext in ["-wal", "-shm"] {
+        let side = PathBuf::from(format!("{}{ext}", path.display()));
+        if side.exists() {
+            let to = PathBuf::from(format!("{}{ext}", aside.display()));
+            std::fs::rename(&side, &to).map_err(|source| StoreError::MoveAside {
+                path: side.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(aside)
+}
+
+/// The wire name of a PascalCase protocol enum (`Synced`, `Healthy`, …).
+pub fn enum_str<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn enum_parse<T: serde::de::DeserializeOwned>(s: &str) -> Option<T> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn desired(rev: u64) -> DesiredState {
+        serde_json::from_value(serde_json::json!({
+            "deviceId": "pi-1", "revision": rev, "hubEpoch": 7, "issuedAtMs": 1,
+            "workloads": [{"deployment": "d", "generation": 1, "name": "d.web",
+              "kubernetes": {"manifests": [{"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "c", "namespace": "ns"}}]}}]
+        }))
+        .unwrap()
+    }
+
+    fn open(dir: &Path) -> (Store, OpenReport) {
+        Store::open(&dir.join("agent.db"), Synchronous::Normal).unwrap()
+    }
+
+    #[test]
+    fn desired_state_round_trips_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, rep) = open(dir.path());
+        assert_eq!(rep, OpenReport::default());
+        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        assert!(s.desired().unwrap().is_none());
+        s.replace_desired(&desired(3)).unwrap();
+        drop(s);
+        let (s, _) = open(dir.path());
+        assert_eq!(s.desired().unwrap().unwrap(), desired(3));
+        assert_eq!(
+            s.desired_version().unwrap(),
+            Some(Version {
+                hub_epoch: 7,
+                revision: 3
+            })
+        );
+        let ro = Store::open_read_only(&dir.path().join("agent.db")).unwrap();
+        assert_eq!(ro.desired().unwrap().unwrap().revision, 3);
+    }
+
+    #[test]
+    fn inventory_status_and_kv() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = open(dir.path());
+        let mut e = InventoryEntry {
+            workload: "d.web".into(),
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            namespace: Some("ns".into()),
+            name: "c".into(),
+            uid: "u1".into(),
+            resource_version: "1".into(),
+            apply_hash: "h1".into(),
+        };
+        s.record_applied(&e).unwrap();
+        e.resource_version = "2".into();
+        s.record_applied(&e).unwrap();
+        let mut ns = e.clone();
+        ns.kind = "Namespace".into();
+        ns.namespace = None;
+        s.record_applied(&ns).unwrap();
+        assert_eq!(s.inventory().unwrap(), vec![e.clone(), ns.clone()]);
+        s.forget_applied("d.web", "v1", "ConfigMap", Some("ns"), "c")
+            .unwrap();
+        assert_eq!(s.inventory().unwrap(), vec![ns]);
+
+        let st = StoredStatus {
+            name: "d.web".into(),
+            sync: SyncState::Failed,
+            health: Health::Degraded,
+            message: Some("boom".into()),
+            updated_at_ms: 5,
+        };
+        s.set_statuses(std::slice::from_ref(&st)).unwrap();
+        assert_eq!(s.statuses().unwrap(), vec![st]);
+        s.set_statuses(&[]).unwrap();
+        assert!(s.statuses().unwrap().is_empty());
+
+        s.kv_set("a", "1").unwrap();
+        s.kv_set("a", "2").unwrap();
+        assert_eq!(s.kv_get("a").unwrap().as_deref(), Some("2"));
+        assert_eq!(s.kv_get("b").unwrap(), None);
+    }
+
+    #[test]
+    fn corrupt_file_is_moved_aside_and_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.db");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let (s, rep) = Store::open(&path, Synchronous::Normal).unwrap();
+        let aside = rep.moved_aside.expect("moved aside");
+        assert!(aside.exists());
+        assert!(s.desired().unwrap().is_none());
+        drop(s);
+        // A healthy file is not touched on the next open.
+        let (_, rep) = Store::open(&path, Synchronous::Full).unwrap();
+        assert_eq!(rep.moved_aside, None);
+    }
+
+    #[test]
+    fn damaged_pages_are_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.db");
+        {
+            let (mut s, _) = Store::open(&path, Synchronous::Full).unwrap();
+            for i in 0..200 {
+                s.kv_set(&format!("key-{i}"), &"x".repeat(500)).unwrap();
+            }
+            s.conn
+                .pragma_update(None, "wal_checkpoint", "TRUNCATE")
+                .unwrap();
+            s.conn
+                .pragma_update(None, "journal_mode", "DELETE")
+                .unwrap();
+        }
+        // Scribble over the middle of the file (past the header).
+        let mut bytes = std::fs::read(&path).unwrap();
+        let len = bytes.len();
+        for b in &mut bytes[len / 2..len / 2 + 4096] {
+            *b = 0xff;
+        }
+        std::fs::write(&path, bytes).unwrap();
+        let (s, rep) = Store::open(&path, Synchronous::Normal).unwrap();
+        assert!(rep.moved_aside.is_some(), "corruption not detected");
+        assert_eq!(s.kv_get("key-1").unwrap(), None);
+    }
+}

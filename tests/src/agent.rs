@@ -1,0 +1,278 @@
+//! The device agent (`edge-agent`) as a real process: enrolled against a
+//! running hub with the real `edge-agent enroll`, then started, killed with
+//! SIGKILL, stopped and restarted on the same state directory.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::process::Command;
+
+use crate::hub::Hub;
+use crate::process::{Proc, bin};
+
+/// Installs ring as rustls' process-wide provider (reqwest is built without
+/// one); call before creating any HTTP client.
+pub use crate::install_crypto;
+
+/// How to run an agent.
+#[derive(Debug, Clone, Default)]
+pub struct AgentOptions {
+    /// Requested device id (default: the hub derives one).
+    pub device_id: Option<String>,
+    /// Kubeconfig of the (stand-in) K3s API.
+    pub kubeconfig: Option<PathBuf>,
+    /// Extra environment for `edge-agent run` (e.g. `EDGEFLEET_OUTBOX_MAX_MESSAGES`).
+    pub env: Vec<(String, String)>,
+    /// A fixed local HTTP port (kept across restarts); `None`: any free port.
+    pub http_port: Option<u16>,
+}
+
+/// An enrolled agent; `start()` runs the daemon.
+#[derive(Debug)]
+pub struct Agent {
+    pub proc: Proc,
+    pub device_id: String,
+    opts: AgentOptions,
+    _tmp: tempfile::TempDir,
+    config: PathBuf,
+    state_dir: PathBuf,
+    http_url: String,
+    http: reqwest::Client,
+}
+
+impl Agent {
+    /// Enrolls a new agent with `labels` (not started).
+    pub async fn enroll(hub: &Hub, labels: &[(&str, &str)]) -> Self {
+        Self::enroll_with(hub, labels, AgentOptions::default()).await
+    }
+
+    pub async fn enroll_with(hub: &Hub, labels: &[(&str, &str)], opts: AgentOptions) -> Self {
+        install_crypto();
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let config = tmp.path().join("agent.toml");
+        let state_dir = tmp.path().join("state");
+        let mut cmd = Command::new(bin("edge-agent"));
+        cmd.arg("enroll")
+            .arg("--hub")
+            .arg(hub.api_url())
+            .arg("--token")
+            .arg(hub.bootstrap_token())
+            .arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(&state_dir);
+        for (k, v) in labels {
+            cmd.arg("--label").arg(format!("{k}={v}"));
+        }
+        if let Some(id) = &opts.device_id {
+            cmd.arg("--device-id").arg(id);
+        }
+        let out = cmd.output().await.expect("run edge-agent enroll");
+        assert!(
+            out.status.success(),
+            "edge-agent enroll failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let device_id = text
+            .split("enrolled as ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .expect("enroll prints the device id")
+            .to_owned();
+        Self {
+            proc: Proc::placeholder("edge-agent"),
+            device_id,
+            opts,
+            _tmp: tmp,
+            config,
+            state_dir,
+            http_url: String::new(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// The `edge-agent run` command line for this agent.
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(bin("edge-agent"));
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--http-port")
+            .arg(self.opts.http_port.unwrap_or(0).to_string())
+            .env("EDGEFLEET_LOG", "info");
+        if let Some(k) = &self.opts.kubeconfig {
+            cmd.arg("--kubeconfig").arg(k);
+        }
+        for (k, v) in &self.opts.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Starts the daemon and waits for its local HTTP endpoint.
+    pub async fn start(&mut self) {
+        self.proc = Proc::spawn(&format!("edge-agent {}", self.device_id), self.command());
+        let line = self
+            .proc
+            .wait_for_line("local HTTP on http://", Duration::from_secs(20))
+            .await;
+        self.http_url = line
+            .split("local HTTP on ")
+            .nth(1)
+            .expect("http url")
+            .trim()
+            .to_owned();
+    }
+
+    /// SIGKILL.
+    pub async fn kill(&mut self) {
+        self.proc.kill().await;
+    }
+
+    /// SIGTERM; returns the exit code.
+    pub async fn stop(&mut self) -> Option<i32> {
+        self.proc.terminate(Duration::from_secs(15)).await
+    }
+
+    pub fn http_url(&self) -> &str {
+        &self.http_url
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// Environment for later `start()`s.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.opts.env.retain(|(k, _)| k != key);
+        self.opts.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    pub async fn metrics(&self) -> String {
+        match self
+            .http
+            .get(format!("{}/metrics", self.http_url))
+            .send()
+            .await
+        {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// One metric value (exact name with labels), or 0.
+    pub async fn metric(&self, name_with_labels: &str) -> f64 {
+        crate::hub::metric_value(&self.metrics().await, name_with_labels)
+    }
+
+    /// `POST /v1/events` with a JSON body; returns status and JSON answer.
+    pub async fn post_events(&self, body: &Value) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(format!("{}/v1/events", self.http_url))
+            .json(body)
+            .send()
+            .await
+            .expect("agent HTTP reachable");
+        let code = resp.status().as_u16();
+        (code, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `edge-agent status --json` (reads the store while the daemon runs).
+    pub async fn status(&self) -> Value {
+        let out = Command::new(bin("edge-agent"))
+            .arg("status")
+            .arg("--json")
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .await
+            .expect("run edge-agent status");
+        assert!(
+            out.status.success(),
+            "edge-agent status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+}
+
+/// A TCP proxy between an agent and its broker that a test can cut: the
+/// device's uplink failing while the broker and the hub keep running.
+#[derive(Debug)]
+pub struct Uplink {
+    port: u16,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Uplink {
+    /// Proxies 127.0.0.1:<free port> to `target` (`host:port`).
+    pub async fn start(target: &str) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind uplink proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (cut, _) = tokio::sync::watch::channel(0u64);
+        let target = target.to_owned();
+        let (d, c) = (down.clone(), cut.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                if d.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let mut cut_rx = c.subscribe();
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut_rx.changed() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            down,
+            cut,
+            task,
+        }
+    }
+
+    /// `mqtt://127.0.0.1:PORT` of the proxy.
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Cuts every connection and refuses new ones.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+        if down {
+            self.cut.send_modify(|v| *v += 1);
+        }
+    }
+}
+
+impl Drop for Uplink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,296 @@
+//! Offline behaviour of the real agent binary: a reboot without uplink onto
+//! a reset K3s re-applies the stored desired state by itself, and events
+//! queued while the broker is down (across SIGKILLs) reach the hub exactly
+//! once after reconnect.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use edgefleet_tests::agent::{Agent, AgentOptions, Uplink, install_crypto};
+use edgefleet_tests::eventually;
+use edgefleet_tests::hub::{Hub, HubOptions};
+use edgefleet_tests::kube_standin::KubeStandIn;
+use edgefleet_tests::mosquitto::Mosquitto;
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(30);
+
+const DEPLOYMENT: &str = r#"
+apiVersion: edgefleet.io/v1
+kind: Deployment
+metadata: {name: line-3}
+spec:
+  selector:
+    matchLabels: {site: plant-3}
+  workloads:
+    - name: web
+      kubernetes:
+        manifests:
+          - apiVersion: apps/v1
+            kind: Deployment
+            metadata: {name: web, namespace: demo}
+            spec:
+              replicas: 1
+              selector: {matchLabels: {app: web}}
+              template:
+                metadata: {labels: {app: web}}
+                spec:
+                  containers: [{name: web, image: "nginx:1.27"}]
+          - {apiVersion: v1, kind: ConfigMap, metadata: {name: web-config, namespace: demo}, data: {greeting: hello}}
+"#;
+
+fn available() -> serde_json::Value {
+    json!({"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1,
+           "readyReplicas": 1, "availableReplicas": 1})
+}
+
+/// Every event id the hub stored for `device`, with duplicates kept.
+async fn hub_event_ids(hub: &Hub, device: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let path = match &token {
+            Some(t) => format!("/devices/{device}/events?limit=1000&continue={t}"),
+            None => format!("/devices/{device}/events?limit=1000"),
+        };
+        let (code, page) = hub.get(&path).await;
+        assert_eq!(code, 200, "{page}");
+        for e in page["items"].as_array().into_iter().flatten() {
+            ids.push(e["id"].as_str().unwrap_or_default().to_owned());
+        }
+        match page["continue"].as_str() {
+            Some(t) => token = Some(t.to_owned()),
+            None => return ids,
+        }
+    }
+}
+
+fn assert_exactly_once(ids: &[String], expected: &HashSet<String>) {
+    let unique: HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "duplicate events at the hub");
+    let got: HashSet<String> = ids.iter().cloned().collect();
+    let missing: Vec<_> = expected.difference(&got).take(5).collect();
+    assert!(
+        missing.is_empty(),
+        "events missing at the hub, e.g. {missing:?}"
+    );
+    assert_eq!(ids.len(), expected.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_reboot_reapplies_stored_state_and_resyncs() {
+    install_crypto();
+    let mut hub = Hub::start().await;
+    let kube = KubeStandIn::start().await;
+    let mut agent = Agent::enroll_with(
+        &hub,
+        &[("site", "plant-3")],
+        AgentOptions {
+            device_id: Some("pi-offline".into()),
+            kubeconfig: Some(kube.kubeconfig_path().to_owned()),
+            ..Default::default()
+        },
+    )
+    .await;
+    agent.start().await;
+    let (code, _) = hub.put_deployment("line-3", DEPLOYMENT).await;
+    assert!(code < 300);
+    eventually("workload applied", T, || async {
+        kube.get("apps/v1", "Deployment", Some("demo"), "web")
+            .map(|_| ())
+    })
+    .await;
+    kube.set_status("apps/v1", "Deployment", Some("demo"), "web", available());
+    eventually("hub shows line-3 healthy", T, || async {
+        let (_, s) = hub.get("/deployments/line-3/status").await;
+        (s["healthy"] == 1).then_some(())
+    })
+    .await;
+    let mut expected = HashSet::new();
+    for i in 0..5 {
+        let id = format!("online-{i}");
+        let (code, _) = agent
+            .post_events(&json!({"id": id, "kind": "app.telemetry", "payload": {"i": i}}))
+            .await;
+        assert_eq!(code, 202);
+        expected.insert(id);
+    }
+    eventually("online events at the hub", T, || async {
+        (hub_event_ids(&hub, "pi-offline").await.len() == 5).then_some(())
+    })
+    .await;
+
+    // Uplink gone, agent killed, K3s reset.
+    hub.kill().await;
+    agent.kill().await;
+    kube.reset();
+    assert!(
+        kube.get("apps/v1", "Deployment", Some("demo"), "web")
+            .is_none()
+    );
+
+    let started = Instant::now();
+    agent.start().await;
+    eventually("stored workloads re-applied without uplink", T, || async {
+        kube.get("apps/v1", "Deployment", Some("demo"), "web")?;
+        kube.get("v1", "ConfigMap", Some("demo"), "web-config")?;
+        Some(())
+    })
+    .await;
+    let elapsed = started.elapsed();
+    eprintln!("offline cold start: workloads re-applied {elapsed:?} after spawning the agent");
+    assert!(
+        elapsed < Duration::from_secs(1),
+        "re-apply took {elapsed:?}, more than a second"
+    );
+    for i in 0..5 {
+        let id = format!("offline-{i}");
+        let (code, _) = agent
+            .post_events(&json!({"id": id, "kind": "app.telemetry", "payload": {"i": i}}))
+            .await;
+        assert_eq!(code, 202);
+        expected.insert(id);
+    }
+
+    // Uplink back: status flows again, events arrive exactly once.
+    kube.set_status("apps/v1", "Deployment", Some("demo"), "web", available());
+    hub.restart().await;
+    eventually("hub shows line-3 healthy again", T, || async {
+        let (_, s) = hub.get("/deployments/line-3/status").await;
+        (s["healthy"] == 1 && s["inSync"] == 1).then_some(())
+    })
+    .await;
+    eventually("all events at the hub", T, || async {
+        (hub_event_ids(&hub, "pi-offline").await.len() >= expected.len()).then_some(())
+    })
+    .await;
+    assert_exactly_once(&hub_event_ids(&hub, "pi-offline").await, &expected);
+    if let Some(pid) = agent.proc.pid() {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let rss = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .unwrap_or("VmRSS: ?");
+        eprintln!("agent idle with one Kubernetes workload: {rss}");
+    }
+    agent.kill().await;
+}
+
+/// The outbox scenario against one broker: the agent's uplink (a cuttable
+/// proxy) goes down, 10,000 events are posted while the agent is SIGKILLed
+/// twice, the uplink comes back, the hub must hold every event exactly once.
+async fn outbox_burst(hub: &Hub, broker_url: &str) {
+    const N: usize = 10_000;
+    let uplink = Uplink::start(broker_url.trim_start_matches("mqtt://")).await;
+    let mut agent = Agent::enroll_with(
+        hub,
+        &[],
+        AgentOptions {
+            device_id: Some("pi-outbox".into()),
+            http_port: Some(edgefleet_tests::free_port()),
+            env: vec![("EDGEFLEET_BROKER_URL".into(), uplink.url())],
+            ..Default::default()
+        },
+    )
+    .await;
+    agent.start().await;
+    eventually("agent connected", T, || async {
+        (agent.metric("edgefleet_agent_mqtt_connected").await == 1.0).then_some(())
+    })
+    .await;
+    uplink.set_down(true);
+    eventually("agent noticed the uplink is down", T, || async {
+        (agent.metric("edgefleet_agent_mqtt_connected").await == 0.0).then_some(())
+    })
+    .await;
+
+    // Four posters; each retries an event until it gets 202 (a kill may
+    // cut a request whose commit did or did not happen: the hub dedups).
+    let url = format!("{}/v1/events", agent.http_url());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let mut posters = Vec::new();
+    for w in 0..4 {
+        let url = url.clone();
+        let accepted = accepted.clone();
+        posters.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            for i in (w..N).step_by(4) {
+                let body =
+                    json!({"id": format!("ev-{i}"), "kind": "app.telemetry", "payload": {"i": i}});
+                loop {
+                    match http.post(&url).json(&body).send().await {
+                        Ok(r) if r.status().as_u16() == 202 => break,
+                        Ok(r) => panic!("event {i} refused: {}", r.status()),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                }
+                accepted.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for at in [N * 3 / 10, N * 65 / 100] {
+        eventually("posters progressing", Duration::from_secs(120), || async {
+            (accepted.load(Ordering::Relaxed) >= at).then_some(())
+        })
+        .await;
+        agent.kill().await;
+        agent.start().await;
+    }
+    for p in posters {
+        p.await.expect("poster");
+    }
+    let depth = agent.metric("edgefleet_agent_outbox_depth").await;
+    assert!(
+        depth >= N as f64,
+        "outbox holds {depth} rows, expected at least {N}"
+    );
+
+    let reconnect = Instant::now();
+    uplink.set_down(false);
+    let expected: HashSet<String> = (0..N).map(|i| format!("ev-{i}")).collect();
+    eventually("all events at the hub", Duration::from_secs(60), || async {
+        (hub_event_ids(hub, "pi-outbox").await.len() >= N).then_some(())
+    })
+    .await;
+    eprintln!(
+        "outbox: {N} events at the hub {:?} after the uplink came back",
+        reconnect.elapsed()
+    );
+    assert_exactly_once(&hub_event_ids(hub, "pi-outbox").await, &expected);
+    eventually("outbox drained", T, || async {
+        (agent.metric("edgefleet_agent_outbox_depth").await == 0.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        agent.metric("edgefleet_agent_outbox_dropped_total").await,
+        0.0
+    );
+    agent.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_burst_through_mosquitto() {
+    install_crypto();
+    let Some(broker) = Mosquitto::start().await else {
+        return;
+    };
+    let hub = Hub::start_with(HubOptions {
+        external_broker: Some(broker.url()),
+        ..Default::default()
+    })
+    .await;
+    outbox_burst(&hub, &broker.url()).await;
+}
+
+/// Known hub-side failure: the embedded rumqttd drops messages queued for the
+/// hub's `+/events` subscription under a 10,000-message burst ("Read cursor
+/// start jumped" in its log), although it PUBACKed them to the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "embedded rumqttd drops hub-bound messages under a 10k burst (hub-side)"]
+async fn outbox_burst_through_the_embedded_broker() {
+    install_crypto();
+    let hub = Hub::start().await;
+    outbox_burst(&hub, &hub.broker_url()).await;
+}
