@@ -59,6 +59,33 @@ pub struct Config {
     pub reconcile: ReconcileConfig,
     pub heartbeat: HeartbeatConfig,
     pub store: StoreConfig,
+    pub models: ModelsConfig,
+    pub local_broker: LocalBrokerConfig,
+}
+
+/// The on-disk model cache (`<state_dir>/models`), issue 5.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// Cache bound; least recently used models not in use are evicted beyond it.
+    pub cache_max_bytes: u64,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        Self {
+            cache_max_bytes: 512 * 1024 * 1024,
+        }
+    }
+}
+
+/// The device-local MQTT broker inference workloads read inputs from and
+/// publish results to; empty `url` = none.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocalBrokerConfig {
+    /// `mqtt://host:port`, e.g. `mqtt://127.0.0.1:1883`.
+    pub url: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -164,6 +191,8 @@ impl Default for Config {
             reconcile: ReconcileConfig::default(),
             heartbeat: HeartbeatConfig::default(),
             store: StoreConfig::default(),
+            models: ModelsConfig::default(),
+            local_broker: LocalBrokerConfig::default(),
         }
     }
 }
@@ -357,6 +386,12 @@ impl Config {
             errs.push(format!(
                 "broker.url: {:?} is not mqtt://host:port or mqtts://host:port",
                 self.broker.url
+            ));
+        }
+        if !self.local_broker.url.is_empty() && broker_addr(&self.local_broker.url).is_none() {
+            errs.push(format!(
+                "local_broker.url: {:?} is not mqtt://host:port",
+                self.local_broker.url
             ));
         }
         let hub_ok = ["", "http://", "https://"].iter().any(|p| {

@@ -2,7 +2,8 @@
 //! `POST /v1/events`, through which apps on the device send telemetry
 //! upstream. An event is answered 202 only after its SQLite commit, so an app
 //! that got 202 never loses it. The KServe v2 inference endpoints
-//! (`/v2/...`, issue 5) will be merged into [`router`] beside these.
+//! (`/v2/...`, issue 5, [`crate::inference::kserve`]) serve the models the
+//! reconciler loaded ([`ModelRegistry::daemon`]).
 //!
 //! Never binds anything but loopback.
 
@@ -22,6 +23,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::daemon::Shared;
+use crate::inference::ModelRegistry;
 
 /// Most events in one `POST /v1/events` body.
 pub const MAX_EVENTS_PER_REQUEST: usize = 1000;
@@ -55,6 +57,11 @@ struct EventIn {
     payload: serde_json::Value,
 }
 
+/// The local router plus the KServe v2 endpoints serving `models`.
+pub fn router_with_models(shared: Arc<Shared>, models: Arc<ModelRegistry>) -> Router {
+    router(shared).merge(crate::inference::kserve::router(models))
+}
+
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/livez", get(|| async { "ok\n" }))
@@ -85,10 +92,13 @@ pub async fn serve(
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) -> Result<(), HttpError> {
-    axum::serve(listener, router(shared))
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
-        .map_err(HttpError::Serve)
+    axum::serve(
+        listener,
+        router_with_models(shared, ModelRegistry::daemon()),
+    )
+    .with_graceful_shutdown(async move { cancel.cancelled().await })
+    .await
+    .map_err(HttpError::Serve)
 }
 
 fn error(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response {

@@ -14,6 +14,7 @@ pub mod desired;
 pub mod exit;
 pub mod http;
 pub mod identity;
+pub mod inference;
 pub mod metrics;
 pub mod outbox;
 pub mod reconcile;

@@ -9,6 +9,23 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 type Labels = [(&'static str, &'static str); 1];
+/// `model="<served name>"`.
+type ModelLabels = [(&'static str, String); 1];
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn inference_latency_histogram() -> Histogram {
+    Histogram::new([
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    ])
+}
+
+/// One model's metrics, cheap to clone (shared counters).
+#[derive(Debug, Clone)]
+pub struct ModelMetrics {
+    pub requests: Counter,
+    pub errors: Counter,
+    pub latency: Histogram,
+}
 
 /// Every metric the agent exports.
 #[derive(Debug)]
@@ -35,6 +52,9 @@ pub struct Metrics {
     pub events_refused: Counter,
     pub store_errors: Counter,
     pub store_recovered: Counter,
+    pub inference_requests: Family<ModelLabels, Counter>,
+    pub inference_errors: Family<ModelLabels, Counter>,
+    pub inference_latency: HistogramFamily<ModelLabels>,
 }
 
 impl Metrics {
@@ -64,6 +84,9 @@ impl Metrics {
             events_refused: Counter::default(),
             store_errors: Counter::default(),
             store_recovered: Counter::default(),
+            inference_requests: Family::default(),
+            inference_errors: Family::default(),
+            inference_latency: Family::new_with_constructor(inference_latency_histogram),
             registry: Registry::default(),
         };
         // Pre-register every rejection reason so dashboards see zeros.
@@ -177,7 +200,33 @@ impl Metrics {
             "Corrupt databases moved aside at startup",
             m.store_recovered.clone(),
         );
+        r.register(
+            "inference_requests",
+            "Inference requests per model (HTTP and MQTT)",
+            m.inference_requests.clone(),
+        );
+        r.register(
+            "inference_errors",
+            "Inference requests per model that failed (invalid input or run error)",
+            m.inference_errors.clone(),
+        );
+        r.register_with_unit(
+            "inference_latency",
+            "Inference latency per model, validation through outputs",
+            Unit::Seconds,
+            m.inference_latency.clone(),
+        );
         Self { registry: r, ..m }
+    }
+
+    /// The metrics of the model served as `model`.
+    pub fn model(&self, model: &str) -> ModelMetrics {
+        let labels = [("model", model.to_owned())];
+        ModelMetrics {
+            requests: self.inference_requests.get_or_create(&labels).clone(),
+            errors: self.inference_errors.get_or_create(&labels).clone(),
+            latency: self.inference_latency.get_or_create(&labels).clone(),
+        }
     }
 
     /// Prometheus text exposition.
@@ -223,5 +272,24 @@ mod tests {
         assert!(text.contains("edgefleet_agent_outbox_dropped_total 3"));
         assert!(text.contains("edgefleet_agent_reconcile_duration_seconds_bucket"));
         assert!(text.contains("edgefleet_agent_outbox_bytes"));
+    }
+
+    #[test]
+    fn per_model_inference_metrics() {
+        let m = Metrics::new();
+        let mm = m.model("anomaly");
+        mm.requests.inc();
+        mm.requests.inc();
+        mm.errors.inc();
+        mm.latency.observe(0.002);
+        let text = m.encode();
+        assert!(
+            text.contains("edgefleet_agent_inference_requests_total{model=\"anomaly\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("edgefleet_agent_inference_errors_total{model=\"anomaly\"} 1"));
+        assert!(
+            text.contains("edgefleet_agent_inference_latency_seconds_count{model=\"anomaly\"} 1")
+        );
     }
 }

@@ -25,11 +25,9 @@ use edgefleet_protocol::{
 use tokio_util::sync::CancellationToken;
 
 use crate::daemon::Shared;
+use crate::inference::runtime::InferenceRuntime;
 use crate::runtime::kube::{KubeError, KubeRuntime, LiveObject, ObjectKey, apply_hash, health_of};
 use crate::store::{InventoryEntry, StoredStatus};
-
-/// Message of inference workloads until the runtime of issue 5 lands.
-pub const INFERENCE_PENDING: &str = "inference runtime not yet available";
 
 /// Runs passes until `cancel`.
 pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
@@ -72,6 +70,8 @@ struct Reconciler {
     /// What the last status report said (to send only changes).
     reported: Option<(Option<edgefleet_protocol::Version>, Vec<WorkloadStatus>)>,
     first_pass: bool,
+    /// Created on the first inference workload.
+    inference: Option<InferenceRuntime>,
 }
 
 /// Result of syncing one workload.
@@ -87,6 +87,7 @@ impl Reconciler {
             kube: None,
             reported: None,
             first_pass: true,
+            inference: None,
         }
     }
 
@@ -149,12 +150,20 @@ impl Reconciler {
                         }
                         Err(e) => status(name, SyncState::Failed, Health::Unknown, Some(e)),
                     },
-                    Some(WorkloadSpec::Inference(_)) => status(
-                        name,
-                        SyncState::Syncing,
-                        Health::Unknown,
-                        Some(INFERENCE_PENDING),
-                    ),
+                    Some(WorkloadSpec::Inference(i)) => {
+                        let shared = &self.shared;
+                        let rt = self
+                            .inference
+                            .get_or_insert_with(|| InferenceRuntime::for_agent(shared));
+                        match rt.sync(name, i, Some(&shared.metrics)).await {
+                            Ok(()) => status(name, SyncState::Synced, Health::Healthy, None),
+                            Err(reason) => {
+                                tracing::warn!(workload = name, %reason, "inference workload failed");
+                                out.retry = true;
+                                status(name, SyncState::Failed, Health::Unknown, Some(&reason))
+                            }
+                        }
+                    }
                     None => status(
                         name,
                         SyncState::Failed,
@@ -170,6 +179,9 @@ impl Reconciler {
             .iter()
             .flat_map(|d| d.workloads.iter().map(|w| w.workload.name.as_str()))
             .collect();
+        if let Some(rt) = &mut self.inference {
+            rt.prune(&desired_names);
+        }
         if let Ok(kube) = &kube {
             for (workload, entries) in &by_workload {
                 if desired_names.contains(workload) {
