@@ -337,8 +337,8 @@ impl Store {
 
     // ---- devices -------------------------------------------------------
 
-    /// Enrolls or re-enrolls. Returns `Err(None)`-style conflicts as `Ok(None)`
-    /// when `id` belongs to another key; otherwise the device id used.
+    /// Enrolls a new key, or refreshes the password of a known one (same
+    /// id). `IdTaken` when the requested id belongs to another key.
     pub fn enroll_device(
         &self,
         requested: Option<&DeviceId>,

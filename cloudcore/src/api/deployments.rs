@@ -17,10 +17,8 @@ pub async fn list(State(st): State<Shared>) -> ApiResult<Json<super::Page<Deploy
         .store
         .run(|s| {
             let deps = s.list_deployments()?;
-            let mut rows = Vec::new();
-            for d in &deps {
-                rows.push(rollout(s, d)?);
-            }
+            let fleet = Fleet::load(s)?;
+            let rows: Vec<_> = deps.iter().map(|d| fleet.rollout(d)).collect();
             Ok((deps, rows))
         })
         .await?;
@@ -147,44 +145,61 @@ pub struct DeploymentStatus {
     pub devices: Vec<DeviceRollout>,
 }
 
-/// Computes one deployment's rollout from the store.
-fn rollout(
-    s: &crate::store::Store,
-    d: &DeploymentRecord,
-) -> Result<DeploymentStatus, crate::store::StoreError> {
-    let mut status_by_device: HashMap<String, Vec<crate::store::WorkloadStatusRecord>> =
-        HashMap::new();
-    for w in s.workload_status(None)? {
-        if w.name.starts_with(&format!("{}.", d.name)) {
+/// Every device and every reported workload status, read once per request
+/// however many deployments are summarised.
+struct Fleet {
+    devices: Vec<crate::store::DeviceRecord>,
+    status_by_device: HashMap<String, Vec<crate::store::WorkloadStatusRecord>>,
+}
+
+impl Fleet {
+    fn load(s: &crate::store::Store) -> Result<Self, crate::store::StoreError> {
+        let mut devices = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = s.list_devices(after.as_deref(), 1000)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.to_string());
+            devices.extend(page);
+        }
+        let mut status_by_device: HashMap<String, Vec<_>> = HashMap::new();
+        for w in s.workload_status(None)? {
             status_by_device
                 .entry(w.device_id.to_string())
                 .or_default()
                 .push(w);
         }
+        Ok(Self {
+            devices,
+            status_by_device,
+        })
     }
-    let wanted: Vec<String> = d
-        .spec
-        .spec
-        .workloads
-        .iter()
-        .map(|w| d.spec.workload_id(w))
-        .collect();
-    let mut out = DeploymentStatus {
-        name: d.name.clone(),
-        generation: d.generation,
-        counts: Counts::default(),
-        devices: Vec::new(),
-    };
-    let mut after: Option<String> = None;
-    loop {
-        let page = s.list_devices(after.as_deref(), 1000)?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.id.to_string());
-        for dev in page {
-            if !d.spec.spec.selector.matches(&dev.labels) {
-                continue;
-            }
-            let reported = status_by_device.remove(dev.id.as_str()).unwrap_or_default();
+
+    /// One deployment's rollout across the devices its selector matches.
+    fn rollout(&self, d: &DeploymentRecord) -> DeploymentStatus {
+        let wanted: Vec<String> = d
+            .spec
+            .spec
+            .workloads
+            .iter()
+            .map(|w| d.spec.workload_id(w))
+            .collect();
+        let mut out = DeploymentStatus {
+            name: d.name.clone(),
+            generation: d.generation,
+            counts: Counts::default(),
+            devices: Vec::new(),
+        };
+        for dev in self
+            .devices
+            .iter()
+            .filter(|dev| d.spec.spec.selector.matches(&dev.labels))
+        {
+            let reported = self
+                .status_by_device
+                .get(dev.id.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
             let rows: Vec<WorkloadRow> = wanted
                 .iter()
                 .map(|name| {
@@ -210,7 +225,7 @@ fn rollout(
             out.counts.failed += usize::from(failed);
             out.devices.push(DeviceRollout {
                 device: dev.id.to_string(),
-                presence: dev.presence,
+                presence: dev.presence.clone(),
                 desired_revision: dev.desired_revision,
                 applied_revision: dev.applied_revision,
                 in_sync,
@@ -219,8 +234,8 @@ fn rollout(
                 workloads: rows,
             });
         }
+        out
     }
-    Ok(out)
 }
 
 pub async fn status(
@@ -230,7 +245,7 @@ pub async fn status(
     let n = name.clone();
     st.store
         .run(move |s| match s.get_deployment(&n)? {
-            Some(d) => rollout(s, &d).map(Some),
+            Some(d) => Ok(Some(Fleet::load(s)?.rollout(&d))),
             None => Ok(None),
         })
         .await?
