@@ -341,6 +341,12 @@ impl Config {
         if let Some(v) = env("EDGEFLEET_BROKER_URL") {
             self.broker.url = v;
         }
+        if let Some(v) = env("EDGEFLEET_LOCAL_BROKER_URL") {
+            self.local_broker.url = v;
+        }
+        if let Some(v) = env("EDGEFLEET_MODELS_CACHE_MAX_BYTES") {
+            self.models.cache_max_bytes = parse("EDGEFLEET_MODELS_CACHE_MAX_BYTES", &v)?;
+        }
         if let Some(v) = env("EDGEFLEET_HTTP_PORT") {
             self.http.port = parse("EDGEFLEET_HTTP_PORT", &v)?;
         }
@@ -388,7 +394,9 @@ impl Config {
                 self.broker.url
             ));
         }
-        if !self.local_broker.url.is_empty() && broker_addr(&self.local_broker.url).is_none() {
+        if !self.local_broker.url.is_empty()
+            && !matches!(broker_addr(&self.local_broker.url), Some((_, _, false)))
+        {
             errs.push(format!(
                 "local_broker.url: {:?} is not mqtt://host:port",
                 self.local_broker.url

@@ -1,0 +1,252 @@
+//! Inference workloads as the reconciler sees them: make sure each desired
+//! workload's model is cached (downloaded and verified) and loaded into the
+//! [`ModelRegistry`], unload the ones no longer desired. Any download,
+//! verification or load error is returned as the workload's Failed reason.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgefleet_protocol::InferenceWorkload;
+
+use edgefleet_protocol::workload::InferenceOutput;
+use edgefleet_protocol::{Channel, Event};
+
+use super::local_mqtt::{self, Binding, LocalBroker, Upstream};
+use super::model_cache::{HubSource, ModelCache};
+use super::{Model, ModelRegistry};
+use crate::daemon::Shared;
+use crate::metrics::Metrics;
+
+#[derive(Debug, Clone, PartialEq)]
+struct Loaded {
+    model: String,
+    sha256: String,
+    concurrency: Option<u32>,
+}
+
+/// What a running local MQTT binding was started with.
+#[derive(Debug, Clone, PartialEq)]
+struct BindingKey {
+    sha256: String,
+    topic: String,
+    output: InferenceOutput,
+}
+
+#[derive(Debug)]
+pub struct InferenceRuntime {
+    cache: ModelCache,
+    hub: HubSource,
+    registry: Arc<ModelRegistry>,
+    loaded: HashMap<String, Loaded>,
+    local: Option<LocalBroker>,
+    upstream: Option<Upstream>,
+    bindings: HashMap<String, (BindingKey, Binding)>,
+}
+
+impl InferenceRuntime {
+    pub fn new(cache: ModelCache, hub: HubSource, registry: Arc<ModelRegistry>) -> Self {
+        Self {
+            cache,
+            hub,
+            registry,
+            loaded: HashMap::new(),
+            local: None,
+            upstream: None,
+            bindings: HashMap::new(),
+        }
+    }
+
+    /// Enables `input.mqtt`/`output.topic` on `broker`; results with
+    /// `output.upstream` go to `upstream`.
+    pub fn with_local(mut self, broker: Option<LocalBroker>, upstream: Option<Upstream>) -> Self {
+        self.local = broker;
+        self.upstream = upstream;
+        self
+    }
+
+    /// The runtime of the daemon: cache in `<state_dir>/models`, blobs from
+    /// the hub with the device's broker credentials.
+    pub fn for_agent(shared: &Arc<Shared>) -> Self {
+        let cfg = &shared.cfg;
+        let cache = ModelCache::new(
+            cfg.state_dir.join("models"),
+            cfg.models.cache_max_bytes,
+            shared.db.clone(),
+        );
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .read_timeout(Duration::from_millis(cfg.hub.request_timeout_ms.max(1)))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        let username = if cfg.broker.username.is_empty() {
+            shared.device.to_string()
+        } else {
+            cfg.broker.username.clone()
+        };
+        let hub = HubSource {
+            client,
+            url: cfg.hub.url.clone(),
+            username,
+            password: shared.identity.broker_password.to_string(),
+        };
+        // Plain MQTT only (validated in config): the broker is on the device.
+        let local = crate::config::broker_addr(&cfg.local_broker.url)
+            .filter(|(_, _, tls)| !tls)
+            .map(|(host, port, _)| LocalBroker { host, port });
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(outbox_writer(Arc::clone(shared), rx));
+        Self::new(cache, hub, ModelRegistry::daemon()).with_local(local, Some(tx))
+    }
+
+    /// The models this runtime serves (share it with the KServe router).
+    pub fn registry(&self) -> Arc<ModelRegistry> {
+        Arc::clone(&self.registry)
+    }
+
+    /// Ensures `workload`'s model is loaded; `Err` is the Failed reason.
+    pub async fn sync(
+        &mut self,
+        workload: &str,
+        spec: &InferenceWorkload,
+        metrics: Option<&Metrics>,
+    ) -> Result<(), String> {
+        let want = Loaded {
+            model: spec.model.name.clone(),
+            sha256: spec.model.sha256.clone(),
+            concurrency: spec.concurrency,
+        };
+        if self.loaded.get(workload) != Some(&want) || self.registry.get(workload).is_none() {
+            self.load(workload, want, metrics).await?;
+        }
+        self.bind(workload, spec)
+    }
+
+    async fn load(
+        &mut self,
+        workload: &str,
+        want: Loaded,
+        metrics: Option<&Metrics>,
+    ) -> Result<(), String> {
+        let in_use: HashSet<String> = self.loaded.values().map(|l| l.sha256.clone()).collect();
+        let path = self
+            .cache
+            .fetch(&want.model, &want.sha256, &self.hub, &in_use)
+            .await
+            .map_err(|e| format!("model {}: {}", want.model, crate::error_chain(&e)))?;
+        let name = workload.to_owned();
+        let model_metrics = metrics.map(|m| m.model(workload));
+        let concurrency = want.concurrency;
+        let model = tokio::task::spawn_blocking(move || {
+            Model::load_with_metrics(&name, &path, concurrency, model_metrics)
+        })
+        .await
+        .map_err(|e| format!("model {}: load task failed: {e}", want.model))?
+        .map_err(|e| crate::error_chain(&e))?;
+        if let Some(old) = self.loaded.remove(workload) {
+            self.registry.remove(&[old.model.as_str()]);
+        }
+        self.registry
+            .insert(&[workload, want.model.as_str()], model);
+        tracing::info!(workload, model = %want.model, sha256 = %want.sha256, "model loaded");
+        self.loaded.insert(workload.to_owned(), want);
+        Ok(())
+    }
+
+    /// Starts, restarts or stops the local MQTT binding of `workload`.
+    fn bind(&mut self, workload: &str, spec: &InferenceWorkload) -> Result<(), String> {
+        let Some(mqtt) = &spec.input.mqtt else {
+            self.bindings.remove(workload);
+            return Ok(());
+        };
+        let Some(broker) = &self.local else {
+            return Err(
+                "input.mqtt needs a device-local broker: set local_broker.url in the agent config"
+                    .to_owned(),
+            );
+        };
+        let key = BindingKey {
+            sha256: spec.model.sha256.clone(),
+            topic: mqtt.topic.clone(),
+            output: spec.output.clone(),
+        };
+        if self.bindings.get(workload).is_some_and(|(k, _)| *k == key) {
+            return Ok(());
+        }
+        let model = self
+            .registry
+            .get(workload)
+            .ok_or_else(|| format!("model {} is not loaded", spec.model.name))?;
+        self.bindings.remove(workload);
+        let binding = local_mqtt::start(
+            broker,
+            workload,
+            &spec.model.name,
+            model,
+            &mqtt.topic,
+            spec.output.clone(),
+            self.upstream.clone(),
+        );
+        self.bindings.insert(workload.to_owned(), (key, binding));
+        Ok(())
+    }
+
+    /// Unloads workloads not in `desired`.
+    pub fn prune(&mut self, desired: &BTreeSet<&str>) {
+        let gone: Vec<String> = self
+            .loaded
+            .keys()
+            .filter(|w| !desired.contains(w.as_str()))
+            .cloned()
+            .collect();
+        for w in gone {
+            self.bindings.remove(&w);
+            if let Some(l) = self.loaded.remove(&w) {
+                self.registry.remove(&[w.as_str(), l.model.as_str()]);
+                tracing::info!(workload = %w, model = %l.model, "model unloaded");
+            }
+        }
+    }
+}
+
+/// Drains upstream results into the outbox as signed `inference.result`
+/// events (so results survive an offline uplink and agent restarts).
+async fn outbox_writer(
+    shared: Arc<Shared>,
+    mut rx: tokio::sync::mpsc::Receiver<(String, serde_json::Value)>,
+) {
+    while let Some((workload, payload)) = rx.recv().await {
+        let event = Event {
+            id: uuid::Uuid::now_v7().simple().to_string(),
+            device_id: shared.device.clone(),
+            kind: super::sink::RESULT_KIND.to_owned(),
+            workload: Some(workload),
+            created_at_ms: edgefleet_protocol::now_ms(),
+            payload,
+        };
+        if let Err(e) = event.check() {
+            tracing::warn!(error = %e, "inference result is not a valid event; dropped");
+            continue;
+        }
+        let sealed = vec![shared.identity.signer.seal(&event)];
+        let limits = shared.outbox_limits();
+        let res = shared
+            .db
+            .call(move |s| {
+                s.outbox_push(Channel::Events, &sealed, limits)
+                    .map(|p| (p, s.outbox_depth()))
+            })
+            .await;
+        match res {
+            Ok((pushed, depth)) => {
+                shared.metrics.outbox_dropped.inc_by(pushed.dropped);
+                shared.metrics.set_outbox(depth);
+                shared.outbox_wake.notify_one();
+            }
+            Err(e) => {
+                shared.metrics.store_errors.inc();
+                tracing::error!(error = %crate::error_chain(&e), "cannot queue inference result");
+            }
+        }
+    }
+}

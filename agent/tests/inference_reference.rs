@@ -1,0 +1,176 @@
+//! tract serves the reference models like onnxruntime did: same digit class
+//! on every held-out image, outputs within the recorded tolerance (1e-4), and
+//! the same vibration anomaly scores. References: models/*/reference.json.
+
+use std::path::PathBuf;
+
+use edge_agent::inference::{InferRequest, Model, RequestTensor};
+use serde_json::Value;
+
+const TOL: f64 = 1e-4;
+
+fn models_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models")
+}
+
+fn reference(model: &str) -> anyhow::Result<Value> {
+    let path = models_dir().join(model).join("reference.json");
+    Ok(serde_json::from_slice(&std::fs::read(&path)?)?)
+}
+
+fn numbers(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default()
+}
+
+fn request(shape: &[usize], data: Vec<f64>) -> InferRequest {
+    InferRequest {
+        id: None,
+        inputs: vec![RequestTensor {
+            name: "input".into(),
+            shape: shape.to_vec(),
+            datatype: "FP32".into(),
+            data,
+        }],
+    }
+}
+
+fn assert_close(what: &str, got: &[f64], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= TOL,
+            "{what}[{i}]: tract {g} vs onnxruntime {w}"
+        );
+    }
+}
+
+fn argmax(v: &[f64]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold((0, f64::NEG_INFINITY), |best, (i, x)| {
+            if *x > best.1 { (i, *x) } else { best }
+        })
+        .0
+}
+
+#[test]
+fn digits_match_onnxruntime_on_every_test_image() -> anyhow::Result<()> {
+    let reference = reference("digits")?;
+    let model = Model::load("digits", &models_dir().join("digits/digits.onnx"), None)?;
+    assert_eq!(model.inputs()[0].shape, vec![1, 1, 8, 8]);
+    let cases = reference["cases"].as_array().cloned().unwrap_or_default();
+    assert_eq!(cases.len(), 360);
+    let mut correct = 0;
+    for case in &cases {
+        let idx = &case["index"];
+        let out = model.infer_blocking(&request(&[1, 1, 8, 8], numbers(&case["input"])))?;
+        let logits = out.iter().find(|t| t.name == "logits").map(|t| t.as_f64());
+        let probs = out
+            .iter()
+            .find(|t| t.name == "probabilities")
+            .map(|t| t.as_f64());
+        let (Some(logits), Some(probs)) = (logits, probs) else {
+            anyhow::bail!(
+                "outputs are {:?}",
+                out.iter().map(|t| &t.name).collect::<Vec<_>>()
+            );
+        };
+        assert_close(
+            &format!("case {idx} logits"),
+            &logits,
+            &numbers(&case["logits"]),
+        );
+        assert_close(
+            &format!("case {idx} probabilities"),
+            &probs,
+            &numbers(&case["probabilities"]),
+        );
+        let class = argmax(&probs);
+        assert_eq!(
+            Some(class as u64),
+            case["class"].as_u64(),
+            "case {idx} class"
+        );
+        if Some(class as u64) == case["label"].as_u64() {
+            correct += 1;
+        }
+    }
+    let accuracy = f64::from(correct) / cases.len() as f64;
+    let recorded = reference["test_accuracy"].as_f64().unwrap_or(0.0);
+    assert!(
+        (accuracy - recorded).abs() < 1e-9,
+        "accuracy {accuracy} vs {recorded}"
+    );
+    Ok(())
+}
+
+#[test]
+fn vibration_scores_match_onnxruntime() -> anyhow::Result<()> {
+    let reference = reference("vibration")?;
+    let model = Model::load(
+        "vibration",
+        &models_dir().join("vibration/vibration.onnx"),
+        None,
+    )?;
+    assert_eq!(model.inputs()[0].shape, vec![1, 64]);
+    let threshold = reference["threshold"].as_f64().unwrap_or(0.8);
+    let cases = reference["cases"].as_array().cloned().unwrap_or_default();
+    assert_eq!(cases.len(), 200);
+    for case in &cases {
+        let idx = &case["index"];
+        let out = model.infer_blocking(&request(&[1, 64], numbers(&case["input"])))?;
+        let score = out.iter().find(|t| t.name == "score").map(|t| t.as_f64());
+        let Some(score) = score else {
+            anyhow::bail!("no `score` output");
+        };
+        assert_close(
+            &format!("case {idx} score"),
+            &score,
+            &numbers(&case["score"]),
+        );
+        assert_eq!(
+            Some(score[0] > threshold),
+            case["anomaly"].as_bool(),
+            "case {idx} anomaly"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn wrong_shape_or_dtype_names_the_expected_shape() -> anyhow::Result<()> {
+    let model = Model::load(
+        "vibration",
+        &models_dir().join("vibration/vibration.onnx"),
+        None,
+    )?;
+    let e = model
+        .infer_blocking(&request(&[1, 63], vec![0.0; 63]))
+        .unwrap_err();
+    assert!(e.is_client_error());
+    let msg = e.to_string();
+    assert!(
+        msg.contains("expected shape [1, 64]") && msg.contains("[1, 63]"),
+        "{msg}"
+    );
+
+    let mut req = request(&[1, 64], vec![0.0; 64]);
+    req.inputs[0].datatype = "INT64".into();
+    let msg = model.infer_blocking(&req).unwrap_err().to_string();
+    assert!(
+        msg.contains("expected shape [1, 64] datatype FP32") && msg.contains("INT64"),
+        "{msg}"
+    );
+
+    let msg = model
+        .infer_blocking(&request(&[1, 64], vec![0.0; 3]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("expected shape [1, 64]") && msg.contains("3 data"),
+        "{msg}"
+    );
+    Ok(())
+}
