@@ -136,15 +136,6 @@ pub struct DeploymentRecord {
     pub spec: edgefleet_protocol::Deployment,
 }
 
-/// What the hub last issued to one device.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DesiredRecord {
-    pub revision: u64,
-    pub content_hash: String,
-    pub envelope: Vec<u8>,
-    pub published: bool,
-}
-
 /// One workload's reported state on one device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -731,24 +722,6 @@ impl Store {
         Ok(out)
     }
 
-    pub fn get_desired(&self, id: &str) -> Result<Option<DesiredRecord>, StoreError> {
-        Ok(self
-            .lock()
-            .query_row(
-                "SELECT revision, content_hash, envelope, published_ms FROM desired WHERE device_id = ?1",
-                params![id],
-                |r| {
-                    Ok(DesiredRecord {
-                        revision: ms(r.get(0)?),
-                        content_hash: r.get(1)?,
-                        envelope: r.get(2)?,
-                        published: r.get::<_, Option<i64>>(3)?.is_some(),
-                    })
-                },
-            )
-            .optional()?)
-    }
-
     /// The workloads of a device's current desired document, as JSON.
     pub fn desired_workloads(&self, id: &str) -> Result<Option<serde_json::Value>, StoreError> {
         let w: Option<String> = self
@@ -988,14 +961,6 @@ impl Store {
             });
         }
         Ok(out)
-    }
-
-    pub fn count_events(&self, device: &str) -> Result<u64, StoreError> {
-        Ok(ms(self.lock().query_row(
-            "SELECT COUNT(*) FROM events WHERE device_id = ?1",
-            params![device],
-            |r| r.get(0),
-        )?))
     }
 
     // ---- models -------------------------------------------------------------
