@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::db::Db;
 use crate::identity::Identity;
+use crate::inference::ModelRegistry;
 use crate::metrics::Metrics;
 use crate::outbox::Limits;
 
@@ -34,6 +35,8 @@ pub struct Shared {
     pub identity: Identity,
     pub db: Db,
     pub metrics: Metrics,
+    /// Models the reconciler loaded, served by the KServe endpoints.
+    pub models: Arc<ModelRegistry>,
     /// Wakes the reconciler (new desired state, connect, commands).
     pub reconcile_wake: Notify,
     /// The next pass must queue a status report even if nothing changed.
@@ -57,6 +60,7 @@ impl Shared {
             identity,
             db,
             metrics: Metrics::new(),
+            models: ModelRegistry::new(),
             reconcile_wake: Notify::new(),
             report_wanted: AtomicBool::new(true),
             outbox_wake: Notify::new(),

@@ -3,7 +3,7 @@
 //! upstream. An event is answered 202 only after its SQLite commit, so an app
 //! that got 202 never loses it. The KServe v2 inference endpoints
 //! (`/v2/...`, issue 5, [`crate::inference::kserve`]) serve the models the
-//! reconciler loaded ([`ModelRegistry::daemon`]).
+//! reconciler loaded (`Shared::models`).
 //!
 //! Never binds anything but loopback.
 
@@ -94,7 +94,7 @@ pub async fn serve(
 ) -> Result<(), HttpError> {
     axum::serve(
         listener,
-        router_with_models(shared, ModelRegistry::daemon()),
+        router_with_models(Arc::clone(&shared), Arc::clone(&shared.models)),
     )
     .with_graceful_shutdown(async move { cancel.cancelled().await })
     .await

@@ -26,7 +26,8 @@ use std::time::Instant;
 
 use tokio::sync::Semaphore;
 use tract_onnx::prelude::{
-    DatumType, Framework, InferenceFact, InferenceModelExt, IntoTValue, Tensor, TypedRunnableModel,
+    DatumType, Framework, InferenceFact, InferenceModelExt, IntoTValue, IntoTensor, Tensor,
+    TypedRunnableModel,
 };
 use tract_onnx::tract_hir::infer::Factoid;
 
@@ -325,6 +326,21 @@ impl Model {
             .join(", ")
     }
 
+    /// Runs input tensors (in model input order, already of the served shapes)
+    /// through the same plan requests use, on the calling thread, without
+    /// validation or JSON conversion: the cost of the model alone (the
+    /// benchmark against onnxruntime times this).
+    pub fn run_plan(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, InferenceError> {
+        let results = self
+            .plan
+            .run(inputs.into_iter().map(|t| t.into_tvalue()).collect())
+            .map_err(|e| InferenceError::Run {
+                model: self.name.clone(),
+                source: e.into(),
+            })?;
+        Ok(results.into_iter().map(|v| v.into_tensor()).collect())
+    }
+
     fn run_tensors(&self, tensors: Vec<Tensor>) -> Result<Vec<ResponseTensor>, InferenceError> {
         let run_err = |e: tract_onnx::prelude::TractError| InferenceError::Run {
             model: self.name.clone(),
@@ -515,15 +531,6 @@ pub struct ModelRegistry {
 impl ModelRegistry {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
-    }
-
-    /// The daemon's registry: filled by the reconciler
-    /// ([`runtime::InferenceRuntime::for_agent`]), served by the local HTTP
-    /// router. Process-wide because the daemon runs one agent per process;
-    /// tests and embedders use [`ModelRegistry::new`].
-    pub fn daemon() -> Arc<Self> {
-        static DAEMON: std::sync::OnceLock<Arc<ModelRegistry>> = std::sync::OnceLock::new();
-        Arc::clone(DAEMON.get_or_init(ModelRegistry::new))
     }
 
     /// Serves `model` under each of `names` (replacing what was there).

@@ -96,7 +96,7 @@ impl InferenceRuntime {
             .map(|(host, port, _)| LocalBroker { host, port });
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::spawn(outbox_writer(Arc::clone(shared), rx));
-        Self::new(cache, hub, ModelRegistry::daemon()).with_local(local, Some(tx))
+        Self::new(cache, hub, Arc::clone(&shared.models)).with_local(local, Some(tx))
     }
 
     /// The models this runtime serves (share it with the KServe router).
