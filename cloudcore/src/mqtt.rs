@@ -64,7 +64,10 @@ pub fn options(cfg: &Config, hub_password: &str) -> Result<MqttOptions, ConfigEr
         )
     };
     let mut o = MqttOptions::new(HUB_USERNAME, url.host, url.port);
-    o.set_keep_alive(Duration::from_secs(10))
+    // 30 s: the broker is next to the hub; a router busy with thousands of
+    // device handshakes must not cost the hub its session (10 s did at
+    // 10,000 devices: `Last pingreq isn't acked`).
+    o.set_keep_alive(Duration::from_secs(30))
         // A persistent session: with an external broker, messages devices
         // send while the hub restarts wait for it.
         .set_clean_session(false)
@@ -94,12 +97,38 @@ impl Session {
     }
 }
 
+/// Broker (re)connects, as the publisher needs to know them.
+#[derive(Debug, Default)]
+pub struct Reconnects {
+    notify: tokio::sync::Notify,
+    /// Since the last [`Reconnects::next`], the broker answered a connect
+    /// without our (persistent) session: it lost its state, and retained
+    /// messages with it unless it saved them.
+    lost_state: AtomicBool,
+}
+
+impl Reconnects {
+    fn signal(&self, session_present: bool) {
+        if !session_present {
+            self.lost_state.store(true, Ordering::Relaxed);
+        }
+        self.notify.notify_one();
+    }
+
+    /// Waits for the next (re)connect; true when the broker had lost our
+    /// session in the meantime.
+    pub async fn next(&self) -> bool {
+        self.notify.notified().await;
+        self.lost_state.swap(false, Ordering::Relaxed)
+    }
+}
+
 /// Starts the session; incoming device publishes go to `ingest`; every
-/// (re)connect is signalled on `connected_tx` so the publisher can catch up.
+/// (re)connect is signalled on `reconnected` so the publisher can catch up.
 pub fn start(
     opts: MqttOptions,
     ingest: mpsc::Sender<Publish>,
-    reconnected: Arc<tokio::sync::Notify>,
+    reconnected: Arc<Reconnects>,
     cancel: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) -> Session {
@@ -125,7 +154,7 @@ async fn run(
     mut eventloop: EventLoop,
     ingest: mpsc::Sender<Publish>,
     connected: Arc<AtomicBool>,
-    reconnected: Arc<tokio::sync::Notify>,
+    reconnected: Arc<Reconnects>,
     cancel: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -149,7 +178,7 @@ async fn run(
                         tracing::error!(error = %e, "cannot queue subscription");
                     }
                 }
-                reconnected.notify_one();
+                reconnected.signal(ack.session_present);
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 if ingest.send(p).await.is_err() {

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::desired::{content_hash, workloads_for};
 use crate::metrics::Metrics;
+use crate::mqtt::Reconnects;
 use crate::store::{NewDesired, Store, StoreError};
 
 /// A handle to wake the publisher.
@@ -159,11 +160,14 @@ impl Publisher {
     }
 
     /// Runs passes on every trigger until cancelled. `reconnected` fires on
-    /// each broker (re)connect: then unpublished documents are sent.
+    /// each broker (re)connect: then unpublished documents are sent, or all
+    /// of them when the broker lost its state (an external broker that
+    /// crashed before saving its retained messages; the embedded broker on
+    /// every hub start).
     pub async fn run(
         self,
         trigger: Trigger,
-        reconnected: Arc<Notify>,
+        reconnected: Arc<Reconnects>,
         republish_all_first: bool,
         cancel: CancellationToken,
     ) {
@@ -172,8 +176,8 @@ impl Publisher {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = trigger.0.notified() => self.pass().await,
-                _ = reconnected.notified() => {
-                    self.republish(first_connect && republish_all_first).await;
+                lost_state = reconnected.next() => {
+                    self.republish(lost_state || (first_connect && republish_all_first)).await;
                     if first_connect {
                         first_connect = false;
                         self.pass().await;

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -49,8 +49,27 @@ impl ServeError {
 /// How long tasks get to finish after a stop signal.
 pub const GRACE: Duration = Duration::from_secs(5);
 
+/// What an in-process hub tells its caller once the REST API listens.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// The REST API's actual address (port 0 in the config picks one).
+    pub api: std::net::SocketAddr,
+    pub key_id: String,
+}
+
 /// Runs the hub until `cancel` fires.
 pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), ServeError> {
+    serve_with(cfg, cancel, None).await
+}
+
+/// [`serve`] for callers that run the hub in-process (`cloudcore demo`):
+/// with `started`, the hub prints nothing and sends its address there instead.
+pub async fn serve_with(
+    cfg: Config,
+    cancel: CancellationToken,
+    started: Option<tokio::sync::oneshot::Sender<Started>>,
+) -> Result<(), ServeError> {
+    let announce = started.is_none();
     let data = cfg.data_dir.clone();
     create_private_dir(&data)?;
     let store = Store::open(&data)?;
@@ -76,16 +95,18 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), ServeEr
             creds,
             metrics.clone(),
         )?;
-        println!(
-            "cloudcore: MQTT broker (embedded) on mqtt://{}",
-            cfg.broker.listen
-        );
-    } else {
+        if announce {
+            println!(
+                "cloudcore: MQTT broker (embedded) on mqtt://{}",
+                cfg.broker.listen
+            );
+        }
+    } else if announce {
         println!("cloudcore: MQTT broker (external) at {}", cfg.broker.url);
     }
 
     let (ingest_tx, ingest_rx) = mpsc::channel(4096);
-    let reconnected = Arc::new(Notify::new());
+    let reconnected = Arc::new(mqtt::Reconnects::default());
     let session = mqtt::start(
         mqtt::options(&cfg, &hub_password)?,
         ingest_tx,
@@ -149,14 +170,24 @@ pub async fn serve(cfg: Config, cancel: CancellationToken) -> Result<(), ServeEr
             tracing::error!(error = %e, "REST API server failed");
         }
     });
-    println!("cloudcore: REST API on http://{addr}");
-    println!(
-        "cloudcore: data in {} (operator token: {}, bootstrap token: {})",
-        data.display(),
-        data.join("operator-token").display(),
-        data.join("bootstrap-token").display()
-    );
-    println!("cloudcore: ready (hub key id {kid})");
+    match started {
+        Some(tx) => {
+            let _ = tx.send(Started {
+                api: addr,
+                key_id: kid.to_string(),
+            });
+        }
+        None => {
+            println!("cloudcore: REST API on http://{addr}");
+            println!(
+                "cloudcore: data in {} (operator token: {}, bootstrap token: {})",
+                data.display(),
+                data.join("operator-token").display(),
+                data.join("bootstrap-token").display()
+            );
+            println!("cloudcore: ready (hub key id {kid})");
+        }
+    }
 
     cancel.cancelled().await;
     tracing::info!("shutting down");
