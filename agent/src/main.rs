@@ -38,8 +38,13 @@ enum Command {
         /// Hub REST URL, e.g. https://hub.example:8080.
         #[arg(long)]
         hub: String,
-        /// Bootstrap token from the hub.
-        #[arg(long, env = "EDGEFLEET_TOKEN", hide_env_values = true)]
+        /// Bootstrap token from the hub (URL-safe base64: may start with `-`).
+        #[arg(
+            long,
+            env = "EDGEFLEET_TOKEN",
+            hide_env_values = true,
+            allow_hyphen_values = true
+        )]
         token: String,
         /// Device label, k=v (repeatable).
         #[arg(long = "label", value_name = "K=V")]

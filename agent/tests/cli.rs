@@ -42,3 +42,23 @@ fn bad_config_exits_with_the_config_code() {
         "a bad config must say why"
     );
 }
+
+/// Tokens are URL-safe base64 and may start with `-`: clap must take them as
+/// the value, not as an unknown flag (exit 2). The enroll then fails only
+/// because nothing listens at the hub address.
+#[test]
+fn a_token_starting_with_a_dash_is_a_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = agent()
+        .args(["enroll", "--hub", "http://127.0.0.1:9", "--token", "-zAb_x"])
+        .arg("--config")
+        .arg(dir.path().join("agent.toml"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("unexpected argument"), "{stderr}");
+    assert_ne!(out.status.code(), Some(2), "{stderr}");
+    assert!(!out.status.success(), "nothing listens on port 9: {stderr}");
+}

@@ -32,7 +32,14 @@ pub struct Cli {
     )]
     pub server: String,
     /// Operator token (default: ./cloudcore-data/operator-token if present).
-    #[arg(long, global = true, env = "EDGECTL_TOKEN", hide_env_values = true)]
+    /// URL-safe base64, so it may start with `-`.
+    #[arg(
+        long,
+        global = true,
+        env = "EDGECTL_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub token: Option<String>,
     #[command(subcommand)]
     pub command: Command,
