@@ -5,22 +5,33 @@
 //! messages across restarts, so the publisher republishes stored desired
 //! documents when the hub starts with the embedded broker.
 //!
-//! Memory: rumqttd keeps an in-memory commit log per subscription filter,
-//! bounded by segment size × count. Segments are sized to hold the largest
-//! allowed payload and kept few, so memory stays flat under churn.
+//! Memory: rumqttd keeps an in-memory commit log per subscription filter
+//! and frees a segment only when the log grows past segment size × count;
+//! a filter's log keeps every message routed through it until then. A
+//! segment rolls over once it holds at least its size, so one message of any
+//! allowed size always fits. Per-device filters (each device's `desired`
+//! and `commands`) get small logs: desired state is retained separately and
+//! each document replaces the last, so history there is only memory (with
+//! 1.5 MiB × 2 per filter a log could keep every document sent to its
+//! device, up to ~3 MiB per device). The hub's wildcard filters
+//! keep room for bursts; heartbeats (QoS 0, replaced by the next) less.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use edgefleet_protocol::DeviceId;
 use edgefleet_protocol::limits::MAX_PAYLOAD_BYTES;
+use edgefleet_protocol::{Channel, DeviceId};
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+
+/// Commit-log segment size of per-device filters (rumqttd's minimum is
+/// 1 KiB; a larger message still fits, alone).
+const DEVICE_SEGMENT_BYTES: usize = 8 * 1024;
 
 /// Username the hub uses on its own broker.
 pub const HUB_USERNAME: &str = "cloudcore-hub";
@@ -78,6 +89,24 @@ impl Credentials {
     }
 }
 
+/// Every device connection is a socket: raises the soft `RLIMIT_NOFILE` to
+/// the hard limit (often 1,024 soft by default), and warns when even that
+/// cannot hold `max_connections` plus the hub's own files.
+fn raise_open_file_limit(max_connections: usize) {
+    const HEADROOM: u64 = 256;
+    let wanted = max_connections as u64 + HEADROOM;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(soft) if soft < wanted => tracing::warn!(
+            open_files = soft,
+            max_connections,
+            "the open-file limit (ulimit -n, hard) is below broker.max_connections; \
+             connections beyond it will be refused"
+        ),
+        Ok(soft) => tracing::debug!(open_files = soft, "raised the open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+}
+
 /// Starts rumqttd on `listen` in its own threads. It runs until the process
 /// exits (rumqttd has no shutdown); the hub stops using it on shutdown.
 pub fn start(
@@ -86,6 +115,7 @@ pub fn start(
     creds: Credentials,
     metrics: Arc<Metrics>,
 ) -> Result<(), BrokerError> {
+    raise_open_file_limit(max_connections);
     // Fail early and clearly if the port is taken: rumqttd would only log it
     // from its own thread.
     std::net::TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
@@ -125,7 +155,8 @@ pub fn start(
     let router = RouterConfig {
         max_connections,
         max_outgoing_packet_count: 1_000,
-        max_segment_size: MAX_PAYLOAD_BYTES + 512 * 1024,
+        // Per-device filters: see the module doc.
+        max_segment_size: DEVICE_SEGMENT_BYTES,
         max_segment_count: 2,
         // The hub's wildcard subscriptions see every device's traffic: give
         // them room for bursts (an outbox flush of 10,000 events) so the
@@ -133,14 +164,19 @@ pub fn start(
         custom_segment: Some(
             crate::mqtt::UPSTREAM
                 .iter()
-                .map(|c| {
-                    (
-                        c.filter_all_devices(),
+                .map(|&c| {
+                    let segments = if c == Channel::Heartbeat {
+                        SegmentConfig {
+                            max_segment_size: 1024 * 1024,
+                            max_segment_count: 4,
+                        }
+                    } else {
                         SegmentConfig {
                             max_segment_size: 16 * 1024 * 1024,
                             max_segment_count: 16,
-                        },
-                    )
+                        }
+                    };
+                    (c.filter_all_devices(), segments)
                 })
                 .collect(),
         ),

@@ -60,7 +60,9 @@ pub struct BrokerConfig {
     pub password: String,
     /// Embedded broker listen address.
     pub listen: SocketAddr,
-    /// Embedded broker connection limit.
+    /// Embedded broker connection limit (env `CLOUDCORE_BROKER_MAX_CONNECTIONS`).
+    /// The hub also raises its soft open-file limit to the hard one; keep
+    /// `ulimit -Hn` above this.
     pub max_connections: usize,
     /// Broker URL handed to devices at enrollment; default: derived from
     /// `url` or `listen`.
@@ -212,6 +214,13 @@ impl Config {
         if let Some(v) = env("CLOUDCORE_BROKER_LISTEN") {
             self.broker.listen = addr("CLOUDCORE_BROKER_LISTEN", v)?;
         }
+        if let Some(v) = env("CLOUDCORE_BROKER_MAX_CONNECTIONS") {
+            self.broker.max_connections = v.parse().map_err(|_| ConfigError::Env {
+                name: "CLOUDCORE_BROKER_MAX_CONNECTIONS".into(),
+                value: v,
+                message: "expected a positive number of connections".into(),
+            })?;
+        }
         if let Some(v) = env("CLOUDCORE_BROKER_URL") {
             self.broker.url = v;
         }
@@ -319,6 +328,18 @@ mod tests {
         ));
         let env = |k: &str| (k == "CLOUDCORE_BROKER_URL").then(|| "http://x".to_owned());
         assert!(Config::load(None, env, &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn broker_connection_limit_from_env() {
+        assert_eq!(Config::default().broker.max_connections, 20_000);
+        let env = |v: &'static str| {
+            move |k: &str| (k == "CLOUDCORE_BROKER_MAX_CONNECTIONS").then(|| v.to_owned())
+        };
+        let c = Config::load(None, env("50000"), &Overrides::default()).unwrap();
+        assert_eq!(c.broker.max_connections, 50_000);
+        assert!(Config::load(None, env("many"), &Overrides::default()).is_err());
+        assert!(Config::load(None, env("0"), &Overrides::default()).is_err());
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub struct AgentOptions {
     pub env: Vec<(String, String)>,
     /// A fixed local HTTP port (kept across restarts); `None`: any free port.
     pub http_port: Option<u16>,
+    /// Run the daemon inside this network namespace (`ip netns exec`); its
+    /// local HTTP is then only reachable from inside it.
+    pub netns: Option<String>,
 }
 
 /// An enrolled agent; `start()` runs the daemon.
@@ -56,8 +59,8 @@ impl Agent {
         cmd.arg("enroll")
             .arg("--hub")
             .arg(hub.api_url())
-            .arg("--token")
-            .arg(hub.bootstrap_token())
+            // `=`: a token may start with `-` (URL-safe base64).
+            .arg(format!("--token={}", hub.bootstrap_token()))
             .arg("--config")
             .arg(&config)
             .arg("--state-dir")
@@ -97,7 +100,15 @@ impl Agent {
 
     /// The `edge-agent run` command line for this agent.
     fn command(&self) -> Command {
-        let mut cmd = Command::new(bin("edge-agent"));
+        let mut cmd = match &self.opts.netns {
+            // `ip netns exec` execs the agent itself: the pid is the agent's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.arg("netns").arg("exec").arg(ns).arg(bin("edge-agent"));
+                c
+            }
+            None => Command::new(bin("edge-agent")),
+        };
         cmd.arg("run")
             .arg("--config")
             .arg(&self.config)

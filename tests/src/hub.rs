@@ -18,6 +18,9 @@ pub struct HubOptions {
     pub data_dir: Option<PathBuf>,
     /// Extra environment (e.g. `CLOUDCORE_LOG`).
     pub env: Vec<(String, String)>,
+    /// Address the REST API and the embedded broker listen on (e.g. the
+    /// host end of a veth pair); `None`: 127.0.0.1.
+    pub listen_ip: Option<std::net::IpAddr>,
 }
 
 /// A running hub.
@@ -68,9 +71,9 @@ impl Hub {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--api-listen")
-            .arg(format!("127.0.0.1:{}", self.api_port))
+            .arg(format!("{}:{}", self.listen_ip(), self.api_port))
             .arg("--broker-listen")
-            .arg(format!("127.0.0.1:{}", self.broker_port))
+            .arg(format!("{}:{}", self.listen_ip(), self.broker_port))
             .env("CLOUDCORE_LOG", "info,rumqttd=warn");
         if let Some(url) = &self.opts.external_broker {
             cmd.arg("--broker-url").arg(url);
@@ -110,6 +113,12 @@ impl Hub {
         .await;
     }
 
+    fn listen_ip(&self) -> std::net::IpAddr {
+        self.opts
+            .listen_ip
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+    }
+
     pub fn api_url(&self) -> &str {
         &self.api_url
     }
@@ -119,7 +128,7 @@ impl Hub {
         self.opts
             .external_broker
             .clone()
-            .unwrap_or_else(|| format!("mqtt://127.0.0.1:{}", self.broker_port))
+            .unwrap_or_else(|| format!("mqtt://{}:{}", self.listen_ip(), self.broker_port))
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -203,6 +212,28 @@ impl Hub {
             Some(("application/yaml", yaml.to_owned())),
         )
         .await
+    }
+
+    /// Every event id the hub stored for `device`, in order, duplicates kept
+    /// (follows the `continue` pages of `GET /devices/{id}/events`).
+    pub async fn event_ids(&self, device: &str) -> Vec<String> {
+        let mut ids = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let path = match &token {
+                Some(t) => format!("/devices/{device}/events?limit=1000&continue={t}"),
+                None => format!("/devices/{device}/events?limit=1000"),
+            };
+            let (code, page) = self.get(&path).await;
+            assert_eq!(code, 200, "GET {path}: {page}");
+            for e in page["items"].as_array().into_iter().flatten() {
+                ids.push(e["id"].as_str().unwrap_or_default().to_owned());
+            }
+            match page["continue"].as_str() {
+                Some(t) => token = Some(t.to_owned()),
+                None => return ids,
+            }
+        }
     }
 
     pub async fn metrics(&self) -> String {

@@ -18,6 +18,10 @@
 //!   DELETE (with uid/resourceVersion preconditions; deleting a namespace
 //!   deletes its objects at once).
 //!
+//! Fault injection: [`KubeStandIn::set_latency`] (slow or hung API),
+//! [`KubeStandIn::set_unavailable`] (503s), [`KubeStandIn::set_refusing`]
+//! (nothing listening: connections refused).
+//!
 //! Known simplifications: no defaulting (a Deployment without `replicas`
 //! stays without it), no admission, no watch, no subresources (status is set
 //! by the test through [`KubeStandIn::set_status`]), `stringData` is not
@@ -446,12 +450,48 @@ pub struct KubeStandIn {
     kubeconfig: PathBuf,
     _dir: tempfile::TempDir,
     task: tokio::task::JoinHandle<()>,
+    /// Serving generations after [`KubeStandIn::set_refusing`]: the stop
+    /// signal of the current one, and every task to abort on drop.
+    serving: Mutex<Serving>,
+}
+
+#[derive(Debug, Default)]
+struct Serving {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for KubeStandIn {
     fn drop(&mut self) {
         self.task.abort();
+        let serving = self.serving.get_mut().unwrap_or_else(|e| e.into_inner());
+        for t in &serving.tasks {
+            t.abort();
+        }
     }
+}
+
+/// Serves `shared` on `listener` until `stop` fires (then closes the
+/// listener and every idle connection: the API goes away).
+fn serve(
+    shared: &Arc<Shared>,
+    listener: tokio::net::TcpListener,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> tokio::task::JoinHandle<()> {
+    let app = Router::new()
+        .fallback(handle)
+        .with_state(Arc::clone(shared));
+    tokio::spawn(async move {
+        let signal = async move {
+            let _ = stop.await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(signal)
+            .await
+        {
+            eprintln!("kube stand-in stopped: {e}");
+        }
+    })
 }
 
 impl KubeStandIn {
@@ -472,14 +512,8 @@ impl KubeStandIn {
             down: AtomicBool::new(false),
             address: addr.to_string(),
         });
-        let app = Router::new()
-            .fallback(handle)
-            .with_state(Arc::clone(&shared));
-        let task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                eprintln!("kube stand-in stopped: {e}");
-            }
-        });
+        let (stop, stop_rx) = tokio::sync::oneshot::channel();
+        let task = serve(&shared, listener, stop_rx);
         let dir = tempfile::tempdir().expect("temp dir for the stand-in kubeconfig");
         let kubeconfig = dir.path().join("kubeconfig");
         std::fs::write(&kubeconfig, kubeconfig_yaml(&url)).expect("write stand-in kubeconfig");
@@ -489,6 +523,10 @@ impl KubeStandIn {
             kubeconfig,
             _dir: dir,
             task,
+            serving: Mutex::new(Serving {
+                stop: Some(stop),
+                tasks: Vec::new(),
+            }),
         }
     }
 
@@ -599,6 +637,54 @@ impl KubeStandIn {
     /// While down, every request gets 503 ServiceUnavailable.
     pub fn set_unavailable(&self, down: bool) {
         self.shared.down.store(down, Ordering::SeqCst);
+    }
+
+    /// While refusing, nothing listens on the stand-in's address (new
+    /// connections are refused, idle ones are closed): an API server that is
+    /// gone, not just failing. Serving again rebinds the same address, so
+    /// the kubeconfig stays valid.
+    pub async fn set_refusing(&self, refusing: bool) {
+        if refusing {
+            let stop = self
+                .serving
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .stop
+                .take();
+            if let Some(stop) = stop {
+                let _ = stop.send(());
+            }
+            // Refused from now on, not once the old listener happens to close.
+            let addr = self.shared.address.clone();
+            crate::eventually("stand-in listener closed", Duration::from_secs(10), || {
+                let addr = addr.clone();
+                async move {
+                    tokio::net::TcpStream::connect(&addr)
+                        .await
+                        .is_err()
+                        .then_some(())
+                }
+            })
+            .await;
+            return;
+        }
+        if self
+            .serving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stop
+            .is_some()
+        {
+            return;
+        }
+        let listener = tokio::net::TcpListener::bind(&self.shared.address)
+            .await
+            .unwrap_or_else(|e| panic!("rebind the stand-in on {}: {e}", self.shared.address));
+        let (stop, stop_rx) = tokio::sync::oneshot::channel();
+        let task = serve(&self.shared, listener, stop_rx);
+        let mut serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
+        serving.stop = Some(stop);
+        serving.tasks.push(task);
     }
 }
 

@@ -7,11 +7,14 @@
 //! `cargo test --workspace` builds next to the test executables.
 
 pub mod agent;
+pub mod bench;
 pub mod device;
 pub mod hub;
 pub mod kube_standin;
 pub mod mosquitto;
+pub mod netns;
 pub mod process;
+pub mod sim;
 
 use std::time::{Duration, Instant};
 

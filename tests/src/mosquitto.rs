@@ -31,6 +31,12 @@ impl Mosquitto {
     /// Starts mosquitto, or returns `None` after `skip("mosquitto")` (which
     /// panics when EDGEFLEET_REQUIRE_MOSQUITTO=1).
     pub async fn start() -> Option<Self> {
+        Self::start_with_listeners(&[]).await
+    }
+
+    /// Like [`Mosquitto::start`], also listening on the same port at each
+    /// of `extra` (e.g. the host end of a veth pair).
+    pub async fn start_with_listeners(extra: &[std::net::IpAddr]) -> Option<Self> {
         let Some(_) = binary() else {
             crate::skip(
                 "mosquitto",
@@ -40,8 +46,12 @@ impl Mosquitto {
         };
         let dir = tempfile::tempdir().expect("tempdir");
         let port = crate::free_port();
+        let extra: String = extra
+            .iter()
+            .map(|ip| format!("listener {port} {ip}\n"))
+            .collect();
         let conf = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\nuser {}\npersistence true\npersistence_location {}/\nmax_inflight_messages 1000\nmax_queued_messages 100000\nlog_dest stderr\nlog_type error\nlog_type warning\n",
+            "listener {port} 127.0.0.1\n{extra}allow_anonymous true\nuser {}\npersistence true\npersistence_location {}/\nmax_inflight_messages 1000\nmax_queued_messages 100000\nlog_dest stderr\nlog_type error\nlog_type warning\n",
             current_user(),
             dir.path().display()
         );

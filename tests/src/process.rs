@@ -8,11 +8,18 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
-/// Path of a binary built by `cargo test --workspace` (target/debug/NAME).
+/// Path of a binary built by `cargo test --workspace` (target/debug/NAME),
+/// or next to the running binary (`target/release/fleet-sim`).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    // target/debug/deps/test-xxxx -> target/debug/NAME
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    // target/debug/deps/test-xxxx -> target/debug/NAME;
+    // target/release/fleet-sim -> target/release/NAME.
+    let parent = exe.parent().expect("target dir");
+    let dir = if parent.ends_with("deps") {
+        parent.parent().expect("target dir")
+    } else {
+        parent
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),

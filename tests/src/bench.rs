@@ -1,0 +1,103 @@
+//! Writing benchmark figures to `BENCHMARKS.md` at the workspace root.
+//!
+//! Each benchmark owns one section, delimited by `<!-- bench:ID -->` and
+//! `<!-- /bench:ID -->`, and replaces only that section, so benchmarks run
+//! separately never overwrite each other's figures. Every section states the
+//! command that produced it, the machine and the date.
+
+use std::path::{Path, PathBuf};
+
+/// `BENCHMARKS.md` at the workspace root.
+pub fn benchmarks_md() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("BENCHMARKS.md")
+}
+
+/// One line describing this machine: CPU model, cores, memory, kernel,
+/// rustc.
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|s| s.trim_start_matches([' ', '\t', ':']).trim().to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|s| s.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0.0, |kb| kb as f64 / 1024.0 / 1024.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let rustc = std::process::Command::new("rustc")
+        .arg("-V")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    format!("{cpu}, {cores} cores, {mem_gib:.0} GiB RAM, Linux {kernel}, {rustc}")
+}
+
+/// Today's date (UTC) as `YYYY-MM-DD`.
+pub fn today() -> String {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400) as i64;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Replaces (or appends) section `id` of `BENCHMARKS.md` with `title`, the
+/// command, machine and date, then `body` (Markdown). Returns the path.
+pub fn write_section(id: &str, title: &str, command: &str, body: &str) -> std::io::Result<PathBuf> {
+    let path = benchmarks_md();
+    let existing = match std::fs::read_to_string(&path) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            "# Benchmarks\n\nEvery section below was written by the command it names; \
+             rerun that command to refresh it.\n"
+                .to_string()
+        }
+        Err(e) => return Err(e),
+    };
+    let begin = format!("<!-- bench:{id} -->");
+    let end = format!("<!-- /bench:{id} -->");
+    let section = format!(
+        "{begin}\n## {title}\n\n- Command: `{command}`\n- Machine: {}\n- Date: {}\n\n{}\n{end}",
+        machine(),
+        today(),
+        body.trim_end()
+    );
+    let updated = match (existing.find(&begin), existing.find(&end)) {
+        (Some(b), Some(e)) if e > b => {
+            format!("{}{section}{}", &existing[..b], &existing[e + end.len()..])
+        }
+        _ => format!("{}\n{section}\n", existing.trim_end()),
+    };
+    std::fs::write(&path, updated)?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn today_is_a_plausible_date() {
+        let d = super::today();
+        assert_eq!(d.len(), 10, "{d}");
+        assert!(d.as_str() >= "2024-01-01", "{d}");
+    }
+}
