@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use edgefleet_tests::agent::{Agent, AgentOptions};
+use edgefleet_tests::agent::{Agent, AgentOptions, Uplink};
 use edgefleet_tests::eventually;
 use edgefleet_tests::hub::Hub;
 use serde_json::{Value, json};
@@ -161,7 +161,8 @@ async fn model_is_downloaded_served_and_corruption_fails() {
 }
 
 /// Sensor readings published on the device-local mosquitto become anomaly
-/// events at the hub; normal readings (score <= 0.8) are filtered out.
+/// events at the hub; normal readings (score <= 0.8) are filtered out; with
+/// the uplink down, results queue and arrive after the reconnect.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_mqtt_readings_become_anomaly_events_at_the_hub() {
     edgefleet_tests::agent::install_crypto();
@@ -169,12 +170,16 @@ async fn local_mqtt_readings_become_anomaly_events_at_the_hub() {
         return;
     };
     let hub = Hub::start().await;
+    let uplink = Uplink::start(hub.broker_url().trim_start_matches("mqtt://")).await;
     let mut agent = Agent::enroll_with(
         &hub,
         &[("site", "plant-9")],
         AgentOptions {
             device_id: Some("pi-mqtt".into()),
-            env: vec![("EDGEFLEET_LOCAL_BROKER_URL".into(), local.url())],
+            env: vec![
+                ("EDGEFLEET_LOCAL_BROKER_URL".into(), local.url()),
+                ("EDGEFLEET_BROKER_URL".into(), uplink.url()),
+            ],
             ..Default::default()
         },
     )
@@ -241,4 +246,72 @@ async fn local_mqtt_readings_become_anomaly_events_at_the_hub() {
         assert!((score - want).abs() <= 1e-4, "{score} vs {want}");
         assert_eq!(e["payload"]["model"], "vibration", "{e}");
     }
+
+    // Uplink down: results queue in the agent's outbox and reach the hub
+    // after the reconnect, each exactly once.
+    uplink.set_down(true);
+    eventually("agent noticed the uplink is down", T, || async {
+        (agent.metric("edgefleet_agent_mqtt_connected").await == 0.0).then_some(())
+    })
+    .await;
+    let before = inference_requests(&agent).await;
+    let offline: Vec<String> = (0..5).map(|i| format!("offline-{i}")).collect();
+    for id in &offline {
+        let mut payload = anomalous["payload"].clone();
+        payload["id"] = json!(id);
+        let bytes = serde_json::to_vec(&payload).expect("payload");
+        client
+            .publish("sensors/vibration", rumqttc::QoS::AtLeastOnce, false, bytes)
+            .await
+            .expect("publish to the local broker");
+    }
+    eventually("offline readings inferred", T, || async {
+        (inference_requests(&agent).await >= before + offline.len() as f64).then_some(())
+    })
+    .await;
+    assert!(
+        agent.metric("edgefleet_agent_outbox_depth").await >= offline.len() as f64,
+        "results wait in the outbox while the uplink is down"
+    );
+    assert!(
+        result_ids(&hub)
+            .await
+            .iter()
+            .all(|id| !id.starts_with("offline-")),
+        "nothing reached the hub while the uplink was down"
+    );
+    uplink.set_down(false);
+    let ids = eventually("offline results at the hub after reconnect", T, || async {
+        let ids = result_ids(&hub).await;
+        offline.iter().all(|o| ids.contains(o)).then_some(ids)
+    })
+    .await;
+    for o in &offline {
+        let n = ids.iter().filter(|id| *id == o).count();
+        assert_eq!(n, 1, "{o} arrived {n} times");
+    }
+}
+
+/// Sum of the agent's inference request counters over all models.
+async fn inference_requests(agent: &Agent) -> f64 {
+    agent
+        .metrics()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("edgefleet_agent_inference_requests_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The request ids of the inference results the hub holds for `pi-mqtt`.
+async fn result_ids(hub: &Hub) -> Vec<String> {
+    let (code, page) = hub.get("/devices/pi-mqtt/events?limit=1000").await;
+    assert_eq!(code, 200, "{page}");
+    page["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["kind"] == "inference.result")
+        .filter_map(|e| e["payload"]["id"].as_str().map(str::to_owned))
+        .collect()
 }
