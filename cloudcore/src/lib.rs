@@ -4,12 +4,14 @@
 //! Parts: [`config`], [`store`] (SQLite), [`keys`] (hub key, tokens),
 //! [`broker`] (embedded rumqttd), [`mqtt`] (the hub's own MQTT session),
 //! [`publisher`] (desired-state sync), [`ingest`] (status, events, presence,
-//! heartbeats), [`api`] (REST), [`serve`] (wiring and shutdown).
+//! heartbeats), [`api`] (REST), [`serve`] (wiring and shutdown); [`demo`]
+//! is the quick start (`cloudcore demo`).
 
 pub mod api;
 pub mod broker;
 pub mod config;
 pub mod ctl;
+pub mod demo;
 pub mod desired;
 pub mod exit;
 pub mod ingest;

@@ -24,6 +24,9 @@ struct Cli {
 enum Command {
     /// Run the hub: embedded MQTT broker (unless broker.url is set), REST API, store.
     Serve(ServeArgs),
+    /// Quick start: hub, a simulated device and sensor, live status; Ctrl-C stops.
+    #[command(long_about = cloudcore::demo::ABOUT)]
+    Demo(DemoArgs),
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
@@ -50,17 +53,40 @@ struct ServeArgs {
     broker_url: Option<String>,
 }
 
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    /// Working directory (hub data, agent state, logs); wiped at start if a
+    /// previous demo made it.
+    #[arg(long, default_value = "cloudcore-demo")]
+    dir: PathBuf,
+    /// Simulated sensor readings per second.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100))]
+    readings_per_sec: u32,
+}
+
 #[derive(Debug, Subcommand)]
 enum ConfigCommand {
     /// Print the default configuration as TOML.
     Defaults,
 }
 
+/// `CLOUDCORE_LOG`, or info without rumqttd's per-connection noise.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_env("CLOUDCORE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"))
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .inspect_err(|e| eprintln!("cloudcore: cannot start the runtime: {e}"))
+        .ok()
+}
+
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CLOUDCORE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn"));
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(log_filter())
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -96,6 +122,7 @@ fn main() {
             0
         }
         Command::Serve(args) => serve(args),
+        Command::Demo(args) => demo(args),
     };
     std::process::exit(code);
 }
@@ -120,15 +147,8 @@ fn serve(args: ServeArgs) -> i32 {
             return exit::CONFIG;
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cloudcore: cannot start the runtime: {e}");
-            return exit::FAILURE;
-        }
+    let Some(rt) = runtime() else {
+        return exit::FAILURE;
     };
     rt.block_on(async {
         let cancel = CancellationToken::new();
@@ -141,6 +161,50 @@ fn serve(args: ServeArgs) -> i32 {
             }
         }
     })
+}
+
+fn demo(args: DemoArgs) -> i32 {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = match cloudcore::demo::prepare_dir(&args.dir) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("cloudcore demo: {}", error_chain(&e));
+            return exit::FAILURE;
+        }
+    };
+    // The hub logs to a file: the terminal belongs to the demo's own view.
+    let log = dir.join("hub.log");
+    match std::fs::File::create(&log) {
+        Ok(f) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(log_filter())
+                .with_writer(std::sync::Mutex::new(f))
+                .with_ansi(false)
+                .init();
+        }
+        Err(e) => eprintln!("cloudcore demo: no hub log ({}: {e})", log.display()),
+    }
+    let Some(rt) = runtime() else {
+        return exit::FAILURE;
+    };
+    let opts = cloudcore::demo::DemoOptions {
+        dir,
+        readings_per_sec: args.readings_per_sec,
+    };
+    let code = rt.block_on(async {
+        let cancel = CancellationToken::new();
+        spawn_signal_handler(cancel.clone());
+        match cloudcore::demo::run(opts, cancel).await {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("cloudcore demo: {}", error_chain(&e));
+                exit::FAILURE
+            }
+        }
+    });
+    // Blocking store calls finish fast; don't let a stuck one delay the exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

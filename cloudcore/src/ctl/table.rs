@@ -55,7 +55,8 @@ fn opt(v: Option<u64>) -> String {
     v.map_or_else(|| "-".into(), |x| x.to_string())
 }
 
-fn labels(v: &Value) -> String {
+/// A device's labels as `k=v,k2=v2`, or `<none>`.
+pub fn labels(v: &Value) -> String {
     let l = v.get("labels").and_then(|l| l.as_object());
     match l {
         Some(m) if !m.is_empty() => m
