@@ -6,6 +6,7 @@ and compares latencies and outputs.
 
     python models/bench_ort.py MODEL.onnx [--shape 1,1,8,8] [--dtype float32]
         [--iters 200] [--warmup 20] [--seed 0] [--range 0,1] [--input-file X.bin] [--full]
+        [--samples]
 
 Deterministic input ("weyl-v1"), element i = 0, 1, ... in row-major order,
 all integer arithmetic on u64:
@@ -24,7 +25,8 @@ nearest-rank method: p-th = sorted[ceil(p / 100 * n) - 1].
 Output JSON: runtime, version, model, model_sha256, threads, input {name,
 shape, dtype, source}, iterations, warmup, latency_us {p50, p99, min, max,
 mean}, outputs [{name, shape, dtype, sum, abs_sum, first (first 16 values),
-values (all, only with --full)}]. Sums are computed in f64 over the float32
+values (all, only with --full)}], samples_us (every timed run in order, only
+with --samples). Sums are computed in f64 over the float32
 (or other) outputs in row-major order.
 """
 
@@ -93,6 +95,7 @@ def main() -> int:
     ap.add_argument("--range", dest="range_", help="lo,hi of generated inputs (default 0,1; ints 0,10)")
     ap.add_argument("--input-file", type=Path, help="raw little-endian input tensor instead of generated values")
     ap.add_argument("--full", action="store_true", help="include every output value")
+    ap.add_argument("--samples", action="store_true", help="include every timed latency (samples_us)")
     args = ap.parse_args()
     if args.iters < 1 or args.warmup < 0:
         ap.error("--iters must be >= 1 and --warmup >= 0")
@@ -183,6 +186,8 @@ def main() -> int:
         },
         "outputs": outputs,
     }
+    if args.samples:
+        report["samples_us"] = times_us
     json.dump(report, sys.stdout)
     sys.stdout.write("\n")
     return 0

@@ -46,27 +46,6 @@ fn available() -> serde_json::Value {
            "readyReplicas": 1, "availableReplicas": 1})
 }
 
-/// Every event id the hub stored for `device`, with duplicates kept.
-async fn hub_event_ids(hub: &Hub, device: &str) -> Vec<String> {
-    let mut ids = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let path = match &token {
-            Some(t) => format!("/devices/{device}/events?limit=1000&continue={t}"),
-            None => format!("/devices/{device}/events?limit=1000"),
-        };
-        let (code, page) = hub.get(&path).await;
-        assert_eq!(code, 200, "{page}");
-        for e in page["items"].as_array().into_iter().flatten() {
-            ids.push(e["id"].as_str().unwrap_or_default().to_owned());
-        }
-        match page["continue"].as_str() {
-            Some(t) => token = Some(t.to_owned()),
-            None => return ids,
-        }
-    }
-}
-
 fn assert_exactly_once(ids: &[String], expected: &HashSet<String>) {
     let unique: HashSet<&String> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len(), "duplicate events at the hub");
@@ -118,7 +97,7 @@ async fn offline_reboot_reapplies_stored_state_and_resyncs() {
         expected.insert(id);
     }
     eventually("online events at the hub", T, || async {
-        (hub_event_ids(&hub, "pi-offline").await.len() == 5).then_some(())
+        (hub.event_ids("pi-offline").await.len() == 5).then_some(())
     })
     .await;
 
@@ -163,10 +142,10 @@ async fn offline_reboot_reapplies_stored_state_and_resyncs() {
     })
     .await;
     eventually("all events at the hub", T, || async {
-        (hub_event_ids(&hub, "pi-offline").await.len() >= expected.len()).then_some(())
+        (hub.event_ids("pi-offline").await.len() >= expected.len()).then_some(())
     })
     .await;
-    assert_exactly_once(&hub_event_ids(&hub, "pi-offline").await, &expected);
+    assert_exactly_once(&hub.event_ids("pi-offline").await, &expected);
     if let Some(pid) = agent.proc.pid() {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         let rss = status
@@ -251,14 +230,14 @@ async fn outbox_burst(hub: &Hub, broker_url: &str) {
     uplink.set_down(false);
     let expected: HashSet<String> = (0..N).map(|i| format!("ev-{i}")).collect();
     eventually("all events at the hub", Duration::from_secs(60), || async {
-        (hub_event_ids(hub, "pi-outbox").await.len() >= N).then_some(())
+        (hub.event_ids("pi-outbox").await.len() >= N).then_some(())
     })
     .await;
     eprintln!(
         "outbox: {N} events at the hub {:?} after the uplink came back",
         reconnect.elapsed()
     );
-    assert_exactly_once(&hub_event_ids(hub, "pi-outbox").await, &expected);
+    assert_exactly_once(&hub.event_ids("pi-outbox").await, &expected);
     eventually("outbox drained", T, || async {
         (agent.metric("edgefleet_agent_outbox_depth").await == 0.0).then_some(())
     })
