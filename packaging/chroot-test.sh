@@ -70,6 +70,9 @@ update-binfmts --enable "$qemu" >/dev/null 2>&1 || true
 }
 
 root=$(mktemp -d /var/tmp/edgefleet-chroot.XXXXXX)
+# mktemp makes it 0700: as "/" of the chroot that would stop every non-root
+# user (the edgefleet checks) from resolving any path.
+chmod 755 "$root"
 hub_pid=
 cleanup() {
   if [ -n "$hub_pid" ]; then kill "$hub_pid" 2>/dev/null || true; fi
