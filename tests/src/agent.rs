@@ -31,6 +31,17 @@ pub struct AgentOptions {
     pub netns: Option<String>,
 }
 
+impl AgentOptions {
+    /// An agent with device id `id` whose K3s is the stand-in `kube`.
+    pub fn with_kube(id: &str, kube: &crate::kube_standin::KubeStandIn) -> Self {
+        Self {
+            device_id: Some(id.into()),
+            kubeconfig: Some(kube.kubeconfig_path().to_owned()),
+            ..Default::default()
+        }
+    }
+}
+
 /// An enrolled agent; `start()` runs the daemon.
 #[derive(Debug)]
 pub struct Agent {

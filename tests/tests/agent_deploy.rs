@@ -53,11 +53,7 @@ async fn setup() -> (Hub, KubeStandIn, Agent) {
     let mut agent = Agent::enroll_with(
         &hub,
         &[("site", "plant-3")],
-        AgentOptions {
-            device_id: Some("pi-deploy".into()),
-            kubeconfig: Some(kube.kubeconfig_path().to_owned()),
-            ..Default::default()
-        },
+        AgentOptions::with_kube("pi-deploy", &kube),
     )
     .await;
     agent.start().await;
@@ -272,11 +268,7 @@ async fn replayed_hub_documents_are_rejected_and_counted() {
     let mut agent = Agent::enroll_with(
         &hub,
         &[("site", "plant-3")],
-        AgentOptions {
-            device_id: Some("pi-replay".into()),
-            kubeconfig: Some(kube.kubeconfig_path().to_owned()),
-            ..Default::default()
-        },
+        AgentOptions::with_kube("pi-replay", &kube),
     )
     .await;
     agent.start().await;

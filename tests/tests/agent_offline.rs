@@ -66,11 +66,7 @@ async fn offline_reboot_reapplies_stored_state_and_resyncs() {
     let mut agent = Agent::enroll_with(
         &hub,
         &[("site", "plant-3")],
-        AgentOptions {
-            device_id: Some("pi-offline".into()),
-            kubeconfig: Some(kube.kubeconfig_path().to_owned()),
-            ..Default::default()
-        },
+        AgentOptions::with_kube("pi-offline", &kube),
     )
     .await;
     agent.start().await;

@@ -90,10 +90,8 @@ async fn enrolled_with_kube(hub: &Hub, id: &str) -> (Agent, KubeStandIn) {
         hub,
         &[("site", "plant-3")],
         AgentOptions {
-            device_id: Some(id.into()),
-            kubeconfig: Some(kube.kubeconfig_path().to_owned()),
             http_port: Some(edgefleet_tests::free_port()),
-            ..Default::default()
+            ..AgentOptions::with_kube(id, &kube)
         },
     )
     .await;

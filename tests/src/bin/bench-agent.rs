@@ -235,11 +235,7 @@ async fn cold_start(runs: usize) -> anyhow::Result<Vec<Duration>> {
     let mut agent = Agent::enroll_with(
         &hub,
         &[("site", "bench")],
-        AgentOptions {
-            device_id: Some("bench-cold".into()),
-            kubeconfig: Some(kube.kubeconfig_path().to_owned()),
-            ..Default::default()
-        },
+        AgentOptions::with_kube("bench-cold", &kube),
     )
     .await;
     agent.start().await;
