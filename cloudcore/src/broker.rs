@@ -19,6 +19,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use edgefleet_protocol::limits::MAX_PAYLOAD_BYTES;
 use edgefleet_protocol::{Channel, DeviceId};
@@ -59,14 +60,26 @@ pub fn password_hash(password: &str) -> [u8; 32] {
 pub struct Credentials {
     hub_password_hash: [u8; 32],
     devices: Registry,
+    /// Set once the hub's own session has its subscriptions. Until then
+    /// devices are turned away: the broker would acknowledge their queued
+    /// events with no subscriber to route them to, and the agent deletes
+    /// what the broker acknowledged.
+    hub_subscribed: Arc<AtomicBool>,
 }
 
 impl Credentials {
-    pub fn new(hub_password: &str, devices: Registry) -> Self {
+    pub fn new(hub_password: &str, devices: Registry, hub_subscribed: Arc<AtomicBool>) -> Self {
         Self {
             hub_password_hash: password_hash(hub_password),
             devices,
+            hub_subscribed,
         }
+    }
+
+    /// Whether a device connecting now would be turned away because the
+    /// hub is not subscribed yet.
+    fn device_too_early(&self, username: &str) -> bool {
+        username != HUB_USERNAME && !self.hub_subscribed.load(Ordering::Acquire)
     }
 
     /// Constant-time check of one connection attempt.
@@ -133,6 +146,13 @@ pub fn start(
     };
     connections.set_auth_handler(
         move |client_id: String, username: String, password: String| {
+            if creds.device_too_early(&username) {
+                tracing::info!(
+                    client_id,
+                    "device connection turned away until the hub has subscribed"
+                );
+                return std::future::ready(false);
+            }
             let ok = creds.check(&client_id, &username, &password);
             if !ok {
                 metrics.broker_auth_failures.inc();
@@ -142,7 +162,7 @@ pub fn start(
                     "broker refused a connection: bad credentials"
                 );
             }
-            async move { ok }
+            std::future::ready(ok)
         },
     );
     let server = ServerSettings {
@@ -215,7 +235,7 @@ mod tests {
                 password_hash: password_hash("device-secret"),
             },
         );
-        let c = Credentials::new("hub-secret", devices);
+        let c = Credentials::new("hub-secret", devices, Arc::new(AtomicBool::new(true)));
         assert!(c.check("cloudcore-hub", HUB_USERNAME, "hub-secret"));
         assert!(!c.check("cloudcore-hub", HUB_USERNAME, "nope"));
         assert!(c.check("pi-1", "pi-1", "device-secret"));
@@ -225,5 +245,18 @@ mod tests {
         );
         assert!(!c.check("pi-1", "pi-1", "hub-secret"));
         assert!(!c.check("pi-9", "pi-9", "device-secret"));
+    }
+
+    /// Devices wait until the hub's session is subscribed (else the broker
+    /// would acknowledge their outbox with nobody to route it to); the hub
+    /// itself is never turned away.
+    #[test]
+    fn devices_wait_for_the_hub_subscriptions() {
+        let subscribed = Arc::new(AtomicBool::new(false));
+        let c = Credentials::new("hub-secret", Registry::default(), subscribed.clone());
+        assert!(c.device_too_early("pi-1"));
+        assert!(!c.device_too_early(HUB_USERNAME));
+        subscribed.store(true, Ordering::Release);
+        assert!(!c.device_too_early("pi-1"));
     }
 }

@@ -129,6 +129,7 @@ pub fn start(
     opts: MqttOptions,
     ingest: mpsc::Sender<Publish>,
     reconnected: Arc<Reconnects>,
+    subscribed: Arc<AtomicBool>,
     cancel: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) -> Session {
@@ -144,6 +145,7 @@ pub fn start(
         ingest,
         connected,
         reconnected,
+        subscribed,
         cancel,
     ));
     session
@@ -155,8 +157,11 @@ async fn run(
     ingest: mpsc::Sender<Publish>,
     connected: Arc<AtomicBool>,
     reconnected: Arc<Reconnects>,
+    subscribed: Arc<AtomicBool>,
     cancel: CancellationToken,
 ) {
+    // SubAcks still due for the subscriptions sent on the last connect.
+    let mut subacks_due = 0;
     let mut backoff = Duration::from_millis(100);
     loop {
         let ev = tokio::select! {
@@ -173,12 +178,20 @@ async fn run(
                 );
                 // Subscribing again is harmless and covers a broker that lost
                 // the session.
+                subacks_due = UPSTREAM.len();
                 for c in UPSTREAM {
                     if let Err(e) = client.try_subscribe(c.filter_all_devices(), channel_qos(c)) {
                         tracing::error!(error = %e, "cannot queue subscription");
                     }
                 }
                 reconnected.signal(ack.session_present);
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) if subacks_due > 0 => {
+                subacks_due -= 1;
+                if subacks_due == 0 {
+                    subscribed.store(true, Ordering::Release);
+                    tracing::debug!("hub subscribed to every device channel");
+                }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 if ingest.send(p).await.is_err() {

@@ -2,6 +2,7 @@
 //! publisher and API together, and shuts them down in order.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -87,8 +88,10 @@ pub async fn serve_with(
     let tracker = TaskTracker::new();
 
     let hub_password = keys::random_token();
+    let hub_subscribed = Arc::new(AtomicBool::new(false));
     if cfg.embedded_broker() {
-        let creds = broker::Credentials::new(&hub_password, registry.clone());
+        let creds =
+            broker::Credentials::new(&hub_password, registry.clone(), hub_subscribed.clone());
         broker::start(
             cfg.broker.listen,
             cfg.broker.max_connections,
@@ -111,6 +114,7 @@ pub async fn serve_with(
         mqtt::options(&cfg, &hub_password)?,
         ingest_tx,
         reconnected.clone(),
+        hub_subscribed,
         cancel.clone(),
         &tracker,
     );
