@@ -79,6 +79,23 @@ impl Shared {
         }
     }
 
+    /// Commits sealed events to the outbox, updates the outbox metrics and
+    /// wakes the sender. `Ok` means they are durable.
+    pub async fn queue_events(&self, sealed: Vec<Vec<u8>>) -> Result<(), crate::store::StoreError> {
+        let limits = self.outbox_limits();
+        let (pushed, depth) = self
+            .db
+            .call(move |s| {
+                s.outbox_push(edgefleet_protocol::Channel::Events, &sealed, limits)
+                    .map(|p| (p, s.outbox_depth()))
+            })
+            .await?;
+        self.metrics.outbox_dropped.inc_by(pushed.dropped);
+        self.metrics.set_outbox(depth);
+        self.outbox_wake.notify_one();
+        Ok(())
+    }
+
     pub fn k3s_version(&self) -> Option<String> {
         self.k3s_version
             .lock()

@@ -17,7 +17,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use edgefleet_protocol::{Channel, Event};
+use edgefleet_protocol::Event;
 use serde::Deserialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -194,20 +194,9 @@ async fn post_events(State(shared): State<Arc<Shared>>, body: Bytes) -> Response
         ids.push(event.id);
     }
     let n = sealed.len() as u64;
-    let limits = shared.outbox_limits();
-    let res = shared
-        .db
-        .call(move |s| {
-            s.outbox_push(Channel::Events, &sealed, limits)
-                .map(|p| (p, s.outbox_depth()))
-        })
-        .await;
-    match res {
-        Ok((pushed, depth)) => {
+    match shared.queue_events(sealed).await {
+        Ok(()) => {
             m.events_accepted.inc_by(n);
-            m.outbox_dropped.inc_by(pushed.dropped);
-            m.set_outbox(depth);
-            shared.outbox_wake.notify_one();
             (
                 StatusCode::ACCEPTED,
                 axum::Json(json!({"accepted": n, "ids": ids})),

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use edgefleet_protocol::InferenceWorkload;
 
+use edgefleet_protocol::Event;
 use edgefleet_protocol::workload::InferenceOutput;
-use edgefleet_protocol::{Channel, Event};
 
 use super::local_mqtt::{self, Binding, LocalBroker, Upstream};
 use super::model_cache::{HubSource, ModelCache};
@@ -229,24 +229,9 @@ async fn outbox_writer(
             continue;
         }
         let sealed = vec![shared.identity.signer.seal(&event)];
-        let limits = shared.outbox_limits();
-        let res = shared
-            .db
-            .call(move |s| {
-                s.outbox_push(Channel::Events, &sealed, limits)
-                    .map(|p| (p, s.outbox_depth()))
-            })
-            .await;
-        match res {
-            Ok((pushed, depth)) => {
-                shared.metrics.outbox_dropped.inc_by(pushed.dropped);
-                shared.metrics.set_outbox(depth);
-                shared.outbox_wake.notify_one();
-            }
-            Err(e) => {
-                shared.metrics.store_errors.inc();
-                tracing::error!(error = %crate::error_chain(&e), "cannot queue inference result");
-            }
+        if let Err(e) = shared.queue_events(sealed).await {
+            shared.metrics.store_errors.inc();
+            tracing::error!(error = %crate::error_chain(&e), "cannot queue inference result");
         }
     }
 }
