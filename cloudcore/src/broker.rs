@@ -5,16 +5,19 @@
 //! messages across restarts, so the publisher republishes stored desired
 //! documents when the hub starts with the embedded broker.
 //!
-//! Memory: rumqttd keeps an in-memory commit log per subscription filter
-//! and frees a segment only when the log grows past segment size × count;
-//! a filter's log keeps every message routed through it until then. A
-//! segment rolls over once it holds at least its size, so one message of any
-//! allowed size always fits. Per-device filters (each device's `desired`
-//! and `commands`) get small logs: desired state is retained separately and
-//! each document replaces the last, so history there is only memory (with
-//! 1.5 MiB × 2 per filter a log could keep every document sent to its
-//! device, up to ~3 MiB per device). The hub's wildcard filters
-//! keep room for bursts; heartbeats (QoS 0, replaced by the next) less.
+//! Memory: rumqttd keeps an in-memory commit log per subscription filter.
+//! Upstream frees a segment only when the log grows past segment size ×
+//! count, read or not, so every log sat at its full size forever (the hub's
+//! RSS climbed through a soak). edgefleet's rumqttd (vendor/rumqttd,
+//! EDGEFLEET.md) also frees the segments every reader has passed, once a
+//! second: a log's memory is its unread backlog plus the active segment.
+//! Size × count remains the most a backlog may hold. A segment rolls over
+//! once it holds at least its size, so one message of any allowed size
+//! always fits. Per-device filters (each device's `desired` and `commands`)
+//! get small logs: desired state is retained separately and each document
+//! replaces the last. The hub's wildcard filters get small segments but
+//! many of them: room for a burst the hub has not read yet (an outbox flush
+//! of 10,000 events) without holding a large active segment at rest.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -187,13 +190,13 @@ pub fn start(
                 .map(|&c| {
                     let segments = if c == Channel::Heartbeat {
                         SegmentConfig {
-                            max_segment_size: 1024 * 1024,
-                            max_segment_count: 4,
+                            max_segment_size: 256 * 1024,
+                            max_segment_count: 16,
                         }
                     } else {
                         SegmentConfig {
-                            max_segment_size: 16 * 1024 * 1024,
-                            max_segment_count: 16,
+                            max_segment_size: 1024 * 1024,
+                            max_segment_count: 256,
                         }
                     };
                     (c.filter_all_devices(), segments)
