@@ -4,6 +4,7 @@
 # as PID 1:
 #   1. the .deb (systemd-sysusers from systemd-standalone-sysusers): files, modes, owners, the edgefleet user, the enabled unit,
 #      `edge-agent --version` and `edge-agent check` (as the service user),
+#      with a hub: `edge-agent enroll` as root leaving edgefleet-owned state,
 #      a config edit surviving a reinstall, remove keeping config and state,
 #      purge deleting them;
 #   2. packaging/install.sh with a local binary: the same checks, enrollment
@@ -110,6 +111,29 @@ if [ ! -s "$root/etc/ssl/certs/ca-certificates.crt" ]; then
 fi
 dpkg_i() { in_root dpkg -i --ignore-depends=ca-certificates /tmp/edge-agent.deb; }
 
+hub_env=()
+if [ -n "${CLOUDCORE:-}" ]; then
+  step "a hub on the host for enrollment: $CLOUDCORE"
+  hubdir=$(mktemp -d)
+  free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+  api=$(free_port)
+  mqtt=$(free_port)
+  "$CLOUDCORE" serve --data-dir "$hubdir" --api-listen "127.0.0.1:$api" \
+    --broker-listen "127.0.0.1:$mqtt" >"$hubdir.log" 2>&1 &
+  hub_pid=$!
+  deadline=$(($(date +%s) + 30))
+  until curl -sf "http://127.0.0.1:$api/readyz" >/dev/null && [ -s "$hubdir/bootstrap-token" ]; do
+    if [ "$(date +%s)" -gt "$deadline" ]; then
+      cat "$hubdir.log"
+      echo "hub did not become ready within 30 s" >&2
+      exit 1
+    fi
+    sleep 0.2
+  done
+  hub_env=(EDGEFLEET_HUB="http://127.0.0.1:$api" EDGEFLEET_TOKEN="$(cat "$hubdir/bootstrap-token")"
+    EDGEFLEET_LABELS="site=chroot,arch=$arch")
+fi
+
 # ---------------------------------------------------------------- the .deb
 step "dpkg -i $(basename "$deb")"
 cp "$deb" "$root/tmp/edge-agent.deb"
@@ -142,6 +166,27 @@ check "edge-agent check as edgefleet reads the config (PASS config)" \
   grep -q '^PASS  config' <<<"$out"
 check "edge-agent check: not enrolled is FAIL (exit 1, got $rc)" [ "$rc" = 1 ]
 
+if [ ${#hub_env[@]} -gt 0 ]; then
+  step "sudo edge-agent enroll (root) hands the state files to edgefleet"
+  out=$(in_root env "${hub_env[@]:1:1}" /usr/bin/edge-agent enroll \
+    --hub "${hub_env[0]#EDGEFLEET_HUB=}" --label site=chroot-deb 2>&1) || bad "enroll failed"
+  indent "$out"
+  check "enroll says who owns the state" grep -q '^state owned by edgefleet' <<<"$out"
+  stat_is /var/lib/edgefleet "700 edgefleet edgefleet"
+  stat_is /var/lib/edgefleet/device-key.pem "600 edgefleet edgefleet"
+  stat_is /var/lib/edgefleet/broker-password "600 edgefleet edgefleet"
+  stat_is /var/lib/edgefleet/hub-key.pub "644 edgefleet edgefleet"
+  set +e
+  out=$(in_root setpriv --reuid=edgefleet --regid=edgefleet --init-groups \
+    /usr/bin/edge-agent check 2>&1)
+  set -e
+  indent "$out"
+  for what in config enrolled keys; do
+    check "edge-agent check as edgefleet after a root enroll: $what passes" \
+      bash -c "grep -q '^PASS  $what' <<<\"\$1\" && ! grep -q '^FAIL  $what' <<<\"\$1\"" _ "$out"
+  done
+fi
+
 step "config edits survive a reinstall (upgrade path)"
 echo "# local edit" >>"$root/etc/edgefleet/agent.toml"
 dpkg_i >/dev/null
@@ -166,28 +211,6 @@ check "package gone" bash -c "! chroot '$root' dpkg-query -W -f='\${Status}' edg
 in_root userdel edgefleet
 
 # ------------------------------------------------------------ install.sh
-hub_env=()
-if [ -n "${CLOUDCORE:-}" ]; then
-  step "a hub on the host for enrollment: $CLOUDCORE"
-  hubdir=$(mktemp -d)
-  free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-  api=$(free_port)
-  mqtt=$(free_port)
-  "$CLOUDCORE" serve --data-dir "$hubdir" --api-listen "127.0.0.1:$api" \
-    --broker-listen "127.0.0.1:$mqtt" >"$hubdir.log" 2>&1 &
-  hub_pid=$!
-  deadline=$(($(date +%s) + 30))
-  until curl -sf "http://127.0.0.1:$api/readyz" >/dev/null && [ -s "$hubdir/bootstrap-token" ]; do
-    if [ "$(date +%s)" -gt "$deadline" ]; then
-      cat "$hubdir.log"
-      echo "hub did not become ready within 30 s" >&2
-      exit 1
-    fi
-    sleep 0.2
-  done
-  hub_env=(EDGEFLEET_HUB="http://127.0.0.1:$api" EDGEFLEET_TOKEN="$(cat "$hubdir/bootstrap-token")"
-    EDGEFLEET_LABELS="site=chroot,arch=$arch")
-fi
 
 snapshot() {
   (cd "$root" && find etc/edgefleet var/lib/edgefleet usr/local/bin etc/systemd/system/edge-agent.service \

@@ -197,13 +197,19 @@ fn cmd_enroll(
     };
     let rt = runtime(1)?;
     match rt.block_on(enroll::enroll(cfg, args)) {
-        Ok(resp) => {
+        Ok(enroll::Enrolled {
+            response: resp,
+            state_owner,
+        }) => {
             println!(
                 "enrolled as {} (broker {}); config written to {}",
                 resp.device_id,
                 resp.broker.url,
                 common.config.display()
             );
+            if let Some(owner) = state_owner {
+                println!("state owned by {owner}, the owner of its directory");
+            }
             Ok(exit::OK)
         }
         Err(e) => {

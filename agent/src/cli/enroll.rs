@@ -4,7 +4,7 @@
 //! and a fresh broker password.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use edgefleet_protocol::{DeviceId, EnrollRequest, EnrollResponse, PublicKey};
@@ -23,6 +23,13 @@ pub enum EnrollError {
     #[error("cannot create state directory {path}")]
     StateDir {
         path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot hand {path} to the state directory's owner (uid {uid})")]
+    Chown {
+        path: PathBuf,
+        uid: u32,
         #[source]
         source: std::io::Error,
     },
@@ -55,7 +62,7 @@ impl EnrollError {
         match self {
             Self::Unreachable { .. } | Self::BadResponse(_) => exit::UNAVAILABLE,
             Self::Refused { status, .. } if *status >= 500 => exit::UNAVAILABLE,
-            Self::StateDir { .. } => exit::STORE,
+            Self::StateDir { .. } | Self::Chown { .. } => exit::STORE,
             _ => exit::CONFIG,
         }
     }
@@ -71,7 +78,23 @@ pub struct EnrollArgs {
     pub config_path: PathBuf,
 }
 
-pub async fn enroll(mut cfg: Config, args: EnrollArgs) -> Result<EnrollResponse, EnrollError> {
+/// What `enroll` did: the hub's answer, and to whom it handed the state
+/// files when it ran as root in a directory owned by the service user.
+#[derive(Debug)]
+pub struct Enrolled {
+    pub response: EnrollResponse,
+    pub state_owner: Option<StateOwner>,
+}
+
+/// The state files `enroll` writes (the config file is 0644 and holds no
+/// secrets, so its owner does not matter).
+const STATE_FILES: [&str; 3] = [
+    identity::DEVICE_KEY_FILE,
+    identity::HUB_KEY_FILE,
+    identity::BROKER_PASSWORD_FILE,
+];
+
+pub async fn enroll(mut cfg: Config, args: EnrollArgs) -> Result<Enrolled, EnrollError> {
     let mut labels = BTreeMap::new();
     for l in &args.labels {
         let (k, v) = l
@@ -136,7 +159,80 @@ pub async fn enroll(mut cfg: Config, args: EnrollArgs) -> Result<EnrollResponse,
     cfg.broker.url = answer.broker.url.clone();
     cfg.broker.username = answer.broker.username.clone();
     cfg.write(&args.config_path)?;
-    Ok(answer)
+    let state_owner = hand_over(&dir, &STATE_FILES)?;
+    Ok(Enrolled {
+        response: answer,
+        state_owner,
+    })
+}
+
+/// The non-root owner of the state directory that root hands its files to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateOwner {
+    pub uid: u32,
+    pub gid: u32,
+    /// The user name from `/etc/passwd`, when there is one.
+    pub name: Option<String>,
+}
+
+impl std::fmt::Display for StateOwner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.name {
+            Some(name) => write!(f, "{name} (uid {})", self.uid),
+            None => write!(f, "uid {}", self.uid),
+        }
+    }
+}
+
+/// With the .deb, `/var/lib/edgefleet` belongs to the `edgefleet` service
+/// user (sysusers + postinst) but `sudo edge-agent enroll` runs as root: the
+/// files it wrote would be root's 0600 files the service cannot read. When
+/// this process is root and `dir` belongs to someone else, give `files`
+/// (those that exist) to the directory's owner and group. `lchown`: a
+/// symlink planted in the directory is re-owned itself, never its target.
+/// Returns the owner when it did so.
+pub fn hand_over(dir: &Path, files: &[&str]) -> Result<Option<StateOwner>, EnrollError> {
+    use std::os::unix::fs::MetadataExt;
+    if effective_uid() != Some(0) {
+        return Ok(None);
+    }
+    let meta = std::fs::metadata(dir).map_err(|source| EnrollError::StateDir {
+        path: dir.to_owned(),
+        source,
+    })?;
+    if meta.uid() == 0 {
+        return Ok(None);
+    }
+    let (uid, gid) = (meta.uid(), meta.gid());
+    for name in files {
+        let path = dir.join(name);
+        if std::fs::symlink_metadata(&path).is_err() {
+            continue;
+        }
+        std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
+            .map_err(|source| EnrollError::Chown { path, uid, source })?;
+    }
+    Ok(Some(StateOwner {
+        uid,
+        gid,
+        name: user_name(uid),
+    }))
+}
+
+/// This process's effective uid: the owner of `/proc/self` (no unsafe
+/// `geteuid`); `None` without procfs, which then hands nothing over.
+fn effective_uid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)? == uid.to_string()).then(|| name.to_owned())
+    })
 }
 
 fn create_state_dir(dir: &std::path::Path) -> Result<(), EnrollError> {
@@ -169,4 +265,52 @@ pub fn http_client(timeout: Duration) -> reqwest::Client {
         .connect_timeout(timeout.min(Duration::from_secs(5)))
         .build()
         .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    const NOBODY: u32 = 65534;
+
+    #[test]
+    fn root_hands_state_files_to_the_directory_owner() {
+        if effective_uid() != Some(0) {
+            eprintln!("SKIP root_hands_state_files_to_the_directory_owner: not root, cannot chown");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        // Root owns the directory: nothing to hand over.
+        identity::store_broker_password(dir.path(), "pw").unwrap();
+        assert_eq!(hand_over(dir.path(), &STATE_FILES).unwrap(), None);
+        // The .deb case: the directory belongs to the service user.
+        std::os::unix::fs::chown(dir.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+        identity::load_or_create_signer(dir.path()).unwrap();
+        let owner = hand_over(dir.path(), &STATE_FILES).unwrap().unwrap();
+        assert_eq!((owner.uid, owner.gid), (NOBODY, NOBODY));
+        for name in [identity::DEVICE_KEY_FILE, identity::BROKER_PASSWORD_FILE] {
+            let meta = std::fs::metadata(dir.path().join(name)).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (NOBODY, NOBODY), "{name}");
+        }
+        // Missing files (no hub key yet) are skipped, not an error.
+        assert!(!dir.path().join(identity::HUB_KEY_FILE).exists());
+    }
+
+    #[test]
+    fn hand_over_leaves_links_targets_alone() {
+        if effective_uid() != Some(0) {
+            eprintln!("SKIP hand_over_leaves_links_targets_alone: not root, cannot chown");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join(identity::HUB_KEY_FILE))
+            .unwrap();
+        std::os::unix::fs::chown(dir.path(), Some(NOBODY), Some(NOBODY)).unwrap();
+        hand_over(dir.path(), &STATE_FILES).unwrap();
+        assert_eq!(std::fs::metadata(outside.path()).unwrap().uid(), 0);
+        let link = std::fs::symlink_metadata(dir.path().join(identity::HUB_KEY_FILE)).unwrap();
+        assert_eq!(link.uid(), NOBODY);
+    }
 }
