@@ -1242,6 +1242,15 @@ impl Router {
     }
 }
 
+/// edgefleet: gives a publish that may be kept (retained message, commit
+/// logs) its own allocation. Parsed packets are slices of the connection's
+/// read buffer, so one kept message pinned the whole buffer chunk it was
+/// read into (many other messages' worth) for as long as it was kept.
+fn own_bytes(publish: &mut Publish) {
+    publish.topic = bytes::Bytes::copy_from_slice(&publish.topic);
+    publish.payload = bytes::Bytes::copy_from_slice(&publish.payload);
+}
+
 fn append_to_commitlog(
     id: ConnectionId,
     mut publish: Publish,
@@ -1272,6 +1281,7 @@ fn append_to_commitlog(
         validate_and_set_topic_alias(&mut publish, connection, alias)?;
     };
 
+    own_bytes(&mut publish);
     let topic = std::str::from_utf8(&publish.topic)?;
 
     // Ensure that only clients associated with a tenant can publish to tenant's topic
@@ -1343,6 +1353,7 @@ fn append_will_message(
         ));
     }
 
+    own_bytes(&mut publish);
     let topic = std::str::from_utf8(&publish.topic)?;
 
     // Ensure that only clients associated with a tenant can publish to tenant's topic

@@ -29,14 +29,18 @@ where
 {
     pub(crate) fn with_offset(absolute_offset: u64) -> Self {
         Self {
-            data: Vec::with_capacity(1024),
+            // edgefleet: grown on demand (see `new`).
+            data: Vec::new(),
             absolute_offset,
             total_size: 0,
         }
     }
     pub(crate) fn new() -> Self {
         Self {
-            data: Vec::with_capacity(1024),
+            // edgefleet: grown on demand. Room for 1,024 messages up front
+            // was ~240 KiB of address space per filter, paged in as
+            // messages were appended; per-device logs hold a few.
+            data: Vec::new(),
             absolute_offset: 0,
             total_size: 0,
         }
