@@ -200,8 +200,6 @@ impl Outgoing {
         Some(())
     }
 
-    // Here we are assuming that the first unique filter_idx we find while iterating will have the
-    // least corresponding cursor because of the way we insert into the inflight_buffer
     /// edgefleet: where each unacknowledged publish sits in its commit log
     /// (a persistent session re-reads them from there after a reconnect).
     pub fn inflight_cursors(&self) -> impl Iterator<Item = (FilterIdx, Cursor)> + '_ {
@@ -210,6 +208,8 @@ impl Outgoing {
             .filter_map(|(_, idx, cursor)| cursor.map(|c| (*idx, c)))
     }
 
+    // Here we are assuming that the first unique filter_idx we find while iterating will have the
+    // least corresponding cursor because of the way we insert into the inflight_buffer
     pub fn retransmission_map(&self) -> HashMap<FilterIdx, Cursor> {
         let mut o = HashMap::new();
         for (_, filter_idx, cursor) in self.inflight_buffer.iter() {
