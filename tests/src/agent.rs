@@ -195,6 +195,20 @@ impl Agent {
         crate::hub::metric_value(&self.metrics().await, name_with_labels)
     }
 
+    /// Waits (up to 30 s) until the agent reports its MQTT session up
+    /// (`connected`) or down, as `edgefleet_agent_mqtt_connected` says.
+    pub async fn wait_uplink(&self, connected: bool) {
+        let (what, want) = if connected {
+            ("agent connected", 1.0)
+        } else {
+            ("agent noticed the uplink is down", 0.0)
+        };
+        crate::eventually(what, Duration::from_secs(30), || async {
+            (self.metric("edgefleet_agent_mqtt_connected").await == want).then_some(())
+        })
+        .await;
+    }
+
     /// `POST /v1/events` with a JSON body; returns status and JSON answer.
     pub async fn post_events(&self, body: &Value) -> (u16, Value) {
         let resp = self

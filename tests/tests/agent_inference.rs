@@ -250,10 +250,7 @@ async fn local_mqtt_readings_become_anomaly_events_at_the_hub() {
     // Uplink down: results queue in the agent's outbox and reach the hub
     // after the reconnect, each exactly once.
     uplink.set_down(true);
-    eventually("agent noticed the uplink is down", T, || async {
-        (agent.metric("edgefleet_agent_mqtt_connected").await == 0.0).then_some(())
-    })
-    .await;
+    agent.wait_uplink(false).await;
     let before = inference_requests(&agent).await;
     let offline: Vec<String> = (0..5).map(|i| format!("offline-{i}")).collect();
     for id in &offline {

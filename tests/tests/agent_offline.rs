@@ -171,15 +171,9 @@ async fn outbox_burst(hub: &Hub, broker_url: &str) {
     )
     .await;
     agent.start().await;
-    eventually("agent connected", T, || async {
-        (agent.metric("edgefleet_agent_mqtt_connected").await == 1.0).then_some(())
-    })
-    .await;
+    agent.wait_uplink(true).await;
     uplink.set_down(true);
-    eventually("agent noticed the uplink is down", T, || async {
-        (agent.metric("edgefleet_agent_mqtt_connected").await == 0.0).then_some(())
-    })
-    .await;
+    agent.wait_uplink(false).await;
 
     // Four posters; each retries an event until it gets 202 (a kill may
     // cut a request whose commit did or did not happen: the hub dedups).

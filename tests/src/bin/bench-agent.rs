@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use edgefleet_tests::agent::{Agent, AgentOptions, Uplink, install_crypto};
-use edgefleet_tests::eventually;
 use edgefleet_tests::hub::{Hub, HubOptions};
 use edgefleet_tests::kube_standin::KubeStandIn;
 use edgefleet_tests::mosquitto::Mosquitto;
@@ -179,10 +178,7 @@ async fn idle_rss(secs: u64) -> anyhow::Result<Idle> {
     )
     .await;
     agent.start().await;
-    eventually("agent connected", T, || async {
-        (agent.metric("edgefleet_agent_mqtt_connected").await == 1.0).then_some(())
-    })
-    .await;
+    agent.wait_uplink(true).await;
     let pid = agent.proc.pid().context("agent pid")?;
     // Let startup settle (first heartbeat, status report, allocator).
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -292,15 +288,9 @@ async fn outbox_flush(
     )
     .await;
     agent.start().await;
-    eventually("agent connected", T, || async {
-        (agent.metric("edgefleet_agent_mqtt_connected").await == 1.0).then_some(())
-    })
-    .await;
+    agent.wait_uplink(true).await;
     uplink.set_down(true);
-    eventually("agent noticed the uplink is down", T, || async {
-        (agent.metric("edgefleet_agent_mqtt_connected").await == 0.0).then_some(())
-    })
-    .await;
+    agent.wait_uplink(false).await;
 
     let queued = Instant::now();
     let url = format!("{}/v1/events", agent.http_url());
