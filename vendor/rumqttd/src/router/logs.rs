@@ -191,8 +191,9 @@ impl DataLog {
                         }
                     }
                 } else if let Some(filters) = publish_filters.get_mut(filter) {
-                    // edgefleet: only the equal topic can match.
-                    if matches(filter, filter) {
+                    // edgefleet: only the equal topic can match (and no `$`
+                    // topic matches anything, as in `matches`).
+                    if !filter.starts_with('$') {
                         filters.push(idx);
                     }
                 }
@@ -324,7 +325,7 @@ impl DataLog {
         // edgefleet: a filter without wildcards reads at most the one
         // retained message on its own topic; don't walk all of them.
         if !has_wildcard(filter) {
-            if !matches(filter, filter) {
+            if filter.starts_with('$') {
                 return Vec::new();
             }
             let Some(pubdata) = self.retained_publishes.get_mut(filter) else {
