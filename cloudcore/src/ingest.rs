@@ -22,6 +22,9 @@ use crate::store::{Ingested, Store, StoreError};
 
 /// Most messages committed in one transaction.
 const BATCH: usize = 512;
+/// Received-but-unstored messages above which ingest warns (once, until the
+/// backlog halves).
+const BACKLOG_WARN: usize = 20_000;
 
 /// Why a message was not stored, beyond the protocol's own reasons.
 #[derive(Debug)]
@@ -142,8 +145,9 @@ pub async fn run(
     registry: Registry,
     metrics: Arc<Metrics>,
     client: AsyncClient,
-    mut rx: mpsc::Receiver<Publish>,
+    mut rx: mpsc::UnboundedReceiver<Publish>,
 ) {
+    let mut backlog_warned = false;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < BATCH {
@@ -151,6 +155,17 @@ pub async fn run(
                 Ok(p) => batch.push(p),
                 Err(_) => break,
             }
+        }
+        let backlog = rx.len();
+        metrics.ingest_backlog.set(backlog as i64);
+        if backlog >= BACKLOG_WARN && !backlog_warned {
+            backlog_warned = true;
+            tracing::warn!(
+                backlog,
+                "device messages arrive faster than the hub stores them (backlog held in memory, unacknowledged)"
+            );
+        } else if backlog < BACKLOG_WARN / 2 {
+            backlog_warned = false;
         }
         let started = Instant::now();
         let (s, r, m) = (store.clone(), registry.clone(), metrics.clone());

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub api_requests: Family<Labels, Histogram, fn() -> Histogram>,
     pub publish_pass: Histogram,
     pub ingest_batch: Histogram,
+    pub ingest_backlog: Gauge,
 }
 
 impl Default for Metrics {
@@ -57,6 +58,7 @@ impl Metrics {
             api_requests: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
             publish_pass: latency_histogram(),
             ingest_batch: latency_histogram(),
+            ingest_backlog: Gauge::default(),
         };
         r.register("devices", "Enrolled devices", m.devices.clone());
         r.register(
@@ -121,6 +123,11 @@ impl Metrics {
             "Time to commit one batch of device messages",
             Unit::Seconds,
             m.ingest_batch.clone(),
+        );
+        r.register(
+            "ingest_backlog",
+            "Device messages received from the broker and not yet stored (nor acknowledged)",
+            m.ingest_backlog.clone(),
         );
         Self {
             registry: root,

@@ -125,9 +125,20 @@ impl Reconnects {
 
 /// Starts the session; incoming device publishes go to `ingest`; every
 /// (re)connect is signalled on `reconnected` so the publisher can catch up.
+///
+/// `ingest` is unbounded because the event loop must never wait for ingest:
+/// ingest acknowledges through rumqttc's request queue, which only this event
+/// loop drains. With a bounded hand-over, a burst larger than both queues
+/// (an outbox flush through a broker that does not cap unacknowledged
+/// deliveries) left the event loop waiting for ingest, ingest waiting for
+/// the request queue, and the hub deaf until restarted. What can pile up is
+/// what the broker sends without acknowledgement: the embedded broker's
+/// per-connection window; mosquitto 2.0 sent the hub over 20,000 at once
+/// despite `max_inflight_messages 1000` (`edgefleet_hub_ingest_backlog`
+/// shows it; hub_sync's burst test reproduces it).
 pub fn start(
     opts: MqttOptions,
-    ingest: mpsc::Sender<Publish>,
+    ingest: mpsc::UnboundedSender<Publish>,
     reconnected: Arc<Reconnects>,
     subscribed: Arc<AtomicBool>,
     cancel: CancellationToken,
@@ -154,7 +165,7 @@ pub fn start(
 async fn run(
     client: AsyncClient,
     mut eventloop: EventLoop,
-    ingest: mpsc::Sender<Publish>,
+    ingest: mpsc::UnboundedSender<Publish>,
     connected: Arc<AtomicBool>,
     reconnected: Arc<Reconnects>,
     subscribed: Arc<AtomicBool>,
@@ -194,7 +205,7 @@ async fn run(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if ingest.send(p).await.is_err() {
+                if ingest.send(p).is_err() {
                     break;
                 }
             }

@@ -108,7 +108,8 @@ pub async fn serve_with(
         println!("cloudcore: MQTT broker (external) at {}", cfg.broker.url);
     }
 
-    let (ingest_tx, ingest_rx) = mpsc::channel(4096);
+    // Unbounded on purpose: see `mqtt::start`.
+    let (ingest_tx, ingest_rx) = mpsc::unbounded_channel();
     let reconnected = Arc::new(mqtt::Reconnects::default());
     let session = mqtt::start(
         mqtt::options(&cfg, &hub_password)?,

@@ -223,3 +223,62 @@ async fn embedded_broker_refuses_unknown_credentials() {
     assert!(!r, "a wrong password was accepted");
     assert!(hub.metric("edgefleet_hub_broker_auth_failures_total").await >= 1.0);
 }
+
+/// A burst of events far larger than the hub's internal queues, through a
+/// broker that does not cap unacknowledged deliveries (mosquitto handed the
+/// hub more than 4,096 at once with `max_inflight_messages 1000`): every
+/// event is stored once, and the hub still publishes afterwards. Before the
+/// fix the hub's MQTT event loop waited on a full ingest queue while ingest
+/// waited on the event loop to take its PUBACKs: the hub went deaf.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_burst_larger_than_the_hub_queues_mosquitto() {
+    const N: usize = 60_000;
+    let Some(m) = Mosquitto::start().await else {
+        return;
+    };
+    let hub = Hub::start_with(HubOptions {
+        external_broker: Some(m.url()),
+        ..Default::default()
+    })
+    .await;
+    let key = hub_key(&hub).await;
+    let device_key = Signer::generate();
+    let enrolled = hub
+        .enroll(&device_key, Some("pi-burst"), &[("site", "plant-3")])
+        .await;
+    let mut dev = MqttDevice::connect(&enrolled).await;
+    let topic = dev.topic(Channel::Events);
+    let sealed: Vec<Vec<u8>> = (0..N)
+        .map(|i| {
+            device_key.seal(&edgefleet_protocol::Event {
+                id: format!("e{i}"),
+                device_id: dev.id.clone(),
+                kind: "app.telemetry".into(),
+                workload: None,
+                created_at_ms: edgefleet_protocol::now_ms(),
+                payload: serde_json::json!({"i": i}),
+            })
+        })
+        .collect();
+    for payload in sealed {
+        dev.publish(&topic, payload).await;
+    }
+    edgefleet_tests::eventually(
+        "every event of the burst stored",
+        Duration::from_secs(90),
+        || async {
+            let stored = hub.metric("edgefleet_hub_events_stored_total").await;
+            (stored as usize == N).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        hub.metric("edgefleet_hub_ingest_backlog").await,
+        0.0,
+        "backlog left after the burst"
+    );
+    let (code, body) = hub.put_deployment("line-3", DEPLOYMENT).await;
+    assert_eq!(code, 201, "{body}");
+    let (doc, _) = next_desired(&mut dev, &key).await;
+    assert_eq!(doc.revision, 1, "the hub publishes after the burst");
+}
