@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use cloudcore::broker::{self, Credentials, HUB_USERNAME, password_hash};
@@ -139,4 +139,99 @@ async fn pubacks_flow_while_the_outgoing_window_is_full() {
         all,
         "the hub got {pubacks} of {published} PubAcks with its window full"
     );
+}
+
+/// A device's connection with a last will (its signed `offline` presence).
+fn client_with_will(
+    addr: SocketAddr,
+    id: &str,
+    password: &str,
+    will: &str,
+) -> (AsyncClient, EventLoop) {
+    let presence = Topic::new(DeviceId::new(id).unwrap(), Channel::Presence).to_string();
+    let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    o.set_credentials(id, password)
+        .set_keep_alive(Duration::from_secs(30))
+        .set_last_will(rumqttc::LastWill::new(
+            presence,
+            will.to_owned(),
+            QoS::AtLeastOnce,
+            false,
+        ));
+    AsyncClient::new(o, 100)
+}
+
+/// Upstream rumqttd kept wills by client id and published the stored one
+/// when any connection with that id died: after a device reconnected while
+/// its old connection was still open, the broker dropped the old connection
+/// and published the *new* connection's will, so the hub marked a live
+/// device offline. The replaced connection's death now publishes nothing;
+/// the live connection's will still fires when it dies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_connection_does_not_fire_the_live_connections_will() {
+    let addr = start_broker();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (hub, mut hub_ev) = client(addr, HUB_USERNAME, "hub-secret", 100);
+    hub.subscribe(Channel::Presence.filter_all_devices(), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert!(
+        poll_until(&mut hub_ev, deadline, |e| matches!(
+            e,
+            Event::Incoming(Packet::SubAck(_))
+        ))
+        .await,
+        "hub subscription acknowledged"
+    );
+    let connected = |e: &Event| matches!(e, Event::Incoming(Packet::ConnAck(_)));
+
+    // The old connection: connected, then left open but no longer polled
+    // (as a device whose uplink silently died).
+    let (_old, mut old_ev) = client_with_will(addr, "pi-1", "device-secret", "offline-old");
+    assert!(
+        poll_until(&mut old_ev, deadline, connected).await,
+        "old connection up"
+    );
+    // The device reconnects under the same client id: the broker drops the old one.
+    let (_new, mut new_ev) = client_with_will(addr, "pi-1", "device-secret", "offline-new");
+    assert!(
+        poll_until(&mut new_ev, deadline, connected).await,
+        "new connection up"
+    );
+    let dropped = Arc::new(AtomicBool::new(false));
+    let new_device = tokio::spawn({
+        let dropped = dropped.clone();
+        async move {
+            // Keep the live connection serviced for a while, then drop it
+            // without DISCONNECT: its will must fire then, not before.
+            let _ = poll_until(&mut new_ev, Instant::now() + Duration::from_secs(2), |_| {
+                false
+            })
+            .await;
+            dropped.store(true, Ordering::SeqCst);
+            drop(new_ev);
+        }
+    });
+
+    // (payload, whether the live connection had been dropped when it came)
+    let mut wills = Vec::new();
+    let fired = poll_until(&mut hub_ev, Instant::now() + Duration::from_secs(15), |e| {
+        if let Event::Incoming(Packet::Publish(p)) = e {
+            let w = String::from_utf8_lossy(&p.payload).into_owned();
+            wills.push((w, dropped.load(Ordering::SeqCst)));
+        }
+        wills.iter().any(|(w, after)| w == "offline-new" && *after)
+    })
+    .await;
+    new_device.await.unwrap();
+    assert!(
+        fired,
+        "the live connection's will fired when it died (got {wills:?})"
+    );
+    assert_eq!(
+        wills,
+        [("offline-new".to_owned(), true)],
+        "only the live connection's will, and only after it died"
+    );
+    drop(old_ev);
 }

@@ -1158,6 +1158,15 @@ impl Router {
         #[cfg(feature = "validate-tenant-prefix")]
         let tenant_prefix = tenant_id.map(|id| format!("/tenants/{id}/"));
 
+        // edgefleet: a connection that is alive under this client id took
+        // the session over, and the will stored under the id is now *its*
+        // will. The dying connection's own will was replaced when the new one
+        // connected; publishing the stored one would announce the live
+        // client's death (a presence `offline` for a device that is online).
+        if self.connection_map.contains_key(&client_id) {
+            debug!(client_id, "will of a replaced connection not published");
+            return;
+        }
         let Some((will, will_props)) = self.last_wills.remove(&client_id) else {
             return;
         };
