@@ -9,6 +9,14 @@ use cloudcore::config::{Config, Overrides};
 use cloudcore::exit;
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc, not glibc's malloc: under a 1,000-device churn soak the hub's
+/// RSS kept creeping with glibc (~1 MiB/min after 20 minutes; freed memory
+/// stays fragmented in the per-thread arenas of the broker and runtime
+/// threads) and levels off with jemalloc, which returns freed pages
+/// (BENCHMARKS.md, soak).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "cloudcore",
