@@ -53,7 +53,9 @@ machine="${cpu:-unknown CPU}, $(nproc) cores, $mem GiB RAM, Linux $(uname -r), $
 body="Stripped \`edge-agent\` release binary (profile \`release\` of the root Cargo.toml: fat LTO,
 1 codegen unit, \`panic = \"abort\"\`, \`strip = \"symbols\"\`, dependencies at \`opt-level = \"s\"\`
 except tract-linalg, tract-core, curve25519-dalek, ed25519-dalek, sha2, libsqlite3-sys, ring and
-rumqttd at 3), cross-built with rustup targets and Debian's cross linkers (\`.cargo/config.toml\`).
+rumqttd at 3), cross-built with rustup targets and Debian's cross linkers (\`.cargo/config.toml\`,
+which also gives the two Pi targets \`rustflags = [\"-C\", \"force-unwind-tables=no\", \"-C\",
+\"relocation-model=static\"]\`: packaging/README.md, Binary size).
 
 | target | bytes | size | target | verdict | build time (this machine, shared) |
 |---|---|---|---|---|---|
@@ -68,6 +70,7 @@ proxy; the inference column is \`bench-inference\`'s digits tract/onnxruntime p5
 | 1. dependencies \`opt-level = \"s\"\`, CPU-hot crates at 3 (tract-core, tract-linalg, ed25519/curve25519, sha2, SQLite, ring, rumqttd) | 28.99 MB (−13 %) | | | |
 | 2. + no reqwest \`http2\` (h2 gone: the hub speaks HTTP/1.1), tract-onnx without its default \`transformers\` (attention ops, rayon), and tract-core at \"s\" | 22.44 MB (−32 %) | | | 1.51–1.53× (4 runs): **missed** |
 | 3. (kept) step 2 with tract-core back at 3 | 27.55 MB (−17 %) | 20.97 MiB (−17.5 %) | 18.34 MiB (−18 %) | 1.43× (3 runs): met |
+| 4. + Pi targets only: \`-C force-unwind-tables=no\` (\`.eh_frame\` 1.37 → 0.93 MiB: std comes precompiled with tables and every function keeps a small FDE), \`-C relocation-model=static\` (non-PIE: \`.rela.dyn\` 1.22 MiB → 0; \`-z pack-relative-relocs\` is ignored by bookworm's ld 2.40 on arm), agent logging with \`filter::Targets\` instead of \`EnvFilter\` (no \`matchers\`; \`.text\` −0.14 MiB with the non-PIE code) | (host unchanged) | 19.16 MiB (−24.6 %) | 17.36 MiB (−22.5 %) | unchanged (no opt-level change) |
 
 The x86_64 figures of steps 2–3 come from \`cargo build --release -p cloudcore -p edge-agent -p edgefleet-tests\`
 (features unified with the hub and tests), the Pi figures from this script (\`-p edge-agent\` alone).
@@ -75,25 +78,39 @@ A probe with every crate, workspace members included, at \"s\" gave 21.3 MB on x
 if [ -n "$over" ]; then
   body="$body
 
-Still over 12 MiB. What is big (x86_64 build of step 3, \`.text\` by crate of the symbol, as
-\`cargo bloat --crates\` attributes it; generic code lands in the crate that defines it): tract-core 5.91 MiB,
-[unknown] 2.06, ndarray 1.72 (instantiated by tract), core 1.43, rustfft 1.35 (tract's FFT/STFT ops, x86 has
-AVX+SSE+scalar copies), edge-agent 0.66, tract-linalg 0.64, tract-onnx 0.54, tract-data 0.51, tract-hir 0.39,
-tract-nnef 0.38, serde-saphyr 0.32 (kube's kubeconfig YAML), kube-client 0.28, alloc 0.28, regex-automata 0.27
-(kube's jsonpath), tokio 0.27 — of 21.1 MiB of code. tract and what it instantiates is about two thirds.
+Still over 12 MiB. What is big (aarch64 build of step 4, \`cargo bloat --crates\`, \`.text\` by crate of
+the symbol; generic code lands in the crate that defines it; 16.1 MiB of code in all):
+
+| crate | .text | | crate | .text |
+|---|---|---|---|---|
+| tract_core | 4.3 MiB | | edge_agent | 509.5 KiB |
+| std | 1.3 MiB | | tract_hir | 487.5 KiB |
+| [Unknown] | 1.3 MiB | | rustfft | 406.2 KiB |
+| ndarray | 945.6 KiB | | serde_saphyr | 300.6 KiB |
+| tract_linalg | 712.9 KiB | | rustls | 297.7 KiB |
+| tract_onnx | 696.8 KiB | | tokio | 254.2 KiB |
+| tract_data | 640.6 KiB | | regex_automata | 210.7 KiB |
+| tract_nnef | 580.0 KiB | | kube_client | 538.3 KiB |
+
+tract and what it instantiates (tract_*, ndarray, rustfft) is about 8.9 MiB of the 16.1; kube-client with
+serde_saphyr (kubeconfig YAML), jsonpath_rust and the regex crates (regex_automata, regex_syntax,
+aho_corasick: jsonpath's, not logging's) about 1.35 MiB. Feature trimming has little left to take:
+sysinfo is already \`system\`/\`disk\`/\`component\` (all three used), kube's \`client\` feature brings
+jsonpath unconditionally, clap's \`color\`/\`suggestions\` are tens of kB.
 
 What would get it under 12 MiB (not done; estimates for aarch64, unmeasured):
 - tract-core at \"s\": about −4 MiB, but digits then misses ≤ 1.5× by a few percent (step 2): needs the
   target relaxed or tract's per-op overhead cut (upstream), not a profile knob.
-- Relocations and unwind tables, rustflags for the Pi targets in \`.cargo/config.toml\` (not a profile
-  setting): \`-C link-arg=-Wl,-z,pack-relative-relocs\` (keeps PIE; needs glibc ≥ 2.36: Pi OS bookworm yes,
-  bullseye no) or \`-C relocation-model=static\` (non-PIE, loses ASLR) for \`.rela.dyn\`, and
-  \`-C force-unwind-tables=no\` (with \`panic = \"abort\"\`) for \`.eh_frame\`/\`.eh_frame_hdr\`: about −3 MiB.
+- The rest of \`.eh_frame\` (0.93 MiB + 0.21 MiB \`.eh_frame_hdr\`): only with a std built without
+  unwind tables (\`-Z build-std\`, nightly) or a linker script discarding \`.eh_frame\`; and PIE back
+  with RELR once the Pi toolchain's ld supports \`-z pack-relative-relocs\` for arm (or with lld).
+- Dependencies other than tract at \`opt-level = \"z\"\`: not measured (needs the inference benchmark
+  rerun; ndarray and tract-data/-hir/-onnx would be affected); likely well under 1 MiB.
 - tract without nnef/FFT ops: tract-onnx needs tract-nnef and registers every op (no feature to leave
   ops out), so only a patched tract; about −1.5 MiB.
 - kube-rs + k8s-openapi (with serde-saphyr, jsonpath, regex) replaced by a small client for the few
   K3s calls the agent makes (server-side apply, list, delete): about −1.5 MiB, a large change.
-Measure with \`CARGO_PROFILE_RELEASE_STRIP=false cargo bloat --release -p edge-agent --bin edge-agent --crates\`."
+Measure with \`CARGO_PROFILE_RELEASE_STRIP=false cargo bloat --release --target aarch64-unknown-linux-gnu -p edge-agent --bin edge-agent --crates\`."
 fi
 BENCH_MACHINE=$machine BENCH_BODY=$body BENCH_CMD="packaging/size.sh" python3 - <<'EOF'
 import datetime, os, pathlib

@@ -94,15 +94,43 @@ fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
+/// Log filter from `EDGEFLEET_LOG`, else `RUST_LOG`, else `default`; each is
+/// a `target=level,...` list (e.g. `info`, `warn,edge_agent=debug`). A value
+/// that is empty or does not parse (said on stderr) falls through to the next.
+/// `filter::Targets` rather than `EnvFilter`: no span/field directives, but
+/// no `env-filter` feature (regex matchers) in the Pi binary either
+/// (BENCHMARKS.md agent-binary-size).
+fn log_filter(
+    default: &str,
+    var: &dyn Fn(&str) -> Option<String>,
+) -> tracing_subscriber::filter::Targets {
+    ["EDGEFLEET_LOG", "RUST_LOG"]
+        .iter()
+        .filter_map(|name| Some((*name, var(name)?)))
+        .filter(|(_, value)| !value.trim().is_empty())
+        .find_map(|(name, value)| match value.parse() {
+            Ok(f) => Some(f),
+            Err(e) => {
+                // Logging is not up yet: say it on stderr, where logs go.
+                eprintln!("edge-agent: ignoring {name}={value:?}: {e}");
+                None
+            }
+        })
+        .or_else(|| default.parse().ok())
+        .unwrap_or_default()
+}
+
 fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("EDGEFLEET_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_target(false),
+        )
+        .with(log_filter(default, &env_var))
         .init();
 }
 
@@ -316,5 +344,53 @@ fn cmd_check(common: &Common) -> Result<i32, i32> {
     } else {
         println!("all checks passed");
         Ok(exit::OK)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+    use tracing::Level;
+
+    fn filter(default: &str, vars: &[(&str, &str)]) -> tracing_subscriber::filter::Targets {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        log_filter(default, &move |name| {
+            vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn log_filter_prefers_edgefleet_log_then_rust_log_then_default() {
+        let f = filter("warn", &[]);
+        assert!(f.would_enable("edge_agent::sync", &Level::WARN));
+        assert!(!f.would_enable("edge_agent::sync", &Level::INFO));
+
+        let f = filter(
+            "warn",
+            &[
+                ("RUST_LOG", "info"),
+                ("EDGEFLEET_LOG", "error,edge_agent=debug"),
+            ],
+        );
+        assert!(f.would_enable("edge_agent::sync", &Level::DEBUG));
+        assert!(!f.would_enable("kube_client", &Level::WARN));
+        assert!(f.would_enable("kube_client", &Level::ERROR));
+
+        let f = filter("warn", &[("RUST_LOG", "info")]);
+        assert!(f.would_enable("rumqttc", &Level::INFO));
+        assert!(!f.would_enable("rumqttc", &Level::DEBUG));
+    }
+
+    #[test]
+    fn log_filter_skips_empty_and_unparsable_values() {
+        let f = filter(
+            "info",
+            &[("EDGEFLEET_LOG", " "), ("RUST_LOG", "edge_agent=loud")],
+        );
+        assert!(f.would_enable("edge_agent", &Level::INFO));
+        assert!(!f.would_enable("edge_agent", &Level::DEBUG));
     }
 }
