@@ -61,6 +61,27 @@ async fn poll_until(
     false
 }
 
+/// The hub's session, subscribed (SubAck seen) to `channel` of all devices.
+async fn hub_subscribed(
+    addr: SocketAddr,
+    channel: Channel,
+    deadline: Instant,
+) -> (AsyncClient, EventLoop) {
+    let (hub, mut hub_ev) = client(addr, HUB_USERNAME, "hub-secret", 100);
+    hub.subscribe(channel.filter_all_devices(), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    assert!(
+        poll_until(&mut hub_ev, deadline, |e| matches!(
+            e,
+            Event::Incoming(Packet::SubAck(_))
+        ))
+        .await,
+        "hub subscription acknowledged"
+    );
+    (hub, hub_ev)
+}
+
 /// Upstream rumqttd sent a connection's PubAcks only when it scheduled that
 /// connection to receive data, and a connection whose outgoing window was
 /// full (100 deliveries it had not acknowledged yet) was never scheduled:
@@ -73,18 +94,7 @@ async fn pubacks_flow_while_the_outgoing_window_is_full() {
     let events = Topic::new(DeviceId::new("pi-1").unwrap(), Channel::Events).to_string();
     let deadline = Instant::now() + Duration::from_secs(30);
 
-    let (hub, mut hub_ev) = client(addr, HUB_USERNAME, "hub-secret", 100);
-    hub.subscribe(Channel::Events.filter_all_devices(), QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    assert!(
-        poll_until(&mut hub_ev, deadline, |e| matches!(
-            e,
-            Event::Incoming(Packet::SubAck(_))
-        ))
-        .await,
-        "hub subscription acknowledged"
-    );
+    let (hub, mut hub_ev) = hub_subscribed(addr, Channel::Events, deadline).await;
 
     // The device sends more than the broker's outgoing window to the hub.
     let (dev, mut dev_ev) = client(addr, "pi-1", "device-secret", 1_000);
@@ -171,18 +181,7 @@ fn client_with_will(
 async fn a_replaced_connection_does_not_fire_the_live_connections_will() {
     let addr = start_broker();
     let deadline = Instant::now() + Duration::from_secs(30);
-    let (hub, mut hub_ev) = client(addr, HUB_USERNAME, "hub-secret", 100);
-    hub.subscribe(Channel::Presence.filter_all_devices(), QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    assert!(
-        poll_until(&mut hub_ev, deadline, |e| matches!(
-            e,
-            Event::Incoming(Packet::SubAck(_))
-        ))
-        .await,
-        "hub subscription acknowledged"
-    );
+    let (_hub, mut hub_ev) = hub_subscribed(addr, Channel::Presence, deadline).await;
     let connected = |e: &Event| matches!(e, Event::Incoming(Packet::ConnAck(_)));
 
     // The old connection: connected, then left open but no longer polled
