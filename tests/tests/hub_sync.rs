@@ -226,7 +226,7 @@ async fn embedded_broker_refuses_unknown_credentials() {
 
 /// A burst of events far larger than the hub's internal queues, through a
 /// broker that does not cap unacknowledged deliveries (mosquitto handed the
-/// hub more than 4,096 at once with `max_inflight_messages 1000`): every
+/// hub over 20,000 at once with `max_inflight_messages 1000`): every
 /// event is stored once, and the hub still publishes afterwards. Before the
 /// fix the hub's MQTT event loop waited on a full ingest queue while ingest
 /// waited on the event loop to take its PUBACKs: the hub went deaf.
