@@ -21,13 +21,13 @@ pub mod sink;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use tokio::sync::Semaphore;
 use tract_onnx::prelude::{
-    DatumType, Framework, InferenceFact, InferenceModelExt, IntoTValue, IntoTensor, Tensor,
-    TypedRunnableModel,
+    DatumType, Framework, InferenceFact, InferenceModelExt, IntoTValue, IntoTensor, TValue, TVec,
+    Tensor, TypedRunnableModel, TypedSimpleState,
 };
 use tract_onnx::tract_hir::infer::Factoid;
 
@@ -135,7 +135,12 @@ pub struct Model {
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
     plan: Arc<TypedRunnableModel>,
+    /// Run states kept between requests (at most one per permit): a fresh
+    /// state per run allocates every node's op state, a measurable share of
+    /// a small model's run time.
+    states: Mutex<Vec<TypedSimpleState>>,
     permits: Arc<Semaphore>,
+    max_states: usize,
     metrics: Option<ModelMetrics>,
 }
 
@@ -200,7 +205,9 @@ impl Model {
             inputs,
             outputs,
             plan,
+            states: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(permits)),
+            max_states: permits,
             metrics,
         }))
     }
@@ -332,13 +339,29 @@ impl Model {
     /// benchmark against onnxruntime times this).
     pub fn run_plan(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, InferenceError> {
         let results = self
-            .plan
-            .run(inputs.into_iter().map(|t| t.into_tvalue()).collect())
+            .run_pooled(inputs.into_iter().map(|t| t.into_tvalue()).collect())
             .map_err(|e| InferenceError::Run {
                 model: self.name.clone(),
                 source: e.into(),
             })?;
         Ok(results.into_iter().map(|v| v.into_tensor()).collect())
+    }
+
+    /// One run of the plan on a kept state (or a new one when all are busy).
+    /// A state goes back to the pool only after a run that succeeded; after a
+    /// failure it is dropped, so nothing half-done carries over.
+    fn run_pooled(&self, inputs: TVec<TValue>) -> tract_onnx::prelude::TractResult<TVec<TValue>> {
+        let kept = self.states.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut state = match kept {
+            Some(state) => state,
+            None => self.plan.spawn()?,
+        };
+        let outputs = state.run(inputs)?;
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        if states.len() < self.max_states {
+            states.push(state);
+        }
+        Ok(outputs)
     }
 
     fn run_tensors(&self, tensors: Vec<Tensor>) -> Result<Vec<ResponseTensor>, InferenceError> {
@@ -348,7 +371,7 @@ impl Model {
         };
         let started = Instant::now();
         let inputs = tensors.into_iter().map(|t| t.into_tvalue()).collect();
-        let results = self.plan.run(inputs).map_err(run_err)?;
+        let results = self.run_pooled(inputs).map_err(run_err)?;
         tracing::trace!(model = %self.name, elapsed = ?started.elapsed(), "inference run");
         let mut out = Vec::with_capacity(results.len());
         for (ix, value) in results.iter().enumerate() {

@@ -64,36 +64,7 @@ fn digits_match_onnxruntime_on_every_test_image() -> anyhow::Result<()> {
     assert_eq!(cases.len(), 360);
     let mut correct = 0;
     for case in &cases {
-        let idx = &case["index"];
-        let out = model.infer_blocking(&request(&[1, 1, 8, 8], numbers(&case["input"])))?;
-        let logits = out.iter().find(|t| t.name == "logits").map(|t| t.as_f64());
-        let probs = out
-            .iter()
-            .find(|t| t.name == "probabilities")
-            .map(|t| t.as_f64());
-        let (Some(logits), Some(probs)) = (logits, probs) else {
-            anyhow::bail!(
-                "outputs are {:?}",
-                out.iter().map(|t| &t.name).collect::<Vec<_>>()
-            );
-        };
-        assert_close(
-            &format!("case {idx} logits"),
-            &logits,
-            &numbers(&case["logits"]),
-        );
-        assert_close(
-            &format!("case {idx} probabilities"),
-            &probs,
-            &numbers(&case["probabilities"]),
-        );
-        let class = argmax(&probs);
-        assert_eq!(
-            Some(class as u64),
-            case["class"].as_u64(),
-            "case {idx} class"
-        );
-        if Some(class as u64) == case["label"].as_u64() {
+        if check_digits_case(&model, case)? {
             correct += 1;
         }
     }
@@ -104,6 +75,70 @@ fn digits_match_onnxruntime_on_every_test_image() -> anyhow::Result<()> {
         "accuracy {accuracy} vs {recorded}"
     );
     Ok(())
+}
+
+/// Runs one reference case and checks it against onnxruntime's outputs;
+/// returns whether the predicted class is the true label.
+fn check_digits_case(model: &Model, case: &Value) -> anyhow::Result<bool> {
+    let idx = &case["index"];
+    let out = model.infer_blocking(&request(&[1, 1, 8, 8], numbers(&case["input"])))?;
+    let logits = out.iter().find(|t| t.name == "logits").map(|t| t.as_f64());
+    let probs = out
+        .iter()
+        .find(|t| t.name == "probabilities")
+        .map(|t| t.as_f64());
+    let (Some(logits), Some(probs)) = (logits, probs) else {
+        anyhow::bail!(
+            "outputs are {:?}",
+            out.iter().map(|t| &t.name).collect::<Vec<_>>()
+        );
+    };
+    assert_close(
+        &format!("case {idx} logits"),
+        &logits,
+        &numbers(&case["logits"]),
+    );
+    assert_close(
+        &format!("case {idx} probabilities"),
+        &probs,
+        &numbers(&case["probabilities"]),
+    );
+    let class = argmax(&probs);
+    assert_eq!(
+        Some(class as u64),
+        case["class"].as_u64(),
+        "case {idx} class"
+    );
+    Ok(Some(class as u64) == case["label"].as_u64())
+}
+
+/// Run states are kept and reused between requests: four threads sharing
+/// one model (four kept states) each get exactly their own image's outputs,
+/// round after round.
+#[test]
+fn concurrent_requests_on_kept_states_stay_independent() -> anyhow::Result<()> {
+    let reference = reference("digits")?;
+    let model = Model::load("digits", &models_dir().join("digits/digits.onnx"), Some(4))?;
+    let cases = reference["cases"].as_array().cloned().unwrap_or_default();
+    assert_eq!(cases.len(), 360);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..4)
+            .map(|w| {
+                let (model, cases) = (&model, &cases);
+                scope.spawn(move || -> anyhow::Result<()> {
+                    for _round in 0..3 {
+                        for case in cases.iter().skip(w).step_by(4) {
+                            check_digits_case(model, case)?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().map_err(|_| anyhow::anyhow!("worker panicked"))?)
+    })
 }
 
 #[test]
