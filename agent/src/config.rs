@@ -341,6 +341,9 @@ impl Config {
         if let Some(v) = env("EDGEFLEET_BROKER_URL") {
             self.broker.url = v;
         }
+        if let Some(v) = env("EDGEFLEET_BROKER_CA_FILE") {
+            self.broker.ca_file = PathBuf::from(v);
+        }
         if let Some(v) = env("EDGEFLEET_LOCAL_BROKER_URL") {
             self.local_broker.url = v;
         }

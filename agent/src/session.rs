@@ -120,6 +120,7 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) -> Result<(), S
         inflight: Inflight::default(),
         acked: Vec::new(),
         connected: false,
+        last_connect_error: None,
         maybe_more: false,
         need_subscribe: true,
         session: 0,
@@ -138,6 +139,8 @@ struct Session {
     inflight: Inflight,
     acked: Vec<i64>,
     connected: bool,
+    /// The last failed connect's error, so a retry loop logs it once.
+    last_connect_error: Option<String>,
     /// The outbox may hold rows not yet handed to rumqttc.
     maybe_more: bool,
     need_subscribe: bool,
@@ -222,6 +225,7 @@ impl Session {
         m.mqtt_connects.inc();
         m.mqtt_connected.set(1);
         self.connected = true;
+        self.last_connect_error = None;
         self.shared.connected.store(true, Ordering::Relaxed);
         self.session = session;
         self.inflight.reset();
@@ -249,11 +253,17 @@ impl Session {
     }
 
     async fn on_disconnected(&mut self, e: &ConnectionError) {
+        let error = e.to_string();
         if self.connected {
-            tracing::warn!(error = %e, "MQTT connection lost");
+            tracing::warn!(%error, "MQTT connection lost");
+        } else if self.last_connect_error.as_deref() != Some(error.as_str()) {
+            // Once per streak of the same failure (a wrong CA, a refused
+            // password, a broker that is down), not on every retry.
+            tracing::warn!(%error, "cannot connect to the broker; retrying with backoff");
         } else {
-            tracing::debug!(error = %e, "MQTT connect failed");
+            tracing::debug!(%error, "MQTT connect failed again");
         }
+        self.last_connect_error = Some(error);
         self.shared.metrics.mqtt_disconnects.inc();
         self.shared.metrics.mqtt_connected.set(0);
         self.shared.connected.store(false, Ordering::Relaxed);

@@ -67,6 +67,9 @@ pub struct BrokerConfig {
     /// Broker URL handed to devices at enrollment; default: derived from
     /// `url` or `listen`.
     pub advertise_url: String,
+    /// CA bundle (PEM) trusted for an `mqtts://` external broker; empty: the
+    /// system's roots. Devices get their own `broker.ca_file`.
+    pub ca_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -107,6 +110,7 @@ impl Default for BrokerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             max_connections: 20_000,
             advertise_url: String::new(),
+            ca_file: PathBuf::new(),
         }
     }
 }
@@ -229,6 +233,9 @@ impl Config {
         }
         if let Some(v) = env("CLOUDCORE_BROKER_PASSWORD") {
             self.broker.password = v;
+        }
+        if let Some(v) = env("CLOUDCORE_BROKER_CA_FILE") {
+            self.broker.ca_file = v.into();
         }
         if let Some(v) = env("CLOUDCORE_OPERATOR_TOKEN") {
             self.auth.operator_token = v;

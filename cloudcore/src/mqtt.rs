@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use edgefleet_protocol::Channel;
 use edgefleet_protocol::limits::MAX_PAYLOAD_BYTES;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, Transport};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -79,9 +81,34 @@ pub fn options(cfg: &Config, hub_password: &str) -> Result<MqttOptions, ConfigEr
         o.set_credentials(username, password);
     }
     if url.tls {
-        o.set_transport(Transport::tls_with_default_config());
+        o.set_transport(tls_transport(&cfg.broker.ca_file)?);
     }
     Ok(o)
+}
+
+/// TLS to an external broker: the system's roots, or only the CAs of
+/// `ca_file` (a private CA, as mosquitto deployments usually have).
+fn tls_transport(ca_file: &std::path::Path) -> Result<Transport, ConfigError> {
+    if ca_file.as_os_str().is_empty() {
+        return Ok(Transport::tls_with_default_config());
+    }
+    let ca = std::fs::read(ca_file).map_err(|e| {
+        ConfigError::Invalid(format!(
+            "broker.ca_file {}: cannot read it: {e}",
+            ca_file.display()
+        ))
+    })?;
+    if !ca.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+        return Err(ConfigError::Invalid(format!(
+            "broker.ca_file {}: no PEM certificate in it",
+            ca_file.display()
+        )));
+    }
+    Ok(Transport::tls_with_config(TlsConfiguration::Simple {
+        ca,
+        alpn: None,
+        client_auth: None,
+    }))
 }
 
 /// A connected-or-reconnecting session.

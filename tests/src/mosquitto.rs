@@ -14,6 +14,14 @@ pub struct Mosquitto {
     pub proc: Proc,
     pub port: u16,
     dir: tempfile::TempDir,
+    tls: bool,
+}
+
+/// A TLS listener's certificate chain and key (PEM files).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 fn binary() -> Option<PathBuf> {
@@ -37,6 +45,16 @@ impl Mosquitto {
     /// Like [`Mosquitto::start`], also listening on the same port at each
     /// of `extra` (e.g. the host end of a veth pair).
     pub async fn start_with_listeners(extra: &[std::net::IpAddr]) -> Option<Self> {
+        Self::launch_new(extra, None).await
+    }
+
+    /// Like [`Mosquitto::start`], but its one listener speaks TLS only
+    /// (`mqtts://`) with the given certificate.
+    pub async fn start_tls(tls: &TlsFiles) -> Option<Self> {
+        Self::launch_new(&[], Some(tls)).await
+    }
+
+    async fn launch_new(extra: &[std::net::IpAddr], tls: Option<&TlsFiles>) -> Option<Self> {
         let Some(_) = binary() else {
             crate::skip(
                 "mosquitto",
@@ -50,8 +68,17 @@ impl Mosquitto {
             .iter()
             .map(|ip| format!("listener {port} {ip}\n"))
             .collect();
+        let tls_conf = tls
+            .map(|t| {
+                format!(
+                    "certfile {}\nkeyfile {}\n",
+                    t.cert.display(),
+                    t.key.display()
+                )
+            })
+            .unwrap_or_default();
         let conf = format!(
-            "listener {port} 127.0.0.1\n{extra}allow_anonymous true\nuser {}\npersistence true\npersistence_location {}/\nmax_inflight_messages 1000\nmax_queued_messages 100000\nlog_dest stderr\nlog_type error\nlog_type warning\n",
+            "listener {port} 127.0.0.1\n{tls_conf}{extra}allow_anonymous true\nuser {}\npersistence true\npersistence_location {}/\nmax_inflight_messages 1000\nmax_queued_messages 100000\nlog_dest stderr\nlog_type error\nlog_type warning\n",
             current_user(),
             dir.path().display()
         );
@@ -60,6 +87,7 @@ impl Mosquitto {
             proc: Proc::placeholder("mosquitto"),
             port,
             dir,
+            tls: tls.is_some(),
         };
         m.launch().await;
         Some(m)
@@ -83,8 +111,14 @@ impl Mosquitto {
         .await;
     }
 
+    /// `mqtt://127.0.0.1:PORT`, or `mqtts://localhost:PORT` for a TLS
+    /// listener (a name its certificate is for).
     pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
+        if self.tls {
+            format!("mqtts://localhost:{}", self.port)
+        } else {
+            format!("mqtt://127.0.0.1:{}", self.port)
+        }
     }
 
     /// SIGKILL.

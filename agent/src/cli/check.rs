@@ -221,28 +221,69 @@ async fn check_broker(cfg: &Config) -> Line {
         return line(Verdict::Fail, "broker", "broker.url is not set or invalid");
     };
     let addr = format!("{host}:{port}");
-    match tokio::time::timeout(
-        Duration::from_secs(3),
-        tokio::net::TcpStream::connect(&addr),
-    )
-    .await
-    {
-        Ok(Ok(_)) => line(
+    let reach = async {
+        let tcp = tokio::net::TcpStream::connect(&addr)
+            .await
+            .map_err(|e| format!("{addr}: {e}"))?;
+        if tls {
+            tls_handshake(cfg, &host, tcp).await?;
+        }
+        Ok::<_, String>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(3), reach).await {
+        Ok(Ok(())) => line(
             Verdict::Pass,
             "broker",
             format!(
-                "{} reachable (TCP{})",
+                "{} reachable ({})",
                 cfg.broker.url,
-                if tls { ", TLS not verified" } else { "" }
+                if tls {
+                    "TLS, certificate trusted by broker.ca_file"
+                } else {
+                    "TCP, no TLS"
+                }
             ),
         ),
-        Ok(Err(e)) => line(Verdict::Fail, "broker", format!("{addr}: {e}")),
+        Ok(Err(e)) => line(Verdict::Fail, "broker", e),
         Err(_) => line(
             Verdict::Fail,
             "broker",
             format!("{addr}: no answer within 3s"),
         ),
     }
+}
+
+/// The TLS handshake the MQTT session will make: the broker's certificate
+/// must chain to `broker.ca_file` and be for `host`.
+async fn tls_handshake(cfg: &Config, host: &str, tcp: tokio::net::TcpStream) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let ca_file = cfg.broker.ca_file.display();
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(&cfg.broker.ca_file)
+        .map_err(|e| format!("broker.ca_file {ca_file}: {e}"))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("broker.ca_file {ca_file}: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("broker.ca_file {ca_file}: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("broker.ca_file {ca_file}: no certificate in it"));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name =
+        ServerName::try_from(host.to_owned()).map_err(|e| format!("broker host {host:?}: {e}"))?;
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("{host}: TLS handshake failed: {e}"))?;
+    Ok(())
 }
 
 async fn check_kube(cfg: &Config) -> Line {

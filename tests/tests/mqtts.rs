@@ -1,0 +1,243 @@
+//! `mqtts://`: the hub and an agent reach mosquitto over TLS only, trusting
+//! a private CA (how mosquitto is usually deployed): desired state goes down
+//! and events come up. An agent that does not trust the broker's certificate
+//! never connects, says why in its log and counts the failures;
+//! `edge-agent check` makes the same TLS handshake and tells the two apart.
+//! An unreadable CA file stops the hub at start with a config error.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use edgefleet_tests::agent::{Agent, AgentOptions, install_crypto};
+use edgefleet_tests::eventually;
+use edgefleet_tests::hub::{Hub, HubOptions};
+use edgefleet_tests::kube_standin::KubeStandIn;
+use edgefleet_tests::mosquitto::{Mosquitto, TlsFiles};
+use edgefleet_tests::process::{Proc, bin};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use serde_json::json;
+
+const T: Duration = Duration::from_secs(30);
+
+const DEPLOYMENT: &str = r#"
+apiVersion: edgefleet.io/v1
+kind: Deployment
+metadata: {name: over-tls}
+spec:
+  selector:
+    matchLabels: {site: tls}
+  workloads:
+    - name: config
+      kubernetes:
+        manifests:
+          - {apiVersion: v1, kind: ConfigMap, metadata: {name: tls-config, namespace: demo}, data: {transport: mqtts}}
+"#;
+
+/// A CA, a broker certificate it signed (for `localhost` and 127.0.0.1),
+/// and an unrelated CA, as PEM files in a temp dir.
+struct Pki {
+    _dir: tempfile::TempDir,
+    ca: PathBuf,
+    other_ca: PathBuf,
+    server: TlsFiles,
+}
+
+fn ca(name: &str) -> (CertificateParams, KeyPair) {
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    (params, KeyPair::generate().expect("CA key"))
+}
+
+fn write(dir: &Path, name: &str, pem: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, pem).expect("write PEM");
+    path
+}
+
+impl Pki {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ca_params, ca_key) = ca("edgefleet test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("self-sign CA");
+        let (other_params, other_key) = ca("someone else's CA");
+        let other_cert = other_params.self_signed(&other_key).expect("self-sign CA");
+        let server_key = KeyPair::generate().expect("server key");
+        let mut server_params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .expect("server params");
+        server_params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        let server_cert = server_params
+            .signed_by(&server_key, &Issuer::new(ca_params, ca_key))
+            .expect("sign server certificate");
+        let d = dir.path();
+        Self {
+            ca: write(d, "ca.pem", &ca_cert.pem()),
+            other_ca: write(d, "other-ca.pem", &other_cert.pem()),
+            server: TlsFiles {
+                cert: write(d, "server.pem", &server_cert.pem()),
+                key: write(d, "server.key", &server_key.serialize_pem()),
+            },
+            _dir: dir,
+        }
+    }
+}
+
+/// `edge-agent check` for `agent` with its CA; returns (exit code, the
+/// broker line).
+async fn check_broker(agent: &Agent, ca: &Path) -> (Option<i32>, String) {
+    let out = tokio::process::Command::new(bin("edge-agent"))
+        .arg("check")
+        .arg("--config")
+        .arg(agent.config_path())
+        .env("EDGEFLEET_BROKER_CA_FILE", ca)
+        .output()
+        .await
+        .expect("run edge-agent check");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let broker = text
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("broker"))
+        .unwrap_or_else(|| panic!("no broker line in:\n{text}"))
+        .to_owned();
+    (out.status.code(), broker)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_and_agent_over_mqtts_with_a_private_ca() {
+    install_crypto();
+    let pki = Pki::new();
+    let Some(broker) = Mosquitto::start_tls(&pki.server).await else {
+        return;
+    };
+    let ca = pki.ca.display().to_string();
+    // Ready only once its session to the broker is up, over TLS.
+    let hub = Hub::start_with(HubOptions {
+        external_broker: Some(broker.url()),
+        env: vec![("CLOUDCORE_BROKER_CA_FILE".into(), ca.clone())],
+        ..Default::default()
+    })
+    .await;
+    let kube = KubeStandIn::start().await;
+    let mut opts = AgentOptions::with_kube("pi-tls", &kube);
+    opts.env = vec![("EDGEFLEET_BROKER_CA_FILE".into(), ca)];
+    let mut agent = Agent::enroll_with(&hub, &[("site", "tls")], opts).await;
+    agent.start().await;
+    agent.wait_uplink(true).await;
+
+    let (code, _) = hub.put_deployment("over-tls", DEPLOYMENT).await;
+    assert!(code < 300, "PUT deployment: {code}");
+    eventually(
+        "ConfigMap applied from desired state sent over TLS",
+        T,
+        || async {
+            kube.get("v1", "ConfigMap", Some("demo"), "tls-config")
+                .map(|_| ())
+        },
+    )
+    .await;
+    eventually("hub sees the device in sync", T, || async {
+        let (_, s) = hub.get("/deployments/over-tls/status").await;
+        (s["inSync"] == 1).then_some(())
+    })
+    .await;
+    let (code, _) = agent
+        .post_events(&json!({"id": "tls-1", "kind": "app.telemetry", "payload": {"ok": true}}))
+        .await;
+    assert_eq!(code, 202);
+    eventually("event at the hub", T, || async {
+        hub.event_ids("pi-tls")
+            .await
+            .contains(&"tls-1".to_owned())
+            .then_some(())
+    })
+    .await;
+
+    // A device told to trust another CA: no connection, a log line that
+    // says why, failures counted; it keeps trying (and its outbox keeps
+    // what it accepted).
+    let mut stranger = Agent::enroll_with(
+        &hub,
+        &[("site", "elsewhere")],
+        AgentOptions {
+            device_id: Some("pi-wrong-ca".into()),
+            env: vec![(
+                "EDGEFLEET_BROKER_CA_FILE".into(),
+                pki.other_ca.display().to_string(),
+            )],
+            ..Default::default()
+        },
+    )
+    .await;
+    let (_, good) = check_broker(&agent, &pki.ca).await;
+    assert!(
+        good.starts_with("PASS") && good.contains("certificate trusted"),
+        "{good}"
+    );
+    let (code, bad) = check_broker(&stranger, &pki.other_ca).await;
+    assert!(
+        bad.starts_with("FAIL") && bad.contains("TLS handshake failed"),
+        "{bad}"
+    );
+    assert_ne!(code, Some(0), "a failed check exits non-zero");
+    stranger.start().await;
+    let line = stranger
+        .proc
+        .wait_for_line("cannot connect to the broker", T)
+        .await;
+    assert!(
+        line.contains("ertificate") || line.contains("UnknownIssuer"),
+        "the log line names the certificate problem: {line}"
+    );
+    eventually("failed connects counted", T, || async {
+        (stranger
+            .metric("edgefleet_agent_mqtt_disconnects_total")
+            .await
+            >= 2.0)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(stranger.metric("edgefleet_agent_mqtt_connected").await, 0.0);
+    let (code, _) = stranger
+        .post_events(&json!({"id": "kept-1", "kind": "app.telemetry", "payload": {}}))
+        .await;
+    assert_eq!(
+        code, 202,
+        "offline from the broker, events are still accepted"
+    );
+    stranger.kill().await;
+    agent.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_refuses_to_start_with_an_unreadable_broker_ca_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let not_pem = dir.path().join("ca.pem");
+    std::fs::write(&not_pem, "not a certificate\n").expect("write");
+    for (ca, says) in [
+        (dir.path().join("missing.pem"), "cannot read it"),
+        (not_pem, "no PEM certificate"),
+    ] {
+        let mut cmd = tokio::process::Command::new(bin("cloudcore"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--api-listen")
+            .arg("127.0.0.1:0")
+            .arg("--broker-url")
+            .arg("mqtts://localhost:8883")
+            .env("CLOUDCORE_BROKER_CA_FILE", &ca);
+        let mut proc = Proc::spawn("cloudcore", cmd);
+        let line = proc.wait_for_line("broker.ca_file", T).await;
+        assert!(line.contains(says), "{line}");
+        let code = proc.terminate(T).await;
+        assert_eq!(
+            code,
+            Some(78),
+            "config errors exit 78 (EX_CONFIG): {:?}",
+            proc.output()
+        );
+    }
+}
