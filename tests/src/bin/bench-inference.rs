@@ -350,7 +350,7 @@ fn main() -> anyhow::Result<()> {
         "Target (DESIGN.md): tract ≤ 1.5× onnxruntime, same model, 1 thread; outputs equal \
          within {TOLERANCE:e}.\n\n\
          tract-onnx {} through the agent's `Model` (batch pinned to 1, `into_optimized()`, \
-         one runnable plan reused; tract runs single-threaded) vs onnxruntime {} \
+         one runnable plan and its run states reused; tract runs single-threaded) vs onnxruntime {} \
          (`intra_op_num_threads=1`, `inter_op_num_threads=1`, sequential, all graph \
          optimisations). Same input tensor for both (weyl-v1, seed 0, passed to onnxruntime \
          as raw bytes). {rounds} alternating rounds per model; percentiles over all timed runs. \
@@ -413,9 +413,11 @@ fn notes() -> String {
          - The agent already loads every model the way tract plans fastest: symbolic batch \
          pinned to 1 *before* `into_optimized()` (declutter + codegen to tract's LIR ops), one \
          `into_runnable()` plan built at load and reused for every request (per-request \
-         planning would add the optimisation time, milliseconds, to each call).\n\
+         planning would add the optimisation time, milliseconds, to each call), and run states \
+         kept between requests, one per permit (a fresh state per run allocates every node's op \
+         state: digits went from 14.7 to 13.9 µs).\n\
          - The small models meet the target; digits is the closest, \
-         its absolute cost is ~15 µs and the agent's JSON request path adds ~1 µs.\n\
+         its absolute cost is ~14 µs and the agent's JSON request path adds ~1 µs.\n\
          - MobileNetV2 misses it. tract's kernel-selection knobs were tried on this AVX-512 \
          machine, each in one invocation against onnxruntime: `TRACT_AVX512_FMA_UNITS=1|2` and \
          `TRACT_CPU_ISA=-avx512f` (AVX2 kernels): 2.3–2.9× in every case, inside the noise of \
