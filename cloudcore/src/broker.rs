@@ -26,7 +26,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use edgefleet_protocol::limits::MAX_PAYLOAD_BYTES;
 use edgefleet_protocol::{Channel, DeviceId};
-use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings};
+use rumqttd::{
+    Broker, Config, ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings, TlsConfig,
+};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -123,21 +125,31 @@ fn raise_open_file_limit(max_connections: usize) {
     }
 }
 
-/// Starts rumqttd on `listen` in its own threads. It runs until the process
-/// exits (rumqttd has no shutdown); the hub stops using it on shutdown.
+/// A TLS listener for devices: address, certificate chain and key (PEM
+/// files, checked by the config).
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    pub listen: SocketAddr,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+/// Starts rumqttd on `listen` (and `tls.listen`, same devices, same
+/// credentials) in its own threads. It runs until the process exits
+/// (rumqttd has no shutdown); the hub stops using it on shutdown.
 pub fn start(
     listen: SocketAddr,
+    tls: Option<TlsListener>,
     max_connections: usize,
     creds: Credentials,
     metrics: Arc<Metrics>,
 ) -> Result<(), BrokerError> {
     raise_open_file_limit(max_connections);
-    // Fail early and clearly if the port is taken: rumqttd would only log it
+    // Fail early and clearly if a port is taken: rumqttd would only log it
     // from its own thread.
-    std::net::TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
-        addr: listen,
-        source,
-    })?;
+    for addr in std::iter::once(listen).chain(tls.as_ref().map(|t| t.listen)) {
+        std::net::TcpListener::bind(addr).map_err(|source| BrokerError::Bind { addr, source })?;
+    }
 
     let mut connections = ConnectionSettings {
         connection_timeout_ms: 10_000,
@@ -168,13 +180,33 @@ pub fn start(
             std::future::ready(ok)
         },
     );
-    let server = ServerSettings {
-        name: "edgefleet-v4".into(),
-        listen,
-        tls: None,
-        next_connection_delay_ms: 0,
-        connections,
-    };
+    let mut servers = HashMap::new();
+    if let Some(t) = tls {
+        servers.insert(
+            "2".to_owned(),
+            ServerSettings {
+                name: "edgefleet-v4-tls".into(),
+                listen: t.listen,
+                tls: Some(TlsConfig::Rustls {
+                    capath: None,
+                    certpath: t.cert.display().to_string(),
+                    keypath: t.key.display().to_string(),
+                }),
+                next_connection_delay_ms: 0,
+                connections: connections.clone(),
+            },
+        );
+    }
+    servers.insert(
+        "1".to_owned(),
+        ServerSettings {
+            name: "edgefleet-v4".into(),
+            listen,
+            tls: None,
+            next_connection_delay_ms: 0,
+            connections,
+        },
+    );
     let router = RouterConfig {
         max_connections,
         max_outgoing_packet_count: 1_000,
@@ -209,7 +241,7 @@ pub fn start(
     let config = Config {
         id: 0,
         router,
-        v4: Some(HashMap::from([("1".to_owned(), server)])),
+        v4: Some(servers),
         ..Default::default()
     };
     let mut broker = Broker::new(config);

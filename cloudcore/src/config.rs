@@ -70,6 +70,12 @@ pub struct BrokerConfig {
     /// CA bundle (PEM) trusted for an `mqtts://` external broker; empty: the
     /// system's roots. Devices get their own `broker.ca_file`.
     pub ca_file: PathBuf,
+    /// Embedded broker: a TLS (`mqtts://`) listener for devices beside
+    /// `listen`, with `tls_cert` (PEM chain) and `tls_key` (PEM key). Unset:
+    /// none. Devices are then told `advertise_url`, or `mqtts://tls_listen`.
+    pub tls_listen: Option<SocketAddr>,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -111,8 +117,31 @@ impl Default for BrokerConfig {
             max_connections: 20_000,
             advertise_url: String::new(),
             ca_file: PathBuf::new(),
+            tls_listen: None,
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
         }
     }
+}
+
+/// Reads a PEM file named by config setting `what`, which must hold a
+/// `-----BEGIN …{label}-----` block: a clear config error at start instead
+/// of a TLS failure on every connection later.
+pub fn read_pem(what: &str, path: &Path, label: &str) -> Result<Vec<u8>, ConfigError> {
+    let pem = std::fs::read(path).map_err(|e| {
+        ConfigError::Invalid(format!("{what} {}: cannot read it: {e}", path.display()))
+    })?;
+    let text = String::from_utf8_lossy(&pem);
+    let found = text
+        .lines()
+        .any(|l| l.starts_with("-----BEGIN ") && l.trim_end().ends_with(&format!("{label}-----")));
+    if !found {
+        return Err(ConfigError::Invalid(format!(
+            "{what} {}: no PEM {label} in it",
+            path.display()
+        )));
+    }
+    Ok(pem)
 }
 
 /// Command-line overrides (the top layer).
@@ -237,6 +266,18 @@ impl Config {
         if let Some(v) = env("CLOUDCORE_BROKER_CA_FILE") {
             self.broker.ca_file = v.into();
         }
+        if let Some(v) = env("CLOUDCORE_BROKER_ADVERTISE_URL") {
+            self.broker.advertise_url = v;
+        }
+        if let Some(v) = env("CLOUDCORE_BROKER_TLS_LISTEN") {
+            self.broker.tls_listen = Some(addr("CLOUDCORE_BROKER_TLS_LISTEN", v)?);
+        }
+        if let Some(v) = env("CLOUDCORE_BROKER_TLS_CERT") {
+            self.broker.tls_cert = v.into();
+        }
+        if let Some(v) = env("CLOUDCORE_BROKER_TLS_KEY") {
+            self.broker.tls_key = v.into();
+        }
         if let Some(v) = env("CLOUDCORE_OPERATOR_TOKEN") {
             self.auth.operator_token = v;
         }
@@ -268,6 +309,17 @@ impl Config {
                 "broker.max_connections must be positive".into(),
             ));
         }
+        if self.broker.tls_listen.is_some() {
+            if !self.embedded_broker() {
+                return Err(ConfigError::Invalid(
+                    "broker.tls_listen is a listener of the embedded broker; \
+                     with broker.url set, the external broker does TLS"
+                        .into(),
+                ));
+            }
+            read_pem("broker.tls_cert", &self.broker.tls_cert, "CERTIFICATE")?;
+            read_pem("broker.tls_key", &self.broker.tls_key, "PRIVATE KEY")?;
+        }
         Ok(())
     }
 
@@ -280,6 +332,8 @@ impl Config {
     pub fn device_broker_url(&self) -> String {
         if !self.broker.advertise_url.is_empty() {
             self.broker.advertise_url.clone()
+        } else if let (true, Some(tls)) = (self.embedded_broker(), self.broker.tls_listen) {
+            format!("mqtts://{tls}")
         } else if !self.broker.url.is_empty() {
             self.broker.url.clone()
         } else {
@@ -335,6 +389,40 @@ mod tests {
         ));
         let env = |k: &str| (k == "CLOUDCORE_BROKER_URL").then(|| "http://x".to_owned());
         assert!(Config::load(None, env, &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn tls_listener_is_advertised_and_only_for_the_embedded_broker() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(
+            &cert,
+            "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &key,
+            "-----BEGIN PRIVATE KEY-----\nAA==\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let (cert, key) = (cert.display().to_string(), key.display().to_string());
+        let env = |url: &'static str| {
+            let (cert, key) = (cert.clone(), key.clone());
+            move |k: &str| match k {
+                "CLOUDCORE_BROKER_TLS_LISTEN" => Some("0.0.0.0:8883".to_owned()),
+                "CLOUDCORE_BROKER_TLS_CERT" => Some(cert.clone()),
+                "CLOUDCORE_BROKER_TLS_KEY" => Some(key.clone()),
+                "CLOUDCORE_BROKER_URL" if !url.is_empty() => Some(url.to_owned()),
+                _ => None,
+            }
+        };
+        let c = Config::load(None, env(""), &Overrides::default()).unwrap();
+        assert_eq!(c.device_broker_url(), "mqtts://0.0.0.0:8883");
+        let err = Config::load(None, env("mqtt://mosquitto:1883"), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("broker.tls_listen"), "{err}");
     }
 
     #[test]

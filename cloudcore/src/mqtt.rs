@@ -92,18 +92,7 @@ fn tls_transport(ca_file: &std::path::Path) -> Result<Transport, ConfigError> {
     if ca_file.as_os_str().is_empty() {
         return Ok(Transport::tls_with_default_config());
     }
-    let ca = std::fs::read(ca_file).map_err(|e| {
-        ConfigError::Invalid(format!(
-            "broker.ca_file {}: cannot read it: {e}",
-            ca_file.display()
-        ))
-    })?;
-    if !ca.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
-        return Err(ConfigError::Invalid(format!(
-            "broker.ca_file {}: no PEM certificate in it",
-            ca_file.display()
-        )));
-    }
+    let ca = crate::config::read_pem("broker.ca_file", ca_file, "CERTIFICATE")?;
     Ok(Transport::tls_with_config(TlsConfiguration::Simple {
         ca,
         alpn: None,

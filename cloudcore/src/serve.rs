@@ -94,14 +94,25 @@ pub async fn serve_with(
             broker::Credentials::new(&hub_password, registry.clone(), hub_subscribed.clone());
         broker::start(
             cfg.broker.listen,
+            cfg.broker.tls_listen.map(|listen| broker::TlsListener {
+                listen,
+                cert: cfg.broker.tls_cert.clone(),
+                key: cfg.broker.tls_key.clone(),
+            }),
             cfg.broker.max_connections,
             creds,
             metrics.clone(),
         )?;
         if announce {
+            let tls = cfg
+                .broker
+                .tls_listen
+                .map(|a| format!(" and mqtts://{a}"))
+                .unwrap_or_default();
             println!(
-                "cloudcore: MQTT broker (embedded) on mqtt://{}",
-                cfg.broker.listen
+                "cloudcore: MQTT broker (embedded) on mqtt://{}{tls}; devices are told {}",
+                cfg.broker.listen,
+                cfg.device_broker_url()
             );
         }
     } else if announce {

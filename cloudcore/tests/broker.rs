@@ -26,7 +26,7 @@ fn start_broker() -> SocketAddr {
         .parse()
         .unwrap();
     let creds = Credentials::new("hub-secret", devices, Arc::new(AtomicBool::new(true)));
-    broker::start(addr, 100, creds, Arc::new(Metrics::new())).expect("broker starts");
+    broker::start(addr, None, 100, creds, Arc::new(Metrics::new())).expect("broker starts");
     // rumqttd binds from its own thread.
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(addr).is_err() {

@@ -121,6 +121,20 @@ impl Proc {
         }
     }
 
+    /// Waits for the process to exit by itself; returns the exit code
+    /// (`None`: killed by a signal). Panics after `timeout`.
+    pub async fn wait(&mut self, timeout: std::time::Duration) -> Option<i32> {
+        let mut c = self.child.take()?;
+        match tokio::time::timeout(timeout, c.wait()).await {
+            Ok(Ok(status)) => status.code(),
+            _ => {
+                let _ = c.start_kill();
+                let _ = c.wait().await;
+                panic!("{} did not exit within {timeout:?}", self.name)
+            }
+        }
+    }
+
     /// SIGTERM, then wait for exit; returns the exit code.
     pub async fn terminate(&mut self, timeout: std::time::Duration) -> Option<i32> {
         let mut c = self.child.take()?;

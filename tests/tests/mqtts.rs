@@ -105,25 +105,14 @@ async fn check_broker(agent: &Agent, ca: &Path) -> (Option<i32>, String) {
     (out.status.code(), broker)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hub_and_agent_over_mqtts_with_a_private_ca() {
-    install_crypto();
-    let pki = Pki::new();
-    let Some(broker) = Mosquitto::start_tls(&pki.server).await else {
-        return;
-    };
-    let ca = pki.ca.display().to_string();
-    // Ready only once its session to the broker is up, over TLS.
-    let hub = Hub::start_with(HubOptions {
-        external_broker: Some(broker.url()),
-        env: vec![("CLOUDCORE_BROKER_CA_FILE".into(), ca.clone())],
-        ..Default::default()
-    })
-    .await;
+/// Enrolls and starts a device that trusts `ca`, then: a deployment's
+/// ConfigMap reaches its (stand-in) K3s, the hub sees it in sync, and an
+/// event it accepts reaches the hub.
+async fn device_round_trip(hub: &Hub, ca: &Path) -> (KubeStandIn, Agent) {
     let kube = KubeStandIn::start().await;
     let mut opts = AgentOptions::with_kube("pi-tls", &kube);
-    opts.env = vec![("EDGEFLEET_BROKER_CA_FILE".into(), ca)];
-    let mut agent = Agent::enroll_with(&hub, &[("site", "tls")], opts).await;
+    opts.env = vec![("EDGEFLEET_BROKER_CA_FILE".into(), ca.display().to_string())];
+    let mut agent = Agent::enroll_with(hub, &[("site", "tls")], opts).await;
     agent.start().await;
     agent.wait_uplink(true).await;
 
@@ -154,6 +143,66 @@ async fn hub_and_agent_over_mqtts_with_a_private_ca() {
             .then_some(())
     })
     .await;
+    (kube, agent)
+}
+
+/// The embedded broker with a TLS listener: devices are told its
+/// `mqtts://` URL at enrollment and connect through it with their own
+/// credentials (the plain listener stays on loopback for the hub).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_reach_the_embedded_broker_over_tls() {
+    install_crypto();
+    let pki = Pki::new();
+    let port = edgefleet_tests::free_port();
+    let hub = Hub::start_with(HubOptions {
+        env: vec![
+            (
+                "CLOUDCORE_BROKER_TLS_LISTEN".into(),
+                format!("127.0.0.1:{port}"),
+            ),
+            (
+                "CLOUDCORE_BROKER_TLS_CERT".into(),
+                pki.server.cert.display().to_string(),
+            ),
+            (
+                "CLOUDCORE_BROKER_TLS_KEY".into(),
+                pki.server.key.display().to_string(),
+            ),
+            (
+                "CLOUDCORE_BROKER_ADVERTISE_URL".into(),
+                format!("mqtts://localhost:{port}"),
+            ),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let (_kube, mut agent) = device_round_trip(&hub, &pki.ca).await;
+    let config = std::fs::read_to_string(agent.config_path()).expect("agent config");
+    assert!(
+        config.contains(&format!("mqtts://localhost:{port}")),
+        "enrollment told the device the TLS listener:\n{config}"
+    );
+    let (_, line) = check_broker(&agent, &pki.ca).await;
+    assert!(line.starts_with("PASS") && line.contains("TLS"), "{line}");
+    agent.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_and_agent_over_mqtts_with_a_private_ca() {
+    install_crypto();
+    let pki = Pki::new();
+    let Some(broker) = Mosquitto::start_tls(&pki.server).await else {
+        return;
+    };
+    let ca = pki.ca.display().to_string();
+    // Ready only once its session to the broker is up, over TLS.
+    let hub = Hub::start_with(HubOptions {
+        external_broker: Some(broker.url()),
+        env: vec![("CLOUDCORE_BROKER_CA_FILE".into(), ca)],
+        ..Default::default()
+    })
+    .await;
+    let (_kube, mut agent) = device_round_trip(&hub, &pki.ca).await;
 
     // A device told to trust another CA: no connection, a log line that
     // says why, failures counted; it keeps trying (and its outbox keeps
@@ -211,28 +260,67 @@ async fn hub_and_agent_over_mqtts_with_a_private_ca() {
     agent.kill().await;
 }
 
+/// Missing or non-PEM TLS files stop the hub at start (exit 78) with the
+/// setting and the file named, for an external broker's CA and for the
+/// embedded broker's TLS listener.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hub_refuses_to_start_with_an_unreadable_broker_ca_file() {
+async fn hub_refuses_to_start_with_unusable_tls_files() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let not_pem = dir.path().join("ca.pem");
+    let not_pem = dir.path().join("not.pem");
     std::fs::write(&not_pem, "not a certificate\n").expect("write");
-    for (ca, says) in [
-        (dir.path().join("missing.pem"), "cannot read it"),
-        (not_pem, "no PEM certificate"),
-    ] {
+    let missing = dir.path().join("missing.pem").display().to_string();
+    let not_pem = not_pem.display().to_string();
+    let listener = |cert: &str| {
+        vec![
+            ("CLOUDCORE_BROKER_TLS_LISTEN", "127.0.0.1:0".to_owned()),
+            ("CLOUDCORE_BROKER_TLS_CERT", cert.to_owned()),
+            ("CLOUDCORE_BROKER_TLS_KEY", not_pem.clone()),
+        ]
+    };
+    let external = Some("mqtts://localhost:8883");
+    let cases = [
+        (
+            external,
+            vec![("CLOUDCORE_BROKER_CA_FILE", missing.clone())],
+            "broker.ca_file",
+            "cannot read it",
+        ),
+        (
+            external,
+            vec![("CLOUDCORE_BROKER_CA_FILE", not_pem.clone())],
+            "broker.ca_file",
+            "no PEM CERTIFICATE",
+        ),
+        (
+            None,
+            listener(&missing),
+            "broker.tls_cert",
+            "cannot read it",
+        ),
+        (
+            None,
+            listener(&not_pem),
+            "broker.tls_cert",
+            "no PEM CERTIFICATE",
+        ),
+    ];
+    for (broker_url, env, setting, says) in cases {
         let mut cmd = tokio::process::Command::new(bin("cloudcore"));
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .arg("--api-listen")
             .arg("127.0.0.1:0")
-            .arg("--broker-url")
-            .arg("mqtts://localhost:8883")
-            .env("CLOUDCORE_BROKER_CA_FILE", &ca);
+            .arg("--broker-listen")
+            .arg("127.0.0.1:0")
+            .envs(env);
+        if let Some(url) = broker_url {
+            cmd.arg("--broker-url").arg(url);
+        }
         let mut proc = Proc::spawn("cloudcore", cmd);
-        let line = proc.wait_for_line("broker.ca_file", T).await;
+        let code = proc.wait(T).await;
+        let line = proc.wait_for_line(setting, T).await;
         assert!(line.contains(says), "{line}");
-        let code = proc.terminate(T).await;
         assert_eq!(
             code,
             Some(78),
