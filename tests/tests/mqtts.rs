@@ -148,7 +148,8 @@ async fn device_round_trip(hub: &Hub, ca: &Path) -> (KubeStandIn, Agent) {
 
 /// The embedded broker with a TLS listener: devices are told its
 /// `mqtts://` URL at enrollment and connect through it with their own
-/// credentials (the plain listener stays on loopback for the hub).
+/// credentials (the plain listener stays on loopback for the hub), even
+/// while another client sits on the listener without ever starting TLS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_reach_the_embedded_broker_over_tls() {
     install_crypto();
@@ -176,6 +177,11 @@ async fn devices_reach_the_embedded_broker_over_tls() {
         ..Default::default()
     })
     .await;
+    // A client that opens TCP and never starts TLS must not hold up anyone
+    // else's handshake.
+    let _silent = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the TLS listener");
     let (_kube, mut agent) = device_round_trip(&hub, &pki.ca).await;
     let config = std::fs::read_to_string(agent.config_path()).expect("agent config");
     assert!(

@@ -365,20 +365,6 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
         }
     }
 
-    // Depending on TLS or not create a new Network
-    async fn tls_accept(&self, stream: TcpStream) -> Result<(Box<dyn N>, Option<String>), Error> {
-        #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
-        match &self.config.tls {
-            Some(c) => {
-                let (tenant_id, network) = TLSAcceptor::new(c)?.accept(stream).await?;
-                Ok((network, tenant_id))
-            }
-            None => Ok((Box::new(stream), None)),
-        }
-        #[cfg(not(any(feature = "use-rustls", feature = "use-native-tls")))]
-        Ok((Box::new(stream), None))
-    }
-
     pub async fn start(&mut self, link_type: LinkType) -> Result<(), Error> {
         let listener = TcpListener::bind(&self.config.listen).await?;
         let delay = Duration::from_millis(self.config.next_connection_delay_ms);
@@ -400,18 +386,6 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                 }
             };
 
-            let (network, tenant_id) = match self.tls_accept(stream).await {
-                Ok(o) => o,
-                Err(e) => {
-                    error!(error=?e, "Tls accept error");
-                    continue;
-                }
-            };
-
-            info!(
-                name=?self.config.name, ?addr, count, tenant=?tenant_id, "accept"
-            );
-
             let config = config.clone();
             let router_tx = self.router_tx.clone();
             count += 1;
@@ -420,6 +394,17 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
             match link_type {
                 #[cfg(feature = "websocket")]
                 LinkType::Websocket => {
+                    let (network, tenant_id) =
+                        match tls_accept(self.config.tls.as_ref(), stream).await {
+                            Ok(o) => o,
+                            Err(e) => {
+                                error!(error=?e, "Tls accept error");
+                                continue;
+                            }
+                        };
+                    info!(
+                        name=?self.config.name, ?addr, count, tenant=?tenant_id, "accept"
+                    );
                     let stream = match accept_hdr_async(network, WSCallback).await {
                         Ok(s) => Box::new(WsStream::new(s)),
                         Err(e) => {
@@ -443,26 +428,63 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                         )),
                     )
                 }
-                LinkType::Remote => task::spawn(
-                    remote(
-                        config,
-                        tenant_id.clone(),
-                        router_tx,
-                        network,
-                        protocol,
-                        self.awaiting_will_handler.clone(),
-                    )
-                    .instrument(tracing::error_span!(
-                        "remote_link",
-                        ?tenant_id,
-                        client_id = field::Empty,
-                        connection_id = field::Empty,
-                    )),
-                ),
+                // edgefleet: the TLS handshake runs in the connection's own
+                // task, bounded by the connection timeout. Upstream awaited
+                // it in this accept loop, so one client that opened TCP and
+                // never sent a ClientHello stopped every later connection.
+                LinkType::Remote => {
+                    let tls = self.config.tls.clone();
+                    let name = self.config.name.clone();
+                    let wills = self.awaiting_will_handler.clone();
+                    let handshake = Duration::from_millis(config.connection_timeout_ms.into());
+                    task::spawn(async move {
+                        let accepted = time::timeout(handshake, tls_accept(tls.as_ref(), stream));
+                        let (network, tenant_id) = match accepted.await {
+                            Ok(Ok(o)) => o,
+                            Ok(Err(e)) => {
+                                warn!(error=?e, ?addr, "Tls accept error");
+                                return;
+                            }
+                            Err(_) => {
+                                warn!(?addr, ?handshake, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                        info!(name=?name, ?addr, count, tenant=?tenant_id, "accept");
+                        remote(config, tenant_id.clone(), router_tx, network, protocol, wills)
+                            .instrument(tracing::error_span!(
+                                "remote_link",
+                                ?tenant_id,
+                                client_id = field::Empty,
+                                connection_id = field::Empty,
+                            ))
+                            .await
+                    })
+                }
             };
 
             time::sleep(delay).await;
         }
+    }
+}
+
+// Depending on TLS or not create a new Network
+async fn tls_accept(
+    tls: Option<&crate::TlsConfig>,
+    stream: TcpStream,
+) -> Result<(Box<dyn N>, Option<String>), Error> {
+    #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
+    match tls {
+        Some(c) => {
+            let (tenant_id, network) = TLSAcceptor::new(c)?.accept(stream).await?;
+            Ok((network, tenant_id))
+        }
+        None => Ok((Box::new(stream), None)),
+    }
+    #[cfg(not(any(feature = "use-rustls", feature = "use-native-tls")))]
+    {
+        let _ = tls;
+        Ok((Box::new(stream), None))
     }
 }
 
