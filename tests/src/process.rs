@@ -124,31 +124,17 @@ impl Proc {
     /// Waits for the process to exit by itself; returns the exit code
     /// (`None`: killed by a signal). Panics after `timeout`.
     pub async fn wait(&mut self, timeout: std::time::Duration) -> Option<i32> {
-        let mut c = self.child.take()?;
-        match tokio::time::timeout(timeout, c.wait()).await {
-            Ok(Ok(status)) => status.code(),
-            _ => {
-                let _ = c.start_kill();
-                let _ = c.wait().await;
-                panic!("{} did not exit within {timeout:?}", self.name)
-            }
-        }
+        let c = self.child.take()?;
+        reap(&self.name, c, timeout, "").await
     }
 
     /// SIGTERM, then wait for exit; returns the exit code.
     pub async fn terminate(&mut self, timeout: std::time::Duration) -> Option<i32> {
-        let mut c = self.child.take()?;
+        let c = self.child.take()?;
         if let Some(pid) = c.id() {
             let _ = send_signal(pid, "TERM");
         }
-        match tokio::time::timeout(timeout, c.wait()).await {
-            Ok(Ok(status)) => status.code(),
-            _ => {
-                let _ = c.start_kill();
-                let _ = c.wait().await;
-                panic!("{} did not exit within {timeout:?} of SIGTERM", self.name)
-            }
-        }
+        reap(&self.name, c, timeout, " of SIGTERM").await
     }
 
     /// Whether the process is still running.
@@ -156,6 +142,25 @@ impl Proc {
         self.child
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+/// Waits up to `timeout` for `c` to exit and returns its exit code; past
+/// that, kills it and panics naming `name` (and `after`, what it was waiting
+/// since).
+async fn reap(
+    name: &str,
+    mut c: tokio::process::Child,
+    timeout: std::time::Duration,
+    after: &str,
+) -> Option<i32> {
+    match tokio::time::timeout(timeout, c.wait()).await {
+        Ok(Ok(status)) => status.code(),
+        _ => {
+            let _ = c.start_kill();
+            let _ = c.wait().await;
+            panic!("{name} did not exit within {timeout:?}{after}")
+        }
     }
 }
 
