@@ -3,7 +3,8 @@
 //! and events come up. An agent that does not trust the broker's certificate
 //! never connects, says why in its log and counts the failures;
 //! `edge-agent check` makes the same TLS handshake and tells the two apart.
-//! An unreadable CA file stops the hub at start with a config error.
+//! The embedded broker's own TLS listener carries the same round trip, and
+//! unusable certificate, key or CA files stop the hub at start.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
