@@ -131,10 +131,10 @@ pub fn read_pem(what: &str, path: &Path, label: &str) -> Result<Vec<u8>, ConfigE
     let pem = std::fs::read(path).map_err(|e| {
         ConfigError::Invalid(format!("{what} {}: cannot read it: {e}", path.display()))
     })?;
-    let text = String::from_utf8_lossy(&pem);
-    let found = text
+    let end = format!("{label}-----");
+    let found = String::from_utf8_lossy(&pem)
         .lines()
-        .any(|l| l.starts_with("-----BEGIN ") && l.trim_end().ends_with(&format!("{label}-----")));
+        .any(|l| l.starts_with("-----BEGIN ") && l.trim_end().ends_with(&end));
     if !found {
         return Err(ConfigError::Invalid(format!(
             "{what} {}: no PEM {label} in it",
@@ -332,7 +332,8 @@ impl Config {
     pub fn device_broker_url(&self) -> String {
         if !self.broker.advertise_url.is_empty() {
             self.broker.advertise_url.clone()
-        } else if let (true, Some(tls)) = (self.embedded_broker(), self.broker.tls_listen) {
+        } else if let Some(tls) = self.broker.tls_listen {
+            // Only with the embedded broker: `validate` refuses it beside `url`.
             format!("mqtts://{tls}")
         } else if !self.broker.url.is_empty() {
             self.broker.url.clone()

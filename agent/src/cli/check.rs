@@ -258,18 +258,14 @@ async fn check_broker(cfg: &Config) -> Line {
 async fn tls_handshake(cfg: &Config, host: &str, tcp: tokio::net::TcpStream) -> Result<(), String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, ServerName};
-    let ca_file = cfg.broker.ca_file.display();
+    let bad =
+        |e: &dyn std::fmt::Display| format!("broker.ca_file {}: {e}", cfg.broker.ca_file.display());
     let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(&cfg.broker.ca_file)
-        .map_err(|e| format!("broker.ca_file {ca_file}: {e}"))?;
-    for cert in certs {
-        let cert = cert.map_err(|e| format!("broker.ca_file {ca_file}: {e}"))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("broker.ca_file {ca_file}: {e}"))?;
+    for cert in CertificateDer::pem_file_iter(&cfg.broker.ca_file).map_err(|e| bad(&e))? {
+        roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
     }
     if roots.is_empty() {
-        return Err(format!("broker.ca_file {ca_file}: no certificate in it"));
+        return Err(bad(&"no certificate in it"));
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
