@@ -260,6 +260,16 @@ fn cmd_run(common: &Common, extra: Overrides) -> Result<i32, i32> {
         .map_err(|e| fail_config(format!("device_id: {e}")))?;
     let identity = edge_agent::identity::Identity::load(&cfg.state_dir)
         .map_err(|e| fail_config(format!("not enrolled: {}", edge_agent::error_chain(&e))))?;
+    // One daemon per state directory, held until exit.
+    let _lock = edgefleet_daemon::lock::DirLock::acquire(&cfg.state_dir).map_err(|e| {
+        let msg = edge_agent::error_chain(&e);
+        tracing::error!("{msg}");
+        eprintln!("edge-agent: {msg}");
+        match e {
+            edgefleet_daemon::lock::LockError::Held { .. } => exit::CONFIG,
+            edgefleet_daemon::lock::LockError::Io { .. } => exit::STORE,
+        }
+    })?;
     let (store, report) = edge_agent::store::Store::open(&cfg.db_path(), cfg.store.synchronous)
         .map_err(|e| {
             let msg = edge_agent::error_chain(&e);

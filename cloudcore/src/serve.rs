@@ -24,6 +24,8 @@ pub enum ServeError {
     Config(#[from] ConfigError),
     #[error("cannot open the store")]
     Store(#[from] StoreError),
+    #[error("cannot take the data directory")]
+    Lock(#[from] edgefleet_daemon::lock::LockError),
     #[error("cannot load or create the hub's secrets")]
     Keys(#[from] KeyError),
     #[error("embedded broker")]
@@ -40,7 +42,9 @@ impl ServeError {
     /// The process exit code for this failure.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ServeError::Config(_) => exit::CONFIG,
+            ServeError::Config(_)
+            | ServeError::Lock(edgefleet_daemon::lock::LockError::Held { .. }) => exit::CONFIG,
+            ServeError::Lock(_) => exit::STORE,
             ServeError::Store(_) | ServeError::Keys(_) => exit::STORE,
             ServeError::Broker(_) | ServeError::Listen { .. } => exit::UNAVAILABLE,
         }
@@ -73,6 +77,9 @@ pub async fn serve_with(
     let announce = started.is_none();
     let data = cfg.data_dir.clone();
     create_private_dir(&data)?;
+    // One hub per data directory (one signing key, one revision sequence),
+    // held until this function returns.
+    let _lock = edgefleet_daemon::lock::DirLock::acquire(&data)?;
     let store = Store::open(&data)?;
     let epoch = store.epoch()?;
     let (signer, created) = keys::load_or_create_signer(&data)?;
