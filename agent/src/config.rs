@@ -140,6 +140,16 @@ pub struct OutboxConfig {
     pub max_bytes: u64,
     /// QoS 1 publishes in flight (awaiting PUBACK) at once.
     pub window: u16,
+    /// Messages sent and not yet acknowledged by the hub (its signed Ack,
+    /// not the broker's PUBACK) at once: end-to-end flow control.
+    pub max_unacked: u32,
+    /// With messages awaiting the hub's Ack and none arriving for this long,
+    /// they are sent again; the wait doubles per silent round, up to 10 min.
+    pub ack_timeout_secs: u64,
+    /// Messages older than this are expired (deleted, counted) unsent or
+    /// unacknowledged, so a hub that never comes back, or that deleted this
+    /// device, is not sent to forever.
+    pub max_age_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -241,6 +251,12 @@ impl Default for OutboxConfig {
             max_messages: 100_000,
             max_bytes: 64 * 1024 * 1024,
             window: 1_000,
+            max_unacked: 10_000,
+            ack_timeout_secs: 30,
+            // A week: longer than the outages the outbox bridges in practice
+            // (a weekend with the uplink down), short enough that a device
+            // its hub forgot stops carrying its backlog.
+            max_age_secs: 7 * 24 * 3600,
         }
     }
 }
@@ -362,6 +378,15 @@ impl Config {
         if let Some(v) = env("EDGEFLEET_OUTBOX_MAX_BYTES") {
             self.outbox.max_bytes = parse("EDGEFLEET_OUTBOX_MAX_BYTES", &v)?;
         }
+        if let Some(v) = env("EDGEFLEET_OUTBOX_MAX_UNACKED") {
+            self.outbox.max_unacked = parse("EDGEFLEET_OUTBOX_MAX_UNACKED", &v)?;
+        }
+        if let Some(v) = env("EDGEFLEET_OUTBOX_ACK_TIMEOUT_SECS") {
+            self.outbox.ack_timeout_secs = parse("EDGEFLEET_OUTBOX_ACK_TIMEOUT_SECS", &v)?;
+        }
+        if let Some(v) = env("EDGEFLEET_OUTBOX_MAX_AGE_SECS") {
+            self.outbox.max_age_secs = parse("EDGEFLEET_OUTBOX_MAX_AGE_SECS", &v)?;
+        }
         Ok(())
     }
 
@@ -428,6 +453,15 @@ impl Config {
         }
         if self.outbox.window == 0 || self.outbox.window > 10_000 {
             errs.push("outbox.window: must be 1..=10000".to_owned());
+        }
+        if u32::from(self.outbox.window) > self.outbox.max_unacked {
+            errs.push("outbox.max_unacked: must be at least outbox.window".to_owned());
+        }
+        if !(1..=600).contains(&self.outbox.ack_timeout_secs) {
+            errs.push("outbox.ack_timeout_secs: must be 1..=600".to_owned());
+        }
+        if !(60..=366 * 24 * 3600).contains(&self.outbox.max_age_secs) {
+            errs.push("outbox.max_age_secs: must be 60..=31622400 (a minute to a year)".to_owned());
         }
         if self.reconcile.backoff_min_ms == 0
             || self.reconcile.backoff_min_ms > self.reconcile.backoff_max_ms

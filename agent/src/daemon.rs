@@ -48,6 +48,8 @@ pub struct Shared {
     pub kube_needed: AtomicBool,
     pub kube_reachable: AtomicBool,
     k3s_version: Mutex<Option<String>>,
+    /// The last desired document refused, reported until a newer one is accepted.
+    desired_rejected: Mutex<Option<edgefleet_protocol::DesiredRejection>>,
     /// Process start, for the cold-start log line.
     pub started_ms: AtomicU64,
 }
@@ -68,6 +70,7 @@ impl Shared {
             kube_needed: AtomicBool::new(false),
             kube_reachable: AtomicBool::new(false),
             k3s_version: Mutex::new(None),
+            desired_rejected: Mutex::new(None),
             started_ms: AtomicU64::new(edgefleet_protocol::now_ms()),
         }
     }
@@ -79,9 +82,12 @@ impl Shared {
         }
     }
 
-    /// Commits sealed events to the outbox, updates the outbox metrics and
-    /// wakes the sender. `Ok` means they are durable.
-    pub async fn queue_events(&self, sealed: Vec<Vec<u8>>) -> Result<(), crate::store::StoreError> {
+    /// Commits sealed events, each with its id, to the outbox, updates the
+    /// outbox metrics and wakes the sender. `Ok` means they are durable.
+    pub async fn queue_events(
+        &self,
+        sealed: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), crate::store::StoreError> {
         let limits = self.outbox_limits();
         let (pushed, depth) = self
             .db
@@ -105,6 +111,24 @@ impl Shared {
 
     pub fn set_k3s_version(&self, v: Option<String>) {
         *self.k3s_version.lock().unwrap_or_else(|p| p.into_inner()) = v;
+    }
+
+    pub fn desired_rejected(&self) -> Option<edgefleet_protocol::DesiredRejection> {
+        self.desired_rejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records (or clears, with `None`) the refused desired document the
+    /// next status reports carry, and asks for a report.
+    pub fn set_desired_rejected(&self, r: Option<edgefleet_protocol::DesiredRejection>) {
+        *self
+            .desired_rejected
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = r;
+        self.report_wanted.store(true, Ordering::Relaxed);
+        self.reconcile_wake.notify_one();
     }
 }
 

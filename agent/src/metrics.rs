@@ -38,6 +38,10 @@ pub struct Metrics {
     pub outbox_bytes: Gauge,
     pub outbox_dropped: Counter,
     pub outbox_acked: Counter,
+    pub outbox_sent: Counter,
+    pub outbox_unacked: Gauge,
+    pub outbox_resent: Counter,
+    pub outbox_expired: Counter,
     pub desired_accepted: Counter,
     pub desired_duplicates: Counter,
     pub rejected: Family<Labels, Counter>,
@@ -68,6 +72,10 @@ impl Metrics {
             outbox_bytes: Gauge::default(),
             outbox_dropped: Counter::default(),
             outbox_acked: Counter::default(),
+            outbox_sent: Counter::default(),
+            outbox_unacked: Gauge::default(),
+            outbox_resent: Counter::default(),
+            outbox_expired: Counter::default(),
             desired_accepted: Counter::default(),
             desired_duplicates: Counter::default(),
             rejected: Family::default(),
@@ -126,8 +134,28 @@ impl Metrics {
         );
         r.register(
             "outbox_acked",
-            "Outbox messages acknowledged by the broker and deleted",
+            "Outbox messages the hub acknowledged as committed (then deleted)",
             m.outbox_acked.clone(),
+        );
+        r.register(
+            "outbox_sent",
+            "Outbox messages the broker acknowledged (PUBACK), resends included",
+            m.outbox_sent.clone(),
+        );
+        r.register(
+            "outbox_unacked",
+            "Outbox messages sent on this connection and not yet acknowledged by the hub",
+            m.outbox_unacked.clone(),
+        );
+        r.register(
+            "outbox_resent",
+            "Outbox messages sent again because the hub did not acknowledge them in time",
+            m.outbox_resent.clone(),
+        );
+        r.register(
+            "outbox_expired",
+            "Outbox messages deleted unacknowledged for being older than outbox.max_age_secs",
+            m.outbox_expired.clone(),
         );
         r.register(
             "desired_accepted",

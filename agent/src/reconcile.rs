@@ -68,11 +68,18 @@ struct Reconciler {
     shared: Arc<Shared>,
     kube: Option<KubeRuntime>,
     /// What the last status report said (to send only changes).
-    reported: Option<(Option<edgefleet_protocol::Version>, Vec<WorkloadStatus>)>,
+    reported: Option<Reported>,
     first_pass: bool,
     /// Created on the first inference workload.
     inference: Option<InferenceRuntime>,
 }
+
+/// The parts of a status report that make it worth sending again.
+type Reported = (
+    Option<edgefleet_protocol::Version>,
+    Vec<WorkloadStatus>,
+    Option<edgefleet_protocol::DesiredRejection>,
+);
 
 /// Result of syncing one workload.
 struct Synced {
@@ -396,10 +403,11 @@ impl Reconciler {
         let shared = self.shared.clone();
         let applied = desired.map(DesiredState::version);
         let wanted = shared.report_wanted.swap(false, Ordering::Relaxed);
+        let rejected = shared.desired_rejected();
         let changed = self
             .reported
             .as_ref()
-            .is_none_or(|(v, s)| *v != applied || *s != statuses);
+            .is_none_or(|(v, s, r)| *v != applied || *s != statuses || *r != rejected);
         if !changed && !wanted {
             return;
         }
@@ -422,6 +430,8 @@ impl Reconciler {
             message: None,
             agent_version: crate::telemetry::AGENT_VERSION.to_owned(),
             k3s_version: shared.k3s_version(),
+            desired_rejected: rejected.clone(),
+            unstored: false,
         };
         let sealed = shared.identity.signer.seal(&report);
         let limits = shared.outbox_limits();
@@ -430,7 +440,7 @@ impl Reconciler {
             .call(move |s| {
                 s.set_statuses(&stored)?;
                 s.kv_set("last_reconcile_ms", &now.to_string())?;
-                s.outbox_push_status(sealed, limits)?;
+                s.outbox_push_status(now, sealed, limits)?;
                 Ok::<_, crate::store::StoreError>((s.outbox_depth(), s.outbox_dropped()?))
             })
             .await;
@@ -438,7 +448,7 @@ impl Reconciler {
             Ok((depth, _)) => {
                 shared.metrics.set_outbox(depth);
                 shared.outbox_wake.notify_one();
-                self.reported = Some((applied, statuses));
+                self.reported = Some((applied, statuses, rejected));
             }
             Err(e) => {
                 shared.metrics.store_errors.inc();

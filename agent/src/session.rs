@@ -7,8 +7,17 @@
 //! Two tasks: the *poller* owns the rumqttc `EventLoop` and is never
 //! cancelled mid-poll (rumqttc's poll is not cancel-safe); the *session*
 //! task is the only publisher: it verifies incoming documents, drains the
-//! outbox in order with a window of in-flight publishes, and deletes rows
-//! on PUBACK. Publishes are paired with packet ids through [`Inflight`].
+//! outbox in order with a window of in-flight publishes, marks rows sent on
+//! PUBACK and deletes them on the hub's signed Ack. Publishes are paired
+//! with packet ids through [`Inflight`].
+//!
+//! Delivery is end to end: at most `outbox.max_unacked` rows are out
+//! without the hub's Ack. When Acks stop arriving for `ack_timeout_secs`
+//! while rows await them (a hub that died after its broker took them), the
+//! rows are sent again, waiting twice as long each silent round, up to
+//! [`ACK_TIMEOUT_MAX`]; every reconnect resends them too. Rows older than
+//! `outbox.max_age_secs` are expired, connected or not, so an agent whose
+//! hub never answers does not send forever.
 //!
 //! This module never decides what runs: it stores verified desired state and
 //! wakes the reconciler.
@@ -18,7 +27,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use edgefleet_protocol::{
-    Channel, Command, CommandAction, Expect, Presence, PresenceState, Topic, open,
+    Ack, Channel, Command, CommandAction, Expect, Presence, PresenceState, Topic, open,
 };
 use rand::Rng;
 use rumqttc::{
@@ -32,9 +41,15 @@ use crate::config::broker_addr;
 use crate::daemon::Shared;
 use crate::outbox::{Inflight, Tag};
 
-/// Acknowledged rows are deleted in batches of this size, or after [`ACK_FLUSH`].
+/// Rows the broker acknowledged are recorded as sent in batches of this
+/// size, or after [`ACK_FLUSH`].
 const ACK_BATCH: usize = 512;
 const ACK_FLUSH: Duration = Duration::from_millis(20);
+/// The longest wait for the hub's Ack before resending (the wait doubles
+/// from `outbox.ack_timeout_secs` per silent round).
+pub const ACK_TIMEOUT_MAX: Duration = Duration::from_secs(600);
+/// How often expired outbox rows are looked for.
+const EXPIRY_EVERY: Duration = Duration::from_secs(60);
 /// Outbox payloads are at most an event envelope (128 KiB); leave headroom
 /// over the 1 MiB desired-state limit for incoming packets.
 const MAX_PACKET: usize = edgefleet_protocol::limits::MAX_PAYLOAD_BYTES + 64 * 1024;
@@ -118,7 +133,11 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) -> Result<(), S
         shared: shared.clone(),
         client,
         inflight: Inflight::default(),
-        acked: Vec::new(),
+        broker_acked: Vec::new(),
+        outstanding: 0,
+        last_progress: tokio::time::Instant::now(),
+        ack_timeout: Duration::from_secs(shared.cfg.outbox.ack_timeout_secs),
+        next_expiry: tokio::time::Instant::now(),
         connected: false,
         last_connect_error: None,
         maybe_more: false,
@@ -137,7 +156,16 @@ struct Session {
     shared: Arc<Shared>,
     client: AsyncClient,
     inflight: Inflight,
-    acked: Vec<i64>,
+    /// Rows the broker acknowledged, to record as sent.
+    broker_acked: Vec<i64>,
+    /// Rows handed to rumqttc on this connection (up to `inflight.last_row`)
+    /// that the hub has not acknowledged yet.
+    outstanding: u64,
+    /// Last time the hub acknowledged something, or nothing was awaited.
+    last_progress: tokio::time::Instant,
+    /// Current wait for the hub's Ack before resending.
+    ack_timeout: Duration,
+    next_expiry: tokio::time::Instant,
     connected: bool,
     /// The last failed connect's error, so a retry loop logs it once.
     last_connect_error: Option<String>,
@@ -160,6 +188,8 @@ impl Session {
         let mut heartbeat =
             tokio::time::interval(Duration::from_secs(shared.cfg.heartbeat.interval_secs));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut flush_at: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
@@ -178,14 +208,15 @@ impl Session {
                 },
                 _ = shared.outbox_wake.notified() => self.maybe_more = true,
                 _ = heartbeat.tick() => self.heartbeat().await,
+                _ = housekeeping.tick() => self.housekeeping().await,
                 _ = sleep_until(flush_at), if flush_at.is_some() => {
                     self.flush_acks().await;
                 }
             }
-            if self.acked.len() >= ACK_BATCH {
+            if self.broker_acked.len() >= ACK_BATCH {
                 self.flush_acks().await;
             }
-            flush_at = match (self.acked.is_empty(), flush_at) {
+            flush_at = match (self.broker_acked.is_empty(), flush_at) {
                 (true, _) => None,
                 (false, None) => Some(tokio::time::Instant::now() + ACK_FLUSH),
                 (false, at) => at,
@@ -229,6 +260,10 @@ impl Session {
         self.shared.connected.store(true, Ordering::Relaxed);
         self.session = session;
         self.inflight.reset();
+        // Everything the hub has not acknowledged is sent again.
+        self.outstanding = 0;
+        self.last_progress = tokio::time::Instant::now();
+        self.ack_timeout = self.base_ack_timeout();
         self.maybe_more = true;
         tracing::info!(session_present, "MQTT connected");
         let online = presence(
@@ -239,9 +274,11 @@ impl Session {
         );
         self.publish(Channel::Presence, online, Tag::Other);
         if self.need_subscribe || !session_present {
-            let subs = [Channel::Desired, Channel::Commands].map(|c| rumqttc::SubscribeFilter {
-                path: self.topic(c),
-                qos: QoS::AtLeastOnce,
+            let subs = [Channel::Desired, Channel::Commands, Channel::Acks].map(|c| {
+                rumqttc::SubscribeFilter {
+                    path: self.topic(c),
+                    qos: QoS::AtLeastOnce,
+                }
             });
             if let Err(e) = self.client.try_subscribe_many(subs) {
                 tracing::warn!(error = %e, "cannot queue subscribe; retrying on next connect");
@@ -277,7 +314,7 @@ impl Session {
             Event::Outgoing(Outgoing::Publish(pkid)) => self.inflight.written(pkid),
             Event::Incoming(Incoming::PubAck(ack)) => {
                 if let Some(id) = self.inflight.acked(ack.pkid) {
-                    self.acked.push(id);
+                    self.broker_acked.push(id);
                 }
             }
             Event::Incoming(Incoming::SubAck(ack)) => {
@@ -322,16 +359,42 @@ impl Session {
                     .await;
                 match outcome {
                     crate::desired::Outcome::Accepted(_) => {
+                        if shared.desired_rejected().is_some() {
+                            shared.set_desired_rejected(None);
+                        }
                         shared.reconcile_wake.notify_one();
                         true
                     }
                     // Not stored: let the broker redeliver it.
                     crate::desired::Outcome::StoreFailed(_) => false,
-                    _ => true,
+                    crate::desired::Outcome::Rejected(r) => {
+                        // The hub learns why in the next status report.
+                        let version = match &r {
+                            edgefleet_protocol::Rejection::StaleRevision { got, .. } => Some(*got),
+                            _ => edgefleet_protocol::sign::signed_version(
+                                &p.payload,
+                                &shared.identity.hub_key,
+                            ),
+                        };
+                        shared.set_desired_rejected(Some(edgefleet_protocol::DesiredRejection {
+                            version,
+                            reason: r.reason().to_owned(),
+                            message: edgefleet_protocol::status::truncate_message(&r.to_string()),
+                            at_ms: edgefleet_protocol::now_ms(),
+                        }));
+                        true
+                    }
+                    crate::desired::Outcome::Duplicate => true,
                 }
             }
             Some(Channel::Commands) => {
                 self.on_command(&p.payload);
+                true
+            }
+            // Always PUBACKed: if the rows cannot be deleted now, they are
+            // resent and acknowledged again.
+            Some(Channel::Acks) => {
+                self.on_ack(&p.payload).await;
                 true
             }
             _ => {
@@ -378,14 +441,131 @@ impl Session {
         }
     }
 
-    /// Hands outbox rows to rumqttc while the window has room.
+    fn base_ack_timeout(&self) -> Duration {
+        Duration::from_secs(self.shared.cfg.outbox.ack_timeout_secs)
+    }
+
+    /// The hub committed these messages: delete their rows.
+    async fn on_ack(&mut self, payload: &[u8]) {
+        let shared = self.shared.clone();
+        let ack = match open::<Ack>(
+            payload,
+            &shared.identity.hub_key,
+            &Expect::device(&shared.device),
+        ) {
+            Ok(a) => a,
+            Err(r) => {
+                shared.metrics.reject(r.reason());
+                tracing::warn!(reason = r.reason(), error = %r, "acknowledgement rejected");
+                return;
+            }
+        };
+        let handed_through = self.inflight.last_row;
+        let res = shared
+            .db
+            .call(move |s| {
+                s.outbox_confirm(&ack.events, ack.status_reported_at_ms, handed_through)
+                    .map(|c| (c, s.outbox_depth()))
+            })
+            .await;
+        match res {
+            Ok((confirmed, depth)) => {
+                shared.metrics.outbox_acked.inc_by(confirmed.rows);
+                shared.metrics.set_outbox(depth);
+                self.outstanding = self.outstanding.saturating_sub(confirmed.handed);
+                shared.metrics.outbox_unacked.set(self.outstanding as i64);
+                if confirmed.rows > 0 {
+                    self.last_progress = tokio::time::Instant::now();
+                    self.ack_timeout = self.base_ack_timeout();
+                    self.maybe_more = true;
+                }
+            }
+            Err(e) => {
+                // The rows stay, are resent and acknowledged again.
+                shared.metrics.store_errors.inc();
+                tracing::error!(error = %crate::error_chain(&e), "cannot delete acknowledged outbox rows");
+            }
+        }
+    }
+
+    /// Once a second: resends what the hub left unacknowledged too long,
+    /// expires rows past the age limit, refreshes the outstanding count.
+    async fn housekeeping(&mut self) {
+        let now = tokio::time::Instant::now();
+        let shared = self.shared.clone();
+        if now >= self.next_expiry {
+            self.next_expiry = now + EXPIRY_EVERY;
+            let cutoff = edgefleet_protocol::now_ms()
+                .saturating_sub(shared.cfg.outbox.max_age_secs.saturating_mul(1000));
+            match shared
+                .db
+                .call(move |s| s.outbox_expire(cutoff).map(|n| (n, s.outbox_depth())))
+                .await
+            {
+                Ok((0, _)) => {}
+                Ok((n, depth)) => {
+                    shared.metrics.outbox_expired.inc_by(n);
+                    shared.metrics.set_outbox(depth);
+                    tracing::warn!(
+                        expired = n,
+                        max_age_secs = shared.cfg.outbox.max_age_secs,
+                        "outbox messages the hub never acknowledged expired"
+                    );
+                }
+                Err(e) => {
+                    shared.metrics.store_errors.inc();
+                    tracing::error!(error = %crate::error_chain(&e), "cannot expire old outbox rows");
+                }
+            }
+        }
+        if !self.connected {
+            return;
+        }
+        if self.outstanding > 0 {
+            // Rows can leave the outbox without an Ack (dropped when full,
+            // superseded, expired): count what is really still out.
+            let through = self.inflight.last_row;
+            if let Ok(n) = shared
+                .db
+                .call(move |s| s.outbox_count_through(through))
+                .await
+            {
+                self.outstanding = n;
+            }
+        }
+        shared.metrics.outbox_unacked.set(self.outstanding as i64);
+        if self.outstanding == 0 {
+            self.last_progress = now;
+            return;
+        }
+        let waited = now.duration_since(self.last_progress);
+        if waited < self.ack_timeout || self.inflight.rows_in_flight() > 0 {
+            return;
+        }
+        tracing::warn!(
+            unacknowledged = self.outstanding,
+            waited_secs = waited.as_secs(),
+            "the hub has not acknowledged sent messages; sending them again"
+        );
+        shared.metrics.outbox_resent.inc_by(self.outstanding);
+        self.inflight.last_row = 0;
+        self.outstanding = 0;
+        self.maybe_more = true;
+        self.last_progress = now;
+        self.ack_timeout = (self.ack_timeout * 2).min(ACK_TIMEOUT_MAX);
+    }
+
+    /// Hands outbox rows to rumqttc while the window, and the hub's
+    /// acknowledgements, leave room.
     async fn top_up(&mut self) {
         let window = usize::from(self.shared.cfg.outbox.window);
         if !self.connected || !self.maybe_more {
             return;
         }
         let in_flight = self.inflight.rows_in_flight();
-        let room = window.saturating_sub(in_flight);
+        let unacked_room =
+            (self.shared.cfg.outbox.max_unacked as usize).saturating_sub(self.outstanding as usize);
+        let room = window.saturating_sub(in_flight).min(unacked_room);
         // Read in batches: wait for a quarter of the window to free up.
         if room == 0 || (in_flight > 0 && room < window / 4) {
             return;
@@ -412,30 +592,28 @@ impl Session {
                 self.maybe_more = true;
                 break;
             }
+            self.outstanding += 1;
         }
     }
 
+    /// Records rows the broker acknowledged as sent (they stay until the
+    /// hub's Ack).
     async fn flush_acks(&mut self) {
-        if self.acked.is_empty() {
+        let Some(&through) = self.broker_acked.iter().max() else {
             return;
-        }
-        let ids = std::mem::take(&mut self.acked);
-        let n = ids.len() as u64;
-        let res = self
+        };
+        let n = self.broker_acked.len() as u64;
+        self.broker_acked.clear();
+        self.shared.metrics.outbox_sent.inc_by(n);
+        if let Err(e) = self
             .shared
             .db
-            .call(move |s| s.outbox_delete(&ids).map(|_| s.outbox_depth()))
-            .await;
-        match res {
-            Ok(depth) => {
-                self.shared.metrics.outbox_acked.inc_by(n);
-                self.shared.metrics.set_outbox(depth);
-            }
-            Err(e) => {
-                // The rows stay and are resent; the hub dedups events by id.
-                self.shared.metrics.store_errors.inc();
-                tracing::error!(error = %crate::error_chain(&e), "cannot delete acknowledged outbox rows");
-            }
+            .call(move |s| s.outbox_mark_sent(through))
+            .await
+        {
+            // Only `edge-agent status` reads it; delivery does not.
+            self.shared.metrics.store_errors.inc();
+            tracing::warn!(error = %crate::error_chain(&e), "cannot record sent outbox rows");
         }
     }
 
@@ -466,7 +644,7 @@ impl Session {
                     Ok(Some(Ev::Mqtt(Event::Outgoing(Outgoing::Disconnect)))) => break,
                     Ok(Some(Ev::Mqtt(Event::Incoming(Incoming::PubAck(ack))))) => {
                         if let Some(id) = self.inflight.acked(ack.pkid) {
-                            self.acked.push(id);
+                            self.broker_acked.push(id);
                         }
                     }
                     Ok(Some(Ev::Mqtt(Event::Outgoing(Outgoing::Publish(pkid))))) => {

@@ -53,7 +53,8 @@ pub enum StoreError {
 }
 
 /// Schema migrations; entry `i` moves `user_version` from `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE desired (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     hub_epoch INTEGER NOT NULL,
@@ -97,7 +98,14 @@ CREATE TABLE kv (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
-"#];
+"#,
+    // 2: outbox rows carry the key the hub acknowledges them by (event id,
+    // or a status report's reportedAtMs); rows are deleted on the hub's Ack.
+    r#"
+ALTER TABLE outbox ADD COLUMN msg_key TEXT;
+CREATE INDEX outbox_by_key ON outbox (channel, msg_key);
+"#,
+];
 
 /// What happened at open, for the startup log and metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -256,6 +264,14 @@ impl Store {
             tx.pragma_update(None, "user_version", i as i64 + 1)?;
             tx.commit()?;
             tracing::info!(to = i + 1, "store schema migrated");
+        }
+        // Idempotent, so a crash between migration 2 and this is harmless.
+        let n = self.backfill_outbox_keys()?;
+        if n > 0 {
+            tracing::info!(
+                rows = n,
+                "outbox rows from before schema 2 keyed for the hub's acknowledgements"
+            );
         }
         Ok(())
     }

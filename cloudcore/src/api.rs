@@ -44,6 +44,13 @@ pub struct AppState {
     pub bootstrap_token: String,
     pub device_broker_url: String,
     pub models_dir: PathBuf,
+    /// The store's hub epoch (part of every desired document).
+    pub epoch: u64,
+    /// Refuse changes that would give a device a document it refuses.
+    pub check_limits: bool,
+    /// Held across "check the fleet, then write" so two changes cannot each
+    /// pass the check alone and break it together.
+    pub fleet_changes: tokio::sync::Mutex<()>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -78,6 +85,12 @@ impl ApiError {
 
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid", message)
+    }
+
+    /// A change refused because a device would refuse its desired document.
+    pub fn limits(violations: &[crate::desired::Violation]) -> Self {
+        let msg: Vec<String> = violations.iter().map(ToString::to_string).collect();
+        Self::new(StatusCode::CONFLICT, "limit_exceeded", msg.join("; "))
     }
 
     pub fn not_found(what: impl std::fmt::Display) -> Self {
@@ -247,6 +260,14 @@ async fn metrics(State(st): State<Shared>) -> Response {
     if let Ok((total, online)) = st.store.run(|s| s.count_devices()).await {
         st.metrics.devices.set(total as i64);
         st.metrics.devices_online.set(online as i64);
+    }
+    if let Ok(counts) = st.store.run(|s| s.condition_counts()).await {
+        for (kind, n) in counts {
+            st.metrics
+                .device_conditions
+                .get_or_create(&vec![("type", kind.as_str().to_owned())])
+                .set(n as i64);
+        }
     }
     (
         [(

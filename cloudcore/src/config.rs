@@ -38,6 +38,21 @@ pub struct Config {
     pub api: ApiConfig,
     pub broker: BrokerConfig,
     pub auth: AuthConfig,
+    /// Test-only: the size checks to leave out, so a test can show the next
+    /// layer holds by itself. Never in a config file; set by the
+    /// `CLOUDCORE_TEST_UNCHECKED_LIMITS` variable (`api`, `publisher`, both
+    /// comma-separated), and the hub warns at start when it is.
+    #[serde(skip)]
+    pub unchecked_limits: UncheckedLimits,
+}
+
+/// Which size checks of desired state are off (tests only).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UncheckedLimits {
+    /// `PUT /deployments` and `PATCH /devices` accept what devices would refuse.
+    pub api: bool,
+    /// The publisher issues what devices would refuse.
+    pub publisher: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,6 +109,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             broker: BrokerConfig::default(),
             auth: AuthConfig::default(),
+            unchecked_limits: UncheckedLimits::default(),
         }
     }
 }
@@ -283,6 +299,21 @@ impl Config {
         }
         if let Some(v) = env("CLOUDCORE_BOOTSTRAP_TOKEN") {
             self.auth.bootstrap_token = v;
+        }
+        if let Some(v) = env("CLOUDCORE_TEST_UNCHECKED_LIMITS") {
+            for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                match part {
+                    "api" => self.unchecked_limits.api = true,
+                    "publisher" => self.unchecked_limits.publisher = true,
+                    _ => {
+                        return Err(ConfigError::Env {
+                            name: "CLOUDCORE_TEST_UNCHECKED_LIMITS".into(),
+                            value: v.clone(),
+                            message: "expected api, publisher or both, comma-separated".into(),
+                        });
+                    }
+                }
+            }
         }
         Ok(())
     }

@@ -1,13 +1,15 @@
 //! Desired-state computation: which workloads each device should run, given
-//! the deployments and the device's labels. Pure functions; the publisher
-//! decides what changed and signs.
+//! the deployments and the device's labels, and whether a device would
+//! accept the resulting document (its size limits). Pure functions; the
+//! publisher decides what changed and signs, the API refuses changes that
+//! would produce a document a device refuses.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use edgefleet_protocol::{DesiredWorkload, Workload};
+use edgefleet_protocol::{DesiredState, DesiredWorkload, DeviceId, TooLarge, Workload};
 use sha2::{Digest, Sha256};
 
-use crate::store::DeploymentRecord;
+use crate::store::{DeploymentRecord, Labels};
 
 /// Every workload of every deployment whose selector matches `labels`, in a
 /// stable order (deployment name, then manifest order).
@@ -15,25 +17,11 @@ pub fn workloads_for(
     labels: &BTreeMap<String, String>,
     deployments: &[DeploymentRecord],
 ) -> Vec<DesiredWorkload> {
-    let mut out = Vec::new();
-    for d in deployments {
-        if !d.spec.spec.selector.matches(labels) {
-            continue;
-        }
-        for w in &d.spec.spec.workloads {
-            out.push(DesiredWorkload {
-                deployment: d.name.clone(),
-                generation: d.generation,
-                workload: Workload {
-                    name: d.spec.workload_id(w),
-                    kubernetes: w.kubernetes.clone(),
-                    inference: w.inference.clone(),
-                },
-            });
-        }
-    }
-    out.sort_by(|a, b| a.workload.name.cmp(&b.workload.name));
-    out
+    matched_workloads(
+        deployments
+            .iter()
+            .filter(|d| d.spec.spec.selector.matches(labels)),
+    )
 }
 
 /// Canonical JSON of the workloads and its SHA-256: equal workloads give
@@ -42,6 +30,116 @@ pub fn content_hash(workloads: &[DesiredWorkload]) -> (String, String) {
     let json = serde_json::to_string(workloads).unwrap_or_default();
     let hash = hex::encode(Sha256::digest(json.as_bytes()));
     (json, hash)
+}
+
+/// Names of the deployments whose workloads `workloads` holds, in order.
+pub fn deployments_of(workloads: &[DesiredWorkload]) -> Vec<String> {
+    let mut names: Vec<String> = workloads.iter().map(|w| w.deployment.clone()).collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Devices whose desired document would break a size limit, grouped by the
+/// deployments that make it up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub devices: Vec<DeviceId>,
+    pub deployments: Vec<String>,
+    pub error: TooLarge,
+}
+
+impl std::fmt::Display for Violation {
+    /// `device pi-7 would receive 80 workloads; the limit is 64 (deployments a, b)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const SHOWN: usize = 3;
+        let names: Vec<&str> = self
+            .devices
+            .iter()
+            .take(SHOWN)
+            .map(DeviceId::as_str)
+            .collect();
+        match self.devices.len() {
+            1 => write!(f, "device {}", names[0])?,
+            n if n <= SHOWN => write!(f, "devices {}", names.join(", "))?,
+            n => write!(f, "devices {} and {} more", names.join(", "), n - SHOWN)?,
+        }
+        write!(
+            f,
+            " would receive {} (deployments {})",
+            self.error,
+            self.deployments.join(", ")
+        )
+    }
+}
+
+/// The documents `deployments` would give each of `devices`, checked against
+/// what a device accepts. Devices matched by the same deployments share one
+/// check (done with the longest device id and widest numbers among them, so
+/// it never under-counts), which keeps this fast for large fleets.
+pub fn violations(
+    devices: &[(DeviceId, Labels)],
+    deployments: &[DeploymentRecord],
+    epoch: u64,
+) -> Vec<Violation> {
+    let mut groups: HashMap<Vec<usize>, Vec<&DeviceId>> = HashMap::new();
+    for (id, labels) in devices {
+        let matched: Vec<usize> = deployments
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.spec.spec.selector.matches(labels))
+            .map(|(i, _)| i)
+            .collect();
+        if !matched.is_empty() {
+            groups.entry(matched).or_default().push(id);
+        }
+    }
+    let mut out = Vec::new();
+    for (matched, mut ids) in groups {
+        let chosen: Vec<&DeploymentRecord> = matched.iter().map(|&i| &deployments[i]).collect();
+        let Some(longest) = ids.iter().max_by_key(|d| d.as_str().len()) else {
+            continue;
+        };
+        let probe = DesiredState {
+            device_id: (*longest).clone(),
+            revision: u64::MAX,
+            hub_epoch: epoch,
+            issued_at_ms: u64::MAX,
+            workloads: matched_workloads(chosen.iter().copied()),
+        };
+        if let Err(error) = probe.check_size() {
+            ids.sort();
+            out.push(Violation {
+                devices: ids.into_iter().cloned().collect(),
+                deployments: chosen.iter().map(|d| d.name.clone()).collect(),
+                error,
+            });
+        }
+    }
+    out.sort_by(|a, b| a.devices.cmp(&b.devices));
+    out
+}
+
+/// Every workload of `deployments`, as [`workloads_for`] orders them.
+fn matched_workloads<'a>(
+    deployments: impl IntoIterator<Item = &'a DeploymentRecord>,
+) -> Vec<DesiredWorkload> {
+    let mut out: Vec<DesiredWorkload> = deployments
+        .into_iter()
+        .flat_map(|d| {
+            d.spec.spec.workloads.iter().map(|w| DesiredWorkload {
+                deployment: d.name.clone(),
+                generation: d.generation,
+                workload: Workload {
+                    name: d.spec.workload_id(w),
+                    kubernetes: w.kubernetes.clone(),
+                    inference: w.inference.clone(),
+                },
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.workload.name.cmp(&b.workload.name));
+    out
 }
 
 #[cfg(test)]

@@ -2,17 +2,23 @@
 //! presence, heartbeats). Every message is checked against the key the
 //! device registered at enrollment, for the device named by its topic;
 //! rejected ones are logged and counted by reason and never stored. Messages
-//! are committed in batches, and acknowledged to the broker only after the
-//! commit, so an acknowledged message is never lost.
+//! are committed in batches. After each commit the hub tells every device in
+//! the batch, in a signed [`Ack`] on its `acks` topic, which of its events
+//! and which status it now holds: that, not the broker's PUBACK, is what lets
+//! a device delete an outbox row. The broker's own message is acknowledged
+//! (PUBACK) after the commit too, as flow control.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use edgefleet_protocol::limits::MAX_ACK_IDS;
 use edgefleet_protocol::sign::{Expect, Message};
 use edgefleet_protocol::{
-    Channel, Event, Heartbeat, Presence, PresenceState, Rejection, StatusReport, Topic, open,
+    Ack, Channel, DeviceId, Event, Heartbeat, Presence, PresenceState, Rejection, Signer,
+    StatusReport, Topic, open,
 };
-use rumqttc::{AsyncClient, Publish};
+use rumqttc::{AsyncClient, Publish, QoS};
 use rusqlite::Connection;
 use tokio::sync::mpsc;
 
@@ -75,7 +81,7 @@ fn verify(registry: &Registry, p: &Publish) -> (String, Result<Verified, Refusal
         Channel::Events => v(p, &dev.key, &expect).map(Verified::Event),
         Channel::Presence => v(p, &dev.key, &expect).map(Verified::Presence),
         Channel::Heartbeat => v(p, &dev.key, &expect).map(Verified::Heartbeat),
-        Channel::Desired | Channel::Commands => Err(Refusal::WrongDirection),
+        Channel::Desired | Channel::Commands | Channel::Acks => Err(Refusal::WrongDirection),
     };
     (channel, r)
 }
@@ -96,14 +102,54 @@ fn store_one(tx: &Connection, m: &Verified) -> Result<Ingested, StoreError> {
     }
 }
 
-/// Verifies and commits one batch; returns nothing: outcomes go to metrics
-/// and logs.
+/// What one committed batch lets the hub acknowledge to one device.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DeviceAck {
+    /// Events stored now or earlier (redeliveries are acknowledged again).
+    pub events: Vec<String>,
+    /// The newest status time the hub holds, if the batch had a report.
+    pub status_reported_at_ms: Option<u64>,
+}
+
+/// Acknowledgements of one batch, by device.
+pub type Acks = BTreeMap<DeviceId, DeviceAck>;
+
+/// The signed `acks` messages for `acks`: one per device, more when a device
+/// has over [`MAX_ACK_IDS`] events in the batch.
+pub fn ack_messages(acks: Acks, signer: &Signer, now_ms: u64) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for (device, a) in acks {
+        let topic = Topic::new(device.clone(), Channel::Acks).to_string();
+        let mut status = a.status_reported_at_ms;
+        let mut chunks: Vec<Vec<String>> = a
+            .events
+            .chunks(MAX_ACK_IDS)
+            .map(<[String]>::to_vec)
+            .collect();
+        if chunks.is_empty() {
+            chunks.push(Vec::new());
+        }
+        for events in chunks {
+            let msg = Ack {
+                device_id: device.clone(),
+                events,
+                status_reported_at_ms: status.take(),
+                acked_at_ms: now_ms,
+            };
+            out.push((topic.clone(), signer.seal(&msg)));
+        }
+    }
+    out
+}
+
+/// Verifies and commits one batch; returns what to acknowledge to devices.
+/// Other outcomes go to metrics and logs.
 fn process(
     store: &Store,
     registry: &Registry,
     metrics: &Metrics,
     batch: &[Publish],
-) -> Result<(), StoreError> {
+) -> Result<Acks, StoreError> {
     let mut verified = Vec::with_capacity(batch.len());
     for p in batch {
         let (channel, r) = verify(registry, p);
@@ -123,27 +169,41 @@ fn process(
             .map(|(_, m)| store_one(tx, m))
             .collect::<Result<Vec<_>, _>>()
     })?;
+    let mut acks = Acks::new();
     for ((channel, m), outcome) in verified.iter().zip(outcomes) {
         match (m, outcome) {
-            (Verified::Event(_), Ingested::Stored) => {
-                metrics.events_stored.inc();
-            }
-            (Verified::Event(_), Ingested::Duplicate) => {
-                metrics.events_duplicate.inc();
+            (Verified::Event(e), Ingested::Stored | Ingested::Duplicate) => {
+                if outcome == Ingested::Stored {
+                    metrics.events_stored.inc();
+                } else {
+                    metrics.events_duplicate.inc();
+                }
+                acks.entry(e.device_id.clone())
+                    .or_default()
+                    .events
+                    .push(e.id.clone());
             }
             (_, Ingested::UnknownDevice) => metrics.reject(channel, "unknown_device"),
-            (Verified::Status(_), Ingested::Stale) => metrics.reject(channel, "stale_report"),
+            (Verified::Status(r), Ingested::Stored | Ingested::Stale) => {
+                if outcome == Ingested::Stale {
+                    metrics.reject(channel, "stale_report");
+                }
+                let a = acks.entry(r.device_id.clone()).or_default();
+                a.status_reported_at_ms = a.status_reported_at_ms.max(Some(r.reported_at_ms));
+            }
             _ => {}
         }
     }
-    Ok(())
+    Ok(acks)
 }
 
-/// The ingest loop: batches publishes, commits, then acknowledges them.
+/// The ingest loop: batches publishes, commits, then acknowledges them to
+/// the devices (signed with `signer`) and to the broker.
 pub async fn run(
     store: Store,
     registry: Registry,
     metrics: Arc<Metrics>,
+    signer: Arc<Signer>,
     client: AsyncClient,
     mut rx: mpsc::UnboundedReceiver<Publish>,
 ) {
@@ -182,7 +242,29 @@ pub async fn run(
             .ingest_batch
             .observe(started.elapsed().as_secs_f64());
         match res {
-            Ok(()) => {
+            Ok(acks) => {
+                let (s2, n) = (signer.clone(), acks.len());
+                let messages = tokio::task::spawn_blocking(move || {
+                    ack_messages(acks, &s2, edgefleet_protocol::now_ms())
+                })
+                .await
+                .unwrap_or_default();
+                if messages.len() < n {
+                    tracing::error!("cannot sign acknowledgements; devices will resend");
+                }
+                for (topic, payload) in messages {
+                    match client
+                        .publish(topic, QoS::AtLeastOnce, false, payload)
+                        .await
+                    {
+                        Ok(()) => {
+                            metrics.acks_published.inc();
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot queue an acknowledgement; the device will resend")
+                        }
+                    }
+                }
                 for p in &batch {
                     if let Err(e) = client.ack(p).await {
                         tracing::warn!(error = %e, "cannot acknowledge a device message");

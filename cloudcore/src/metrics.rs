@@ -31,6 +31,10 @@ pub struct Metrics {
     pub publish_pass: Histogram,
     pub ingest_batch: Histogram,
     pub ingest_backlog: Gauge,
+    pub acks_published: Counter,
+    pub desired_withheld: Counter,
+    pub desired_dropped: Counter,
+    pub device_conditions: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -59,6 +63,10 @@ impl Metrics {
             publish_pass: latency_histogram(),
             ingest_batch: latency_histogram(),
             ingest_backlog: Gauge::default(),
+            acks_published: Counter::default(),
+            desired_withheld: Counter::default(),
+            desired_dropped: Counter::default(),
+            device_conditions: Family::default(),
         };
         r.register("devices", "Enrolled devices", m.devices.clone());
         r.register(
@@ -128,6 +136,26 @@ impl Metrics {
             "ingest_backlog",
             "Device messages received from the broker and not yet stored (nor acknowledged)",
             m.ingest_backlog.clone(),
+        );
+        r.register(
+            "acks_published",
+            "Signed acknowledgements of committed events and status sent to devices",
+            m.acks_published.clone(),
+        );
+        r.register(
+            "desired_withheld",
+            "Desired-state documents not issued because a device would refuse them (per pass and device)",
+            m.desired_withheld.clone(),
+        );
+        r.register(
+            "desired_dropped",
+            "Publishes the hub's MQTT session dropped from its queue as unsendable (too large)",
+            m.desired_dropped.clone(),
+        );
+        r.register(
+            "device_conditions",
+            "Devices with a standing condition, by type (DesiredTooLarge, DesiredRejected, DiskPressure)",
+            m.device_conditions.clone(),
         );
         Self {
             registry: root,

@@ -2,15 +2,25 @@
 //! subscribes to every device's upstream channels, hands incoming publishes
 //! to ingest (acknowledged only after they are committed), and carries the
 //! publisher's signed documents.
+//!
+//! No one publish can take the session down: one larger than the protocol
+//! allows fails the connection on every attempt (the client refuses to write
+//! it, or the broker drops the connection), and rumqttc would resend it on
+//! each reconnect forever. After a failed connection the session drops such
+//! publishes from its queue and reports them, so the device gets a
+//! condition and the session recovers by itself.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use edgefleet_protocol::Channel;
 use edgefleet_protocol::limits::MAX_PAYLOAD_BYTES;
+use edgefleet_protocol::{DeviceId, Topic};
 use rumqttc::{
-    AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport,
+    AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, Request, TlsConfiguration,
+    Transport,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -152,11 +162,30 @@ impl Reconnects {
 /// per-connection window; mosquitto 2.0 sent the hub over 20,000 at once
 /// despite `max_inflight_messages 1000` (`edgefleet_hub_ingest_backlog`
 /// shows it; hub_sync's burst test reproduces it).
+/// A publish the session dropped as unsendable: the device it was for and
+/// its payload size.
+pub type Dropped = (DeviceId, usize);
+
+/// Removes queued publishes no broker may carry (payload over the
+/// protocol's limit) and returns them.
+pub fn drop_unsendable(pending: &mut VecDeque<Request>) -> Vec<(String, usize)> {
+    let mut dropped = Vec::new();
+    pending.retain(|r| match r {
+        Request::Publish(p) if p.payload.len() > MAX_PAYLOAD_BYTES => {
+            dropped.push((p.topic.clone(), p.payload.len()));
+            false
+        }
+        _ => true,
+    });
+    dropped
+}
+
 pub fn start(
     opts: MqttOptions,
     ingest: mpsc::UnboundedSender<Publish>,
     reconnected: Arc<Reconnects>,
     subscribed: Arc<AtomicBool>,
+    dropped: mpsc::UnboundedSender<Dropped>,
     cancel: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) -> Session {
@@ -173,11 +202,13 @@ pub fn start(
         connected,
         reconnected,
         subscribed,
+        dropped,
         cancel,
     ));
     session
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run(
     client: AsyncClient,
     mut eventloop: EventLoop,
@@ -185,6 +216,7 @@ async fn run(
     connected: Arc<AtomicBool>,
     reconnected: Arc<Reconnects>,
     subscribed: Arc<AtomicBool>,
+    dropped: mpsc::UnboundedSender<Dropped>,
     cancel: CancellationToken,
 ) {
     // SubAcks still due for the subscriptions sent on the last connect.
@@ -232,6 +264,17 @@ async fn run(
                 } else {
                     tracing::debug!(error = %e, "broker still unreachable");
                 }
+                for (topic, size) in drop_unsendable(&mut eventloop.pending) {
+                    tracing::error!(
+                        %topic,
+                        size,
+                        max = MAX_PAYLOAD_BYTES,
+                        "dropped an unsendable publish from the MQTT queue"
+                    );
+                    if let Ok(t) = Topic::parse(&topic) {
+                        let _ = dropped.send((t.device, size));
+                    }
+                }
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = tokio::time::sleep(backoff) => {}
@@ -250,4 +293,38 @@ async fn run(
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_publishes_over_the_limit_are_dropped() {
+        let small = Publish::new(
+            "edgefleet/v1/devices/pi-1/desired",
+            QoS::AtLeastOnce,
+            vec![0; 10],
+        );
+        let big = Publish::new(
+            "edgefleet/v1/devices/pi-2/desired",
+            QoS::AtLeastOnce,
+            vec![0; MAX_PAYLOAD_BYTES + 1],
+        );
+        let mut pending: VecDeque<Request> = [
+            Request::Publish(small),
+            Request::Publish(big),
+            Request::PingReq(rumqttc::PingReq),
+        ]
+        .into();
+        let dropped = drop_unsendable(&mut pending);
+        assert_eq!(
+            dropped,
+            vec![(
+                "edgefleet/v1/devices/pi-2/desired".to_owned(),
+                MAX_PAYLOAD_BYTES + 1
+            )]
+        );
+        assert_eq!(pending.len(), 2);
+    }
 }

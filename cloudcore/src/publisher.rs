@@ -6,6 +6,13 @@
 //! never re-issued, so restarts never bump revisions.
 //!
 //! Changes are coalesced: a burst of API calls becomes one pass.
+//!
+//! A document a device would refuse for its size (too many workloads, too
+//! many bytes signed) is never issued nor handed to the MQTT client: the
+//! device keeps its previous document and gets a `DesiredTooLarge`
+//! condition saying why, cleared once its document fits again. The API
+//! refuses such changes up front; this guard is for what gets past it (two
+//! changes at once, an enrollment).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,10 +22,19 @@ use rumqttc::{AsyncClient, QoS};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::desired::{content_hash, workloads_for};
+use crate::desired::{content_hash, deployments_of, workloads_for};
 use crate::metrics::Metrics;
 use crate::mqtt::Reconnects;
 use crate::store::{NewDesired, Store, StoreError};
+
+/// What one pass decided.
+#[derive(Debug, Default)]
+pub struct Pass {
+    /// New documents to publish: device, revision, signed envelope.
+    pub docs: Vec<(DeviceId, u64, Vec<u8>)>,
+    /// Devices whose new document was not issued, and why.
+    pub withheld: Vec<(DeviceId, String)>,
+}
 
 /// A handle to wake the publisher.
 #[derive(Debug, Clone, Default)]
@@ -38,20 +54,25 @@ pub struct Publisher {
     pub epoch: u64,
     pub client: AsyncClient,
     pub metrics: Arc<Metrics>,
+    /// Withhold documents a device would refuse (off only in tests of the
+    /// MQTT session's own guard).
+    pub check_limits: bool,
 }
 
 /// Computes and stores new documents for every device whose workloads
-/// changed. Returns what must be published.
+/// changed, withholding any a device would refuse (when `check_limits`).
 pub fn compute_pass(
     store: &Store,
     signer: &Signer,
     epoch: u64,
-) -> Result<Vec<(DeviceId, u64, Vec<u8>)>, StoreError> {
+    check_limits: bool,
+) -> Result<Pass, StoreError> {
     let deployments = store.list_deployments()?;
     let devices = store.device_labels()?;
     let current = store.desired_hashes()?;
     let now = edgefleet_protocol::now_ms();
     let mut batch = Vec::new();
+    let mut withheld = Vec::new();
     for (id, labels) in devices {
         let workloads = workloads_for(&labels, &deployments);
         let (json, hash) = content_hash(&workloads);
@@ -71,6 +92,14 @@ pub fn compute_pass(
             issued_at_ms: now,
             workloads,
         };
+        if check_limits && let Err(e) = doc.check_size() {
+            let why = format!(
+                "desired state not issued: the device would receive {e} (deployments {})",
+                deployments_of(&doc.workloads).join(", ")
+            );
+            withheld.push((id, why));
+            continue;
+        }
         batch.push(NewDesired {
             device_id: id,
             revision,
@@ -80,11 +109,14 @@ pub fn compute_pass(
             issued_ms: now,
         });
     }
-    store.store_desired(&batch)?;
-    Ok(batch
-        .into_iter()
-        .map(|d| (d.device_id, d.revision, d.envelope))
-        .collect())
+    store.store_pass(&batch, &withheld)?;
+    Ok(Pass {
+        docs: batch
+            .into_iter()
+            .map(|d| (d.device_id, d.revision, d.envelope))
+            .collect(),
+        withheld,
+    })
 }
 
 impl Publisher {
@@ -132,13 +164,17 @@ impl Publisher {
     /// One recompute-store-publish pass.
     pub async fn pass(&self) {
         let started = Instant::now();
-        let (signer, epoch) = (self.signer.clone(), self.epoch);
+        let (signer, epoch, check) = (self.signer.clone(), self.epoch, self.check_limits);
         match self
             .store
-            .run(move |s| compute_pass(s, &signer, epoch))
+            .run(move |s| compute_pass(s, &signer, epoch, check))
             .await
         {
-            Ok(docs) => {
+            Ok(Pass { docs, withheld }) => {
+                for (device, why) in &withheld {
+                    tracing::warn!(%device, "{why}");
+                }
+                self.metrics.desired_withheld.inc_by(withheld.len() as u64);
                 let n = docs.len();
                 self.metrics.desired_revisions.inc_by(n as u64);
                 self.publish(docs).await;

@@ -92,6 +92,12 @@ pub async fn serve_with(
         keys::load_or_create_token(&data, "bootstrap-token", &cfg.auth.bootstrap_token)?;
     let registry = Registry::load(&store)?;
     let metrics = Arc::new(Metrics::new());
+    if cfg.unchecked_limits != Default::default() {
+        tracing::warn!(
+            unchecked = ?cfg.unchecked_limits,
+            "TEST ONLY: desired-state size checks are off (CLOUDCORE_TEST_UNCHECKED_LIMITS)"
+        );
+    }
     let tracker = TaskTracker::new();
 
     let hub_password = keys::random_token();
@@ -129,28 +135,62 @@ pub async fn serve_with(
     // Unbounded on purpose: see `mqtt::start`.
     let (ingest_tx, ingest_rx) = mpsc::unbounded_channel();
     let reconnected = Arc::new(mqtt::Reconnects::default());
+    let (dropped_tx, mut dropped_rx) = mpsc::unbounded_channel::<mqtt::Dropped>();
     let session = mqtt::start(
         mqtt::options(&cfg, &hub_password)?,
         ingest_tx,
         reconnected.clone(),
         hub_subscribed,
+        dropped_tx,
         cancel.clone(),
         &tracker,
     );
+    // Publishes the session had to drop: the device gets the condition.
+    {
+        let (store, metrics) = (store.clone(), metrics.clone());
+        tracker.spawn(async move {
+            while let Some((device, size)) = dropped_rx.recv().await {
+                metrics.desired_dropped.inc();
+                let why = format!(
+                    "desired state of {size} bytes could not be published (the limit is {}); \
+                     dropped from the hub's MQTT queue",
+                    edgefleet_protocol::limits::MAX_PAYLOAD_BYTES
+                );
+                let r = store
+                    .run(move |s| {
+                        s.transaction(|tx| {
+                            crate::store::Store::set_condition(
+                                tx,
+                                device.as_str(),
+                                crate::store::ConditionType::DesiredTooLarge,
+                                &why,
+                            )
+                        })
+                    })
+                    .await;
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "cannot record a dropped publish");
+                }
+            }
+        });
+    }
+    let signer = Arc::new(signer);
     tracker.spawn(ingest::run(
         store.clone(),
         registry.clone(),
         metrics.clone(),
+        signer.clone(),
         session.client.clone(),
         ingest_rx,
     ));
     let trigger = Trigger::default();
     let publisher = Publisher {
         store: store.clone(),
-        signer: Arc::new(signer),
+        signer,
         epoch,
         client: session.client.clone(),
         metrics: metrics.clone(),
+        check_limits: !cfg.unchecked_limits.publisher,
     };
     let hub_key = publisher.signer.public().clone();
     let kid = hub_key.kid().clone();
@@ -172,6 +212,9 @@ pub async fn serve_with(
         bootstrap_token,
         device_broker_url: cfg.device_broker_url(),
         models_dir: data.join("models"),
+        epoch,
+        check_limits: !cfg.unchecked_limits.api,
+        fleet_changes: tokio::sync::Mutex::new(()),
     });
     let listener = tokio::net::TcpListener::bind(cfg.api.listen)
         .await

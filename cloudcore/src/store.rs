@@ -16,6 +16,10 @@ use edgefleet_protocol::{DeviceId, Event, Health, StatusReport, SyncState};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
+mod conditions;
+
+pub use conditions::{Condition, ConditionType};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("sqlite")]
@@ -97,6 +101,17 @@ const MIGRATIONS: &[&str] = &[
         created_ms INTEGER NOT NULL
     );
     "#,
+    // 2: standing conditions per device (store/conditions.rs).
+    r#"
+    CREATE TABLE device_conditions (
+        device_id TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+        type TEXT NOT NULL,
+        message TEXT NOT NULL,
+        since_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        PRIMARY KEY (device_id, type)
+    );
+    "#,
 ];
 
 pub type Labels = BTreeMap<String, String>;
@@ -123,6 +138,9 @@ pub struct DeviceRecord {
     pub message: Option<String>,
     pub k3s_version: Option<String>,
     pub heartbeat: Option<serde_json::Value>,
+    /// What the hub knows is wrong with the device (filled by list and get).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
 }
 
 /// A stored deployment.
@@ -444,6 +462,7 @@ impl Store {
             message: r.get("report_message")?,
             k3s_version: r.get("k3s_version")?,
             heartbeat: hb.and_then(|h| serde_json::from_str(&h).ok()),
+            conditions: Vec::new(),
         };
         Ok((id, rec))
     }
@@ -465,23 +484,34 @@ impl Store {
             params![after.unwrap_or(""), limit as i64],
             Self::device_from_row,
         )?;
-        Ok(rows
+        let mut devices: Vec<DeviceRecord> = rows
             .collect::<Result<Vec<_>, _>>()?
             .into_iter()
             .map(|(_, d)| d)
-            .collect())
+            .collect();
+        drop(stmt);
+        drop(conn);
+        let mut conditions = self.conditions(None)?;
+        for d in &mut devices {
+            d.conditions = conditions.remove(&d.id).unwrap_or_default();
+        }
+        Ok(devices)
     }
 
     pub fn get_device(&self, id: &str) -> Result<Option<DeviceRecord>, StoreError> {
-        let conn = self.lock();
-        Ok(conn
+        let found = self
+            .lock()
             .query_row(
                 &format!("{} WHERE d.id = ?1", Self::DEVICE_SELECT),
                 params![id],
                 Self::device_from_row,
             )
-            .optional()?
-            .map(|(_, d)| d))
+            .optional()?;
+        let Some((_, mut d)) = found else {
+            return Ok(None);
+        };
+        d.conditions = self.conditions(Some(id))?.remove(&d.id).unwrap_or_default();
+        Ok(Some(d))
     }
 
     /// Replaces a device's labels. `false` when the device does not exist.
@@ -649,10 +679,23 @@ impl Store {
         Ok(out)
     }
 
-    /// Stores a batch of new documents in one transaction.
-    pub fn store_desired(&self, docs: &[NewDesired]) -> Result<(), StoreError> {
+    /// Stores one publisher pass in one transaction: the new documents, and
+    /// the `DesiredTooLarge` condition on exactly the `withheld` devices.
+    pub fn store_pass(
+        &self,
+        docs: &[NewDesired],
+        withheld: &[(DeviceId, String)],
+    ) -> Result<(), StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
+        for (id, why) in withheld {
+            Self::set_condition(&tx, id.as_str(), ConditionType::DesiredTooLarge, why)?;
+        }
+        for id in Self::devices_with(&tx, ConditionType::DesiredTooLarge)? {
+            if !withheld.iter().any(|(w, _)| w.as_str() == id) {
+                Self::clear_condition(&tx, &id, ConditionType::DesiredTooLarge)?;
+            }
+        }
         {
             let mut stmt = tx.prepare(
                 "INSERT INTO desired(device_id, revision, content_hash, workloads, envelope, issued_ms, published_ms)
@@ -785,6 +828,20 @@ impl Store {
                 w.message,
                 now
             ])?;
+        }
+        let device = r.device_id.as_str();
+        match &r.desired_rejected {
+            Some(rej) => {
+                let what = match rej.version {
+                    Some(v) => format!("desired revision {}", v.revision),
+                    None => "a desired document".to_owned(),
+                };
+                let message = format!("{what} rejected by device: {}: {}", rej.reason, rej.message);
+                Self::set_condition(tx, device, ConditionType::DesiredRejected, &message)?;
+            }
+            None => {
+                Self::clear_condition(tx, device, ConditionType::DesiredRejected)?;
+            }
         }
         Ok(Ingested::Stored)
     }

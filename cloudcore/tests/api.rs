@@ -7,19 +7,7 @@ use edgefleet_tests::hub::Hub;
 use reqwest::Method;
 
 fn edgectl(hub: &Hub, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_edgectl"));
-    c.args(args)
-        .env("EDGECTL_SERVER", hub.api_url())
-        .env_remove("EDGECTL_TOKEN");
-    if let Some(t) = token {
-        c.env("EDGECTL_TOKEN", t);
-    }
-    let out = c.output().expect("run edgectl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    hub.edgectl_as(token, args)
 }
 
 const GOOD: &str = "apiVersion: edgefleet.io/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n  selector: {matchLabels: {site: a}}\n  workloads:\n    - name: app\n      kubernetes:\n        manifests: [{apiVersion: v1, kind: ConfigMap, metadata: {name: c}}]\n";

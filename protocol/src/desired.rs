@@ -55,7 +55,37 @@ pub struct DesiredWorkload {
     pub workload: Workload,
 }
 
+/// Why a device would refuse a desired document for its size: the limits a
+/// hub checks before it issues one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TooLarge {
+    #[error("{count} workloads; the limit is {max}")]
+    Workloads { count: usize, max: usize },
+    #[error("a desired state of {bytes} bytes signed; the limit is {max}")]
+    Bytes { bytes: usize, max: usize },
+}
+
 impl DesiredState {
+    /// The size of this document as a signed envelope, if a device would
+    /// accept that many workloads and bytes. (Per-workload limits, on
+    /// manifests, are [`Message::validate`]'s.)
+    pub fn check_size(&self) -> Result<usize, TooLarge> {
+        if self.workloads.len() > MAX_WORKLOADS {
+            return Err(TooLarge::Workloads {
+                count: self.workloads.len(),
+                max: MAX_WORKLOADS,
+            });
+        }
+        // Serialising our own types cannot fail.
+        let payload = serde_json::to_vec(self).map_or(usize::MAX / 2, |v| v.len());
+        let bytes = crate::sign::sealed_len(MessageKind::Desired, payload);
+        let max = MessageKind::Desired.max_bytes();
+        if bytes > max {
+            return Err(TooLarge::Bytes { bytes, max });
+        }
+        Ok(bytes)
+    }
+
     pub fn version(&self) -> Version {
         Version {
             hub_epoch: self.hub_epoch,

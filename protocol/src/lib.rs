@@ -2,7 +2,7 @@
 //!
 //! Everything that crosses MQTT or the enrollment API is declared here, once:
 //! topic names ([`topic`]), message types ([`desired`], [`status`], [`event`],
-//! [`presence`], [`heartbeat`], [`command`], [`enroll`]), the operator-facing
+//! [`ack`], [`presence`], [`heartbeat`], [`command`], [`enroll`]), the operator-facing
 //! Deployment manifest ([`deployment`], [`selector`], [`workload`]), ed25519
 //! signing with one verification function ([`sign`]) and size limits
 //! ([`limits`]).
@@ -10,6 +10,7 @@
 //! This crate must never do I/O or depend on a runtime: both sides, tests and
 //! third-party tools link it.
 
+pub mod ack;
 pub mod command;
 pub mod deployment;
 pub mod desired;
@@ -28,9 +29,10 @@ pub mod workload;
 
 mod bounded;
 
+pub use ack::Ack;
 pub use command::{Command, CommandAction};
 pub use deployment::Deployment;
-pub use desired::{DesiredState, DesiredWorkload, Version};
+pub use desired::{DesiredState, DesiredWorkload, TooLarge, Version};
 pub use enroll::{BrokerCredentials, EnrollRequest, EnrollResponse};
 pub use event::Event;
 pub use heartbeat::Heartbeat;
@@ -38,7 +40,7 @@ pub use name::DeviceId;
 pub use presence::{Presence, PresenceState};
 pub use selector::LabelSelector;
 pub use sign::{Expect, KeyId, Message, MessageKind, PublicKey, Rejection, Signer, open};
-pub use status::{Health, StatusReport, SyncState, WorkloadStatus};
+pub use status::{DesiredRejection, Health, StatusReport, SyncState, WorkloadStatus};
 pub use topic::{Channel, Topic, TopicError};
 pub use validate::{ValidationError, ValidationErrors};
 pub use workload::{InferenceWorkload, KubernetesWorkload, Workload, WorkloadSpec};

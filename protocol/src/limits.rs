@@ -18,3 +18,5 @@ pub const MAX_LABELS: usize = 64;
 pub const MAX_MESSAGE_BYTES: usize = 1024;
 /// Event ids and command ids.
 pub const MAX_ID_LEN: usize = 64;
+/// Event ids in one acknowledgement from the hub.
+pub const MAX_ACK_IDS: usize = 1024;

@@ -36,6 +36,7 @@ pub enum MessageKind {
     Event,
     Heartbeat,
     Command,
+    Ack,
 }
 
 impl MessageKind {
@@ -47,6 +48,7 @@ impl MessageKind {
             MessageKind::Event => "event",
             MessageKind::Heartbeat => "heartbeat",
             MessageKind::Command => "command",
+            MessageKind::Ack => "ack",
         }
     }
 
@@ -58,6 +60,7 @@ impl MessageKind {
             MessageKind::Event => Channel::Events,
             MessageKind::Heartbeat => Channel::Heartbeat,
             MessageKind::Command => Channel::Commands,
+            MessageKind::Ack => Channel::Acks,
         }
     }
 
@@ -67,6 +70,8 @@ impl MessageKind {
             MessageKind::Desired => MAX_PAYLOAD_BYTES,
             MessageKind::Status => 256 * 1024,
             MessageKind::Event => 128 * 1024,
+            // MAX_ACK_IDS ids of at most 64 characters, base64 in the envelope.
+            MessageKind::Ack => 128 * 1024,
             MessageKind::Presence | MessageKind::Heartbeat | MessageKind::Command => 16 * 1024,
         }
     }
@@ -225,6 +230,14 @@ impl Signer {
     }
 }
 
+/// The payload of an envelope, verifying nothing. Only for a sender reading
+/// back envelopes it sealed itself (a device's own outbox); received
+/// messages go through [`open`].
+pub fn own_payload(bytes: &[u8]) -> Option<Vec<u8>> {
+    let env: Envelope = serde_json::from_slice(bytes).ok()?;
+    URL_SAFE_NO_PAD.decode(&env.payload).ok()
+}
+
 fn signed_bytes(typ: &str, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(DOMAIN.len() + typ.len() + 1 + payload.len());
     v.extend_from_slice(DOMAIN);
@@ -355,49 +368,7 @@ pub fn open<M: Message>(
     key: &PublicKey,
     expect: &Expect<'_>,
 ) -> Result<M, Rejection> {
-    let max = M::KIND.max_bytes();
-    if bytes.len() > max {
-        return Err(Rejection::TooLarge {
-            kind: M::KIND.as_str(),
-            size: bytes.len(),
-            max,
-        });
-    }
-    let env: Envelope = serde_json::from_slice(bytes).map_err(Rejection::MalformedEnvelope)?;
-    // Byte-exact envelopes: what was received must be exactly what a signer
-    // emits, so no change to the bytes, not even whitespace, goes unnoticed.
-    if serde_json::to_vec(&env).is_ok_and(|canon| canon != bytes) {
-        return Err(Rejection::NotCanonical);
-    }
-    if env.v != ENVELOPE_VERSION {
-        return Err(Rejection::UnsupportedVersion(env.v));
-    }
-    if env.typ != M::KIND.as_str() {
-        return Err(Rejection::WrongType {
-            expected: M::KIND.as_str(),
-            got: env.typ,
-        });
-    }
-    if env.kid != key.kid.0 {
-        return Err(Rejection::UnknownKey {
-            expected: key.kid.clone(),
-            got: env.kid,
-        });
-    }
-    let payload = URL_SAFE_NO_PAD
-        .decode(&env.payload)
-        .map_err(|_| Rejection::Encoding)?;
-    let sig: [u8; 64] = URL_SAFE_NO_PAD
-        .decode(&env.sig)
-        .map_err(|_| Rejection::Encoding)?
-        .try_into()
-        .map_err(|_| Rejection::Encoding)?;
-    key.key
-        .verify_strict(
-            &signed_bytes(&env.typ, &payload),
-            &Signature::from_bytes(&sig),
-        )
-        .map_err(|_| Rejection::BadSignature)?;
+    let payload = verified_payload(bytes, M::KIND, key)?;
     let msg: M = serde_json::from_slice(&payload).map_err(Rejection::MalformedPayload)?;
     msg.validate().map_err(Rejection::Invalid)?;
     if msg.device_id() != expect.device {
@@ -422,9 +393,110 @@ pub fn open<M: Message>(
     Ok(msg)
 }
 
+/// The first steps of [`open`]: size, canonical envelope, type, key id and
+/// signature; returns the signed payload bytes, not yet parsed.
+fn verified_payload(
+    bytes: &[u8],
+    kind: MessageKind,
+    key: &PublicKey,
+) -> Result<Vec<u8>, Rejection> {
+    let max = kind.max_bytes();
+    if bytes.len() > max {
+        return Err(Rejection::TooLarge {
+            kind: kind.as_str(),
+            size: bytes.len(),
+            max,
+        });
+    }
+    let env: Envelope = serde_json::from_slice(bytes).map_err(Rejection::MalformedEnvelope)?;
+    // Byte-exact envelopes: what was received must be exactly what a signer
+    // emits, so no change to the bytes, not even whitespace, goes unnoticed.
+    if serde_json::to_vec(&env).is_ok_and(|canon| canon != bytes) {
+        return Err(Rejection::NotCanonical);
+    }
+    if env.v != ENVELOPE_VERSION {
+        return Err(Rejection::UnsupportedVersion(env.v));
+    }
+    if env.typ != kind.as_str() {
+        return Err(Rejection::WrongType {
+            expected: kind.as_str(),
+            got: env.typ,
+        });
+    }
+    if env.kid != key.kid.0 {
+        return Err(Rejection::UnknownKey {
+            expected: key.kid.clone(),
+            got: env.kid,
+        });
+    }
+    let payload = URL_SAFE_NO_PAD
+        .decode(&env.payload)
+        .map_err(|_| Rejection::Encoding)?;
+    let sig: [u8; 64] = URL_SAFE_NO_PAD
+        .decode(&env.sig)
+        .map_err(|_| Rejection::Encoding)?
+        .try_into()
+        .map_err(|_| Rejection::Encoding)?;
+    key.key
+        .verify_strict(
+            &signed_bytes(&env.typ, &payload),
+            &Signature::from_bytes(&sig),
+        )
+        .map_err(|_| Rejection::BadSignature)?;
+    Ok(payload)
+}
+
+/// The version of a desired-state document whose signature verifies with
+/// `key`, read leniently (the document may break other rules): lets a device
+/// say which revision it refused. `None` when the signature does not hold or
+/// the version cannot be read.
+pub fn signed_version(bytes: &[u8], key: &PublicKey) -> Option<Version> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct VersionOnly {
+        hub_epoch: u64,
+        revision: u64,
+    }
+    let payload = verified_payload(bytes, MessageKind::Desired, key).ok()?;
+    let v: VersionOnly = serde_json::from_slice(&payload).ok()?;
+    Some(Version {
+        hub_epoch: v.hub_epoch,
+        revision: v.revision,
+    })
+}
+
+/// The exact size of the envelope [`Signer::seal`] makes of a payload of
+/// `payload_len` bytes: lets the hub check a document against the limits
+/// before it is issued.
+pub fn sealed_len(kind: MessageKind, payload_len: usize) -> usize {
+    let empty = Envelope {
+        v: ENVELOPE_VERSION,
+        typ: kind.as_str().to_owned(),
+        kid: "0".repeat(16),
+        payload: String::new(),
+        sig: URL_SAFE_NO_PAD.encode([0u8; 64]),
+    };
+    let overhead = serde_json::to_vec(&empty).map_or(0, |v| v.len());
+    // base64url without padding: 4 characters per 3 bytes, rounded up.
+    overhead + (payload_len * 4).div_ceil(3)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sealed_len_is_exact() {
+        let s = Signer::from_seed(&[1; 32]);
+        for n in [0usize, 1, 2, 3, 4, 100, 1001] {
+            let payload = vec![b'x'; n];
+            assert_eq!(
+                s.seal_bytes(MessageKind::Desired, &payload).len(),
+                sealed_len(MessageKind::Desired, n),
+                "payload of {n} bytes"
+            );
+        }
+    }
 
     #[test]
     fn key_round_trips_and_debug_hides_secret() {

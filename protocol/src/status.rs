@@ -58,6 +58,29 @@ pub struct StatusReport {
     pub agent_version: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub k3s_version: Option<String>,
+    /// The last desired document this device refused, until it accepts a
+    /// newer one: why the device is not at the hub's revision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_rejected: Option<DesiredRejection>,
+    /// This report could not be stored on the device (its disk is full) and
+    /// was sent from memory.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unstored: bool,
+}
+
+/// A desired document the device refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DesiredRejection {
+    /// The refused document's version, when its hub signature held and the
+    /// version could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<Version>,
+    /// The rejection reason label (`too_large`, `malformed`, `stale_revision`…).
+    pub reason: String,
+    /// The verifier's message, at most 1 KiB.
+    pub message: String,
+    pub at_ms: u64,
 }
 
 /// Cuts a free-text message to [`MAX_MESSAGE_BYTES`] on a char boundary.
@@ -82,6 +105,16 @@ impl Message for StatusReport {
     fn validate(&self) -> Result<(), ValidationErrors> {
         let mut errs = ValidationErrors::default();
         let long = |m: &Option<String>| m.as_ref().is_some_and(|m| m.len() > MAX_MESSAGE_BYTES);
+        if let Some(r) = &self.desired_rejected
+            && (r.message.len() > MAX_MESSAGE_BYTES || r.reason.len() > 64)
+        {
+            errs.push(
+                "desiredRejected",
+                format_args!(
+                    "reason longer than 64 or message longer than {MAX_MESSAGE_BYTES} bytes"
+                ),
+            );
+        }
         if long(&self.message) {
             errs.push(
                 "message",

@@ -23,16 +23,19 @@ pub enum Channel {
     Events,
     Heartbeat,
     Commands,
+    /// Hub → device: which outbox messages the hub has committed.
+    Acks,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 6] = [
+    pub const ALL: [Channel; 7] = [
         Channel::Desired,
         Channel::Status,
         Channel::Presence,
         Channel::Events,
         Channel::Heartbeat,
         Channel::Commands,
+        Channel::Acks,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -43,6 +46,7 @@ impl Channel {
             Channel::Events => "events",
             Channel::Heartbeat => "heartbeat",
             Channel::Commands => "commands",
+            Channel::Acks => "acks",
         }
     }
 
@@ -61,7 +65,7 @@ impl Channel {
 
     pub fn direction(self) -> Direction {
         match self {
-            Channel::Desired | Channel::Commands => Direction::HubToDevice,
+            Channel::Desired | Channel::Commands | Channel::Acks => Direction::HubToDevice,
             _ => Direction::DeviceToHub,
         }
     }

@@ -109,6 +109,8 @@ fn status() -> StatusReport {
         message: None,
         agent_version: "0.1.0".into(),
         k3s_version: Some("v1.31.4+k3s1".into()),
+        desired_rejected: None,
+        unstored: false,
     }
 }
 
@@ -160,6 +162,18 @@ fn command() -> Command {
         action: CommandAction::RestartWorkload {
             name: "line-3-vision.web".into(),
         },
+    }
+}
+
+fn ack() -> Ack {
+    Ack {
+        device_id: dev("pi-line3-01"),
+        events: vec![
+            "01JDQ7ZK3M4N5P6Q7R8S9T0V1W".into(),
+            "01JDQ7ZK3M4N5P6Q7R8S9T0V1X".into(),
+        ],
+        status_reported_at_ms: Some(1_764_000_124_000),
+        acked_at_ms: 1_764_000_125_050,
     }
 }
 
@@ -230,6 +244,7 @@ fn golden_messages_round_trip() {
     round_trip_golden("event.json", &event());
     round_trip_golden("heartbeat.json", &heartbeat());
     round_trip_golden("command.json", &command());
+    round_trip_golden("ack.json", &ack());
     round_trip_golden("enroll-request.json", &enroll_request());
     round_trip_golden("enroll-response.json", &enroll_response());
 }
@@ -291,6 +306,7 @@ fn every_message_round_trips_signed() {
     sealed_open(&device_key(), &event(), &exp);
     sealed_open(&device_key(), &heartbeat(), &exp);
     sealed_open(&hub_key(), &command(), &exp);
+    sealed_open(&hub_key(), &ack(), &exp);
 }
 
 fn reason<M: Message + std::fmt::Debug>(r: Result<M, Rejection>) -> &'static str {
@@ -468,6 +484,60 @@ fn desired_state_validation() {
     );
 }
 
+#[test]
+fn ack_validation_and_bounds() {
+    let d = dev("pi-line3-01");
+    let hub = hub_key();
+    let empty = Ack {
+        events: vec![],
+        status_reported_at_ms: None,
+        ..ack()
+    };
+    assert_eq!(
+        reason(open::<Ack>(
+            &hub.seal(&empty),
+            hub.public(),
+            &Expect::device(&d)
+        )),
+        "invalid"
+    );
+    let bad_id = Ack {
+        events: vec!["no spaces allowed".into()],
+        ..ack()
+    };
+    let err = bad_id.validate().unwrap_err().to_string();
+    assert!(err.contains("events[0]"), "{err}");
+    // More ids than the limit are refused while decoding, before validation.
+    let many: Vec<String> = (0..=limits::MAX_ACK_IDS).map(|i| format!("e{i}")).collect();
+    let payload = serde_json::to_vec(&serde_json::json!({
+        "deviceId": "pi-line3-01", "events": many, "ackedAtMs": 1
+    }))
+    .unwrap();
+    let env = hub.seal_bytes(MessageKind::Ack, &payload);
+    assert_eq!(
+        reason(open::<Ack>(&env, hub.public(), &Expect::device(&d))),
+        "malformed"
+    );
+    // A device's own key cannot acknowledge anything.
+    assert_eq!(
+        reason(open::<Ack>(
+            &device_key().seal(&ack()),
+            hub.public(),
+            &Expect::device(&d)
+        )),
+        "unknown_key"
+    );
+    // Another device's acknowledgement is not ours.
+    assert_eq!(
+        reason(open::<Ack>(
+            &hub.seal(&ack()),
+            hub.public(),
+            &Expect::device(&dev("pi-other"))
+        )),
+        "wrong_device"
+    );
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;
@@ -527,7 +597,7 @@ mod properties {
         }
 
         #[test]
-        fn topics_round_trip(id in "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", c in 0usize..6) {
+        fn topics_round_trip(id in "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", c in 0usize..Channel::ALL.len()) {
             let t = Topic::new(DeviceId::new(id).unwrap(), Channel::ALL[c]);
             prop_assert_eq!(Topic::parse(&t.to_string()).unwrap(), t);
         }

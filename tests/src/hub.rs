@@ -236,6 +236,29 @@ impl Hub {
         }
     }
 
+    /// Runs `edgectl` against this hub with `token` (none: no token at
+    /// all); returns exit code, stdout and stderr.
+    pub fn edgectl_as(&self, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
+        let mut c = std::process::Command::new(bin("edgectl"));
+        c.args(args)
+            .env("EDGECTL_SERVER", self.api_url())
+            .env_remove("EDGECTL_TOKEN");
+        if let Some(t) = token {
+            c.env("EDGECTL_TOKEN", t);
+        }
+        let out = c.output().expect("run edgectl");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `edgectl` with the operator token.
+    pub fn edgectl(&self, args: &[&str]) -> (i32, String, String) {
+        self.edgectl_as(Some(&self.operator_token()), args)
+    }
+
     pub async fn metrics(&self) -> String {
         self.http
             .get(format!("{}/metrics", self.api_url))

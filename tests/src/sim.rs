@@ -581,6 +581,8 @@ impl DeviceTask {
             message: None,
             agent_version: "fleet-sim".into(),
             k3s_version: None,
+            desired_rejected: None,
+            unstored: false,
         };
         let sealed = self.ident.key.seal(&report);
         if self.publish(client, Channel::Status, sealed) {

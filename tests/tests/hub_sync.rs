@@ -145,6 +145,8 @@ fn status(device: &str) -> edgefleet_protocol::StatusReport {
         message: None,
         agent_version: "test".into(),
         k3s_version: None,
+        desired_rejected: None,
+        unstored: false,
     }
 }
 

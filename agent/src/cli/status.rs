@@ -16,14 +16,11 @@ pub struct Snapshot {
     pub received_at_ms: Option<u64>,
     pub last_reconcile_ms: Option<u64>,
     pub workloads: Vec<crate::store::StoredStatus>,
-    pub outbox_depth: u64,
-    pub outbox_bytes: u64,
-    pub outbox_dropped: u64,
+    pub outbox: crate::outbox::Stats,
 }
 
 pub fn snapshot(cfg: &Config) -> Result<Snapshot, StoreError> {
     let store = Store::open_read_only(&cfg.db_path())?;
-    let (depth, bytes) = store.outbox_depth();
     Ok(Snapshot {
         device_id: cfg.device_id.clone(),
         version: store.desired_version()?,
@@ -32,9 +29,7 @@ pub fn snapshot(cfg: &Config) -> Result<Snapshot, StoreError> {
             .kv_get("last_reconcile_ms")?
             .and_then(|v| v.parse().ok()),
         workloads: store.statuses()?,
-        outbox_depth: depth,
-        outbox_bytes: bytes,
-        outbox_dropped: store.outbox_dropped()?,
+        outbox: store.outbox_stats()?,
     })
 }
 
@@ -59,7 +54,15 @@ impl Snapshot {
                 "name": w.name, "sync": enum_str(&w.sync), "health": enum_str(&w.health),
                 "message": w.message,
             })).collect::<Vec<_>>(),
-            "outbox": {"depth": self.outbox_depth, "bytes": self.outbox_bytes, "dropped": self.outbox_dropped},
+            "outbox": {
+                "depth": self.outbox.queued + self.outbox.unacked,
+                "queued": self.outbox.queued,
+                "sentUnacknowledged": self.outbox.unacked,
+                "bytes": self.outbox.bytes,
+                "acknowledged": self.outbox.acked,
+                "dropped": self.outbox.dropped,
+                "expired": self.outbox.expired,
+            },
         })
     }
 
@@ -81,10 +84,16 @@ impl Snapshot {
             }
         }
         let _ = writeln!(s, "last sync:  {}", ago(self.last_reconcile_ms));
+        let o = &self.outbox;
         let _ = writeln!(
             s,
-            "outbox:     {} queued ({} bytes), {} dropped",
-            self.outbox_depth, self.outbox_bytes, self.outbox_dropped
+            "outbox:     {} queued, {} sent and awaiting the hub's acknowledgement ({} bytes)",
+            o.queued, o.unacked, o.bytes
+        );
+        let _ = writeln!(
+            s,
+            "            {} acknowledged by the hub, {} dropped (full), {} expired (too old)",
+            o.acked, o.dropped, o.expired
         );
         let _ = writeln!(s, "workloads:  {}", self.workloads.len());
         if !self.workloads.is_empty() {

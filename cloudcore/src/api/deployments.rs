@@ -76,7 +76,21 @@ pub async fn put(
             d.metadata.name
         )));
     }
-    let (rec, changed) = st.store.run(move |s| s.put_deployment(&d)).await?;
+    let _fleet = st.fleet_changes.lock().await;
+    let (check, epoch) = (st.check_limits, st.epoch);
+    let (rec, changed) = st
+        .store
+        .run(move |s| {
+            if check {
+                let v = violations_with(s, &d, epoch)?;
+                if !v.is_empty() {
+                    return Ok(Err(v));
+                }
+            }
+            s.put_deployment(&d).map(Ok)
+        })
+        .await?
+        .map_err(|v| ApiError::limits(&v))?;
     if changed {
         tracing::info!(deployment = %rec.name, generation = rec.generation, "deployment applied");
         st.publish.changed();
@@ -87,6 +101,32 @@ pub async fn put(
         StatusCode::OK
     };
     Ok((status, Json(rec)))
+}
+
+/// What the fleet's documents would break if `d` were applied.
+fn violations_with(
+    s: &crate::store::Store,
+    d: &Deployment,
+    epoch: u64,
+) -> Result<Vec<crate::desired::Violation>, crate::store::StoreError> {
+    let mut deployments = s.list_deployments()?;
+    let generation = deployments
+        .iter()
+        .find(|x| x.name == d.metadata.name)
+        .map_or(1, |x| x.generation + 1);
+    deployments.retain(|x| x.name != d.metadata.name);
+    deployments.push(DeploymentRecord {
+        name: d.metadata.name.clone(),
+        generation,
+        created_ms: 0,
+        updated_ms: 0,
+        spec: d.clone(),
+    });
+    Ok(crate::desired::violations(
+        &s.device_labels()?,
+        &deployments,
+        epoch,
+    ))
 }
 
 pub async fn delete(State(st): State<Shared>, Path(name): Path<String>) -> ApiResult<StatusCode> {
@@ -124,6 +164,10 @@ pub struct DeviceRollout {
     pub healthy: bool,
     pub failed: bool,
     pub workloads: Vec<WorkloadRow>,
+    /// The device's standing conditions (e.g. `DesiredTooLarge`: its
+    /// document with this deployment was not issued).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<crate::store::Condition>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -232,6 +276,7 @@ impl Fleet {
                 healthy,
                 failed,
                 workloads: rows,
+                conditions: dev.conditions.clone(),
             });
         }
         out

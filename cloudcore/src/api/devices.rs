@@ -95,6 +95,8 @@ pub async fn patch(
         }
     }
     let id2 = id.clone();
+    let _fleet = st.fleet_changes.lock().await;
+    let (check, epoch) = (st.check_limits, st.epoch);
     let updated = st
         .store
         .run(move |s| {
@@ -109,7 +111,20 @@ pub async fn patch(
                 };
             }
             if labels.len() > edgefleet_protocol::limits::MAX_LABELS {
-                return Ok(Some(Err(())));
+                return Ok(Some(Err(ApiError::bad_request(format!(
+                    "labels: at most {} labels per device",
+                    edgefleet_protocol::limits::MAX_LABELS
+                )))));
+            }
+            if check {
+                let v = crate::desired::violations(
+                    &[(dev.id.clone(), labels.clone())],
+                    &s.list_deployments()?,
+                    epoch,
+                );
+                if !v.is_empty() {
+                    return Ok(Some(Err(ApiError::limits(&v))));
+                }
             }
             s.set_labels(&id2, &labels)?;
             Ok(s.get_device(&id2)?.map(Ok))
@@ -117,10 +132,7 @@ pub async fn patch(
         .await?;
     match updated {
         None => Err(ApiError::not_found(format_args!("device {id:?}"))),
-        Some(Err(())) => Err(ApiError::bad_request(format!(
-            "labels: at most {} labels per device",
-            edgefleet_protocol::limits::MAX_LABELS
-        ))),
+        Some(Err(e)) => Err(e),
         Some(Ok(d)) => {
             st.publish.changed();
             Ok(Json(d))

@@ -230,6 +230,21 @@ pub fn describe_device(d: &Value) -> String {
             ),
         );
     }
+    if let Some(conds) = d
+        .get("conditions")
+        .and_then(|c| c.as_array())
+        .filter(|c| !c.is_empty())
+    {
+        out.push_str("Conditions:\n");
+        for c in conds {
+            out.push_str(&format!(
+                "  {:<16} since {:<8} {}\n",
+                s(c, "type"),
+                age(u(c, "sinceMs")),
+                s(c, "message")
+            ));
+        }
+    }
     out.push_str("Workloads:\n");
     let reported = d
         .get("workloads")
