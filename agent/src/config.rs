@@ -150,6 +150,22 @@ pub struct OutboxConfig {
     /// unacknowledged, so a hub that never comes back, or that deleted this
     /// device, is not sent to forever.
     pub max_age_secs: u64,
+    /// When the disk is down to the reserve (`store.disk_reserve_bytes`):
+    /// `refuse` new events (503, counted) or `drop-oldest` queued ones to
+    /// make room (counted as dropped).
+    pub on_disk_full: OnDiskFull,
+}
+
+/// What to do with new events when the disk is down to its reserve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnDiskFull {
+    /// Answer 503: what was accepted is kept; the app sees back-pressure.
+    /// The default: a 202 is a promise, and the oldest data is often the
+    /// most wanted (what happened when the link went down).
+    Refuse,
+    /// Delete the oldest queued messages to make room for the new ones.
+    DropOldest,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -186,6 +202,10 @@ pub enum Synchronous {
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     pub synchronous: Synchronous,
+    /// Bytes the agent keeps free on the state directory's filesystem; 0:
+    /// 5 % of the filesystem or 256 MiB, whichever is smaller
+    /// ([`crate::disk`]).
+    pub disk_reserve_bytes: u64,
 }
 
 impl Default for Config {
@@ -257,6 +277,7 @@ impl Default for OutboxConfig {
             // (a weekend with the uplink down), short enough that a device
             // its hub forgot stops carrying its backlog.
             max_age_secs: 7 * 24 * 3600,
+            on_disk_full: OnDiskFull::Refuse,
         }
     }
 }
@@ -282,6 +303,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             synchronous: Synchronous::Normal,
+            disk_reserve_bytes: 0,
         }
     }
 }
@@ -383,6 +405,22 @@ impl Config {
         }
         if let Some(v) = env("EDGEFLEET_OUTBOX_ACK_TIMEOUT_SECS") {
             self.outbox.ack_timeout_secs = parse("EDGEFLEET_OUTBOX_ACK_TIMEOUT_SECS", &v)?;
+        }
+        if let Some(v) = env("EDGEFLEET_STORE_DISK_RESERVE_BYTES") {
+            self.store.disk_reserve_bytes = parse("EDGEFLEET_STORE_DISK_RESERVE_BYTES", &v)?;
+        }
+        if let Some(v) = env("EDGEFLEET_OUTBOX_ON_DISK_FULL") {
+            self.outbox.on_disk_full = match v.as_str() {
+                "refuse" => OnDiskFull::Refuse,
+                "drop-oldest" => OnDiskFull::DropOldest,
+                _ => {
+                    return Err(ConfigError::Env {
+                        name: "EDGEFLEET_OUTBOX_ON_DISK_FULL".into(),
+                        value: v,
+                        message: "expected refuse or drop-oldest".into(),
+                    });
+                }
+            };
         }
         if let Some(v) = env("EDGEFLEET_OUTBOX_MAX_AGE_SECS") {
             self.outbox.max_age_secs = parse("EDGEFLEET_OUTBOX_MAX_AGE_SECS", &v)?;

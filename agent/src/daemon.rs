@@ -17,8 +17,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, OnDiskFull};
 use crate::db::Db;
+use crate::disk::{DiskFull, DiskGuard};
 use crate::identity::Identity;
 use crate::inference::ModelRegistry;
 use crate::metrics::Metrics;
@@ -35,6 +36,13 @@ pub struct Shared {
     pub identity: Identity,
     pub db: Db,
     pub metrics: Metrics,
+    /// Reserve, spare and pressure of the state directory's disk.
+    pub disk: Arc<DiskGuard>,
+    /// A status report that could not be stored (full disk), sent from
+    /// memory until a stored one replaces it.
+    pub unstored_status: Mutex<Option<Vec<u8>>>,
+    /// Sends a heartbeat now (disk pressure began or ended).
+    pub heartbeat_wake: Notify,
     /// Models the reconciler loaded, served by the KServe endpoints.
     pub models: Arc<ModelRegistry>,
     /// Wakes the reconciler (new desired state, connect, commands).
@@ -55,13 +63,16 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(cfg: Config, device: DeviceId, identity: Identity, db: Db) -> Self {
+    pub fn new(cfg: Config, device: DeviceId, identity: Identity, db: Db, disk: DiskGuard) -> Self {
         Self {
             cfg,
             device,
             identity,
             db,
             metrics: Metrics::new(),
+            disk: Arc::new(disk),
+            unstored_status: Mutex::new(None),
+            heartbeat_wake: Notify::new(),
             models: ModelRegistry::new(),
             reconcile_wake: Notify::new(),
             report_wanted: AtomicBool::new(true),
@@ -84,10 +95,26 @@ impl Shared {
 
     /// Commits sealed events, each with its id, to the outbox, updates the
     /// outbox metrics and wakes the sender. `Ok` means they are durable.
-    pub async fn queue_events(
-        &self,
-        sealed: Vec<(String, Vec<u8>)>,
-    ) -> Result<(), crate::store::StoreError> {
+    /// Refused with [`QueueError::DiskFull`] when storing them would eat
+    /// into the disk reserve, unless `outbox.on_disk_full` is `drop-oldest`:
+    /// then the oldest queued messages make room.
+    pub async fn queue_events(&self, sealed: Vec<(String, Vec<u8>)>) -> Result<(), QueueError> {
+        let bytes: u64 = sealed.iter().map(|(k, p)| (k.len() + p.len()) as u64).sum();
+        if let Err(full) = self.disk.admit(bytes) {
+            if self.cfg.outbox.on_disk_full == OnDiskFull::Refuse {
+                return Err(QueueError::DiskFull(full));
+            }
+            let dropped = self
+                .db
+                .call(move |s| s.outbox_drop_oldest(bytes.saturating_mul(2)))
+                .await
+                .map_err(QueueError::Store)?;
+            self.metrics.outbox_dropped.inc_by(dropped);
+            tracing::warn!(
+                dropped,
+                "disk at its reserve: dropped the oldest outbox messages for new events"
+            );
+        }
         let limits = self.outbox_limits();
         let (pushed, depth) = self
             .db
@@ -95,11 +122,43 @@ impl Shared {
                 s.outbox_push(edgefleet_protocol::Channel::Events, &sealed, limits)
                     .map(|p| (p, s.outbox_depth()))
             })
-            .await?;
+            .await
+            .map_err(|e| {
+                if e.is_disk_full() {
+                    self.metrics.disk_pressure.set(1);
+                    QueueError::DiskFull(DiskFull {
+                        available: self.disk.space().map_or(0, |s| s.available),
+                        needed: bytes,
+                        reserve: self.disk.reserve(),
+                    })
+                } else {
+                    QueueError::Store(e)
+                }
+            })?;
         self.metrics.outbox_dropped.inc_by(pushed.dropped);
         self.metrics.set_outbox(depth);
         self.outbox_wake.notify_one();
         Ok(())
+    }
+
+    /// Runs a store write the agent cannot skip (deleting acknowledged
+    /// rows, its status report, desired state); on a full disk it releases
+    /// the spare once and tries again.
+    pub async fn write_essential<T, F>(&self, f: F) -> Result<T, crate::store::StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(&mut crate::store::Store) -> Result<T, crate::store::StoreError>
+            + Clone
+            + Send
+            + 'static,
+    {
+        match self.db.call(f.clone()).await {
+            Err(e) if e.is_disk_full() && self.disk.release_spare() => {
+                self.metrics.disk_spare_released.inc();
+                self.db.call(f).await
+            }
+            r => r,
+        }
     }
 
     pub fn k3s_version(&self) -> Option<String> {
@@ -130,6 +189,15 @@ impl Shared {
         self.report_wanted.store(true, Ordering::Relaxed);
         self.reconcile_wake.notify_one();
     }
+}
+
+/// Why events were not queued.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error(transparent)]
+    DiskFull(DiskFull),
+    #[error("cannot commit to the outbox")]
+    Store(#[source] crate::store::StoreError),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::Shared;
+use crate::daemon::{QueueError, Shared};
 use crate::inference::ModelRegistry;
 
 /// Most events in one `POST /v1/events` body.
@@ -164,7 +164,9 @@ async fn post_events(State(shared): State<Arc<Shared>>, body: Bytes) -> Response
     let items = match parse_events(&body) {
         Ok(items) => items,
         Err(msg) => {
-            m.events_refused.inc();
+            m.events_refused
+                .get_or_create(&[("reason", "invalid")])
+                .inc();
             return error(StatusCode::BAD_REQUEST, "invalid_event", msg);
         }
     };
@@ -183,7 +185,9 @@ async fn post_events(State(shared): State<Arc<Shared>>, body: Bytes) -> Response
             payload: it.payload,
         };
         if let Err(e) = event.check() {
-            m.events_refused.inc();
+            m.events_refused
+                .get_or_create(&[("reason", "invalid")])
+                .inc();
             return error(
                 StatusCode::BAD_REQUEST,
                 "invalid_event",
@@ -203,8 +207,22 @@ async fn post_events(State(shared): State<Arc<Shared>>, body: Bytes) -> Response
             )
                 .into_response()
         }
+        Err(QueueError::DiskFull(full)) => {
+            m.events_refused
+                .get_or_create(&[("reason", "disk_full")])
+                .inc_by(n);
+            // Logged once per pressure streak by the session's disk check.
+            tracing::debug!(error = %full, "events refused: disk at its reserve");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "disk_full",
+                format_args!("{full}; retry later"),
+            )
+        }
         Err(e) => {
-            m.events_refused.inc_by(n);
+            m.events_refused
+                .get_or_create(&[("reason", "store")])
+                .inc_by(n);
             m.store_errors.inc();
             tracing::error!(error = %crate::error_chain(&e), "cannot commit posted events");
             error(

@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod db;
 pub mod desired;
+pub mod disk;
 pub mod exit;
 pub mod http;
 pub mod identity;

@@ -270,18 +270,36 @@ fn cmd_run(common: &Common, extra: Overrides) -> Result<i32, i32> {
             edgefleet_daemon::lock::LockError::Io { .. } => exit::STORE,
         }
     })?;
-    let (store, report) = edge_agent::store::Store::open(&cfg.db_path(), cfg.store.synchronous)
+    let disk = edge_agent::disk::DiskGuard::new(&cfg.state_dir, cfg.store.disk_reserve_bytes);
+    if disk.admit(0).is_err() && disk.release_spare() {
+        // A full disk must not stop the store from opening (WAL recovery,
+        // the shared-memory index): the daemon makes the spare again later.
+        tracing::warn!("started on a full disk: released the spare space");
+    }
+    let (mut store, report) = edge_agent::store::Store::open(&cfg.db_path(), cfg.store.synchronous)
         .map_err(|e| {
             let msg = edge_agent::error_chain(&e);
             tracing::error!("cannot open the store: {msg}");
             eprintln!("edge-agent: cannot open the store: {msg}");
             exit::STORE
         })?;
+    if let Err(e) = store.size_wal(disk.wal_pages()) {
+        tracing::warn!(error = %edge_agent::error_chain(&e), "cannot size the WAL for this disk");
+    }
+    let room = disk
+        .space()
+        .map_or(0, |s| s.available.saturating_sub(disk.reserve()));
+    match store.enable_compaction(room) {
+        Ok(true) => tracing::info!("store rewritten once to give freed space back to the disk"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %edge_agent::error_chain(&e), "cannot rewrite the store"),
+    }
     let shared = Arc::new(edge_agent::daemon::Shared::new(
         cfg,
         device,
         identity,
         Db::new(store),
+        disk,
     ));
     if report.moved_aside.is_some() {
         shared.metrics.store_recovered.inc();

@@ -53,7 +53,10 @@ pub struct Metrics {
     pub kube_applies: Counter,
     pub kube_deletes: Counter,
     pub events_accepted: Counter,
-    pub events_refused: Counter,
+    pub events_refused: Family<Labels, Counter>,
+    pub disk_pressure: Gauge,
+    pub disk_spare_released: Counter,
+    pub status_unstored: Counter,
     pub store_errors: Counter,
     pub store_recovered: Counter,
     pub inference_requests: Family<ModelLabels, Counter>,
@@ -89,7 +92,10 @@ impl Metrics {
             kube_applies: Counter::default(),
             kube_deletes: Counter::default(),
             events_accepted: Counter::default(),
-            events_refused: Counter::default(),
+            events_refused: Family::default(),
+            disk_pressure: Gauge::default(),
+            disk_spare_released: Counter::default(),
+            status_unstored: Counter::default(),
             store_errors: Counter::default(),
             store_recovered: Counter::default(),
             inference_requests: Family::default(),
@@ -97,6 +103,9 @@ impl Metrics {
             inference_latency: Family::new_with_constructor(inference_latency_histogram),
             registry: Registry::default(),
         };
+        for reason in ["invalid", "disk_full", "store"] {
+            let _ = m.events_refused.get_or_create(&[("reason", reason)]);
+        }
         // Pre-register every rejection reason so dashboards see zeros.
         for reason in edgefleet_protocol::Rejection::REASONS {
             let _ = m.rejected.get_or_create(&[("reason", reason)]);
@@ -215,8 +224,23 @@ impl Metrics {
         );
         r.register(
             "events_refused",
-            "Events refused by POST /v1/events (bad input or store failure)",
+            "Events refused by POST /v1/events, by reason (invalid, disk_full, store)",
             m.events_refused.clone(),
+        );
+        r.register(
+            "disk_pressure",
+            "1 while the state directory's filesystem is below the agent's reserve",
+            m.disk_pressure.clone(),
+        );
+        r.register(
+            "disk_spare_released",
+            "Times the agent released its spare space to keep draining on a full disk",
+            m.disk_spare_released.clone(),
+        );
+        r.register(
+            "status_unstored",
+            "Status reports sent from memory because the disk could not take them",
+            m.status_unstored.clone(),
         );
         r.register(
             "store_errors",

@@ -22,6 +22,9 @@ use rusqlite::{Transaction, params};
 
 use crate::store::{Store, StoreError};
 
+/// Rows deleted per transaction when the hub acknowledges them.
+pub const CONFIRM_CHUNK: usize = 128;
+
 /// kv keys of the persistent counters.
 const DROPPED_KEY: &str = "outbox_dropped";
 const ACKED_KEY: &str = "outbox_acked";
@@ -219,7 +222,10 @@ impl Store {
     }
 
     /// Deletes what the hub acknowledged: the events with these ids and
-    /// status reports up to `status_at_ms`, in one transaction.
+    /// status reports up to `status_at_ms`. Commits every
+    /// [`CONFIRM_CHUNK`] rows, so a delete never needs much WAL space (a
+    /// nearly full disk has little); what was committed before an error
+    /// stays deleted and is counted in the error's stead by the next call.
     pub fn outbox_confirm(
         &mut self,
         events: &[String],
@@ -227,40 +233,78 @@ impl Store {
         handed_through: i64,
     ) -> Result<Confirmed, StoreError> {
         let mut out = Confirmed::default();
-        let mut freed = 0u64;
-        let tx = self.conn.transaction()?;
-        {
-            let mut count = |id: i64, len: i64| {
-                out.rows += 1;
-                out.handed += u64::from(id <= handed_through);
-                freed += len as u64;
-            };
-            let mut by_key = tx.prepare_cached(
-                "DELETE FROM outbox WHERE channel = 'events' AND msg_key = ?1
-                 RETURNING id, length(payload)",
-            )?;
-            for key in events {
-                let mut rows = by_key.query([key])?;
-                while let Some(r) = rows.next()? {
-                    count(r.get(0)?, r.get(1)?);
-                }
+        let mut status = status_at_ms;
+        let mut chunks = events.chunks(CONFIRM_CHUNK);
+        loop {
+            let keys = chunks.next().unwrap_or(&[]);
+            if keys.is_empty() && status.is_none() {
+                break;
             }
-            if let Some(at) = status_at_ms {
-                let mut status = tx.prepare_cached(
-                    "DELETE FROM outbox WHERE channel = 'status' AND CAST(msg_key AS INTEGER) <= ?1
+            let (mut rows, mut handed, mut freed) = (0u64, 0u64, 0u64);
+            let tx = self.conn.transaction()?;
+            {
+                let mut count = |id: i64, len: i64| {
+                    rows += 1;
+                    handed += u64::from(id <= handed_through);
+                    freed += len as u64;
+                };
+                let mut by_key = tx.prepare_cached(
+                    "DELETE FROM outbox WHERE channel = 'events' AND msg_key = ?1
                      RETURNING id, length(payload)",
                 )?;
-                let mut rows = status.query([at as i64])?;
-                while let Some(r) = rows.next()? {
-                    count(r.get(0)?, r.get(1)?);
+                for key in keys {
+                    let mut found = by_key.query([key])?;
+                    while let Some(r) = found.next()? {
+                        count(r.get(0)?, r.get(1)?);
+                    }
+                }
+                if let Some(at) = status.take() {
+                    let mut stmt = tx.prepare_cached(
+                        "DELETE FROM outbox WHERE channel = 'status' AND CAST(msg_key AS INTEGER) <= ?1
+                         RETURNING id, length(payload)",
+                    )?;
+                    let mut found = stmt.query([at as i64])?;
+                    while let Some(r) = found.next()? {
+                        count(r.get(0)?, r.get(1)?);
+                    }
+                }
+            }
+            kv_add(&tx, ACKED_KEY, rows)?;
+            tx.commit()?;
+            self.outbox_count = self.outbox_count.saturating_sub(rows);
+            self.outbox_bytes = self.outbox_bytes.saturating_sub(freed);
+            out.rows += rows;
+            out.handed += handed;
+        }
+        Ok(out)
+    }
+
+    /// Drops the oldest rows until at least `bytes` of payload are gone
+    /// (room for new events when the disk is full and the policy says so);
+    /// returns how many, counted as dropped.
+    pub fn outbox_drop_oldest(&mut self, bytes: u64) -> Result<u64, StoreError> {
+        let tx = self.conn.transaction()?;
+        let (mut n, mut freed) = (0u64, 0u64);
+        {
+            let mut stmt = tx.prepare_cached(
+                "DELETE FROM outbox WHERE id = (SELECT MIN(id) FROM outbox) RETURNING length(payload)",
+            )?;
+            while freed < bytes {
+                match stmt.query_row([], |r| r.get::<_, i64>(0)) {
+                    Ok(len) => {
+                        n += 1;
+                        freed += len as u64;
+                    }
+                    Err(rusqlite::Error::QueryReturnedNoRows) => break,
+                    Err(e) => return Err(e.into()),
                 }
             }
         }
-        kv_add(&tx, ACKED_KEY, out.rows)?;
+        kv_add(&tx, DROPPED_KEY, n)?;
         tx.commit()?;
-        self.outbox_count = self.outbox_count.saturating_sub(out.rows);
+        self.outbox_count = self.outbox_count.saturating_sub(n);
         self.outbox_bytes = self.outbox_bytes.saturating_sub(freed);
-        Ok(out)
+        Ok(n)
     }
 
     /// Rows still queued with an id at or below `id`.
@@ -580,6 +624,31 @@ mod tests {
         s.outbox_confirm(&["a".into()], None, 0).unwrap();
         let st = s.outbox_stats().unwrap();
         assert_eq!((st.queued, st.unacked, st.acked), (2, 1, 1));
+    }
+
+    #[test]
+    fn dropping_oldest_for_room_is_counted() {
+        let (_d, mut s) = store();
+        s.outbox_push(Channel::Events, &events(&["a", "b", "c"]), BIG)
+            .unwrap();
+        // Each payload is 3 bytes: 4 bytes of room takes two rows.
+        assert_eq!(s.outbox_drop_oldest(4).unwrap(), 2);
+        assert_eq!(s.outbox_after(0, 10).unwrap()[0].payload, b"m-c");
+        assert_eq!(s.outbox_stats().unwrap().dropped, 2);
+        assert_eq!(s.outbox_drop_oldest(100).unwrap(), 1);
+        assert_eq!(s.outbox_drop_oldest(100).unwrap(), 0);
+    }
+
+    #[test]
+    fn large_acknowledgements_commit_in_chunks() {
+        let (_d, mut s) = store();
+        let names: Vec<String> = (0..300).map(|i| format!("e{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        s.outbox_push(Channel::Events, &events(&refs), BIG).unwrap();
+        s.outbox_push_status(5, b"st".to_vec(), BIG).unwrap();
+        let c = s.outbox_confirm(&names, Some(5), i64::MAX).unwrap();
+        assert_eq!(c.rows, 301);
+        assert_eq!(s.outbox_depth(), (0, 0));
     }
 
     #[test]

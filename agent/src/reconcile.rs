@@ -436,17 +436,37 @@ impl Reconciler {
         let sealed = shared.identity.signer.seal(&report);
         let limits = shared.outbox_limits();
         let res = shared
-            .db
-            .call(move |s| {
+            .write_essential(move |s| {
                 s.set_statuses(&stored)?;
                 s.kv_set("last_reconcile_ms", &now.to_string())?;
-                s.outbox_push_status(now, sealed, limits)?;
-                Ok::<_, crate::store::StoreError>((s.outbox_depth(), s.outbox_dropped()?))
+                s.outbox_push_status(now, sealed.clone(), limits)?;
+                Ok((s.outbox_depth(), s.outbox_dropped()?))
             })
             .await;
         match res {
             Ok((depth, _)) => {
                 shared.metrics.set_outbox(depth);
+                *shared
+                    .unstored_status
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = None;
+                shared.outbox_wake.notify_one();
+                self.reported = Some((applied, statuses, rejected));
+            }
+            Err(e) if e.is_disk_full() => {
+                // The one message that says "I am in trouble" still goes out:
+                // from memory, marked as such.
+                let report = StatusReport {
+                    unstored: true,
+                    ..report
+                };
+                *shared
+                    .unstored_status
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) =
+                    Some(shared.identity.signer.seal(&report));
+                shared.metrics.status_unstored.inc();
+                tracing::warn!("disk full: status report sent from memory, not stored");
                 shared.outbox_wake.notify_one();
                 self.reported = Some((applied, statuses, rejected));
             }

@@ -208,6 +208,7 @@ impl Session {
                 },
                 _ = shared.outbox_wake.notified() => self.maybe_more = true,
                 _ = heartbeat.tick() => self.heartbeat().await,
+                _ = shared.heartbeat_wake.notified() => self.heartbeat().await,
                 _ = housekeeping.tick() => self.housekeeping().await,
                 _ = sleep_until(flush_at), if flush_at.is_some() => {
                     self.flush_acks().await;
@@ -222,6 +223,7 @@ impl Session {
                 (false, at) => at,
             };
             self.top_up().await;
+            self.send_unstored_status();
         }
         self.shutdown(&mut ev_rx).await;
     }
@@ -284,9 +286,10 @@ impl Session {
                 tracing::warn!(error = %e, "cannot queue subscribe; retrying on next connect");
             }
         }
-        // A fresh status report for the hub on every connect.
+        // A fresh status report and heartbeat for the hub on every connect.
         self.shared.report_wanted.store(true, Ordering::Relaxed);
         self.shared.reconcile_wake.notify_one();
+        self.shared.heartbeat_wake.notify_one();
     }
 
     async fn on_disconnected(&mut self, e: &ConnectionError) {
@@ -341,22 +344,13 @@ impl Session {
         let ack = match channel {
             Some(Channel::Desired) => {
                 let shared = self.shared.clone();
-                let payload = p.payload.clone();
-                let outcome = shared
-                    .db
-                    .call({
-                        let shared = shared.clone();
-                        move |s| {
-                            crate::desired::handle(
-                                s,
-                                &payload,
-                                &shared.device,
-                                &shared.identity.hub_key,
-                                &shared.metrics,
-                            )
-                        }
-                    })
-                    .await;
+                let mut outcome = self.store_desired(&p.payload).await;
+                if matches!(&outcome, crate::desired::Outcome::StoreFailed(e) if e.is_disk_full())
+                    && shared.disk.release_spare()
+                {
+                    shared.metrics.disk_spare_released.inc();
+                    outcome = self.store_desired(&p.payload).await;
+                }
                 match outcome {
                     crate::desired::Outcome::Accepted(_) => {
                         if shared.desired_rejected().is_some() {
@@ -404,6 +398,46 @@ impl Session {
         };
         if ack && let Err(e) = self.client.try_ack(&p) {
             tracing::warn!(error = %e, "cannot queue PUBACK");
+        }
+    }
+
+    /// Verifies and stores one desired document.
+    async fn store_desired(&self, payload: &bytes::Bytes) -> crate::desired::Outcome {
+        let shared = self.shared.clone();
+        let payload = payload.clone();
+        self.shared
+            .db
+            .call(move |s| {
+                crate::desired::handle(
+                    s,
+                    &payload,
+                    &shared.device,
+                    &shared.identity.hub_key,
+                    &shared.metrics,
+                )
+            })
+            .await
+    }
+
+    /// Publishes a status report the disk could not take, from memory.
+    fn send_unstored_status(&mut self) {
+        if !self.connected {
+            return;
+        }
+        let report = self
+            .shared
+            .unstored_status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(report) = report
+            && !self.publish(Channel::Status, report.clone(), Tag::Other)
+        {
+            *self
+                .shared
+                .unstored_status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(report);
         }
     }
 
@@ -462,10 +496,9 @@ impl Session {
         };
         let handed_through = self.inflight.last_row;
         let res = shared
-            .db
-            .call(move |s| {
-                s.outbox_confirm(&ack.events, ack.status_reported_at_ms, handed_through)
-                    .map(|c| (c, s.outbox_depth()))
+            .write_essential(move |s| {
+                let c = s.outbox_confirm(&ack.events, ack.status_reported_at_ms, handed_through)?;
+                Ok((c, s.outbox_depth()))
             })
             .await;
         match res {
@@ -488,9 +521,68 @@ impl Session {
         }
     }
 
+    /// Disk pressure: notices it begin and end (heartbeat now, metric, one
+    /// log line each), makes the spare again when there is room, and gives
+    /// the store's free pages back to the filesystem, a step at a time.
+    async fn disk_housekeeping(&mut self) {
+        let shared = self.shared.clone();
+        match shared.disk.check() {
+            Some(true) => {
+                shared.metrics.disk_pressure.set(1);
+                let space = shared.disk.space();
+                tracing::warn!(
+                    free = space.map_or(0, |s| s.available),
+                    reserve = shared.disk.reserve(),
+                    "disk pressure: the state directory's filesystem is at the agent's reserve; \
+                     new events are refused (outbox.on_disk_full) until it has room"
+                );
+                shared.heartbeat_wake.notify_one();
+            }
+            Some(false) => {
+                shared.metrics.disk_pressure.set(0);
+                tracing::info!("disk pressure over");
+                shared.heartbeat_wake.notify_one();
+                // A report that could not be stored is stored now.
+                shared.report_wanted.store(true, Ordering::Relaxed);
+                shared.reconcile_wake.notify_one();
+            }
+            None => {}
+        }
+        let pressure = shared.disk.under_pressure();
+        if !pressure {
+            let d = shared.clone();
+            let _ = tokio::task::spawn_blocking(move || d.disk.ensure_spare()).await;
+        }
+        // Compact when the outbox has drained a lot (over 1 MiB of free
+        // pages), or any amount under pressure: steps the size of the WAL's
+        // allowance (each checkpointed, so the WAL never outgrows it), for
+        // at most 100 ms a second.
+        let step = shared.disk.wal_pages();
+        let res = shared
+            .db
+            .call(move |s| {
+                let mut free = s.free_pages()?;
+                if free <= 256 && !(pressure && free > 0) {
+                    return Ok(());
+                }
+                let started = std::time::Instant::now();
+                while free > 0 && started.elapsed() < Duration::from_millis(100) {
+                    free = s.compact(step)?;
+                }
+                Ok::<_, crate::store::StoreError>(())
+            })
+            .await;
+        if let Err(e) = res {
+            // Space will come back with the next step; no need to shout.
+            tracing::debug!(error = %crate::error_chain(&e), "store compaction step failed");
+        }
+    }
+
     /// Once a second: resends what the hub left unacknowledged too long,
-    /// expires rows past the age limit, refreshes the outstanding count.
+    /// expires rows past the age limit, refreshes the outstanding count,
+    /// looks after the disk.
     async fn housekeeping(&mut self) {
+        self.disk_housekeeping().await;
         let now = tokio::time::Instant::now();
         let shared = self.shared.clone();
         if now >= self.next_expiry {

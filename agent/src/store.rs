@@ -38,9 +38,10 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    #[error("SQLite error on {path}")]
+    #[error("SQLite error on {path} ({step})")]
     Open {
         path: PathBuf,
+        step: &'static str,
         #[source]
         source: rusqlite::Error,
     },
@@ -50,6 +51,17 @@ pub enum StoreError {
     Json(#[from] serde_json::Error),
     #[error("database schema version {found} is newer than this agent knows ({known})")]
     TooNew { found: i64, known: i64 },
+}
+
+impl StoreError {
+    /// Whether SQLite failed for lack of disk space.
+    pub fn is_disk_full(&self) -> bool {
+        let sql = match self {
+            StoreError::Sql(e) | StoreError::Open { source: e, .. } => e,
+            _ => return false,
+        };
+        matches!(sql.sqlite_error_code(), Some(rusqlite::ErrorCode::DiskFull))
+    }
 }
 
 /// Schema migrations; entry `i` moves `user_version` from `i` to `i + 1`.
@@ -176,6 +188,7 @@ impl Store {
                     Corrupt::No(e) => e,
                     Corrupt::Yes(why) => StoreError::Open {
                         path: path.to_owned(),
+                        step: "reopen after moving the corrupt file aside",
                         source: rusqlite::Error::InvalidParameterName(why),
                     },
                 })?
@@ -196,6 +209,7 @@ impl Store {
     pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
         let err = |source| StoreError::Open {
             path: path.to_owned(),
+            step: "open read-only",
             source,
         };
         let conn = Connection::open_with_flags(
@@ -215,35 +229,49 @@ impl Store {
     }
 
     fn open_checked(path: &Path, sync: Synchronous) -> Result<Connection, Corrupt> {
-        let classify = |e: rusqlite::Error| {
-            if is_corruption(&e) {
-                Corrupt::Yes(e.to_string())
-            } else {
-                Corrupt::No(StoreError::Open {
-                    path: path.to_owned(),
-                    source: e,
-                })
+        let classify = |step: &'static str| {
+            move |e: rusqlite::Error| {
+                if is_corruption(&e) {
+                    Corrupt::Yes(e.to_string())
+                } else {
+                    Corrupt::No(StoreError::Open {
+                        path: path.to_owned(),
+                        step,
+                        source: e,
+                    })
+                }
             }
         };
-        let conn = Connection::open(path).map_err(classify)?;
+        let conn = Connection::open(path).map_err(classify("open"))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(classify)?;
+            .map_err(classify("busy_timeout"))?;
         let check: String = conn
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .map_err(classify)?;
+            .map_err(classify("integrity_check"))?;
         if check != "ok" {
             return Err(Corrupt::Yes(format!("integrity_check: {check}")));
         }
+        // Free pages can be given back to the filesystem after the outbox
+        // drains (incremental vacuum). Only for a new database: on an
+        // existing one the pragma writes its header, which a full disk
+        // refuses (and older stores get it from `enable_compaction`).
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .map_err(classify("page_count"))?;
+        if pages == 0 {
+            conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+                .map_err(classify("auto_vacuum"))?;
+        }
         conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(classify)?;
+            .map_err(classify("journal_mode"))?;
         let sync = match sync {
             Synchronous::Normal => "NORMAL",
             Synchronous::Full => "FULL",
         };
         conn.pragma_update(None, "synchronous", sync)
-            .map_err(classify)?;
+            .map_err(classify("synchronous"))?;
         conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(classify)?;
+            .map_err(classify("foreign_keys"))?;
         Ok(conn)
     }
 
@@ -274,6 +302,76 @@ impl Store {
             );
         }
         Ok(())
+    }
+
+    /// Sizes the write-ahead log for the disk: SQLite checkpoints it every
+    /// `pages` pages and truncates it back to that size after a checkpoint
+    /// (its default, 1,000 pages kept for good, is a quarter of a 4 MiB card).
+    pub fn size_wal(&mut self, pages: u64) -> Result<(), StoreError> {
+        self.conn
+            .pragma_update(None, "wal_autocheckpoint", pages as i64)?;
+        self.conn
+            .pragma_update(None, "journal_size_limit", (pages * 4096) as i64)?;
+        Ok(())
+    }
+
+    /// Pages of the database file that hold nothing (deleted rows).
+    pub fn free_pages(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA freelist_count", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    /// Gives up to `pages` free pages back to the filesystem and truncates
+    /// the WAL; returns the pages still free. Needs a little space itself
+    /// (moved pages go through the WAL), so it works in small steps.
+    pub fn compact(&mut self, pages: u64) -> Result<u64, StoreError> {
+        let vacuum = self
+            .conn
+            .pragma_query_value(None, "auto_vacuum", |r| r.get::<_, i64>(0))?;
+        if vacuum == 2 {
+            // Runs the vacuum step; its rows are not needed.
+            let mut stmt = self
+                .conn
+                .prepare(&format!("PRAGMA incremental_vacuum({pages})"))?;
+            let mut rows = stmt.query([])?;
+            while rows.next()?.is_some() {}
+        }
+        self.checkpoint()?;
+        self.free_pages()
+    }
+
+    /// Copies the WAL into the database and truncates it.
+    pub fn checkpoint(&mut self) -> Result<(), StoreError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// A store created before incremental vacuum existed (schema 1 and 2)
+    /// is rewritten once to get it, when `room` bytes can be spent (a
+    /// VACUUM needs about twice the file). True when it was.
+    pub fn enable_compaction(&mut self, room: u64) -> Result<bool, StoreError> {
+        let vacuum = self
+            .conn
+            .pragma_query_value(None, "auto_vacuum", |r| r.get::<_, i64>(0))?;
+        if vacuum == 2 {
+            return Ok(false);
+        }
+        let (pages, size): (i64, i64) = (
+            self.conn
+                .pragma_query_value(None, "page_count", |r| r.get(0))?,
+            self.conn
+                .pragma_query_value(None, "page_size", |r| r.get(0))?,
+        );
+        let bytes = (pages * size) as u64;
+        if bytes.saturating_mul(2) > room {
+            return Ok(false);
+        }
+        self.conn
+            .pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+        self.conn.execute_batch("VACUUM")?;
+        Ok(true)
     }
 
     pub fn schema_version(&self) -> Result<i64, StoreError> {
@@ -687,6 +785,33 @@ mod tests {
         s.kv_set("a", "2").unwrap();
         assert_eq!(s.kv_get("a").unwrap().as_deref(), Some("2"));
         assert_eq!(s.kv_get("b").unwrap(), None);
+    }
+
+    #[test]
+    fn a_drained_outbox_gives_its_space_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = open(dir.path());
+        let size = || {
+            std::fs::metadata(dir.path().join("agent.db"))
+                .unwrap()
+                .len()
+        };
+        let items: Vec<(String, Vec<u8>)> = (0..3000)
+            .map(|i| (format!("e{i}"), vec![7u8; 900]))
+            .collect();
+        let limits = crate::outbox::Limits {
+            max_messages: 1_000_000,
+            max_bytes: u64::MAX,
+        };
+        s.outbox_push(edgefleet_protocol::Channel::Events, &items, limits)
+            .unwrap();
+        s.checkpoint().unwrap();
+        let full = size();
+        let keys: Vec<String> = items.into_iter().map(|i| i.0).collect();
+        s.outbox_confirm(&keys, None, 0).unwrap();
+        assert!(s.free_pages().unwrap() > 500);
+        while s.compact(64).unwrap() > 0 {}
+        assert!(size() < full / 10, "{} of {full} bytes left", size());
     }
 
     #[test]

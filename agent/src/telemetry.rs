@@ -59,6 +59,7 @@ impl Sampler {
             mem_total_bytes: sample.mem_total,
             disk_used_bytes: sample.disk_used,
             disk_total_bytes: sample.disk_total,
+            disk_pressure: shared.disk.under_pressure(),
             temperature_c: sample.temperature_c,
             agent_rss_bytes: rss_bytes().unwrap_or(0),
             agent_version: AGENT_VERSION.to_owned(),
@@ -106,38 +107,18 @@ fn sample(system: Option<&mut sysinfo::System>, state_dir: &Path) -> Sample {
     s
 }
 
-/// Used and total bytes of the filesystem holding `path` (the longest
-/// matching mount point).
+/// Used and total bytes of the filesystem holding `path` (statvfs: what
+/// an unprivileged writer may still use counts as free).
 pub fn disk_usage(path: &Path) -> Option<(u64, u64)> {
-    let disks = sysinfo::Disks::new_with_refreshed_list().ok()?;
-    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
-    disks
-        .iter()
-        .filter(|d| path.starts_with(d.mount_point()))
-        .max_by_key(|d| d.mount_point().as_os_str().len())
-        .map(|d| {
-            (
-                d.total_space().saturating_sub(d.available_space()),
-                d.total_space(),
-            )
-        })
-        .or_else(|| {
-            // Fall back to the root filesystem.
-            disks
-                .iter()
-                .find(|d| d.mount_point() == Path::new("/"))
-                .map(|d| {
-                    (
-                        d.total_space().saturating_sub(d.available_space()),
-                        d.total_space(),
-                    )
-                })
-        })
+    let s = edgefleet_daemon::disk::space(path).ok()?;
+    Some((s.total.saturating_sub(s.available), s.total))
 }
 
 /// Available bytes on the filesystem holding `path`.
 pub fn disk_available(path: &Path) -> Option<u64> {
-    disk_usage(path).map(|(used, total)| total.saturating_sub(used))
+    edgefleet_daemon::disk::space(path)
+        .ok()
+        .map(|s| s.available)
 }
 
 /// This process's resident set size, from /proc (Linux).

@@ -117,6 +117,14 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, source = ?std::error::Error::source(&e), "store error");
+        if e.is_disk_full() {
+            return Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "disk_full",
+                "the hub's disk is full: nothing can be changed until it has room; \
+                 reads and desired state are still served",
+            );
+        }
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",

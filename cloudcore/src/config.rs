@@ -38,6 +38,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub broker: BrokerConfig,
     pub auth: AuthConfig,
+    pub store: StoreConfig,
     /// Test-only: the size checks to leave out, so a test can show the next
     /// layer holds by itself. Never in a config file; set by the
     /// `CLOUDCORE_TEST_UNCHECKED_LIMITS` variable (`api`, `publisher`, both
@@ -95,6 +96,16 @@ pub struct BrokerConfig {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Bytes the hub keeps free on the data directory's filesystem: below
+    /// it, device messages are not stored (devices keep and resend them)
+    /// while desired state and the API keep being served. 0: 5 % of the
+    /// filesystem or 256 MiB, whichever is smaller.
+    pub disk_reserve_bytes: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// Operator bearer token; empty: read or create `<data_dir>/operator-token`.
     pub operator_token: String,
@@ -109,6 +120,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             broker: BrokerConfig::default(),
             auth: AuthConfig::default(),
+            store: StoreConfig::default(),
             unchecked_limits: UncheckedLimits::default(),
         }
     }
@@ -299,6 +311,13 @@ impl Config {
         }
         if let Some(v) = env("CLOUDCORE_BOOTSTRAP_TOKEN") {
             self.auth.bootstrap_token = v;
+        }
+        if let Some(v) = env("CLOUDCORE_STORE_DISK_RESERVE_BYTES") {
+            self.store.disk_reserve_bytes = v.parse().map_err(|_| ConfigError::Env {
+                name: "CLOUDCORE_STORE_DISK_RESERVE_BYTES".into(),
+                value: v,
+                message: "expected a number of bytes".into(),
+            })?;
         }
         if let Some(v) = env("CLOUDCORE_TEST_UNCHECKED_LIMITS") {
             for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {

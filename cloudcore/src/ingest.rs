@@ -96,9 +96,7 @@ fn store_one(tx: &Connection, m: &Verified) -> Result<Ingested, StoreError> {
             p.state == PresenceState::Online,
             p.session,
         ),
-        Verified::Heartbeat(h) => {
-            Store::ingest_heartbeat(tx, &h.device_id, &serde_json::to_string(h)?)
-        }
+        Verified::Heartbeat(h) => Store::ingest_heartbeat(tx, h),
     }
 }
 
@@ -197,17 +195,37 @@ fn process(
     Ok(acks)
 }
 
+/// The hub's data directory and the space ingest leaves free on it.
+#[derive(Debug, Clone)]
+pub struct Disk {
+    pub dir: std::path::PathBuf,
+    pub reserve: u64,
+}
+
+impl Disk {
+    /// `Some(free bytes)` when the filesystem is below the reserve.
+    fn below_reserve(&self) -> Option<u64> {
+        let s = edgefleet_daemon::disk::space(&self.dir).ok()?;
+        (s.available < self.reserve).then_some(s.available)
+    }
+}
+
 /// The ingest loop: batches publishes, commits, then acknowledges them to
-/// the devices (signed with `signer`) and to the broker.
+/// the devices (signed with `signer`) and to the broker. Below the disk
+/// reserve nothing is stored nor acknowledged to devices, which keep their
+/// messages and resend them; the broker is always acknowledged (PUBACK is
+/// flow control, the device's outbox is the copy that counts).
 pub async fn run(
     store: Store,
     registry: Registry,
     metrics: Arc<Metrics>,
     signer: Arc<Signer>,
     client: AsyncClient,
+    disk: Disk,
     mut rx: mpsc::UnboundedReceiver<Publish>,
 ) {
     let mut backlog_warned = false;
+    let mut disk_full_warned = false;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < BATCH {
@@ -226,6 +244,30 @@ pub async fn run(
             );
         } else if backlog < BACKLOG_WARN / 2 {
             backlog_warned = false;
+        }
+        if let Some(free) = disk.below_reserve() {
+            if !disk_full_warned {
+                tracing::error!(
+                    free,
+                    reserve = disk.reserve,
+                    dir = %disk.dir.display(),
+                    "the hub's disk is at its reserve: device messages are not stored \
+                     (devices keep and resend them); desired state and the API are still served"
+                );
+                disk_full_warned = true;
+            }
+            for p in &batch {
+                let channel = Topic::parse(&p.topic)
+                    .map_or_else(|_| "unknown".to_owned(), |t| t.channel.as_str().to_owned());
+                metrics.received(&channel);
+                metrics.reject(&channel, "hub_disk_full");
+            }
+            puback(&client, &batch).await;
+            continue;
+        }
+        if disk_full_warned {
+            tracing::info!("the hub's disk has room again: storing device messages");
+            disk_full_warned = false;
         }
         let started = Instant::now();
         let (s, r, m) = (store.clone(), registry.clone(), metrics.clone());
@@ -265,16 +307,28 @@ pub async fn run(
                         }
                     }
                 }
-                for p in &batch {
-                    if let Err(e) = client.ack(p).await {
-                        tracing::warn!(error = %e, "cannot acknowledge a device message");
-                    }
-                }
+                puback(&client, &batch).await;
             }
-            // Not acknowledged: the broker redelivers after the hub reconnects.
+            // Not acknowledged to the devices, which resend; the broker gets
+            // its PUBACK so it keeps delivering.
             Err(e) => {
-                tracing::error!(error = %e, count = batch.len(), "cannot store device messages")
+                tracing::error!(
+                    error = %e,
+                    source = ?std::error::Error::source(&e),
+                    count = batch.len(),
+                    "cannot store device messages; devices will resend them"
+                );
+                puback(&client, &batch).await;
             }
+        }
+    }
+}
+
+/// Acknowledges a batch to the broker.
+async fn puback(client: &AsyncClient, batch: &[Publish]) {
+    for p in batch {
+        if let Err(e) = client.ack(p).await {
+            tracing::warn!(error = %e, "cannot acknowledge a device message");
         }
     }
 }

@@ -36,6 +36,9 @@ pub struct Pass {
     pub withheld: Vec<(DeviceId, String)>,
 }
 
+/// Wait before running a failed pass again.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A handle to wake the publisher.
 #[derive(Debug, Clone, Default)]
 pub struct Trigger(Arc<Notify>);
@@ -161,8 +164,9 @@ impl Publisher {
         }
     }
 
-    /// One recompute-store-publish pass.
-    pub async fn pass(&self) {
+    /// One recompute-store-publish pass; false when it failed (it is
+    /// retried).
+    pub async fn pass(&self) -> bool {
         let started = Instant::now();
         let (signer, epoch, check) = (self.signer.clone(), self.epoch, self.check_limits);
         match self
@@ -187,12 +191,21 @@ impl Publisher {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "desired-state pass failed; will retry on the next change")
+                tracing::error!(
+                    error = %e,
+                    source = ?std::error::Error::source(&e),
+                    "desired-state pass failed; retrying in {RETRY:?}"
+                );
+                self.metrics
+                    .publish_pass
+                    .observe(started.elapsed().as_secs_f64());
+                return false;
             }
         }
         self.metrics
             .publish_pass
             .observe(started.elapsed().as_secs_f64());
+        true
     }
 
     /// Runs passes on every trigger until cancelled. `reconnected` fires on
@@ -208,18 +221,24 @@ impl Publisher {
         cancel: CancellationToken,
     ) {
         let mut first_connect = true;
+        // A failed pass (a full disk, a locked store) is run again.
+        let mut retry = false;
         loop {
-            tokio::select! {
+            let ok = tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = trigger.0.notified() => self.pass().await,
+                _ = tokio::time::sleep(RETRY), if retry => self.pass().await,
                 lost_state = reconnected.next() => {
                     self.republish(lost_state || (first_connect && republish_all_first)).await;
                     if first_connect {
                         first_connect = false;
-                        self.pass().await;
+                        self.pass().await
+                    } else {
+                        !retry
                     }
                 }
-            }
+            };
+            retry = !ok;
         }
     }
 }

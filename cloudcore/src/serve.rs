@@ -181,6 +181,14 @@ pub async fn serve_with(
         metrics.clone(),
         signer.clone(),
         session.client.clone(),
+        ingest::Disk {
+            dir: data.clone(),
+            reserve: match cfg.store.disk_reserve_bytes {
+                0 => edgefleet_daemon::disk::space(&data)
+                    .map_or(0, |s| edgefleet_daemon::disk::default_reserve(s.total)),
+                n => n,
+            },
+        },
         ingest_rx,
     ));
     let trigger = Trigger::default();

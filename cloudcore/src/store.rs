@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use edgefleet_protocol::{DeviceId, Event, Health, StatusReport, SyncState};
+use edgefleet_protocol::{DeviceId, Event, Health, Heartbeat, StatusReport, SyncState};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +36,16 @@ pub enum StoreError {
     TooNew { found: i64, supported: i64 },
     #[error("store worker panicked")]
     Join,
+}
+
+impl StoreError {
+    /// Whether SQLite failed for lack of disk space.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sqlite(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+        )
+    }
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -830,6 +840,14 @@ impl Store {
             ])?;
         }
         let device = r.device_id.as_str();
+        if r.unstored {
+            Self::set_condition(
+                tx,
+                device,
+                ConditionType::DiskPressure,
+                "the device's disk is full: its status report was sent from memory, not stored",
+            )?;
+        }
         match &r.desired_rejected {
             Some(rej) => {
                 let what = match rej.version {
@@ -910,23 +928,33 @@ impl Store {
         })
     }
 
-    pub fn ingest_heartbeat(
-        tx: &Connection,
-        id: &DeviceId,
-        json: &str,
-    ) -> Result<Ingested, StoreError> {
+    /// Stores a verified heartbeat, and the device's `DiskPressure`
+    /// condition as it says.
+    pub fn ingest_heartbeat(tx: &Connection, h: &Heartbeat) -> Result<Ingested, StoreError> {
+        let id = h.device_id.as_str();
         let n = tx
             .prepare_cached("UPDATE devices SET heartbeat = ?2, last_seen_ms = ?3 WHERE id = ?1")?
             .execute(params![
-                id.as_str(),
-                json,
+                id,
+                serde_json::to_string(h)?,
                 sql_i64(edgefleet_protocol::now_ms())
             ])?;
-        Ok(if n == 1 {
-            Ingested::Stored
+        if n != 1 {
+            return Ok(Ingested::UnknownDevice);
+        }
+        if h.disk_pressure {
+            let free = h.disk_total_bytes.saturating_sub(h.disk_used_bytes);
+            let message = format!(
+                "{} free of {} on the agent's state filesystem, below its reserve: \
+                 new events are refused or dropped",
+                edgefleet_daemon::disk::human(free),
+                edgefleet_daemon::disk::human(h.disk_total_bytes)
+            );
+            Self::set_condition(tx, id, ConditionType::DiskPressure, &message)?;
         } else {
-            Ingested::UnknownDevice
-        })
+            Self::clear_condition(tx, id, ConditionType::DiskPressure)?;
+        }
+        Ok(Ingested::Stored)
     }
 
     /// Runs `f` in one transaction (ingest batches).

@@ -16,8 +16,13 @@ pub struct Heartbeat {
     pub cpu_percent: f32,
     pub mem_used_bytes: u64,
     pub mem_total_bytes: u64,
+    /// The filesystem of the agent's state directory.
     pub disk_used_bytes: u64,
     pub disk_total_bytes: u64,
+    /// Free space is below the agent's reserve: it refuses or drops new
+    /// events and may not store its status.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disk_pressure: bool,
     /// SoC temperature where the device exposes one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature_c: Option<f32>,

@@ -144,6 +144,7 @@ fn heartbeat() -> Heartbeat {
         mem_total_bytes: 4_000_000_000,
         disk_used_bytes: 9_000_000_000,
         disk_total_bytes: 32_000_000_000,
+        disk_pressure: false,
         temperature_c: Some(51.5),
         agent_rss_bytes: 11_534_336,
         agent_version: "0.1.0".into(),

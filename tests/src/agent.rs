@@ -29,6 +29,8 @@ pub struct AgentOptions {
     /// Run the daemon inside this network namespace (`ip netns exec`); its
     /// local HTTP is then only reachable from inside it.
     pub netns: Option<String>,
+    /// The state directory (e.g. on a small tmpfs); `None`: a temp dir.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl AgentOptions {
@@ -65,7 +67,10 @@ impl Agent {
         install_crypto();
         let tmp = tempfile::tempdir().expect("tempdir");
         let config = tmp.path().join("agent.toml");
-        let state_dir = tmp.path().join("state");
+        let state_dir = opts
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| tmp.path().join("state"));
         let mut cmd = Command::new(bin("edge-agent"));
         cmd.arg("enroll")
             .arg("--hub")
@@ -158,6 +163,17 @@ impl Agent {
     /// SIGTERM; returns the exit code.
     pub async fn stop(&mut self) -> Option<i32> {
         self.proc.terminate(Duration::from_secs(15)).await
+    }
+
+    /// `GET` of a local HTTP path; status code, `None` when unreachable.
+    pub async fn get_status(&self, path: &str) -> Option<u16> {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.http_url))
+            .send()
+            .await
+            .ok()?;
+        Some(r.status().as_u16())
     }
 
     pub fn http_url(&self) -> &str {

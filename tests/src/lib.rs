@@ -15,6 +15,7 @@ pub mod mosquitto;
 pub mod netns;
 pub mod process;
 pub mod sim;
+pub mod tmpfs;
 
 use std::time::{Duration, Instant};
 

@@ -600,6 +600,7 @@ impl DeviceTask {
             mem_total_bytes: 1 << 30,
             disk_used_bytes: 4 << 30,
             disk_total_bytes: 32 << 30,
+            disk_pressure: false,
             temperature_c: None,
             agent_rss_bytes: 12 << 20,
             agent_version: "fleet-sim".into(),

@@ -101,6 +101,7 @@ async fn partition(external: bool) {
                 ("EDGEFLEET_BROKER_URL".into(), device_broker),
                 ("EDGEFLEET_HUB_URL".into(), hub.api_url().to_owned()),
             ],
+            ..Default::default()
         },
     )
     .await;

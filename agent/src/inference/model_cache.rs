@@ -40,6 +40,13 @@ pub enum CacheError {
     },
     #[error("model cache index")]
     Store(#[from] StoreError),
+    #[error("cannot download model {sha256} ({size} bytes)")]
+    DiskFull {
+        sha256: String,
+        size: u64,
+        #[source]
+        source: crate::disk::DiskFull,
+    },
 }
 
 /// Where blobs come from.
@@ -57,6 +64,8 @@ pub struct ModelCache {
     dir: PathBuf,
     max_bytes: u64,
     db: Db,
+    /// When set, a download must leave the disk its reserve.
+    disk: Option<std::sync::Arc<crate::disk::DiskGuard>>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
@@ -90,8 +99,19 @@ pub async fn file_sha256(path: &Path) -> Result<String, CacheError> {
 }
 
 impl ModelCache {
+    /// Downloads must fit beside `disk`'s reserve.
+    pub fn with_disk(mut self, disk: std::sync::Arc<crate::disk::DiskGuard>) -> Self {
+        self.disk = Some(disk);
+        self
+    }
+
     pub fn new(dir: PathBuf, max_bytes: u64, db: Db) -> Self {
-        Self { dir, max_bytes, db }
+        Self {
+            dir,
+            max_bytes,
+            db,
+            disk: None,
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -194,6 +214,13 @@ impl ModelCache {
             source,
         };
         let mut resp = req.send().await.map_err(dl)?;
+        if let (Some(disk), Some(left)) = (&self.disk, resp.content_length()) {
+            disk.admit(left).map_err(|source| CacheError::DiskFull {
+                sha256: sha256.to_owned(),
+                size: left,
+                source,
+            })?;
+        }
         let append = match resp.status() {
             StatusCode::PARTIAL_CONTENT => true,
             StatusCode::OK => false,

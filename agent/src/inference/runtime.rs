@@ -73,7 +73,8 @@ impl InferenceRuntime {
             cfg.state_dir.join("models"),
             cfg.models.cache_max_bytes,
             shared.db.clone(),
-        );
+        )
+        .with_disk(Arc::clone(&shared.disk));
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .read_timeout(Duration::from_millis(cfg.hub.request_timeout_ms.max(1)))
@@ -231,7 +232,7 @@ async fn outbox_writer(
         let sealed = vec![(event.id.clone(), shared.identity.signer.seal(&event))];
         if let Err(e) = shared.queue_events(sealed).await {
             shared.metrics.store_errors.inc();
-            tracing::error!(error = %crate::error_chain(&e), "cannot queue inference result");
+            tracing::error!(error = %crate::error_chain(&e), "cannot queue inference result; dropped");
         }
     }
 }
