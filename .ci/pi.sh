@@ -46,7 +46,7 @@ cargo deb --version
 
 step "shellcheck packaging scripts"
 shellcheck -s sh packaging/install.sh packaging/deb/postinst packaging/deb/prerm packaging/deb/postrm
-shellcheck packaging/chroot-test.sh packaging/size.sh .ci/pi.sh
+shellcheck packaging/chroot-test.sh packaging/size.sh .ci/pi.sh .ci/run tests/kube/build.sh
 
 step "aarch64 unit tests under qemu (edgefleet-protocol, edge-agent)"
 # One invocation: the same feature set as one build, no rebuilt dependencies.

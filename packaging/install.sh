@@ -188,26 +188,18 @@ metadata:
   namespace: kube-system
   annotations: {kubernetes.io/service-account.name: edgefleet-agent}
 ---
-# What edgefleet workloads may contain: extend it for other kinds (CRDs).
+# The agent applies whatever Kubernetes objects the hub ships to this
+# device (CRDs and their resources, RBAC, any kind), so it may act on every
+# kind, as the deployers of Rancher Fleet and Argo CD do in the clusters
+# they manage. To bound it to the kinds you ship, list them instead: a kind
+# left out fails its workload with a 403 that names it.
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
 metadata: {name: edgefleet-agent}
 rules:
-  - apiGroups: [""]
-    resources: [namespaces, configmaps, secrets, services, serviceaccounts, persistentvolumeclaims]
-    verbs: [get, list, watch, create, patch, update, delete]
-  - apiGroups: [""]
-    resources: [pods, nodes, events]
-    verbs: [get, list, watch]
-  - apiGroups: [apps]
-    resources: [deployments, daemonsets, statefulsets, replicasets]
-    verbs: [get, list, watch, create, patch, update, delete]
-  - apiGroups: [batch]
-    resources: [jobs, cronjobs]
-    verbs: [get, list, watch, create, patch, update, delete]
-  - apiGroups: [networking.k8s.io]
-    resources: [ingresses, networkpolicies]
-    verbs: [get, list, watch, create, patch, update, delete]
+  - apiGroups: ["*"]
+    resources: ["*"]
+    verbs: ["*"]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRoleBinding

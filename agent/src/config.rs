@@ -406,6 +406,10 @@ impl Config {
         if let Some(v) = env("EDGEFLEET_OUTBOX_ACK_TIMEOUT_SECS") {
             self.outbox.ack_timeout_secs = parse("EDGEFLEET_OUTBOX_ACK_TIMEOUT_SECS", &v)?;
         }
+        if let Some(v) = env("EDGEFLEET_RECONCILE_DRIFT_INTERVAL_SECS") {
+            self.reconcile.drift_interval_secs =
+                parse("EDGEFLEET_RECONCILE_DRIFT_INTERVAL_SECS", &v)?;
+        }
         if let Some(v) = env("EDGEFLEET_STORE_DISK_RESERVE_BYTES") {
             self.store.disk_reserve_bytes = parse("EDGEFLEET_STORE_DISK_RESERVE_BYTES", &v)?;
         }

@@ -52,6 +52,7 @@ pub struct Metrics {
     pub kube_reachable: Gauge,
     pub kube_applies: Counter,
     pub kube_deletes: Counter,
+    pub kube_drift: Counter,
     pub events_accepted: Counter,
     pub events_refused: Family<Labels, Counter>,
     pub disk_pressure: Gauge,
@@ -91,6 +92,7 @@ impl Metrics {
             kube_reachable: Gauge::default(),
             kube_applies: Counter::default(),
             kube_deletes: Counter::default(),
+            kube_drift: Counter::default(),
             events_accepted: Counter::default(),
             events_refused: Family::default(),
             disk_pressure: Gauge::default(),
@@ -216,6 +218,11 @@ impl Metrics {
             "kube_deletes",
             "Owned objects deleted (pruned)",
             m.kube_deletes.clone(),
+        );
+        r.register(
+            "kube_drift",
+            "Objects restored because another client changed or took fields we set",
+            m.kube_drift.clone(),
         );
         r.register(
             "events_accepted",

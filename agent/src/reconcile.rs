@@ -39,7 +39,12 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
     let mut backoff = min;
     loop {
         let outcome = r.pass().await;
-        let delay = if outcome.retry {
+        let delay = if outcome.kube_down {
+            // The local K3s API is coming up (a reboot): probe it often, so
+            // stored workloads are submitted as soon as it answers. A probe
+            // is one GET /version on the device itself.
+            KUBE_PROBE
+        } else if outcome.retry {
             let d = backoff;
             backoff = (backoff * 2).min(max);
             tracing::info!(retry_in = ?d, "reconcile pass incomplete; retrying");
@@ -56,10 +61,15 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
     }
 }
 
+/// Retry period while the K3s API does not answer.
+const KUBE_PROBE: Duration = Duration::from_millis(250);
+
 #[derive(Debug, Default)]
 struct PassOutcome {
     /// Something failed transiently; retry with backoff.
     retry: bool,
+    /// Kubernetes workloads are desired and the K3s API did not answer.
+    kube_down: bool,
     /// A Kubernetes workload is not healthy yet; poll its status sooner.
     progressing: bool,
 }
@@ -129,6 +139,7 @@ impl Reconciler {
                 Ok(k) => Ok(k),
                 Err(e) => {
                     out.retry = true;
+                    out.kube_down = self.kube.is_some();
                     Err(e)
                 }
             }
@@ -277,7 +288,7 @@ impl Reconciler {
         let mut retry = false;
         let mut health = Health::Healthy;
         let mut health_msgs: Vec<String> = Vec::new();
-        for manifest in &spec.manifests {
+        for manifest in apply_order(&spec.manifests) {
             let Some(key) = ObjectKey::from_manifest(manifest) else {
                 errors.push("manifest without apiVersion, kind or metadata.name".into());
                 continue;
@@ -293,10 +304,31 @@ impl Reconciler {
                 }
             };
             let prior = recorded.get(&key);
-            let up_to_date = matches!((&live, prior), (Some(l), Some(r)) if l.uid == r.uid && r.apply_hash == hash);
+            let state = match (&live, prior) {
+                (None, _) => Current::Absent,
+                (Some(l), Some(r)) if l.uid == r.uid && r.apply_hash == hash => {
+                    let fields = l.owned_fields_hash();
+                    if r.fields_hash.is_empty() || r.fields_hash == fields {
+                        Current::UpToDate
+                    } else {
+                        Current::Drifted
+                    }
+                }
+                _ => Current::Changed,
+            };
+            if state == Current::Drifted {
+                shared.metrics.kube_drift.inc();
+                tracing::warn!(
+                    workload,
+                    object = %key,
+                    "drift: fields we set were changed or taken by another client; restoring"
+                );
+            }
             let obj: LiveObject = match live {
-                Some(l) if up_to_date => {
-                    if prior.is_some_and(|r| r.resource_version != l.resource_version) {
+                Some(l) if state == Current::UpToDate => {
+                    if prior.is_some_and(|r| {
+                        r.resource_version != l.resource_version || r.fields_hash.is_empty()
+                    }) {
                         self.record(workload, &key, &l, &hash).await;
                     }
                     l
@@ -360,6 +392,7 @@ impl Reconciler {
             uid: obj.uid.clone(),
             resource_version: obj.resource_version.clone(),
             apply_hash: hash.to_owned(),
+            fields_hash: obj.owned_fields_hash(),
         };
         if let Err(e) = self.shared.db.call(move |s| s.record_applied(&entry)).await {
             self.shared.metrics.store_errors.inc();
@@ -476,6 +509,34 @@ impl Reconciler {
             }
         }
     }
+}
+
+/// How a recorded object stands against the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Current {
+    /// Ours, as we applied it.
+    UpToDate,
+    /// Missing (deleted, or a reset K3s).
+    Absent,
+    /// Our manifest changed, or the object was recreated (new uid).
+    Changed,
+    /// Someone else changed or took fields we set.
+    Drifted,
+}
+
+/// A workload's manifests in the order they can be applied: namespaces and
+/// CRDs first (what the rest may live in or be an instance of), then the
+/// rest as given.
+fn apply_order(manifests: &[serde_json::Value]) -> impl Iterator<Item = &serde_json::Value> {
+    let first = |m: &serde_json::Value| {
+        ObjectKey::from_manifest(m).is_some_and(|k| {
+            crate::runtime::kube::is_crd(&k) || (k.kind == "Namespace" && k.api_version == "v1")
+        })
+    };
+    manifests
+        .iter()
+        .filter(move |m| first(m))
+        .chain(manifests.iter().filter(move |m| !first(m)))
 }
 
 fn key_of(e: &InventoryEntry) -> ObjectKey {

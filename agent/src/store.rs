@@ -117,6 +117,11 @@ CREATE TABLE kv (
 ALTER TABLE outbox ADD COLUMN msg_key TEXT;
 CREATE INDEX outbox_by_key ON outbox (channel, msg_key);
 "#,
+    // 3: the fields our applies own, as the server recorded them (hash of
+    // our managedFields entry), to notice drift.
+    r#"
+ALTER TABLE inventory ADD COLUMN fields_hash TEXT NOT NULL DEFAULT '';
+"#,
 ];
 
 /// What happened at open, for the startup log and metrics.
@@ -138,6 +143,9 @@ pub struct InventoryEntry {
     pub uid: String,
     pub resource_version: String,
     pub apply_hash: String,
+    /// [`crate::runtime::kube::LiveObject::owned_fields_hash`] after our
+    /// last apply; empty when not known yet.
+    pub fields_hash: String,
 }
 
 /// Sync state and health of one workload as last reconciled.
@@ -448,7 +456,8 @@ impl Store {
     /// Every inventory entry, ordered by workload then object.
     pub fn inventory(&self) -> Result<Vec<InventoryEntry>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT workload, api_version, kind, namespace, name, uid, resource_version, apply_hash
+            "SELECT workload, api_version, kind, namespace, name, uid, resource_version, apply_hash,
+                    fields_hash
              FROM inventory ORDER BY workload, api_version, kind, namespace, name",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -462,6 +471,7 @@ impl Store {
                 uid: r.get(5)?,
                 resource_version: r.get(6)?,
                 apply_hash: r.get(7)?,
+                fields_hash: r.get(8)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -469,11 +479,12 @@ impl Store {
 
     pub fn record_applied(&mut self, e: &InventoryEntry) -> Result<(), StoreError> {
         self.conn.execute(
-            "INSERT INTO inventory (workload, api_version, kind, namespace, name, uid, resource_version, apply_hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+            "INSERT INTO inventory (workload, api_version, kind, namespace, name, uid, resource_version,
+                                    apply_hash, fields_hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
              ON CONFLICT (workload, api_version, kind, namespace, name) DO UPDATE SET
                uid = excluded.uid, resource_version = excluded.resource_version,
-               apply_hash = excluded.apply_hash",
+               apply_hash = excluded.apply_hash, fields_hash = excluded.fields_hash",
             params![
                 e.workload,
                 e.api_version,
@@ -482,7 +493,8 @@ impl Store {
                 e.name,
                 e.uid,
                 e.resource_version,
-                e.apply_hash
+                e.apply_hash,
+                e.fields_hash
             ],
         )?;
         Ok(())
@@ -756,6 +768,7 @@ mod tests {
             uid: "u1".into(),
             resource_version: "1".into(),
             apply_hash: "h1".into(),
+            fields_hash: "f1".into(),
         };
         s.record_applied(&e).unwrap();
         e.resource_version = "2".into();

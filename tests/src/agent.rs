@@ -20,7 +20,7 @@ pub use crate::install_crypto;
 pub struct AgentOptions {
     /// Requested device id (default: the hub derives one).
     pub device_id: Option<String>,
-    /// Kubeconfig of the (stand-in) K3s API.
+    /// Kubeconfig of the device's K3s API.
     pub kubeconfig: Option<PathBuf>,
     /// Extra environment for `edge-agent run` (e.g. `EDGEFLEET_OUTBOX_MAX_MESSAGES`).
     pub env: Vec<(String, String)>,
@@ -31,17 +31,6 @@ pub struct AgentOptions {
     pub netns: Option<String>,
     /// The state directory (e.g. on a small tmpfs); `None`: a temp dir.
     pub state_dir: Option<PathBuf>,
-}
-
-impl AgentOptions {
-    /// An agent with device id `id` whose K3s is the stand-in `kube`.
-    pub fn with_kube(id: &str, kube: &crate::kube_standin::KubeStandIn) -> Self {
-        Self {
-            device_id: Some(id.into()),
-            kubeconfig: Some(kube.kubeconfig_path().to_owned()),
-            ..Default::default()
-        }
-    }
 }
 
 /// An enrolled agent; `start()` runs the daemon.
@@ -260,71 +249,21 @@ impl Agent {
 /// A TCP proxy between an agent and its broker that a test can cut: the
 /// device's uplink failing while the broker and the hub keep running.
 #[derive(Debug)]
-pub struct Uplink {
-    port: u16,
-    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    cut: tokio::sync::watch::Sender<u64>,
-    task: tokio::task::JoinHandle<()>,
-}
+pub struct Uplink(crate::proxy::FaultProxy);
 
 impl Uplink {
     /// Proxies 127.0.0.1:<free port> to `target` (`host:port`).
     pub async fn start(target: &str) -> Self {
-        use std::sync::atomic::Ordering;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind uplink proxy");
-        let port = listener.local_addr().expect("addr").port();
-        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (cut, _) = tokio::sync::watch::channel(0u64);
-        let target = target.to_owned();
-        let (d, c) = (down.clone(), cut.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    continue;
-                };
-                if d.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
-                let mut cut_rx = c.subscribe();
-                let target = target.clone();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut_rx.changed() => {}
-                    }
-                });
-            }
-        });
-        Self {
-            port,
-            down,
-            cut,
-            task,
-        }
+        Self(crate::proxy::FaultProxy::start(target).await)
     }
 
     /// `mqtt://127.0.0.1:PORT` of the proxy.
     pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
+        format!("mqtt://{}", self.0.addr())
     }
 
     /// Cuts every connection and refuses new ones.
     pub fn set_down(&self, down: bool) {
-        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
-        if down {
-            self.cut.send_modify(|v| *v += 1);
-        }
-    }
-}
-
-impl Drop for Uplink {
-    fn drop(&mut self) {
-        self.task.abort();
+        self.0.set_down(down);
     }
 }

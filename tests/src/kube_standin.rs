@@ -1,5 +1,9 @@
-//! An in-process stand-in for the Kubernetes API subset the agent uses, for
-//! tests only (K3s cannot run here); never shipped.
+//! An in-process stand-in for the Kubernetes API subset the agent uses;
+//! never shipped. Every suite now runs against a real control plane
+//! ([`crate::control_plane`], faults through [`crate::proxy`]); this stays
+//! only as the baseline `bench-agent` measures the offline cold start
+//! against, side by side with the real API server, and should go once that
+//! comparison is no longer wanted.
 //!
 //! What it serves, with the real server's semantics and error bodies:
 //! - discovery as kube-rs performs it: `/version`, `/api`, `/api/v1`, `/apis`,

@@ -8,12 +8,14 @@
 
 pub mod agent;
 pub mod bench;
+pub mod control_plane;
 pub mod device;
 pub mod hub;
 pub mod kube_standin;
 pub mod mosquitto;
 pub mod netns;
 pub mod process;
+pub mod proxy;
 pub mod sim;
 pub mod tmpfs;
 

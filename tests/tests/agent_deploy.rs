@@ -1,24 +1,32 @@
 //! The agent end to end with the real hub, the real `edge-agent` binary and
-//! the Kubernetes API stand-in: deploy, health, prune, restart without
-//! mutations, forged documents.
+//! a real Kubernetes control plane (kube-apiserver on kine/SQLite,
+//! controllers, scheduler, kwok nodes): deploy a site's workload through its
+//! controllers to ready, prune, restore drift, restart without a single
+//! mutating request, refuse forged and replayed documents. The agent runs
+//! as the ServiceAccount and ClusterRole `packaging/install.sh` creates.
 
 use std::time::Duration;
 
 use edgefleet_protocol::{Channel, DesiredState, DeviceId, MessageKind, Signer, Topic};
 use edgefleet_tests::agent::{Agent, AgentOptions};
+use edgefleet_tests::control_plane::{Admin, ControlPlane, Shared};
 use edgefleet_tests::device::{MqttDevice, host_port};
 use edgefleet_tests::eventually;
 use edgefleet_tests::hub::Hub;
-use edgefleet_tests::kube_standin::KubeStandIn;
-use serde_json::json;
+use serde_json::{Value, json};
 
-const T: Duration = Duration::from_secs(20);
+const T: Duration = Duration::from_secs(60);
 
-fn deployment(with_config: bool) -> String {
+/// The site's workload in namespace `ns`: a Deployment of 2 replicas, its
+/// Service and ConfigMap (left out without `with_config`), and a CRD with a
+/// custom resource of it.
+fn deployment(ns: &str, with_config: bool) -> String {
     let config = if with_config {
-        "\n          - {apiVersion: v1, kind: ConfigMap, metadata: {name: web-config, namespace: demo}, data: {greeting: hello}}"
+        format!(
+            "\n          - {{apiVersion: v1, kind: ConfigMap, metadata: {{name: web-config, namespace: {ns}}}, data: {{greeting: hello}}}}"
+        )
     } else {
-        ""
+        String::new()
     };
     format!(
         r#"
@@ -34,67 +42,134 @@ spec:
         manifests:
           - apiVersion: apps/v1
             kind: Deployment
-            metadata: {{name: web, namespace: demo}}
+            metadata: {{name: web, namespace: {ns}}}
             spec:
-              replicas: 1
+              replicas: 2
               selector: {{matchLabels: {{app: web}}}}
               template:
                 metadata: {{labels: {{app: web}}}}
                 spec:
-                  containers: [{{name: web, image: "nginx:1.27"}}]{config}
+                  containers: [{{name: web, image: "nginx:1.27"}}]
+          - apiVersion: v1
+            kind: Service
+            metadata: {{name: web, namespace: {ns}}}
+            spec:
+              selector: {{app: web}}
+              ports: [{{port: 80, targetPort: 80}}]{config}
+          - apiVersion: {ns}.example.edgefleet.io/v1
+            kind: Sensor
+            metadata: {{name: vibration, namespace: {ns}}}
+            spec: {{rateHz: 100}}
+          - apiVersion: apiextensions.k8s.io/v1
+            kind: CustomResourceDefinition
+            metadata: {{name: sensors.{ns}.example.edgefleet.io}}
+            spec:
+              group: {ns}.example.edgefleet.io
+              scope: Namespaced
+              names: {{plural: sensors, singular: sensor, kind: Sensor}}
+              versions:
+                - name: v1
+                  served: true
+                  storage: true
+                  schema:
+                    openAPIV3Schema:
+                      type: object
+                      properties:
+                        spec: {{type: object, properties: {{rateHz: {{type: integer}}}}}}
 "#
     )
 }
 
-async fn setup() -> (Hub, KubeStandIn, Agent) {
+/// A hub and an agent labelled `site=plant-3` whose K3s is `admin`'s
+/// cluster, reached as the install script's ServiceAccount.
+async fn hub_and_agent(admin: &Admin, id: &str) -> (Hub, Agent) {
     edgefleet_tests::agent::install_crypto();
     let hub = Hub::start().await;
-    let kube = KubeStandIn::start().await;
     let mut agent = Agent::enroll_with(
         &hub,
         &[("site", "plant-3")],
-        AgentOptions::with_kube("pi-deploy", &kube),
+        AgentOptions {
+            device_id: Some(id.into()),
+            kubeconfig: Some(admin.agent_kubeconfig().await),
+            env: vec![("EDGEFLEET_RECONCILE_DRIFT_INTERVAL_SECS".into(), "2".into())],
+            ..Default::default()
+        },
     )
     .await;
     agent.start().await;
-    (hub, kube, agent)
+    (hub, agent)
 }
 
-fn available() -> serde_json::Value {
-    json!({"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1,
-           "readyReplicas": 1, "availableReplicas": 1})
+/// The Running pods of `ns` and the nodes they are on.
+async fn running_pods(admin: &Admin, ns: &str) -> Vec<(String, String)> {
+    let list = admin
+        .api("v1", "Pod", Some(ns))
+        .list(&Default::default())
+        .await
+        .expect("list pods");
+    list.items
+        .iter()
+        .filter(|p| p.data["status"]["phase"] == "Running")
+        .map(|p| {
+            (
+                p.metadata.name.clone().unwrap_or_default(),
+                p.data["spec"]["nodeName"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+async fn hub_healthy(hub: &Hub, generation: u64) {
+    eventually(
+        &format!("hub shows line-3 generation {generation} ready 1/1 Healthy"),
+        T,
+        || async {
+            let (code, s) = hub.get("/deployments/line-3/status").await;
+            (code == 200
+                && s["generation"] == generation
+                && s["healthy"] == 1
+                && s["inSync"] == 1
+                && s["targeted"] == 1)
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deploy_health_prune_and_quiet_restart() {
-    let (hub, kube, mut agent) = setup().await;
-    let (code, body) = hub.put_deployment("line-3", &deployment(true)).await;
+async fn deploy_to_ready_prune_drift_and_quiet_restart() {
+    let Some(cp) = ControlPlane::start().await else {
+        return;
+    };
+    let admin = cp.admin().await;
+    let ns = "plant";
+    let (hub, mut agent) = hub_and_agent(&admin, "pi-deploy").await;
+    let (code, body) = hub.put_deployment("line-3", &deployment(ns, true)).await;
     assert!(code < 300, "put deployment: {code} {body}");
 
-    // Server-side applies with our field manager and labels.
-    eventually("Deployment and ConfigMap applied", T, || async {
-        let d = kube.get("apps/v1", "Deployment", Some("demo"), "web")?;
-        kube.get("v1", "ConfigMap", Some("demo"), "web-config")?;
-        Some(d)
-    })
-    .await;
-    let applies: Vec<_> = kube
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == "PATCH")
-        .collect();
-    assert!(applies.len() >= 2, "{applies:?}");
-    for r in &applies {
-        assert_eq!(r.field_manager.as_deref(), Some("edgefleet-agent"), "{r:?}");
-        assert_eq!(
-            r.content_type.as_deref(),
-            Some("application/apply-patch+yaml"),
-            "{r:?}"
-        );
-    }
-    let cm = kube
-        .get("v1", "ConfigMap", Some("demo"), "web-config")
-        .unwrap();
+    // Through the real controllers and kwok: 2 pods Running, the hub shows
+    // the deployment ready and healthy.
+    hub_healthy(&hub, 1).await;
+    let pods = running_pods(&admin, ns).await;
+    assert_eq!(pods.len(), 2, "{pods:?}");
+    assert!(
+        pods.iter().all(|(_, node)| node.starts_with("pi-node-")),
+        "{pods:?}"
+    );
+    let cr = admin
+        .get(
+            &format!("{ns}.example.edgefleet.io/v1"),
+            "Sensor",
+            Some(ns),
+            "vibration",
+        )
+        .await
+        .expect("custom resource applied");
+    assert_eq!(cr["spec"]["rateHz"], 100);
+    let cm = admin
+        .get("v1", "ConfigMap", Some(ns), "web-config")
+        .await
+        .expect("ConfigMap");
     assert_eq!(
         cm["metadata"]["labels"]["app.kubernetes.io/managed-by"],
         "edgefleet"
@@ -103,62 +178,84 @@ async fn deploy_health_prune_and_quiet_restart() {
         cm["metadata"]["labels"]["edgefleet.io/workload"],
         "line-3.web"
     );
-
-    // Available → the hub shows it ready and healthy.
-    kube.set_status("apps/v1", "Deployment", Some("demo"), "web", available());
-    eventually("hub shows line-3 healthy 1/1", T, || async {
-        let (code, s) = hub.get("/deployments/line-3/status").await;
-        (code == 200 && s["healthy"] == 1 && s["inSync"] == 1 && s["targeted"] == 1).then_some(())
-    })
-    .await;
     let st = agent.status().await;
     assert_eq!(st["workloads"][0]["health"], "Healthy", "{st}");
 
+    // Drift: someone edits a field we set, then deletes one of our
+    // objects; the next drift check puts both back.
+    let cms = admin.api("v1", "ConfigMap", Some(ns));
+    let mut edited = cms.get("web-config").await.expect("get");
+    edited.data["data"]["greeting"] = json!("tampered");
+    cms.replace("web-config", &kube::api::PostParams::default(), &edited)
+        .await
+        .expect("edit");
+    eventually("edited field restored", T, || async {
+        let c = admin.get("v1", "ConfigMap", Some(ns), "web-config").await?;
+        (c["data"]["greeting"] == "hello").then_some(())
+    })
+    .await;
+    admin
+        .api("v1", "Service", Some(ns))
+        .delete("web", &Default::default())
+        .await
+        .expect("delete service");
+    eventually("deleted object restored", T, || async {
+        admin
+            .get("v1", "Service", Some(ns), "web")
+            .await
+            .map(|_| ())
+    })
+    .await;
+    assert!(agent.metric("edgefleet_agent_kube_drift_total").await >= 1.0);
+
     // Prune: drop the ConfigMap; a foreign object stays untouched.
-    kube.insert(json!({"apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "not-ours", "namespace": "demo"}, "data": {"a": "b"}}));
-    let (code, _) = hub.put_deployment("line-3", &deployment(false)).await;
+    admin
+        .apply_as(
+            "kubectl",
+            &json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "not-ours", "namespace": ns}, "data": {"a": "b"}}),
+            false,
+        )
+        .await
+        .expect("foreign object");
+    let (code, _) = hub.put_deployment("line-3", &deployment(ns, false)).await;
     assert!(code < 300);
     eventually("ConfigMap pruned", T, || async {
-        kube.get("v1", "ConfigMap", Some("demo"), "web-config")
+        admin
+            .get("v1", "ConfigMap", Some(ns), "web-config")
+            .await
             .is_none()
             .then_some(())
     })
     .await;
     assert!(
-        kube.get("v1", "ConfigMap", Some("demo"), "not-ours")
+        admin
+            .get("v1", "ConfigMap", Some(ns), "not-ours")
+            .await
             .is_some()
     );
-    assert!(
-        kube.get("apps/v1", "Deployment", Some("demo"), "web")
-            .is_some()
-    );
-    eventually("hub healthy after prune", T, || async {
-        let (_, s) = hub.get("/deployments/line-3/status").await;
-        (s["healthy"] == 1 && s["generation"] == 2).then_some(())
-    })
-    .await;
+    hub_healthy(&hub, 2).await;
 
-    // Restart with unchanged desired state: zero mutating requests.
+    // Restart with unchanged desired state: not one mutating request, as
+    // the API server's audit log records them.
     assert_eq!(agent.stop().await, Some(0));
-    kube.clear_requests();
+    let before = admin.agent_mutations();
     agent.start().await;
-    eventually("agent reconciled after restart", T, || async {
-        (agent.metric("edgefleet_agent_reconcile_passes_total").await >= 1.0
-            && agent.metric("edgefleet_agent_kube_reachable").await == 1.0)
+    let acked = agent.metric("edgefleet_agent_outbox_acked_total").await;
+    eventually("the restarted agent reported", T, || async {
+        (agent.metric("edgefleet_agent_kube_reachable").await == 1.0
+            && agent.metric("edgefleet_agent_outbox_acked_total").await > acked)
             .then_some(())
     })
     .await;
-    eventually("status flows after restart", T, || async {
-        (agent.metric("edgefleet_agent_outbox_acked_total").await >= 1.0).then_some(())
-    })
-    .await;
+    // Past at least one drift check too.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = admin.agent_mutations();
     assert_eq!(
-        kube.mutating_requests(),
-        0,
-        "restart sent mutating requests: {:?}",
-        kube.requests()
+        after, before,
+        "the restart sent mutating requests (audit log, by verb)"
     );
+    eprintln!("agent's mutating requests over the whole test, by verb: {after:?}");
 
     // Uninstalling the deployment prunes everything we own.
     let (code, _) = hub
@@ -166,25 +263,106 @@ async fn deploy_health_prune_and_quiet_restart() {
         .await;
     assert!(code < 300, "delete deployment: {code}");
     eventually("Deployment pruned", T, || async {
-        kube.get("apps/v1", "Deployment", Some("demo"), "web")
+        admin
+            .get("apps/v1", "Deployment", Some(ns), "web")
+            .await
             .is_none()
             .then_some(())
     })
     .await;
     assert!(
-        kube.get("v1", "ConfigMap", Some("demo"), "not-ours")
+        admin
+            .get("v1", "ConfigMap", Some(ns), "not-ours")
+            .await
             .is_some()
     );
+    agent.kill().await;
+}
+
+/// A workload the server rejects fails with the server's message; the
+/// device's other workload keeps going.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_object_fails_its_workload_only() {
+    let Some(shared) = Shared::get() else {
+        return;
+    };
+    let admin = shared.admin().await;
+    let (hub, mut agent) = hub_and_agent(&admin, "pi-reject").await;
+    let yaml = r#"
+apiVersion: edgefleet.io/v1
+kind: Deployment
+metadata: {name: mixed}
+spec:
+  selector: {matchLabels: {site: plant-3}}
+  workloads:
+    - name: broken
+      kubernetes:
+        manifests:
+          - apiVersion: apps/v1
+            kind: Deployment
+            metadata: {name: broken, namespace: reject}
+            spec:
+              replicas: -1
+              selector: {matchLabels: {app: a}}
+              template:
+                metadata: {labels: {app: b}}
+                spec: {containers: [{name: x, image: x}]}
+    - name: fine
+      kubernetes:
+        manifests:
+          - {apiVersion: v1, kind: ConfigMap, metadata: {name: fine, namespace: reject}, data: {k: v}}
+"#;
+    let (code, body) = hub.put_deployment("mixed", yaml).await;
+    assert!(code < 300, "{body}");
+    let rows = eventually("both workloads reported", T, || async {
+        let (_, s) = hub.get("/deployments/mixed/status").await;
+        let rows = s["devices"][0]["workloads"].as_array()?.clone();
+        rows.iter()
+            .all(|w| !w["sync"].is_null() && w["sync"] != "Syncing")
+            .then_some(rows)
+    })
+    .await;
+    let row = |name: &str| -> Value {
+        rows.iter()
+            .find(|w| w["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(row("mixed.fine")["sync"], "Synced", "{rows:?}");
+    assert_eq!(row("mixed.broken")["sync"], "Failed", "{rows:?}");
+    let msg = row("mixed.broken")["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        msg.contains("422") && msg.contains("replicas"),
+        "the server's message: {msg}"
+    );
+    assert!(
+        admin
+            .get("v1", "ConfigMap", Some("reject"), "fine")
+            .await
+            .is_some()
+    );
+    agent.kill().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_desired_documents_are_rejected_and_counted() {
-    let (hub, _kube, mut agent) = setup().await;
-    let (code, _) = hub.put_deployment("line-3", &deployment(true)).await;
+    let Some(shared) = Shared::get() else {
+        return;
+    };
+    let admin = shared.admin().await;
+    let (hub, mut agent) = hub_and_agent(&admin, "pi-forged").await;
+    let (code, _) = hub
+        .put_deployment("line-3", &deployment("forged", true))
+        .await;
     assert!(code < 300);
-    let stored = eventually("desired state stored", T, || async {
+    let stored = eventually("desired state stored and reconciled", T, || async {
         let st = agent.status().await;
-        st["desired"]["revision"].as_u64()
+        (st["workloads"].as_array().map(Vec::len) == Some(1))
+            .then(|| st["desired"]["revision"].as_u64())
+            .flatten()
     })
     .await;
     let before = agent.status().await;
@@ -224,7 +402,11 @@ async fn forged_desired_documents_are_rejected_and_counted() {
     .await;
     let after = agent.status().await;
     assert_eq!(after["desired"], before["desired"], "stored state changed");
-    assert_eq!(after["workloads"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        after["workloads"].as_array().map(Vec::len),
+        Some(1),
+        "{after}"
+    );
     agent.kill().await;
 }
 
@@ -234,6 +416,10 @@ async fn forged_desired_documents_are_rejected_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_hub_documents_are_rejected_and_counted() {
     edgefleet_tests::agent::install_crypto();
+    let Some(shared) = Shared::get() else {
+        return;
+    };
+    let admin = shared.admin().await;
     let Some(broker) = edgefleet_tests::mosquitto::Mosquitto::start().await else {
         return;
     };
@@ -242,7 +428,6 @@ async fn replayed_hub_documents_are_rejected_and_counted() {
         ..Default::default()
     })
     .await;
-    let kube = KubeStandIn::start().await;
     // The sniffer sees every device's desired topic.
     let (host, port) = host_port(&broker.url());
     let mut opts = rumqttc::MqttOptions::new("sniffer", host, port);
@@ -268,7 +453,11 @@ async fn replayed_hub_documents_are_rejected_and_counted() {
     let mut agent = Agent::enroll_with(
         &hub,
         &[("site", "plant-3")],
-        AgentOptions::with_kube("pi-replay", &kube),
+        AgentOptions {
+            device_id: Some("pi-replay".into()),
+            kubeconfig: Some(admin.agent_kubeconfig().await),
+            ..Default::default()
+        },
     )
     .await;
     agent.start().await;
@@ -280,7 +469,8 @@ async fn replayed_hub_documents_are_rejected_and_counted() {
             &[("site", "plant-3")],
         )
         .await;
-    let (code, _) = hub.put_deployment("line-3", &deployment(true)).await;
+    let ns = "replayed";
+    let (code, _) = hub.put_deployment("line-3", &deployment(ns, true)).await;
     assert!(code < 300);
     let me = Topic::new(DeviceId::new("pi-replay").unwrap(), Channel::Desired).to_string();
     let other = Topic::new(DeviceId::new("pi-other").unwrap(), Channel::Desired).to_string();
@@ -288,7 +478,7 @@ async fn replayed_hub_documents_are_rejected_and_counted() {
     while mine_v1.is_none() || other_doc.is_none() {
         let (topic, payload) = tokio::time::timeout(T, rx.recv())
             .await
-            .expect("desired documents within 20 s")
+            .expect("desired documents within a minute")
             .expect("sniffer running");
         if payload.is_empty() {
             continue;
@@ -299,7 +489,7 @@ async fn replayed_hub_documents_are_rejected_and_counted() {
             other_doc = Some(payload);
         }
     }
-    let (code, _) = hub.put_deployment("line-3", &deployment(false)).await;
+    let (code, _) = hub.put_deployment("line-3", &deployment(ns, false)).await;
     assert!(code < 300);
     let revision = eventually("revision 2 stored", T, || async {
         let st = agent.status().await;
@@ -331,7 +521,9 @@ async fn replayed_hub_documents_are_rejected_and_counted() {
         "stored state changed"
     );
     eventually("revision 2 converged (ConfigMap pruned)", T, || async {
-        kube.get("v1", "ConfigMap", Some("demo"), "web-config")
+        admin
+            .get("v1", "ConfigMap", Some(ns), "web-config")
+            .await
             .is_none()
             .then_some(())
     })

@@ -2,14 +2,14 @@
 //! starts the hub, a sensor broker and a real `edge-agent`, deploys the
 //! anomaly model, and shows anomaly events arriving at the hub; SIGINT
 //! (Ctrl-C) stops everything, the agent included, and exits 0 promptly.
-//! With a kubeconfig (here the Kubernetes API stand-in) the deployment also
+//! With a kubeconfig (here the control plane built from source) the deployment also
 //! carries a Kubernetes workload; without one the demo says it is pending.
 
 use std::path::Path;
 use std::time::Duration;
 
+use edgefleet_tests::control_plane::Shared;
 use edgefleet_tests::eventually;
-use edgefleet_tests::kube_standin::KubeStandIn;
 use edgefleet_tests::process::{Proc, bin, send_signal};
 use tokio::process::Command;
 
@@ -105,9 +105,12 @@ async fn demo_shows_anomalies_and_stops_cleanly_on_ctrl_c() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_adds_a_kubernetes_workload_when_a_kubeconfig_is_found() {
-    let kube = KubeStandIn::start().await;
+    let Some(cp) = Shared::get() else {
+        return;
+    };
+    let admin = cp.admin().await;
     let tmp = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = kube.kubeconfig_path().display().to_string();
+    let kubeconfig = cp.kubeconfig.display().to_string();
     let mut demo = start_demo(tmp.path(), &kubeconfig);
 
     let pid = agent_pid(&mut demo).await;
@@ -117,10 +120,11 @@ async fn demo_adds_a_kubernetes_workload_when_a_kubeconfig_is_found() {
     demo.wait_for_line("deployment demo: ready 1/1", START)
         .await;
     assert!(
-        kube.get("v1", "ConfigMap", Some("default"), "edgefleet-demo")
+        admin
+            .get("v1", "ConfigMap", Some("default"), "edgefleet-demo")
+            .await
             .is_some(),
-        "the agent applied the demo's ConfigMap: {:?}",
-        kube.objects()
+        "the agent applied the demo's ConfigMap"
     );
     anomaly_arrives(&mut demo).await;
     ctrl_c(demo, pid).await;

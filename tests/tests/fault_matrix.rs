@@ -7,6 +7,10 @@
 //! 4. the agent is SIGKILLed 20 times during apply and outbox bursts;
 //! 5. the Kubernetes API turns slow, then unreachable, then comes back.
 //!
+//! Each device has a K3s of its own: a real API server on kine/SQLite (no
+//! controllers: the workloads are ConfigMaps), behind a fault proxy that
+//! slows it down or makes it refuse connections.
+//!
 //! Waits are deadlines on observable state; sleeps are only poll intervals,
 //! retry backoffs and the random kill points of scenario 4 (seeded, the seed
 //! is printed; `EDGEFLEET_FAULT_SEED=N` replays one).
@@ -18,10 +22,11 @@ use std::time::{Duration, Instant};
 
 use edgefleet_protocol::{DesiredState, DeviceId, Expect, PublicKey, open};
 use edgefleet_tests::agent::{Agent, AgentOptions, install_crypto};
+use edgefleet_tests::control_plane::{Admin, ControlPlane};
 use edgefleet_tests::eventually;
 use edgefleet_tests::hub::{Hub, HubOptions};
-use edgefleet_tests::kube_standin::KubeStandIn;
 use edgefleet_tests::mosquitto::Mosquitto;
+use edgefleet_tests::proxy::FaultProxy;
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(40);
@@ -76,33 +81,101 @@ spec:
     )
 }
 
-/// `data.v` of ConfigMap `demo/name` in the stand-in.
-fn cm_value(kube: &KubeStandIn, name: &str) -> Option<String> {
-    kube.get("v1", "ConfigMap", Some("demo"), name)
-        .and_then(|o| o["data"]["v"].as_str().map(str::to_owned))
+/// A device's own K3s: a real API server (on kine/SQLite; no controllers
+/// are needed for ConfigMaps), reached through a fault proxy.
+struct Site {
+    _cp: ControlPlane,
+    admin: Admin,
+    proxy: FaultProxy,
+    _dir: tempfile::TempDir,
+    kubeconfig: std::path::PathBuf,
 }
 
-/// An agent enrolled with `site=plant-3` against its own stand-in, on a
-/// local HTTP port kept across restarts; not started yet.
-async fn enrolled_with_kube(hub: &Hub, id: &str) -> (Agent, KubeStandIn) {
-    let kube = KubeStandIn::start().await;
+impl Site {
+    /// `None` when the control plane is not built (skipped loudly).
+    async fn start() -> Option<Self> {
+        let cp = ControlPlane::start_api_only().await?;
+        let admin = cp.admin().await;
+        let proxy = FaultProxy::start(cp.url().trim_start_matches("https://")).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kubeconfig = dir.path().join("kubeconfig");
+        let text = std::fs::read_to_string(cp.kubeconfig()).expect("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            text.replace(cp.url().trim_start_matches("https://"), &proxy.addr()),
+        )
+        .expect("write kubeconfig");
+        Some(Self {
+            _cp: cp,
+            admin,
+            proxy,
+            _dir: dir,
+            kubeconfig,
+        })
+    }
+
+    /// `data.v` of ConfigMap `demo/name`.
+    async fn cm_value(&self, name: &str) -> Option<String> {
+        self.admin
+            .get("v1", "ConfigMap", Some("demo"), name)
+            .await
+            .and_then(|o| o["data"]["v"].as_str().map(str::to_owned))
+    }
+
+    /// Whether every ConfigMap of `names` holds `value`.
+    async fn all(&self, names: &[String], value: &str) -> bool {
+        for n in names {
+            if self.cm_value(n).await.as_deref() != Some(value) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// (name, `data.v`) of every ConfigMap in `demo`.
+    async fn configmaps(&self) -> Vec<(String, String)> {
+        let list = self
+            .admin
+            .api("v1", "ConfigMap", Some("demo"))
+            .list(&Default::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        list.iter()
+            .filter(|o| o.metadata.name.as_deref() != Some("kube-root-ca.crt"))
+            .map(|o| {
+                (
+                    o.metadata.name.clone().unwrap_or_default(),
+                    o.data["data"]["v"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// An agent enrolled with `site=plant-3` against its own K3s, on a local
+/// HTTP port kept across restarts; not started yet. `None`: skipped.
+async fn enrolled_with_kube(hub: &Hub, id: &str) -> Option<(Agent, Site)> {
+    let site = Site::start().await?;
     let agent = Agent::enroll_with(
         hub,
         &[("site", "plant-3")],
         AgentOptions {
+            device_id: Some(id.into()),
+            kubeconfig: Some(site.kubeconfig.clone()),
             http_port: Some(edgefleet_tests::free_port()),
-            ..AgentOptions::with_kube(id, &kube)
+            ..Default::default()
         },
     )
     .await;
-    (agent, kube)
+    Some((agent, site))
 }
 
 /// [`enrolled_with_kube`], started.
-async fn agent_with_kube(hub: &Hub, id: &str) -> (Agent, KubeStandIn) {
-    let (mut agent, kube) = enrolled_with_kube(hub, id).await;
+async fn agent_with_kube(hub: &Hub, id: &str) -> Option<(Agent, Site)> {
+    let (mut agent, site) = enrolled_with_kube(hub, id).await?;
     agent.start().await;
-    (agent, kube)
+    Some((agent, site))
 }
 
 /// Waits until deployment `name` is applied in sync on `targeted` devices.
@@ -172,8 +245,12 @@ async fn broker_restart_mid_rollout(broker: Broker) {
         return;
     };
     let cms = ["roll-a".to_owned(), "roll-b".to_owned()];
-    let (a1, k1) = agent_with_kube(&hub, "pi-br-1").await;
-    let (a2, k2) = agent_with_kube(&hub, "pi-br-2").await;
+    let Some((a1, k1)) = agent_with_kube(&hub, "pi-br-1").await else {
+        return;
+    };
+    let Some((a2, k2)) = agent_with_kube(&hub, "pi-br-2").await else {
+        return;
+    };
     let (code, body) = hub
         .put_deployment("roll", &deployment("roll", &cms, "v1"))
         .await;
@@ -209,15 +286,7 @@ async fn broker_restart_mid_rollout(broker: Broker) {
     eventually(
         "both devices apply v3 after the broker restart",
         T,
-        || async {
-            [&k1, &k2]
-                .iter()
-                .all(|k| {
-                    cms.iter()
-                        .all(|cm| cm_value(k, cm).as_deref() == Some("v3"))
-                })
-                .then_some(())
-        },
+        || async { (k1.all(&cms, "v3").await && k2.all(&cms, "v3").await).then_some(()) },
     )
     .await;
     wait_in_sync(&hub, "roll", 2).await;
@@ -249,7 +318,9 @@ async fn late_device_after_broker_crash(broker: Broker) {
         .put_deployment("late", &deployment("late", &cms, "v1"))
         .await;
     assert!(code < 300);
-    let (mut agent, kube) = enrolled_with_kube(&hub, "pi-late").await;
+    let Some((mut agent, kube)) = enrolled_with_kube(&hub, "pi-late").await else {
+        return;
+    };
     eventually("hub issued the new device's desired state", T, || async {
         let (_, d) = hub.get("/devices/pi-late").await;
         d["desiredRevision"].as_u64()
@@ -269,7 +340,7 @@ async fn late_device_after_broker_crash(broker: Broker) {
     eventually(
         "the late device applies its desired state after the broker crash",
         T,
-        || async { (cm_value(&kube, "late-a").as_deref() == Some("v1")).then_some(()) },
+        || async { (kube.cm_value("late-a").await.as_deref() == Some("v1")).then_some(()) },
     )
     .await;
     wait_in_sync(&hub, "late", 1).await;
@@ -433,8 +504,12 @@ async fn hub_kill_mid_rollout(broker: Broker) {
         }
         None => None,
     };
-    let (a1, k1) = agent_with_kube(&hub, "pi-hk-1").await;
-    let (a2, k2) = agent_with_kube(&hub, "pi-hk-2").await;
+    let Some((a1, k1)) = agent_with_kube(&hub, "pi-hk-1").await else {
+        return;
+    };
+    let Some((a2, k2)) = agent_with_kube(&hub, "pi-hk-2").await else {
+        return;
+    };
     let cms = |d: &str| vec![format!("{d}-cm")];
 
     // Changes keep coming, round-robin over three deployments, through the kill.
@@ -489,15 +564,9 @@ async fn hub_kill_mid_rollout(broker: Broker) {
             .await;
         assert!(code < 300);
     }
+    let all_cms: Vec<String> = DEPLOYMENTS.iter().map(|d| format!("{d}-cm")).collect();
     eventually("both devices converge on the final content", T, || async {
-        [&k1, &k2]
-            .iter()
-            .all(|k| {
-                DEPLOYMENTS
-                    .iter()
-                    .all(|d| cm_value(k, &format!("{d}-cm")).as_deref() == Some("final"))
-            })
-            .then_some(())
+        (k1.all(&all_cms, "final").await && k2.all(&all_cms, "final").await).then_some(())
     })
     .await;
     for d in DEPLOYMENTS {
@@ -592,7 +661,9 @@ async fn agent_killed_repeatedly(broker: Broker) {
         return;
     };
     let mut rng = Rng::seeded();
-    let (mut agent, kube) = agent_with_kube(&hub, "pi-kill").await;
+    let Some((mut agent, kube)) = agent_with_kube(&hub, "pi-kill").await else {
+        return;
+    };
     let url = format!("{}/v1/events", agent.http_url());
 
     // Two posters, batches of 20 events, each batch retried until 202: an
@@ -629,7 +700,7 @@ async fn agent_killed_repeatedly(broker: Broker) {
     }
 
     // Slow the API a little so that kill points land inside apply passes.
-    kube.set_latency(Duration::from_millis(25));
+    kube.proxy.set_delay(Duration::from_millis(25));
     for round in 1..=KILLS {
         let (code, _) = hub
             .put_deployment(
@@ -648,7 +719,7 @@ async fn agent_killed_repeatedly(broker: Broker) {
         let check = integrity_check(&agent);
         assert_eq!(check, "ok", "after kill {round} ({wait:?} in): {check}");
     }
-    kube.set_latency(Duration::ZERO);
+    kube.proxy.set_delay(Duration::ZERO);
     agent.start().await;
     let before_stop = acked.lock().unwrap_or_else(|e| e.into_inner()).len();
     eventually(
@@ -679,19 +750,14 @@ async fn agent_killed_repeatedly(broker: Broker) {
         "applied objects match the final desired state",
         T,
         || async {
-            let live: BTreeSet<String> = kube
-                .objects()
+            let all = kube.configmaps().await;
+            let live: BTreeSet<String> = all
                 .iter()
-                .filter(|o| o["kind"] == "ConfigMap" && o["metadata"]["namespace"] == "demo")
-                .filter(|o| o["data"]["v"] == "final")
-                .filter_map(|o| o["metadata"]["name"].as_str().map(str::to_owned))
+                .filter(|(_, v)| v == "final")
+                .map(|(n, _)| n.clone())
                 .collect();
-            let all: usize = kube
-                .objects()
-                .iter()
-                .filter(|o| o["kind"] == "ConfigMap" && o["metadata"]["namespace"] == "demo")
-                .count();
-            (live == final_cms.iter().cloned().collect() && all == final_cms.len()).then_some(())
+            (live == final_cms.iter().cloned().collect() && all.len() == final_cms.len())
+                .then_some(())
         },
     )
     .await;
@@ -796,7 +862,9 @@ async fn slow_kube_api(broker: Broker) {
     let Some((hub, _mosquitto)) = start_hub(broker).await else {
         return;
     };
-    let (mut agent, kube) = enrolled_with_kube(&hub, "pi-slow").await;
+    let Some((mut agent, kube)) = enrolled_with_kube(&hub, "pi-slow").await else {
+        return;
+    };
     // A K3s request that takes longer than a second has failed; retries are
     // capped at two seconds so recovery shows quickly.
     set_config(&agent, "kube", "request_timeout_ms", "1000");
@@ -815,7 +883,7 @@ async fn slow_kube_api(broker: Broker) {
     let mut probes = 0;
 
     // Slow: every response 3 s late, beyond the agent's 1 s timeout.
-    kube.set_latency(Duration::from_secs(3));
+    kube.proxy.set_delay(Duration::from_secs(3));
     let (code, _) = hub
         .put_deployment("slow", &deployment("slow", &cms, "v2"))
         .await;
@@ -835,9 +903,12 @@ async fn slow_kube_api(broker: Broker) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     eprintln!("slow K3s reported as: {message}");
-    // Our own deadline, or kube-rs's read timeout (same bound) firing first.
+    // Our own deadline, kube-rs's read timeout (same bound) firing first,
+    // or on a new connection the TLS handshake timing out.
     assert!(
-        message.contains("did not answer within") || message.contains("timed out"),
+        message.contains("did not answer within")
+            || message.contains("timed out")
+            || message.contains("TimedOut"),
         "{message}"
     );
     eventually(
@@ -851,8 +922,8 @@ async fn slow_kube_api(broker: Broker) {
     .await;
 
     // Gone: nothing listens any more.
-    kube.set_latency(Duration::ZERO);
-    kube.set_refusing(true).await;
+    kube.proxy.set_delay(Duration::ZERO);
+    kube.proxy.set_refusing(true).await;
     let deadline = Instant::now() + T;
     loop {
         assert_responsive(&agent, &mut probes).await;
@@ -874,9 +945,9 @@ async fn slow_kube_api(broker: Broker) {
     assert_eq!(agent.metric("edgefleet_agent_kube_reachable").await, 0.0);
 
     // Back: the agent applies v2 and reports healthy again by itself.
-    kube.set_refusing(false).await;
+    kube.proxy.set_refusing(false).await;
     eventually("v2 applied after K3s came back", T, || async {
-        (cm_value(&kube, "slow-cm").as_deref() == Some("v2")).then_some(())
+        (kube.cm_value("slow-cm").await.as_deref() == Some("v2")).then_some(())
     })
     .await;
     eventually("healthy again at the hub", T, || async {

@@ -1,5 +1,5 @@
 //! Fault matrix, scenario 3: one agent behind a real link that fails. The
-//! agent (and its K3s stand-in, device-local as K3s is) runs in a network
+//! agent (and its K3s: a real API server on kine, device-local as K3s is) runs in a network
 //! namespace joined to the host by a veth pair on a private /30; the hub and
 //! the broker listen on the host end. The link is cut from inside the
 //! namespace, a new revision is made and events are posted during the
@@ -12,11 +12,11 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use edgefleet_tests::agent::{Agent, AgentOptions, install_crypto};
+use edgefleet_tests::control_plane::ControlPlane;
 use edgefleet_tests::eventually;
 use edgefleet_tests::hub::{Hub, HubOptions};
 use edgefleet_tests::mosquitto::Mosquitto;
 use edgefleet_tests::netns::NetNs;
-use edgefleet_tests::process::{Proc, bin};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(40);
@@ -76,17 +76,12 @@ async fn partition(external: bool) {
     let broker_port = edgefleet_tests::device::host_port(&hub.broker_url()).1;
     let device_broker = format!("mqtt://{}:{broker_port}", ns.host_ip);
 
-    // The device's own K3s (stand-in) runs inside the namespace with it.
-    let mut cmd = ns.command(bin("kube-standin"));
-    cmd.env("RUST_LOG", "warn");
-    let mut kube = Proc::spawn("kube-standin", cmd);
-    let line = kube.wait_for_line("KUBECONFIG=", T).await;
-    let kubeconfig = line
-        .split("KUBECONFIG=")
-        .nth(1)
-        .expect("kubeconfig path")
-        .trim()
-        .to_owned();
+    // The device's own K3s (a real API server on kine/SQLite) runs inside
+    // the namespace with it: cutting the uplink leaves it reachable.
+    let Some(kube) = ControlPlane::start_api_only_in(&ns.name).await else {
+        return;
+    };
+    let kubeconfig = kube.kubeconfig();
 
     let port = edgefleet_tests::free_port();
     let mut agent = Agent::enroll_with(
@@ -94,7 +89,7 @@ async fn partition(external: bool) {
         &[("site", "plant-3")],
         AgentOptions {
             device_id: Some("pi-cut".into()),
-            kubeconfig: Some(kubeconfig.into()),
+            kubeconfig: Some(kubeconfig),
             http_port: Some(port),
             netns: Some(ns.name.clone()),
             env: vec![
@@ -177,7 +172,7 @@ async fn partition(external: bool) {
     assert_eq!(st["desired"]["revision"].as_u64(), desired);
     assert_eq!(st["workloads"][0]["sync"], "Synced", "{st}");
     agent.kill().await;
-    kube.kill().await;
+    drop(kube);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use edgefleet_tests::agent::{Agent, AgentOptions, install_crypto};
+use edgefleet_tests::control_plane::Shared;
 use edgefleet_tests::eventually;
 use edgefleet_tests::hub::{Hub, HubOptions};
-use edgefleet_tests::kube_standin::KubeStandIn;
 use edgefleet_tests::mosquitto::{Mosquitto, TlsFiles};
 use edgefleet_tests::process::{Proc, bin};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
@@ -20,19 +20,24 @@ use serde_json::json;
 
 const T: Duration = Duration::from_secs(30);
 
-const DEPLOYMENT: &str = r#"
+/// The deployment of the round trip, its ConfigMap in namespace `ns`.
+fn deployment(ns: &str) -> String {
+    format!(
+        r#"
 apiVersion: edgefleet.io/v1
 kind: Deployment
-metadata: {name: over-tls}
+metadata: {{name: over-tls}}
 spec:
   selector:
-    matchLabels: {site: tls}
+    matchLabels: {{site: tls}}
   workloads:
     - name: config
       kubernetes:
         manifests:
-          - {apiVersion: v1, kind: ConfigMap, metadata: {name: tls-config, namespace: demo}, data: {transport: mqtts}}
-"#;
+          - {{apiVersion: v1, kind: ConfigMap, metadata: {{name: tls-config, namespace: {ns}}}, data: {{transport: mqtts}}}}
+"#
+    )
+}
 
 /// A CA, a broker certificate it signed (for `localhost` and 127.0.0.1),
 /// and an unrelated CA, as PEM files in a temp dir.
@@ -107,23 +112,30 @@ async fn check_broker(agent: &Agent, ca: &Path) -> (Option<i32>, String) {
 }
 
 /// Enrolls and starts a device that trusts `ca`, then: a deployment's
-/// ConfigMap reaches its (stand-in) K3s, the hub sees it in sync, and an
-/// event it accepts reaches the hub.
-async fn device_round_trip(hub: &Hub, ca: &Path) -> (KubeStandIn, Agent) {
-    let kube = KubeStandIn::start().await;
-    let mut opts = AgentOptions::with_kube("pi-tls", &kube);
-    opts.env = vec![("EDGEFLEET_BROKER_CA_FILE".into(), ca.display().to_string())];
+/// ConfigMap reaches its K3s (the real control plane, in namespace `ns`),
+/// the hub sees it in sync, and an event it accepts reaches the hub. `None`
+/// when the control plane is not built (skipped loudly).
+async fn device_round_trip(hub: &Hub, ca: &Path, ns: &str) -> Option<Agent> {
+    let admin = Shared::get()?.admin().await;
+    let opts = AgentOptions {
+        device_id: Some("pi-tls".into()),
+        kubeconfig: Some(admin.agent_kubeconfig().await),
+        env: vec![("EDGEFLEET_BROKER_CA_FILE".into(), ca.display().to_string())],
+        ..Default::default()
+    };
     let mut agent = Agent::enroll_with(hub, &[("site", "tls")], opts).await;
     agent.start().await;
     agent.wait_uplink(true).await;
 
-    let (code, _) = hub.put_deployment("over-tls", DEPLOYMENT).await;
+    let (code, _) = hub.put_deployment("over-tls", &deployment(ns)).await;
     assert!(code < 300, "PUT deployment: {code}");
     eventually(
         "ConfigMap applied from desired state sent over TLS",
         T,
         || async {
-            kube.get("v1", "ConfigMap", Some("demo"), "tls-config")
+            admin
+                .get("v1", "ConfigMap", Some(ns), "tls-config")
+                .await
                 .map(|_| ())
         },
     )
@@ -144,7 +156,7 @@ async fn device_round_trip(hub: &Hub, ca: &Path) -> (KubeStandIn, Agent) {
             .then_some(())
     })
     .await;
-    (kube, agent)
+    Some(agent)
 }
 
 /// The embedded broker with a TLS listener: devices are told its
@@ -183,7 +195,9 @@ async fn devices_reach_the_embedded_broker_over_tls() {
     let _silent = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect to the TLS listener");
-    let (_kube, mut agent) = device_round_trip(&hub, &pki.ca).await;
+    let Some(mut agent) = device_round_trip(&hub, &pki.ca, "tls-embedded").await else {
+        return;
+    };
     let config = std::fs::read_to_string(agent.config_path()).expect("agent config");
     assert!(
         config.contains(&format!("mqtts://localhost:{port}")),
@@ -209,7 +223,9 @@ async fn hub_and_agent_over_mqtts_with_a_private_ca() {
         ..Default::default()
     })
     .await;
-    let (_kube, mut agent) = device_round_trip(&hub, &pki.ca).await;
+    let Some(mut agent) = device_round_trip(&hub, &pki.ca, "tls-mosquitto").await else {
+        return;
+    };
 
     // A device told to trust another CA: no connection, a log line that
     // says why, failures counted; it keeps trying (and its outbox keeps

@@ -122,6 +122,27 @@ impl LiveObject {
     pub fn is_owned(&self) -> bool {
         self.labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE)
     }
+
+    /// A hash of the fields our server-side applies own, as the server's
+    /// `managedFields` records them (empty when we own none). It changes
+    /// only when someone takes or removes a field we set: a controller
+    /// writing status leaves it alone, another client editing our field
+    /// (drift) does not.
+    pub fn owned_fields_hash(&self) -> String {
+        let ours = self.raw["metadata"]["managedFields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|m| m["manager"] == FIELD_MANAGER && m["operation"] == "Apply");
+        match ours {
+            None => String::new(),
+            Some(m) => {
+                let mut canonical = String::new();
+                write_canonical(&m["fieldsV1"], &mut canonical);
+                hex::encode(Sha256::digest(canonical.as_bytes()))
+            }
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,11 +196,14 @@ impl KubeError {
         match self {
             Self::Unreachable { .. } | Self::Timeout { .. } => true,
             // 403 "being terminated": the namespace is going away and the
-            // next attempt recreates it.
+            // next attempt recreates it; "is terminating": a CRD is being
+            // deleted, after which its kind is unknown.
             Self::Api { code, message, .. } => {
                 *code >= 500
                     || matches!(code, 408 | 409 | 429)
-                    || (*code == 403 && message.contains("being terminated"))
+                    || (*code == 403
+                        && (message.contains("being terminated")
+                            || message.contains("is terminating")))
             }
             Self::Kubeconfig { .. }
             | Self::InferConfig(_)
@@ -413,18 +437,62 @@ impl KubeRuntime {
             other => other,
         };
         match applied {
-            Ok(obj) => live_object(obj, &resolved.resource),
+            Ok(obj) => {
+                let live = live_object(obj, &resolved.resource)?;
+                if is_crd(&key) {
+                    self.wait_established(&live).await?;
+                }
+                Ok(live)
+            }
             Err(e) => {
                 if let kube::Error::Api(status) = &e
                     && status.code == 404
                 {
                     // A 404 that is not about the namespace: the resource went
-                    // away (a CRD deleted); ask discovery again next time.
+                    // away (its CRD deleted). Ask discovery again: the kind
+                    // is unknown now, or served elsewhere.
                     self.forget(&key.api_version, &key.kind);
+                    self.resolve(&key.api_version, &key.kind).await?;
                 }
                 Err(KubeError::from_kube(&op, e))
             }
         }
+    }
+
+    /// After a CRD is applied, waits (within the call's bound) until the
+    /// server serves its kind, so a custom resource applied next resolves:
+    /// between the CRD's creation and its `Established` condition, discovery
+    /// does not know the kind yet.
+    async fn wait_established(&self, crd: &LiveObject) -> Result<(), KubeError> {
+        let spec = &crd.raw["spec"];
+        let (Some(group), Some(kind)) = (
+            spec["group"].as_str(),
+            spec.pointer("/names/kind").and_then(Value::as_str),
+        ) else {
+            return Ok(());
+        };
+        let versions: Vec<String> = spec["versions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|v| v["served"].as_bool().unwrap_or(true))
+            .filter_map(|v| v["name"].as_str().map(|n| format!("{group}/{n}")))
+            .collect();
+        for api_version in versions {
+            let mut delay = std::time::Duration::from_millis(50);
+            loop {
+                self.forget(&api_version, kind);
+                match self.resolve(&api_version, kind).await {
+                    Ok(_) => break,
+                    Err(KubeError::UnknownKind { .. }) => {
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(std::time::Duration::from_millis(500));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn create_namespace(&self, name: &str) -> Result<(), KubeError> {
@@ -524,6 +592,11 @@ impl KubeRuntime {
             kinds.remove(&(api_version.to_owned(), kind.to_owned()));
         }
     }
+}
+
+/// Whether `key` names a CustomResourceDefinition.
+pub fn is_crd(key: &ObjectKey) -> bool {
+    key.kind == "CustomResourceDefinition" && key.group() == "apiextensions.k8s.io"
 }
 
 fn live_object(obj: DynamicObject, resource: &ApiResource) -> Result<LiveObject, KubeError> {
