@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Raspberry Pi checks (issue 6), called by .ci/run; runs alone too:
+# Raspberry Pi checks, called by .ci/run; runs alone too:
 #   bash .ci/pi.sh
 # Installs the cross toolchain, qemu and debootstrap, then
 #   1. runs the unit tests of edgefleet-protocol and edge-agent, the golden

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use edgefleet_daemon::mqtt::BrokerUrl;
 use serde::{Deserialize, Serialize};
 
 /// Default config file location.
@@ -63,7 +64,7 @@ pub struct Config {
     pub local_broker: LocalBrokerConfig,
 }
 
-/// The on-disk model cache (`<state_dir>/models`), issue 5.
+/// The on-disk model cache (`<state_dir>/models`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelsConfig {
@@ -458,19 +459,20 @@ impl Config {
         if self.state_dir.as_os_str().is_empty() {
             errs.push("state_dir: must not be empty".to_owned());
         }
-        if !self.broker.url.is_empty() && broker_addr(&self.broker.url).is_none() {
-            errs.push(format!(
-                "broker.url: {:?} is not mqtt://host:port or mqtts://host:port",
-                self.broker.url
-            ));
-        }
-        if !self.local_broker.url.is_empty()
-            && !matches!(broker_addr(&self.local_broker.url), Some((_, _, false)))
+        if !self.broker.url.is_empty()
+            && let Err(e) = BrokerUrl::parse(&self.broker.url)
         {
-            errs.push(format!(
-                "local_broker.url: {:?} is not mqtt://host:port",
-                self.local_broker.url
-            ));
+            errs.push(format!("broker.url: {e}"));
+        }
+        if !self.local_broker.url.is_empty() {
+            match BrokerUrl::parse(&self.local_broker.url) {
+                Err(e) => errs.push(format!("local_broker.url: {e}")),
+                Ok(u) if u.tls => errs.push(format!(
+                    "local_broker.url: {:?}: the broker on the device is plain mqtt://",
+                    self.local_broker.url
+                )),
+                Ok(_) => {}
+            }
         }
         let hub_ok = ["", "http://", "https://"].iter().any(|p| {
             if p.is_empty() {
@@ -552,33 +554,12 @@ impl Config {
         {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
-        crate::identity::write_atomic(path, self.to_toml().as_bytes(), 0o644).map_err(err)
+        edgefleet_daemon::files::write_atomic(path, self.to_toml().as_bytes(), 0o644).map_err(err)
     }
 
     pub fn db_path(&self) -> PathBuf {
         self.state_dir.join("agent.db")
     }
-}
-
-/// Host and port of an `mqtt://` / `mqtts://` URL, and whether it is TLS.
-pub fn broker_addr(url: &str) -> Option<(String, u16, bool)> {
-    let (rest, tls, default_port) = if let Some(r) = url.strip_prefix("mqtt://") {
-        (r, false, 1883)
-    } else if let Some(r) = url.strip_prefix("mqtts://") {
-        (r, true, 8883)
-    } else {
-        return None;
-    };
-    let rest = rest.trim_end_matches('/');
-    if rest.is_empty() || rest.contains('/') {
-        return None;
-    }
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, p.parse().ok()?),
-        _ => (rest, default_port),
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    (!host.is_empty()).then(|| (host.to_owned(), port, tls))
 }
 
 #[cfg(test)]
@@ -650,16 +631,5 @@ mod tests {
             Err(ConfigError::Read { .. })
         ));
         assert!(Config::default().require_enrolled().is_err());
-    }
-
-    #[test]
-    fn broker_urls() {
-        assert_eq!(
-            broker_addr("mqtt://127.0.0.1:1883"),
-            Some(("127.0.0.1".into(), 1883, false))
-        );
-        assert_eq!(broker_addr("mqtts://hub"), Some(("hub".into(), 8883, true)));
-        assert_eq!(broker_addr("http://hub:1"), None);
-        assert_eq!(broker_addr("mqtt://hub:x"), None);
     }
 }

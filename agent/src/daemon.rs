@@ -1,204 +1,22 @@
 //! `edge-agent run`: wires the store, reconciler, MQTT session and local HTTP
-//! together and owns the process lifecycle. This is the one place that
-//! handles signals: SIGTERM/SIGINT cancel a [`CancellationToken`], every task
-//! is tracked by a [`TaskTracker`] and gets a grace period to drain. A task
-//! that dies on its own takes the process down (systemd restarts it).
+//! together and owns the process lifecycle through a [`Supervisor`]:
+//! SIGTERM/SIGINT stop it, every task gets a grace period to drain, and a
+//! task that ends on its own takes the process down (systemd restarts it).
 //!
 //! systemd: READY=1 once the store is open and the config valid, then
-//! WATCHDOG=1 from the main loop after the store answered.
+//! WATCHDOG=1 while the store answers.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, atomic::AtomicU64};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use edgefleet_protocol::DeviceId;
-use tokio::sync::Notify;
+use edgefleet_daemon::supervise::Supervisor;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, OnDiskFull};
-use crate::db::Db;
-use crate::disk::{DiskFull, DiskGuard};
-use crate::identity::Identity;
-use crate::inference::ModelRegistry;
-use crate::metrics::Metrics;
-use crate::outbox::Limits;
+use crate::shared::Shared;
 
 /// How long tasks get to finish after a stop signal.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
-/// State shared by the daemon's tasks.
-#[derive(Debug)]
-pub struct Shared {
-    pub cfg: Config,
-    pub device: DeviceId,
-    pub identity: Identity,
-    pub db: Db,
-    pub metrics: Metrics,
-    /// Reserve, spare and pressure of the state directory's disk.
-    pub disk: Arc<DiskGuard>,
-    /// A status report that could not be stored (full disk), sent from
-    /// memory until a stored one replaces it.
-    pub unstored_status: Mutex<Option<Vec<u8>>>,
-    /// Sends a heartbeat now (disk pressure began or ended).
-    pub heartbeat_wake: Notify,
-    /// Models the reconciler loaded, served by the KServe endpoints.
-    pub models: Arc<ModelRegistry>,
-    /// Wakes the reconciler (new desired state, connect, commands).
-    pub reconcile_wake: Notify,
-    /// The next pass must queue a status report even if nothing changed.
-    pub report_wanted: AtomicBool,
-    /// New outbox rows were committed.
-    pub outbox_wake: Notify,
-    pub connected: AtomicBool,
-    /// Kubernetes workloads exist (so `/readyz` needs the API).
-    pub kube_needed: AtomicBool,
-    pub kube_reachable: AtomicBool,
-    k3s_version: Mutex<Option<String>>,
-    /// The last desired document refused, reported until a newer one is accepted.
-    desired_rejected: Mutex<Option<edgefleet_protocol::DesiredRejection>>,
-    /// Process start, for the cold-start log line.
-    pub started_ms: AtomicU64,
-}
-
-impl Shared {
-    pub fn new(cfg: Config, device: DeviceId, identity: Identity, db: Db, disk: DiskGuard) -> Self {
-        Self {
-            cfg,
-            device,
-            identity,
-            db,
-            metrics: Metrics::new(),
-            disk: Arc::new(disk),
-            unstored_status: Mutex::new(None),
-            heartbeat_wake: Notify::new(),
-            models: ModelRegistry::new(),
-            reconcile_wake: Notify::new(),
-            report_wanted: AtomicBool::new(true),
-            outbox_wake: Notify::new(),
-            connected: AtomicBool::new(false),
-            kube_needed: AtomicBool::new(false),
-            kube_reachable: AtomicBool::new(false),
-            k3s_version: Mutex::new(None),
-            desired_rejected: Mutex::new(None),
-            started_ms: AtomicU64::new(edgefleet_protocol::now_ms()),
-        }
-    }
-
-    pub fn outbox_limits(&self) -> Limits {
-        Limits {
-            max_messages: self.cfg.outbox.max_messages,
-            max_bytes: self.cfg.outbox.max_bytes,
-        }
-    }
-
-    /// Commits sealed events, each with its id, to the outbox, updates the
-    /// outbox metrics and wakes the sender. `Ok` means they are durable.
-    /// Refused with [`QueueError::DiskFull`] when storing them would eat
-    /// into the disk reserve, unless `outbox.on_disk_full` is `drop-oldest`:
-    /// then the oldest queued messages make room.
-    pub async fn queue_events(&self, sealed: Vec<(String, Vec<u8>)>) -> Result<(), QueueError> {
-        let bytes: u64 = sealed.iter().map(|(k, p)| (k.len() + p.len()) as u64).sum();
-        if let Err(full) = self.disk.admit(bytes) {
-            if self.cfg.outbox.on_disk_full == OnDiskFull::Refuse {
-                return Err(QueueError::DiskFull(full));
-            }
-            let dropped = self
-                .db
-                .call(move |s| s.outbox_drop_oldest(bytes.saturating_mul(2)))
-                .await
-                .map_err(QueueError::Store)?;
-            self.metrics.outbox_dropped.inc_by(dropped);
-            tracing::warn!(
-                dropped,
-                "disk at its reserve: dropped the oldest outbox messages for new events"
-            );
-        }
-        let limits = self.outbox_limits();
-        let (pushed, depth) = self
-            .db
-            .call(move |s| {
-                s.outbox_push(edgefleet_protocol::Channel::Events, &sealed, limits)
-                    .map(|p| (p, s.outbox_depth()))
-            })
-            .await
-            .map_err(|e| {
-                if e.is_disk_full() {
-                    self.metrics.disk_pressure.set(1);
-                    QueueError::DiskFull(DiskFull {
-                        available: self.disk.space().map_or(0, |s| s.available),
-                        needed: bytes,
-                        reserve: self.disk.reserve(),
-                    })
-                } else {
-                    QueueError::Store(e)
-                }
-            })?;
-        self.metrics.outbox_dropped.inc_by(pushed.dropped);
-        self.metrics.set_outbox(depth);
-        self.outbox_wake.notify_one();
-        Ok(())
-    }
-
-    /// Runs a store write the agent cannot skip (deleting acknowledged
-    /// rows, its status report, desired state); on a full disk it releases
-    /// the spare once and tries again.
-    pub async fn write_essential<T, F>(&self, f: F) -> Result<T, crate::store::StoreError>
-    where
-        T: Send + 'static,
-        F: Fn(&mut crate::store::Store) -> Result<T, crate::store::StoreError>
-            + Clone
-            + Send
-            + 'static,
-    {
-        match self.db.call(f.clone()).await {
-            Err(e) if e.is_disk_full() && self.disk.release_spare() => {
-                self.metrics.disk_spare_released.inc();
-                self.db.call(f).await
-            }
-            r => r,
-        }
-    }
-
-    pub fn k3s_version(&self) -> Option<String> {
-        self.k3s_version
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    pub fn set_k3s_version(&self, v: Option<String>) {
-        *self.k3s_version.lock().unwrap_or_else(|p| p.into_inner()) = v;
-    }
-
-    pub fn desired_rejected(&self) -> Option<edgefleet_protocol::DesiredRejection> {
-        self.desired_rejected
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Records (or clears, with `None`) the refused desired document the
-    /// next status reports carry, and asks for a report.
-    pub fn set_desired_rejected(&self, r: Option<edgefleet_protocol::DesiredRejection>) {
-        *self
-            .desired_rejected
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = r;
-        self.report_wanted.store(true, Ordering::Relaxed);
-        self.reconcile_wake.notify_one();
-    }
-}
-
-/// Why events were not queued.
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    #[error(transparent)]
-    DiskFull(DiskFull),
-    #[error("cannot commit to the outbox")]
-    Store(#[source] crate::store::StoreError),
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -214,77 +32,53 @@ pub enum DaemonError {
 
 /// Runs the daemon until a stop signal; `shared` holds an open store.
 pub async fn run(shared: Arc<Shared>) -> Result<(), DaemonError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
-
-    let cancel = CancellationToken::new();
-    let tracker = TaskTracker::new();
+    let stop = CancellationToken::new();
+    edgefleet_daemon::signal::cancel_on_stop(stop.clone()).map_err(DaemonError::Signals)?;
+    let sup = Supervisor::<DaemonError>::new();
+    let cancel = sup.cancel_token();
     // The first reconcile pass starts before anything touches the network.
-    let reconciler = tracker.spawn(crate::reconcile::run(shared.clone(), cancel.clone()));
+    let reconcile = crate::reconcile::run(shared.clone(), cancel.clone());
+    sup.critical("reconciler", async move {
+        reconcile.await;
+        Ok(())
+    });
     let listener = crate::http::bind(shared.cfg.http.port).await?;
-    let http = tracker.spawn(crate::http::serve(listener, shared.clone(), cancel.clone()));
-    let session = tracker.spawn(crate::session::run(shared.clone(), cancel.clone()));
-    tracker.close();
+    let http = crate::http::serve(listener, shared.clone(), cancel.clone());
+    sup.critical("http", async move { Ok(http.await?) });
+    let session = crate::session::run(shared.clone(), cancel.clone());
+    sup.critical("session", async move { Ok(session.await?) });
+    sup.spawn(watchdog(shared.clone(), cancel));
 
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     tracing::info!(device = %shared.device, "edge-agent running");
-
-    let mut watchdog_usec = 0u64;
-    let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
-    let period = if watchdog {
-        Duration::from_micros(watchdog_usec / 2).max(Duration::from_millis(500))
-    } else {
-        Duration::from_secs(3600)
-    };
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-
-    tokio::pin!(reconciler, http, session);
-    let mut result = Ok(());
-    loop {
-        tokio::select! {
-            _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); break; }
-            _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); break; }
-            r = &mut reconciler => {
-                tracing::error!(result = ?r, "reconciler stopped");
-                result = Err(DaemonError::TaskDied("reconciler"));
-                break;
-            }
-            r = &mut http => {
-                result = match r {
-                    Ok(Err(e)) => Err(e.into()),
-                    _ => Err(DaemonError::TaskDied("http")),
-                };
-                break;
-            }
-            r = &mut session => {
-                result = match r {
-                    Ok(Err(e)) => Err(e.into()),
-                    _ => Err(DaemonError::TaskDied("session")),
-                };
-                break;
-            }
-            _ = tick.tick(), if watchdog => {
-                // Ping only when the store answers: a wedged agent gets restarted.
-                let alive = tokio::time::timeout(period, shared.db.call(|s| s.schema_version().is_ok())).await;
-                if matches!(alive, Ok(true)) {
-                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
-                } else {
-                    tracing::error!("store did not answer; withholding the watchdog ping");
-                }
-            }
-        }
-    }
+    let outcome = sup.run(stop, SHUTDOWN_GRACE).await;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    cancel.cancel();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(grace = ?SHUTDOWN_GRACE, "tasks did not finish within the grace period");
-    }
     shared.connected.store(false, Ordering::Relaxed);
     tracing::info!("edge-agent stopped");
-    result
+    outcome.map_err(|died| died.error.unwrap_or(DaemonError::TaskDied(died.task)))
+}
+
+/// systemd's watchdog, when the unit has one: pings only when the store
+/// answers, so a wedged agent gets restarted.
+async fn watchdog(shared: Arc<Shared>, cancel: CancellationToken) {
+    let mut usec = 0u64;
+    if !sd_notify::watchdog_enabled(false, &mut usec) {
+        return;
+    }
+    let period = Duration::from_micros(usec / 2).max(Duration::from_millis(500));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let alive =
+            tokio::time::timeout(period, shared.db.call(|s| s.schema_version().is_ok())).await;
+        if matches!(alive, Ok(true)) {
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+        } else {
+            tracing::error!("store did not answer; withholding the watchdog ping");
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! `POST /v1/events`, through which apps on the device send telemetry
 //! upstream. An event is answered 202 only after its SQLite commit, so an app
 //! that got 202 never loses it. The KServe v2 inference endpoints
-//! (`/v2/...`, issue 5, [`crate::inference::kserve`]) serve the models the
+//! (`/v2/...`, [`crate::inference::kserve`]) serve the models the
 //! reconciler loaded (`Shared::models`).
 //!
 //! Never binds anything but loopback.
@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use edgefleet_protocol::Event;
@@ -22,8 +22,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::{QueueError, Shared};
 use crate::inference::ModelRegistry;
+use crate::shared::{QueueError, Shared};
 
 /// Most events in one `POST /v1/events` body.
 pub const MAX_EVENTS_PER_REQUEST: usize = 1000;
@@ -122,14 +122,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        shared.metrics.encode(),
-    )
-        .into_response()
+    edgefleet_daemon::metrics::response(shared.metrics.registry())
 }
 
 /// Parses a body holding one event object or an array of them.

@@ -1,10 +1,11 @@
 //! The device's identity in the state directory: its ed25519 key, the pinned
-//! hub key and the broker password. Secret files are written 0600 and their
-//! contents never reach a log line.
+//! hub key and the broker password. Secrets follow the daemons' one policy
+//! ([`edgefleet_daemon::files`]): written 0600, refused when others can read
+//! them, zeroed in memory, never logged.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use edgefleet_daemon::files::{SecretError, require_secret, write_atomic, write_secret};
 use edgefleet_protocol::{PublicKey, Signer};
 use zeroize::Zeroizing;
 
@@ -17,14 +18,10 @@ pub const BROKER_PASSWORD_FILE: &str = "broker-password";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
+    #[error(transparent)]
+    File(#[from] SecretError),
     #[error("cannot read {path}")]
     Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot write {path}")]
-    Write {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -59,23 +56,14 @@ impl Identity {
         Ok(Self {
             signer: load_signer(state_dir)?,
             hub_key: load_hub_key(state_dir)?,
-            broker_password: read_secret(&state_dir.join(BROKER_PASSWORD_FILE))?,
+            broker_password: require_secret(&state_dir.join(BROKER_PASSWORD_FILE))?,
         })
     }
 }
 
-fn read_secret(path: &Path) -> Result<Zeroizing<String>, IdentityError> {
-    std::fs::read_to_string(path)
-        .map(|s| Zeroizing::new(s.trim().to_owned()))
-        .map_err(|source| IdentityError::Read {
-            path: path.to_owned(),
-            source,
-        })
-}
-
 pub fn load_signer(state_dir: &Path) -> Result<Signer, IdentityError> {
     let path = state_dir.join(DEVICE_KEY_FILE);
-    let pem = read_secret(&path)?;
+    let pem = require_secret(&path)?;
     Signer::from_pkcs8_pem(&pem).map_err(|source| IdentityError::Key { path, source })
 }
 
@@ -99,53 +87,25 @@ pub fn load_or_create_signer(state_dir: &Path) -> Result<Signer, IdentityError> 
         path: path.clone(),
         source,
     })?;
-    write_atomic(&path, pem.as_bytes(), 0o600)
-        .map_err(|source| IdentityError::Write { path, source })?;
+    write_secret(&path, pem.as_bytes())?;
     Ok(signer)
 }
 
 pub fn store_hub_key(state_dir: &Path, key: &PublicKey) -> Result<(), IdentityError> {
     let path = state_dir.join(HUB_KEY_FILE);
     write_atomic(&path, format!("{}\n", key.to_base64()).as_bytes(), 0o644)
-        .map_err(|source| IdentityError::Write { path, source })
+        .map_err(|source| SecretError::Write { path, source }.into())
 }
 
 pub fn store_broker_password(state_dir: &Path, password: &str) -> Result<(), IdentityError> {
     let path = state_dir.join(BROKER_PASSWORD_FILE);
-    write_atomic(&path, password.as_bytes(), 0o600)
-        .map_err(|source| IdentityError::Write { path, source })
-}
-
-/// Writes `data` to a temp file with `mode` from the start, fsyncs it and
-/// renames it over `path`, so a crash leaves the old or the new file.
-pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    drop(f);
-    // `mode` on open is masked by the umask; make it exact.
-    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(mode))?;
-    std::fs::rename(&tmp, path)
-}
-
-/// The permission bits of a file (`None` when it does not exist).
-pub fn mode_of(path: &Path) -> Option<u32> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path)
-        .ok()
-        .map(|m| m.permissions().mode() & 0o7777)
+    Ok(write_secret(&path, password.as_bytes())?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edgefleet_daemon::files::mode_of;
 
     #[test]
     fn key_is_created_once_with_mode_0600() {
@@ -162,5 +122,21 @@ mod tests {
         assert_eq!(id.broker_password.as_str(), "pw");
         let dbg = format!("{id:?}");
         assert!(!dbg.contains("PRIVATE") && !dbg.contains("\"pw\""));
+    }
+
+    #[test]
+    fn a_secret_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let signer = load_or_create_signer(dir.path()).unwrap();
+        store_hub_key(dir.path(), signer.public()).unwrap();
+        store_broker_password(dir.path(), "pw").unwrap();
+        let pw = dir.path().join(BROKER_PASSWORD_FILE);
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Identity::load(dir.path()).unwrap_err();
+        assert!(
+            matches!(e, IdentityError::File(SecretError::Permissions { .. })),
+            "{e:?}"
+        );
     }
 }

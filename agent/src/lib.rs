@@ -12,7 +12,6 @@ pub mod daemon;
 pub mod db;
 pub mod desired;
 pub mod disk;
-pub mod exit;
 pub mod http;
 pub mod identity;
 pub mod inference;
@@ -21,20 +20,8 @@ pub mod outbox;
 pub mod reconcile;
 pub mod runtime;
 pub mod session;
+pub mod shared;
 pub mod store;
 pub mod telemetry;
 
-/// An error and its sources, `outer: inner: root`, for one log line.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        let msg = inner.to_string();
-        if !s.ends_with(&msg) {
-            s.push_str(": ");
-            s.push_str(&msg);
-        }
-        cur = inner.source();
-    }
-    s
-}
+pub use edgefleet_daemon::{error_chain, exit};

@@ -294,7 +294,7 @@ fn cmd_run(common: &Common, extra: Overrides) -> Result<i32, i32> {
         Ok(false) => {}
         Err(e) => tracing::warn!(error = %edge_agent::error_chain(&e), "cannot rewrite the store"),
     }
-    let shared = Arc::new(edge_agent::daemon::Shared::new(
+    let shared = Arc::new(edge_agent::shared::Shared::new(
         cfg,
         device,
         identity,

@@ -1,7 +1,6 @@
 //! The agent's Prometheus metrics, registered once and shared by every task.
 //! Names follow `edgefleet_agent_…` with `_total`, `_seconds`, `_bytes`.
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -288,12 +287,13 @@ impl Metrics {
         }
     }
 
-    /// Prometheus text exposition.
+    /// The OpenMetrics text `/metrics` serves.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing to a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
-        out
+        edgefleet_daemon::metrics::render(&self.registry)
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     pub fn reject(&self, reason: &'static str) {

@@ -1,8 +1,10 @@
 //! The reconciler: one loop that converges the device to the stored desired
 //! state. Woken by a newly accepted document, by a connect (to report), and
-//! periodically (drift check, retries with capped backoff, faster polling
-//! while a workload is still progressing so K3s coming back or a rollout
-//! finishing is noticed quickly).
+//! periodically: the drift check, faster polling while a workload is still
+//! progressing (so a rollout finishing is noticed within a second), a probe
+//! every 250 ms while the K3s API does not answer, and each failed
+//! workload's own retry ([`retry`]): a workload that fails waits alone, the
+//! others keep their pace.
 //!
 //! It reads only the store, never the network link to the hub: after an
 //! offline reboot the first pass runs immediately from SQLite.
@@ -13,46 +15,58 @@
 //! therefore sends zero mutating requests. Objects recorded in the inventory
 //! but no longer desired are deleted — only if they carry our label.
 
+mod kubernetes;
+mod retry;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use edgefleet_daemon::backoff::Backoff;
 use edgefleet_protocol::status::truncate_message;
 use edgefleet_protocol::{
-    DesiredState, Health, KubernetesWorkload, StatusReport, SyncState, WorkloadSpec, WorkloadStatus,
+    DesiredState, Health, StatusReport, SyncState, WorkloadSpec, WorkloadStatus,
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::Shared;
 use crate::inference::runtime::InferenceRuntime;
-use crate::runtime::kube::{KubeError, KubeRuntime, LiveObject, ObjectKey, apply_hash, health_of};
+use crate::runtime::kube::KubeRuntime;
+use crate::shared::Shared;
 use crate::store::{InventoryEntry, StoredStatus};
+use retry::{Retries, SyncError, Synced, fingerprint};
 
 /// Runs passes until `cancel`.
 pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
-    let mut r = Reconciler::new(shared.clone());
     let min = Duration::from_millis(shared.cfg.reconcile.backoff_min_ms);
     let max = Duration::from_millis(shared.cfg.reconcile.backoff_max_ms);
     let drift = Duration::from_secs(shared.cfg.reconcile.drift_interval_secs);
     let poll = Duration::from_millis(shared.cfg.reconcile.progress_poll_ms).min(drift);
-    let mut backoff = min;
+    let mut r = Reconciler::new(shared.clone(), Retries::new(min, max, drift));
+    // For what fails the whole pass (the store, pruning a removed workload).
+    let mut pass_backoff = Backoff::new(min, max);
     loop {
         let outcome = r.pass().await;
-        let delay = if outcome.kube_down {
+        let mut delay = if outcome.kube_down {
             // The local K3s API is coming up (a reboot): probe it often, so
             // stored workloads are submitted as soon as it answers. A probe
             // is one GET /version on the device itself.
             KUBE_PROBE
-        } else if outcome.retry {
-            let d = backoff;
-            backoff = (backoff * 2).min(max);
-            tracing::info!(retry_in = ?d, "reconcile pass incomplete; retrying");
-            d
+        } else if outcome.progressing {
+            poll
         } else {
-            backoff = min;
-            if outcome.progressing { poll } else { drift }
+            drift
         };
+        if outcome.retry_pass {
+            let d = pass_backoff.next_delay();
+            tracing::info!(retry_in = ?d, "reconcile pass incomplete; retrying");
+            delay = delay.min(d);
+        } else {
+            pass_backoff.reset();
+        }
+        if let Some(due) = r.retries.next_due() {
+            delay = delay.min(due.saturating_duration_since(Instant::now()));
+        }
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = shared.reconcile_wake.notified() => {}
@@ -66,11 +80,11 @@ const KUBE_PROBE: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Default)]
 struct PassOutcome {
-    /// Something failed transiently; retry with backoff.
-    retry: bool,
+    /// The pass itself failed (the store, a prune): run it again with backoff.
+    retry_pass: bool,
     /// Kubernetes workloads are desired and the K3s API did not answer.
     kube_down: bool,
-    /// A Kubernetes workload is not healthy yet; poll its status sooner.
+    /// A workload is in sync but not healthy yet; poll its status sooner.
     progressing: bool,
 }
 
@@ -82,6 +96,7 @@ struct Reconciler {
     first_pass: bool,
     /// Created on the first inference workload.
     inference: Option<InferenceRuntime>,
+    retries: Retries,
 }
 
 /// The parts of a status report that make it worth sending again.
@@ -91,20 +106,15 @@ type Reported = (
     Option<edgefleet_protocol::DesiredRejection>,
 );
 
-/// Result of syncing one workload.
-struct Synced {
-    status: WorkloadStatus,
-    retry: bool,
-}
-
 impl Reconciler {
-    fn new(shared: Arc<Shared>) -> Self {
+    fn new(shared: Arc<Shared>, retries: Retries) -> Self {
         Self {
             shared,
             kube: None,
             reported: None,
             first_pass: true,
             inference: None,
+            retries,
         }
     }
 
@@ -123,7 +133,7 @@ impl Reconciler {
             Err(e) => {
                 m.store_errors.inc();
                 tracing::error!(error = %crate::error_chain(&e), "cannot read the store");
-                out.retry = true;
+                out.retry_pass = true;
                 return out;
             }
         };
@@ -135,14 +145,9 @@ impl Reconciler {
             });
         shared.kube_needed.store(needs_kube, Ordering::Relaxed);
         let kube = if needs_kube {
-            match self.kube().await {
-                Ok(k) => Ok(k),
-                Err(e) => {
-                    out.retry = true;
-                    out.kube_down = self.kube.is_some();
-                    Err(e)
-                }
-            }
+            let k = self.kube().await;
+            out.kube_down = k.is_err() && self.kube.is_some();
+            k
         } else {
             Err(String::new())
         };
@@ -152,21 +157,26 @@ impl Reconciler {
         for e in &inventory {
             by_workload.entry(e.workload.as_str()).or_default().push(e);
         }
+        let now = Instant::now();
         if let Some(doc) = &desired {
             for w in &doc.workloads {
                 let name = w.workload.name.as_str();
-                let status = match w.workload.spec() {
+                let spec = fingerprint(&w.workload);
+                if let Some(waiting) = self.retries.waiting(name, spec, now) {
+                    statuses.push(waiting.clone());
+                    continue;
+                }
+                let synced = match w.workload.spec() {
                     Some(WorkloadSpec::Kubernetes(k)) => match &kube {
                         Ok(kube) => {
                             let recorded = by_workload.get(name).cloned().unwrap_or_default();
-                            let s = self.sync_kubernetes(kube, name, k, &recorded).await;
-                            out.retry |= s.retry;
-                            if s.status.health != Health::Healthy {
-                                out.progressing = true;
-                            }
-                            s.status
+                            self.sync_kubernetes(kube, name, k, &recorded).await
                         }
-                        Err(e) => status(name, SyncState::Failed, Health::Unknown, Some(e)),
+                        Err(e) => Synced::failed(
+                            name,
+                            Health::Unknown,
+                            vec![SyncError::KubeUnavailable(e.clone())],
+                        ),
                     },
                     Some(WorkloadSpec::Inference(i)) => {
                         let shared = &self.shared;
@@ -174,22 +184,30 @@ impl Reconciler {
                             .inference
                             .get_or_insert_with(|| InferenceRuntime::for_agent(shared));
                         match rt.sync(name, i, Some(&shared.metrics)).await {
-                            Ok(()) => status(name, SyncState::Synced, Health::Healthy, None),
-                            Err(reason) => {
-                                tracing::warn!(workload = name, %reason, "inference workload failed");
-                                out.retry = true;
-                                status(name, SyncState::Failed, Health::Unknown, Some(&reason))
+                            Ok(()) => {
+                                Synced::ok(status(name, SyncState::Synced, Health::Healthy, None))
                             }
+                            Err(e) => Synced::failed(name, Health::Unknown, vec![e.into()]),
                         }
                     }
-                    None => status(
-                        name,
-                        SyncState::Failed,
-                        Health::Unknown,
-                        Some("workload has neither `kubernetes` nor `inference`"),
-                    ),
+                    None => Synced::failed(name, Health::Unknown, vec![SyncError::NoSpec]),
                 };
-                statuses.push(status);
+                if synced.errors.is_empty() {
+                    self.retries.succeeded(name);
+                    if synced.status.health != Health::Healthy {
+                        out.progressing = true;
+                    }
+                } else if !synced.waits_for_kube() {
+                    let wait = self.retries.failed(name, spec, &synced, now);
+                    tracing::warn!(
+                        workload = name,
+                        error = synced.status.message.as_deref().unwrap_or_default(),
+                        transient = synced.errors.iter().any(SyncError::is_transient),
+                        retry_in = ?wait,
+                        "workload failed"
+                    );
+                }
+                statuses.push(synced.status);
             }
         }
         // Prune workloads that are no longer desired at all.
@@ -200,15 +218,16 @@ impl Reconciler {
         if let Some(rt) = &mut self.inference {
             rt.prune(&desired_names);
         }
+        self.retries.retain(&desired_names);
         if let Ok(kube) = &kube {
             for (workload, entries) in &by_workload {
                 if desired_names.contains(workload) {
                     continue;
                 }
                 for e in entries {
-                    if let Err(msg) = self.prune(kube, e).await {
-                        tracing::warn!(workload, error = %msg, "prune failed; will retry");
-                        out.retry = true;
+                    if let Err(err) = self.prune(kube, e).await {
+                        tracing::warn!(workload, error = %crate::error_chain(&err), "prune failed; will retry");
+                        out.retry_pass = true;
                     }
                 }
             }
@@ -270,163 +289,6 @@ impl Reconciler {
                 }
                 Err(msg)
             }
-        }
-    }
-
-    async fn sync_kubernetes(
-        &self,
-        kube: &KubeRuntime,
-        workload: &str,
-        spec: &KubernetesWorkload,
-        recorded: &[&InventoryEntry],
-    ) -> Synced {
-        let shared = &self.shared;
-        let recorded: BTreeMap<ObjectKey, &InventoryEntry> =
-            recorded.iter().map(|e| (key_of(e), *e)).collect();
-        let mut wanted = BTreeSet::new();
-        let mut errors: Vec<String> = Vec::new();
-        let mut retry = false;
-        let mut health = Health::Healthy;
-        let mut health_msgs: Vec<String> = Vec::new();
-        for manifest in apply_order(&spec.manifests) {
-            let Some(key) = ObjectKey::from_manifest(manifest) else {
-                errors.push("manifest without apiVersion, kind or metadata.name".into());
-                continue;
-            };
-            wanted.insert(key.clone());
-            let hash = apply_hash(workload, manifest);
-            let live = match kube.get(&key).await {
-                Ok(l) => l,
-                Err(e) => {
-                    retry |= e.is_transient();
-                    errors.push(format!("{key}: {}", crate::error_chain(&e)));
-                    continue;
-                }
-            };
-            let prior = recorded.get(&key);
-            let state = match (&live, prior) {
-                (None, _) => Current::Absent,
-                (Some(l), Some(r)) if l.uid == r.uid && r.apply_hash == hash => {
-                    let fields = l.owned_fields_hash();
-                    if r.fields_hash.is_empty() || r.fields_hash == fields {
-                        Current::UpToDate
-                    } else {
-                        Current::Drifted
-                    }
-                }
-                _ => Current::Changed,
-            };
-            if state == Current::Drifted {
-                shared.metrics.kube_drift.inc();
-                tracing::warn!(
-                    workload,
-                    object = %key,
-                    "drift: fields we set were changed or taken by another client; restoring"
-                );
-            }
-            let obj: LiveObject = match live {
-                Some(l) if state == Current::UpToDate => {
-                    if prior.is_some_and(|r| {
-                        r.resource_version != l.resource_version || r.fields_hash.is_empty()
-                    }) {
-                        self.record(workload, &key, &l, &hash).await;
-                    }
-                    l
-                }
-                _ => match kube.apply(workload, manifest).await {
-                    Ok(o) => {
-                        shared.metrics.kube_applies.inc();
-                        tracing::info!(workload, object = %key, "applied");
-                        self.record(workload, &key, &o, &hash).await;
-                        o
-                    }
-                    Err(e) => {
-                        retry |= e.is_transient();
-                        errors.push(format!("{key}: {}", apply_error(&e)));
-                        continue;
-                    }
-                },
-            };
-            let (h, msg) = health_of(&obj);
-            health = worse(health, h);
-            if let Some(msg) = msg
-                && h != Health::Healthy
-            {
-                health_msgs.push(format!("{} {}: {msg}", key.kind, key.name));
-            }
-        }
-        // Prune objects dropped from this workload.
-        for (key, entry) in &recorded {
-            if wanted.contains(key) {
-                continue;
-            }
-            if let Err(msg) = self.prune(kube, entry).await {
-                retry = true;
-                errors.push(msg);
-            }
-        }
-        let status = if errors.is_empty() {
-            let msg = (!health_msgs.is_empty()).then(|| health_msgs.join("; "));
-            status(workload, SyncState::Synced, health, msg.as_deref())
-        } else {
-            let h = if health == Health::Healthy {
-                Health::Unknown
-            } else {
-                health
-            };
-            for e in &errors {
-                tracing::warn!(workload, error = %e, "sync failed");
-            }
-            status(workload, SyncState::Failed, h, Some(&errors.join("; ")))
-        };
-        Synced { status, retry }
-    }
-
-    async fn record(&self, workload: &str, key: &ObjectKey, obj: &LiveObject, hash: &str) {
-        let entry = InventoryEntry {
-            workload: workload.to_owned(),
-            api_version: key.api_version.clone(),
-            kind: key.kind.clone(),
-            namespace: key.namespace.clone(),
-            name: key.name.clone(),
-            uid: obj.uid.clone(),
-            resource_version: obj.resource_version.clone(),
-            apply_hash: hash.to_owned(),
-            fields_hash: obj.owned_fields_hash(),
-        };
-        if let Err(e) = self.shared.db.call(move |s| s.record_applied(&entry)).await {
-            self.shared.metrics.store_errors.inc();
-            tracing::error!(error = %crate::error_chain(&e), "cannot record applied object");
-        }
-    }
-
-    /// Deletes one owned object and forgets it.
-    async fn prune(&self, kube: &KubeRuntime, e: &InventoryEntry) -> Result<(), String> {
-        let key = key_of(e);
-        match kube.delete_owned(&key).await {
-            Ok(deleted) => {
-                if deleted {
-                    self.shared.metrics.kube_deletes.inc();
-                    tracing::info!(workload = %e.workload, object = %key, "pruned");
-                } else {
-                    tracing::info!(workload = %e.workload, object = %key, "already gone or not ours; forgotten");
-                }
-                let e = e.clone();
-                self.shared
-                    .db
-                    .call(move |s| {
-                        s.forget_applied(
-                            &e.workload,
-                            &e.api_version,
-                            &e.kind,
-                            e.namespace.as_deref(),
-                            &e.name,
-                        )
-                    })
-                    .await
-                    .map_err(|err| format!("{key}: {}", crate::error_chain(&err)))
-            }
-            Err(err) => Err(format!("{key}: prune: {}", crate::error_chain(&err))),
         }
     }
 
@@ -509,47 +371,6 @@ impl Reconciler {
             }
         }
     }
-}
-
-/// How a recorded object stands against the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Current {
-    /// Ours, as we applied it.
-    UpToDate,
-    /// Missing (deleted, or a reset K3s).
-    Absent,
-    /// Our manifest changed, or the object was recreated (new uid).
-    Changed,
-    /// Someone else changed or took fields we set.
-    Drifted,
-}
-
-/// A workload's manifests in the order they can be applied: namespaces and
-/// CRDs first (what the rest may live in or be an instance of), then the
-/// rest as given.
-fn apply_order(manifests: &[serde_json::Value]) -> impl Iterator<Item = &serde_json::Value> {
-    let first = |m: &serde_json::Value| {
-        ObjectKey::from_manifest(m).is_some_and(|k| {
-            crate::runtime::kube::is_crd(&k) || (k.kind == "Namespace" && k.api_version == "v1")
-        })
-    };
-    manifests
-        .iter()
-        .filter(move |m| first(m))
-        .chain(manifests.iter().filter(move |m| !first(m)))
-}
-
-fn key_of(e: &InventoryEntry) -> ObjectKey {
-    ObjectKey {
-        api_version: e.api_version.clone(),
-        kind: e.kind.clone(),
-        namespace: e.namespace.clone(),
-        name: e.name.clone(),
-    }
-}
-
-fn apply_error(e: &KubeError) -> String {
-    crate::error_chain(e)
 }
 
 fn status(name: &str, sync: SyncState, health: Health, message: Option<&str>) -> WorkloadStatus {

@@ -1,4 +1,4 @@
 //! Workload runtimes the reconciler drives: Kubernetes (K3s) through
-//! kube-rs. Inference (issue 5) will live beside it.
+//! kube-rs. ONNX models are [`crate::inference`].
 
 pub mod kube;

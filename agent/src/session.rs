@@ -27,19 +27,22 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use edgefleet_protocol::{
-    Ack, Channel, Command, CommandAction, Expect, Presence, PresenceState, Topic, open,
+    Channel, Command, CommandAction, Expect, Presence, PresenceState, Topic, open,
 };
 use rand::Rng;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing,
-    Publish, QoS, TlsConfiguration, Transport,
+    Publish, QoS,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::broker_addr;
-use crate::daemon::Shared;
 use crate::outbox::{Inflight, Tag};
+use crate::shared::Shared;
+use edgefleet_daemon::backoff::Backoff;
+use edgefleet_daemon::mqtt::{BrokerUrl, BrokerUrlError, PemError, qos, tls_transport};
+
+mod delivery;
 
 /// Rows the broker acknowledged are recorded as sent in batches of this
 /// size, or after [`ACK_FLUSH`].
@@ -56,14 +59,10 @@ const MAX_PACKET: usize = edgefleet_protocol::limits::MAX_PAYLOAD_BYTES + 64 * 1
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    #[error("broker URL {0:?} is not mqtt://host:port or mqtts://host:port")]
-    BrokerUrl(String),
-    #[error("cannot read the broker CA file {path}")]
-    CaFile {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    BrokerUrl(#[from] BrokerUrlError),
+    #[error(transparent)]
+    CaFile(#[from] PemError),
 }
 
 /// What the poller reports to the session task.
@@ -77,9 +76,8 @@ enum Ev {
 /// Builds the rumqttc options from config and identity.
 fn options(shared: &Shared) -> Result<MqttOptions, SessionError> {
     let cfg = &shared.cfg.broker;
-    let (host, port, tls) =
-        broker_addr(&cfg.url).ok_or_else(|| SessionError::BrokerUrl(cfg.url.clone()))?;
-    let mut o = MqttOptions::new(shared.device.as_str(), host, port);
+    let url = BrokerUrl::parse(&cfg.url)?;
+    let mut o = MqttOptions::new(shared.device.as_str(), url.host, url.port);
     let username = if cfg.username.is_empty() {
         shared.device.as_str()
     } else {
@@ -91,16 +89,8 @@ fn options(shared: &Shared) -> Result<MqttOptions, SessionError> {
         .set_max_packet_size(MAX_PACKET, MAX_PACKET)
         .set_inflight(shared.cfg.outbox.window.saturating_add(64))
         .set_manual_acks(true);
-    if tls {
-        let ca = std::fs::read(&cfg.ca_file).map_err(|source| SessionError::CaFile {
-            path: cfg.ca_file.clone(),
-            source,
-        })?;
-        o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
-            ca,
-            alpn: None,
-            client_auth: None,
-        }));
+    if url.tls {
+        o.set_transport(tls_transport("broker.ca_file", &cfg.ca_file)?);
     }
     Ok(o)
 }
@@ -136,7 +126,10 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) -> Result<(), S
         broker_acked: Vec::new(),
         outstanding: 0,
         last_progress: tokio::time::Instant::now(),
-        ack_timeout: Duration::from_secs(shared.cfg.outbox.ack_timeout_secs),
+        ack_timeout: Backoff::new(
+            Duration::from_secs(shared.cfg.outbox.ack_timeout_secs),
+            ACK_TIMEOUT_MAX,
+        ),
         next_expiry: tokio::time::Instant::now(),
         connected: false,
         last_connect_error: None,
@@ -164,7 +157,9 @@ struct Session {
     /// Last time the hub acknowledged something, or nothing was awaited.
     last_progress: tokio::time::Instant,
     /// Current wait for the hub's Ack before resending.
-    ack_timeout: Duration,
+    /// How long to wait for the hub's Ack before resending; doubles per
+    /// silent round.
+    ack_timeout: Backoff,
     next_expiry: tokio::time::Instant,
     connected: bool,
     /// The last failed connect's error, so a retry loop logs it once.
@@ -233,15 +228,12 @@ impl Session {
     }
 
     fn publish(&mut self, channel: Channel, payload: Vec<u8>, tag: Tag) -> bool {
-        let qos = if channel.qos() == 0 {
-            QoS::AtMostOnce
-        } else {
-            QoS::AtLeastOnce
-        };
-        match self
-            .client
-            .try_publish(self.topic(channel), qos, channel.retained(), payload)
-        {
+        match self.client.try_publish(
+            self.topic(channel),
+            qos(channel),
+            channel.retained(),
+            payload,
+        ) {
             Ok(()) => {
                 self.inflight.queued(tag);
                 true
@@ -265,7 +257,7 @@ impl Session {
         // Everything the hub has not acknowledged is sent again.
         self.outstanding = 0;
         self.last_progress = tokio::time::Instant::now();
-        self.ack_timeout = self.base_ack_timeout();
+        self.ack_timeout.reset();
         self.maybe_more = true;
         tracing::info!(session_present, "MQTT connected");
         let online = presence(
@@ -475,240 +467,6 @@ impl Session {
         }
     }
 
-    fn base_ack_timeout(&self) -> Duration {
-        Duration::from_secs(self.shared.cfg.outbox.ack_timeout_secs)
-    }
-
-    /// The hub committed these messages: delete their rows.
-    async fn on_ack(&mut self, payload: &[u8]) {
-        let shared = self.shared.clone();
-        let ack = match open::<Ack>(
-            payload,
-            &shared.identity.hub_key,
-            &Expect::device(&shared.device),
-        ) {
-            Ok(a) => a,
-            Err(r) => {
-                shared.metrics.reject(r.reason());
-                tracing::warn!(reason = r.reason(), error = %r, "acknowledgement rejected");
-                return;
-            }
-        };
-        let handed_through = self.inflight.last_row;
-        let res = shared
-            .write_essential(move |s| {
-                let c = s.outbox_confirm(&ack.events, ack.status_reported_at_ms, handed_through)?;
-                Ok((c, s.outbox_depth()))
-            })
-            .await;
-        match res {
-            Ok((confirmed, depth)) => {
-                shared.metrics.outbox_acked.inc_by(confirmed.rows);
-                shared.metrics.set_outbox(depth);
-                self.outstanding = self.outstanding.saturating_sub(confirmed.handed);
-                shared.metrics.outbox_unacked.set(self.outstanding as i64);
-                if confirmed.rows > 0 {
-                    self.last_progress = tokio::time::Instant::now();
-                    self.ack_timeout = self.base_ack_timeout();
-                    self.maybe_more = true;
-                }
-            }
-            Err(e) => {
-                // The rows stay, are resent and acknowledged again.
-                shared.metrics.store_errors.inc();
-                tracing::error!(error = %crate::error_chain(&e), "cannot delete acknowledged outbox rows");
-            }
-        }
-    }
-
-    /// Disk pressure: notices it begin and end (heartbeat now, metric, one
-    /// log line each), makes the spare again when there is room, and gives
-    /// the store's free pages back to the filesystem, a step at a time.
-    async fn disk_housekeeping(&mut self) {
-        let shared = self.shared.clone();
-        match shared.disk.check() {
-            Some(true) => {
-                shared.metrics.disk_pressure.set(1);
-                let space = shared.disk.space();
-                tracing::warn!(
-                    free = space.map_or(0, |s| s.available),
-                    reserve = shared.disk.reserve(),
-                    "disk pressure: the state directory's filesystem is at the agent's reserve; \
-                     new events are refused (outbox.on_disk_full) until it has room"
-                );
-                shared.heartbeat_wake.notify_one();
-            }
-            Some(false) => {
-                shared.metrics.disk_pressure.set(0);
-                tracing::info!("disk pressure over");
-                shared.heartbeat_wake.notify_one();
-                // A report that could not be stored is stored now.
-                shared.report_wanted.store(true, Ordering::Relaxed);
-                shared.reconcile_wake.notify_one();
-            }
-            None => {}
-        }
-        let pressure = shared.disk.under_pressure();
-        if !pressure {
-            let d = shared.clone();
-            let _ = tokio::task::spawn_blocking(move || d.disk.ensure_spare()).await;
-        }
-        // Compact when the outbox has drained a lot (over 1 MiB of free
-        // pages), or any amount under pressure: steps the size of the WAL's
-        // allowance (each checkpointed, so the WAL never outgrows it), for
-        // at most 100 ms a second.
-        let step = shared.disk.wal_pages();
-        let res = shared
-            .db
-            .call(move |s| {
-                let mut free = s.free_pages()?;
-                if free <= 256 && !(pressure && free > 0) {
-                    return Ok(());
-                }
-                let started = std::time::Instant::now();
-                while free > 0 && started.elapsed() < Duration::from_millis(100) {
-                    free = s.compact(step)?;
-                }
-                Ok::<_, crate::store::StoreError>(())
-            })
-            .await;
-        if let Err(e) = res {
-            // Space will come back with the next step; no need to shout.
-            tracing::debug!(error = %crate::error_chain(&e), "store compaction step failed");
-        }
-    }
-
-    /// Once a second: resends what the hub left unacknowledged too long,
-    /// expires rows past the age limit, refreshes the outstanding count,
-    /// looks after the disk.
-    async fn housekeeping(&mut self) {
-        self.disk_housekeeping().await;
-        let now = tokio::time::Instant::now();
-        let shared = self.shared.clone();
-        if now >= self.next_expiry {
-            self.next_expiry = now + EXPIRY_EVERY;
-            let cutoff = edgefleet_protocol::now_ms()
-                .saturating_sub(shared.cfg.outbox.max_age_secs.saturating_mul(1000));
-            match shared
-                .db
-                .call(move |s| s.outbox_expire(cutoff).map(|n| (n, s.outbox_depth())))
-                .await
-            {
-                Ok((0, _)) => {}
-                Ok((n, depth)) => {
-                    shared.metrics.outbox_expired.inc_by(n);
-                    shared.metrics.set_outbox(depth);
-                    tracing::warn!(
-                        expired = n,
-                        max_age_secs = shared.cfg.outbox.max_age_secs,
-                        "outbox messages the hub never acknowledged expired"
-                    );
-                }
-                Err(e) => {
-                    shared.metrics.store_errors.inc();
-                    tracing::error!(error = %crate::error_chain(&e), "cannot expire old outbox rows");
-                }
-            }
-        }
-        if !self.connected {
-            return;
-        }
-        if self.outstanding > 0 {
-            // Rows can leave the outbox without an Ack (dropped when full,
-            // superseded, expired): count what is really still out.
-            let through = self.inflight.last_row;
-            if let Ok(n) = shared
-                .db
-                .call(move |s| s.outbox_count_through(through))
-                .await
-            {
-                self.outstanding = n;
-            }
-        }
-        shared.metrics.outbox_unacked.set(self.outstanding as i64);
-        if self.outstanding == 0 {
-            self.last_progress = now;
-            return;
-        }
-        let waited = now.duration_since(self.last_progress);
-        if waited < self.ack_timeout || self.inflight.rows_in_flight() > 0 {
-            return;
-        }
-        tracing::warn!(
-            unacknowledged = self.outstanding,
-            waited_secs = waited.as_secs(),
-            "the hub has not acknowledged sent messages; sending them again"
-        );
-        shared.metrics.outbox_resent.inc_by(self.outstanding);
-        self.inflight.last_row = 0;
-        self.outstanding = 0;
-        self.maybe_more = true;
-        self.last_progress = now;
-        self.ack_timeout = (self.ack_timeout * 2).min(ACK_TIMEOUT_MAX);
-    }
-
-    /// Hands outbox rows to rumqttc while the window, and the hub's
-    /// acknowledgements, leave room.
-    async fn top_up(&mut self) {
-        let window = usize::from(self.shared.cfg.outbox.window);
-        if !self.connected || !self.maybe_more {
-            return;
-        }
-        let in_flight = self.inflight.rows_in_flight();
-        let unacked_room =
-            (self.shared.cfg.outbox.max_unacked as usize).saturating_sub(self.outstanding as usize);
-        let room = window.saturating_sub(in_flight).min(unacked_room);
-        // Read in batches: wait for a quarter of the window to free up.
-        if room == 0 || (in_flight > 0 && room < window / 4) {
-            return;
-        }
-        let after = self.inflight.last_row;
-        let rows = self
-            .shared
-            .db
-            .call(move |s| s.outbox_after(after, room))
-            .await;
-        let rows = match rows {
-            Ok(r) => r,
-            Err(e) => {
-                self.shared.metrics.store_errors.inc();
-                tracing::error!(error = %crate::error_chain(&e), "cannot read the outbox");
-                return;
-            }
-        };
-        if rows.len() < room {
-            self.maybe_more = false;
-        }
-        for row in rows {
-            if !self.publish(row.channel, row.payload, Tag::Row(row.id)) {
-                self.maybe_more = true;
-                break;
-            }
-            self.outstanding += 1;
-        }
-    }
-
-    /// Records rows the broker acknowledged as sent (they stay until the
-    /// hub's Ack).
-    async fn flush_acks(&mut self) {
-        let Some(&through) = self.broker_acked.iter().max() else {
-            return;
-        };
-        let n = self.broker_acked.len() as u64;
-        self.broker_acked.clear();
-        self.shared.metrics.outbox_sent.inc_by(n);
-        if let Err(e) = self
-            .shared
-            .db
-            .call(move |s| s.outbox_mark_sent(through))
-            .await
-        {
-            // Only `edge-agent status` reads it; delivery does not.
-            self.shared.metrics.store_errors.inc();
-            tracing::warn!(error = %crate::error_chain(&e), "cannot record sent outbox rows");
-        }
-    }
-
     async fn heartbeat(&mut self) {
         if !self.connected {
             return;
@@ -777,8 +535,11 @@ async fn poll_loop(
     el_opts.set_connection_timeout(cfg.connect_timeout_secs);
     el.set_network_options(el_opts);
     let presence_topic = Topic::new(shared.device.clone(), Channel::Presence).to_string();
-    let mut delay = Duration::from_millis(cfg.reconnect_min_ms);
-    let max = Duration::from_millis(cfg.reconnect_max_ms);
+    let mut backoff = Backoff::new(
+        Duration::from_millis(cfg.reconnect_min_ms),
+        Duration::from_millis(cfg.reconnect_max_ms),
+    )
+    .with_jitter();
     loop {
         // A new session id per connection; the will carries the same one.
         let session = rand::thread_rng().gen_range(1..(1u64 << 53));
@@ -796,7 +557,7 @@ async fn poll_loop(
             };
             let ev = match polled {
                 Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
-                    delay = Duration::from_millis(cfg.reconnect_min_ms);
+                    backoff.reset();
                     Ev::Connected {
                         session_present: ack.session_present,
                         session,
@@ -814,10 +575,8 @@ async fn poll_loop(
                     // Drain requests queued before the session task noticed.
                     el.clean();
                     el.pending.clear();
-                    let jittered = delay.mul_f64(rand::thread_rng().gen_range(0.5..1.0));
-                    delay = (delay * 2).min(max);
                     tokio::select! {
-                        _ = tokio::time::sleep(jittered) => {}
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
                         _ = stop.cancelled() => return,
                     }
                     break;

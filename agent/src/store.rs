@@ -19,10 +19,18 @@
 
 use std::path::{Path, PathBuf};
 
-use edgefleet_protocol::{DesiredState, Health, SyncState, Version};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::config::Synchronous;
+
+mod desired;
+mod inventory;
+mod models;
+mod status;
+
+pub use inventory::InventoryEntry;
+pub use models::CachedModel;
+pub use status::StoredStatus;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -51,6 +59,8 @@ pub enum StoreError {
     Json(#[from] serde_json::Error),
     #[error("database schema version {found} is newer than this agent knows ({known})")]
     TooNew { found: i64, known: i64 },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
 }
 
 impl StoreError {
@@ -129,33 +139,6 @@ ALTER TABLE inventory ADD COLUMN fields_hash TEXT NOT NULL DEFAULT '';
 pub struct OpenReport {
     /// Where a corrupt database was moved, if one was.
     pub moved_aside: Option<PathBuf>,
-}
-
-/// One Kubernetes object the agent applied for a workload.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InventoryEntry {
-    pub workload: String,
-    pub api_version: String,
-    pub kind: String,
-    /// `None` for cluster-scoped objects.
-    pub namespace: Option<String>,
-    pub name: String,
-    pub uid: String,
-    pub resource_version: String,
-    pub apply_hash: String,
-    /// [`crate::runtime::kube::LiveObject::owned_fields_hash`] after our
-    /// last apply; empty when not known yet.
-    pub fields_hash: String,
-}
-
-/// Sync state and health of one workload as last reconciled.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredStatus {
-    pub name: String,
-    pub sync: SyncState,
-    pub health: Health,
-    pub message: Option<String>,
-    pub updated_at_ms: u64,
 }
 
 /// The agent's SQLite store: one connection, owned by whoever holds it.
@@ -388,186 +371,6 @@ impl Store {
             .query_row("PRAGMA user_version", [], |r| r.get(0))?)
     }
 
-    // ---- desired state ----
-
-    /// Version of the stored desired state, if any.
-    pub fn desired_version(&self) -> Result<Option<Version>, StoreError> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT hub_epoch, revision FROM desired WHERE id = 1",
-                [],
-                |r| {
-                    Ok(Version {
-                        hub_epoch: r.get::<_, i64>(0)? as u64,
-                        revision: r.get::<_, i64>(1)? as u64,
-                    })
-                },
-            )
-            .optional()?)
-    }
-
-    /// The stored desired state, if any.
-    pub fn desired(&self) -> Result<Option<DesiredState>, StoreError> {
-        let doc: Option<String> = self
-            .conn
-            .query_row("SELECT document FROM desired WHERE id = 1", [], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        Ok(doc.map(|d| serde_json::from_str(&d)).transpose()?)
-    }
-
-    /// When the stored desired state was received.
-    pub fn desired_received_at_ms(&self) -> Result<Option<u64>, StoreError> {
-        Ok(self
-            .conn
-            .query_row("SELECT received_at_ms FROM desired WHERE id = 1", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .optional()?
-            .map(|v| v as u64))
-    }
-
-    /// Replaces the desired state in one transaction. The caller has
-    /// verified `doc` (signature, device, strictly newer version).
-    pub fn replace_desired(&mut self, doc: &DesiredState) -> Result<(), StoreError> {
-        let json = serde_json::to_string(doc)?;
-        let tx = self.conn.transaction()?;
-        tx.execute(
-            "INSERT INTO desired (id, hub_epoch, revision, document, received_at_ms)
-             VALUES (1, ?1, ?2, ?3, ?4)
-             ON CONFLICT (id) DO UPDATE SET hub_epoch = excluded.hub_epoch,
-               revision = excluded.revision, document = excluded.document,
-               received_at_ms = excluded.received_at_ms",
-            params![
-                doc.hub_epoch as i64,
-                doc.revision as i64,
-                json,
-                edgefleet_protocol::now_ms() as i64
-            ],
-        )?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    // ---- inventory ----
-
-    /// Every inventory entry, ordered by workload then object.
-    pub fn inventory(&self) -> Result<Vec<InventoryEntry>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT workload, api_version, kind, namespace, name, uid, resource_version, apply_hash,
-                    fields_hash
-             FROM inventory ORDER BY workload, api_version, kind, namespace, name",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            let ns: String = r.get(3)?;
-            Ok(InventoryEntry {
-                workload: r.get(0)?,
-                api_version: r.get(1)?,
-                kind: r.get(2)?,
-                namespace: (!ns.is_empty()).then_some(ns),
-                name: r.get(4)?,
-                uid: r.get(5)?,
-                resource_version: r.get(6)?,
-                apply_hash: r.get(7)?,
-                fields_hash: r.get(8)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    pub fn record_applied(&mut self, e: &InventoryEntry) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO inventory (workload, api_version, kind, namespace, name, uid, resource_version,
-                                    apply_hash, fields_hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-             ON CONFLICT (workload, api_version, kind, namespace, name) DO UPDATE SET
-               uid = excluded.uid, resource_version = excluded.resource_version,
-               apply_hash = excluded.apply_hash, fields_hash = excluded.fields_hash",
-            params![
-                e.workload,
-                e.api_version,
-                e.kind,
-                e.namespace.as_deref().unwrap_or(""),
-                e.name,
-                e.uid,
-                e.resource_version,
-                e.apply_hash,
-                e.fields_hash
-            ],
-        )?;
-        Ok(())
-    }
-
-    pub fn forget_applied(
-        &mut self,
-        workload: &str,
-        api_version: &str,
-        kind: &str,
-        namespace: Option<&str>,
-        name: &str,
-    ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "DELETE FROM inventory WHERE workload = ?1 AND api_version = ?2 AND kind = ?3
-               AND namespace = ?4 AND name = ?5",
-            params![workload, api_version, kind, namespace.unwrap_or(""), name],
-        )?;
-        Ok(())
-    }
-
-    // ---- workload status ----
-
-    /// Replaces the per-workload status table with `statuses`.
-    pub fn set_statuses(&mut self, statuses: &[StoredStatus]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        tx.execute("DELETE FROM workload_status", [])?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO workload_status (name, sync, health, message, updated_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for s in statuses {
-                stmt.execute(params![
-                    s.name,
-                    enum_str(&s.sync),
-                    enum_str(&s.health),
-                    s.message,
-                    s.updated_at_ms as i64
-                ])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    pub fn statuses(&self) -> Result<Vec<StoredStatus>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT name, sync, health, message, updated_at_ms FROM workload_status ORDER BY name",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Option<String>>(3)?,
-                r.get::<_, i64>(4)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (name, sync, health, message, at) = row?;
-            out.push(StoredStatus {
-                name,
-                sync: enum_parse(&sync).unwrap_or(SyncState::Syncing),
-                health: enum_parse(&health).unwrap_or(Health::Unknown),
-                message,
-                updated_at_ms: at as u64,
-            });
-        }
-        Ok(out)
-    }
-
     // ---- kv ----
 
     pub fn kv_get(&self, key: &str) -> Result<Option<String>, StoreError> {
@@ -584,89 +387,6 @@ impl Store {
             params![key, value],
         )?;
         Ok(())
-    }
-
-    // ---- model cache index (crate::inference::model_cache) ----
-
-    /// The cached model with this hash, complete or not.
-    pub fn model_get(&self, sha256: &str) -> Result<Option<CachedModel>, StoreError> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT sha256, name, size_bytes, path, complete, last_used_ms
-                 FROM models WHERE sha256 = ?1",
-                [sha256],
-                CachedModel::from_row,
-            )
-            .optional()?)
-    }
-
-    /// Records a verified, complete model file.
-    pub fn model_put(&mut self, m: &CachedModel) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO models (sha256, name, size_bytes, path, complete, last_used_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (sha256) DO UPDATE SET name = excluded.name,
-               size_bytes = excluded.size_bytes, path = excluded.path,
-               complete = excluded.complete, last_used_ms = excluded.last_used_ms",
-            params![
-                m.sha256,
-                m.name,
-                i64::try_from(m.size_bytes).unwrap_or(i64::MAX),
-                m.path.to_string_lossy(),
-                m.complete,
-                i64::try_from(m.last_used_ms).unwrap_or(i64::MAX),
-            ],
-        )?;
-        Ok(())
-    }
-
-    pub fn model_touch(&mut self, sha256: &str, now_ms: u64) -> Result<(), StoreError> {
-        self.conn.execute(
-            "UPDATE models SET last_used_ms = ?2 WHERE sha256 = ?1",
-            params![sha256, i64::try_from(now_ms).unwrap_or(i64::MAX)],
-        )?;
-        Ok(())
-    }
-
-    pub fn model_delete(&mut self, sha256: &str) -> Result<(), StoreError> {
-        self.conn
-            .execute("DELETE FROM models WHERE sha256 = ?1", [sha256])?;
-        Ok(())
-    }
-
-    /// Every cached model, least recently used first.
-    pub fn models_lru(&self) -> Result<Vec<CachedModel>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT sha256, name, size_bytes, path, complete, last_used_ms
-             FROM models ORDER BY last_used_ms ASC, sha256 ASC",
-        )?;
-        let rows = stmt.query_map([], CachedModel::from_row)?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
-    }
-}
-
-/// A row of the model cache index.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CachedModel {
-    pub sha256: String,
-    pub name: String,
-    pub size_bytes: u64,
-    pub path: PathBuf,
-    pub complete: bool,
-    pub last_used_ms: u64,
-}
-
-impl CachedModel {
-    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
-        Ok(Self {
-            sha256: r.get(0)?,
-            name: r.get(1)?,
-            size_bytes: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
-            path: PathBuf::from(r.get::<_, String>(3)?),
-            complete: r.get(4)?,
-            last_used_ms: u64::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
-        })
     }
 }
 
@@ -703,97 +423,18 @@ fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
     Ok(aside)
 }
 
-/// The wire name of a PascalCase protocol enum (`Synced`, `Healthy`, …).
-pub fn enum_str<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
-}
-
-fn enum_parse<T: serde::de::DeserializeOwned>(s: &str) -> Option<T> {
-    serde_json::from_value(serde_json::Value::String(s.to_owned())).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    pub(crate) fn desired(rev: u64) -> DesiredState {
-        serde_json::from_value(serde_json::json!({
-            "deviceId": "pi-1", "revision": rev, "hubEpoch": 7, "issuedAtMs": 1,
-            "workloads": [{"deployment": "d", "generation": 1, "name": "d.web",
-              "kubernetes": {"manifests": [{"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": "c", "namespace": "ns"}}]}}]
-        }))
-        .unwrap()
-    }
 
     fn open(dir: &Path) -> (Store, OpenReport) {
         Store::open(&dir.join("agent.db"), Synchronous::Normal).unwrap()
     }
 
     #[test]
-    fn desired_state_round_trips_and_survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut s, rep) = open(dir.path());
-        assert_eq!(rep, OpenReport::default());
-        assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as i64);
-        assert!(s.desired().unwrap().is_none());
-        s.replace_desired(&desired(3)).unwrap();
-        drop(s);
-        let (s, _) = open(dir.path());
-        assert_eq!(s.desired().unwrap().unwrap(), desired(3));
-        assert_eq!(
-            s.desired_version().unwrap(),
-            Some(Version {
-                hub_epoch: 7,
-                revision: 3
-            })
-        );
-        let ro = Store::open_read_only(&dir.path().join("agent.db")).unwrap();
-        assert_eq!(ro.desired().unwrap().unwrap().revision, 3);
-    }
-
-    #[test]
-    fn inventory_status_and_kv() {
+    fn kv_overwrites() {
         let dir = tempfile::tempdir().unwrap();
         let (mut s, _) = open(dir.path());
-        let mut e = InventoryEntry {
-            workload: "d.web".into(),
-            api_version: "v1".into(),
-            kind: "ConfigMap".into(),
-            namespace: Some("ns".into()),
-            name: "c".into(),
-            uid: "u1".into(),
-            resource_version: "1".into(),
-            apply_hash: "h1".into(),
-            fields_hash: "f1".into(),
-        };
-        s.record_applied(&e).unwrap();
-        e.resource_version = "2".into();
-        s.record_applied(&e).unwrap();
-        let mut ns = e.clone();
-        ns.kind = "Namespace".into();
-        ns.namespace = None;
-        s.record_applied(&ns).unwrap();
-        assert_eq!(s.inventory().unwrap(), vec![e.clone(), ns.clone()]);
-        s.forget_applied("d.web", "v1", "ConfigMap", Some("ns"), "c")
-            .unwrap();
-        assert_eq!(s.inventory().unwrap(), vec![ns]);
-
-        let st = StoredStatus {
-            name: "d.web".into(),
-            sync: SyncState::Failed,
-            health: Health::Degraded,
-            message: Some("boom".into()),
-            updated_at_ms: 5,
-        };
-        s.set_statuses(std::slice::from_ref(&st)).unwrap();
-        assert_eq!(s.statuses().unwrap(), vec![st]);
-        s.set_statuses(&[]).unwrap();
-        assert!(s.statuses().unwrap().is_empty());
-
         s.kv_set("a", "1").unwrap();
         s.kv_set("a", "2").unwrap();
         assert_eq!(s.kv_get("a").unwrap().as_deref(), Some("2"));

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use edgefleet_protocol::Heartbeat;
 
-use crate::daemon::Shared;
+use crate::shared::Shared;
 
 /// The agent version reported everywhere.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -21,8 +21,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
+pub use edgefleet_api::Page;
+use edgefleet_api::{ErrorBody, ErrorDetail, HubKey};
 use edgefleet_protocol::{DeviceId, PublicKey};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
 use crate::metrics::Metrics;
@@ -61,17 +63,6 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
-}
-
-#[derive(Serialize, Deserialize)]
-struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(Serialize, Deserialize)]
-struct ErrorDetail {
-    code: String,
-    message: String,
 }
 
 impl ApiError {
@@ -134,14 +125,6 @@ impl From<StoreError> for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
-
-/// A page of a list: `{"items": [...], "continue": "<token>"}`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    #[serde(rename = "continue", skip_serializing_if = "Option::is_none")]
-    pub continue_token: Option<String>,
-}
 
 /// `?limit=&continue=` on list endpoints.
 #[derive(Debug, Deserialize)]
@@ -277,21 +260,7 @@ async fn metrics(State(st): State<Shared>) -> Response {
                 .set(n as i64);
         }
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        st.metrics.render(),
-    )
-        .into_response()
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct HubKey {
-    public_key: String,
-    key_id: String,
+    edgefleet_daemon::metrics::response(st.metrics.registry())
 }
 
 async fn hub_key(State(st): State<Shared>) -> Json<HubKey> {

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use edgefleet_daemon::mqtt::{BrokerUrl, BrokerUrlError, PemError, read_pem};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,13 @@ pub enum ConfigError {
     },
     #[error("{0}")]
     Invalid(String),
+    #[error(transparent)]
+    BrokerUrl(#[from] BrokerUrlError),
+    /// A PEM file the config names (TLS certificate, key, CA) that is
+    /// missing or holds no such block: a clear error at start instead of a
+    /// TLS failure on every connection later.
+    #[error(transparent)]
+    Pem(#[from] PemError),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -152,26 +160,6 @@ impl Default for BrokerConfig {
     }
 }
 
-/// Reads a PEM file named by config setting `what`, which must hold a
-/// `-----BEGIN …{label}-----` block: a clear config error at start instead
-/// of a TLS failure on every connection later.
-pub fn read_pem(what: &str, path: &Path, label: &str) -> Result<Vec<u8>, ConfigError> {
-    let pem = std::fs::read(path).map_err(|e| {
-        ConfigError::Invalid(format!("{what} {}: cannot read it: {e}", path.display()))
-    })?;
-    let end = format!("{label}-----");
-    let found = String::from_utf8_lossy(&pem)
-        .lines()
-        .any(|l| l.starts_with("-----BEGIN ") && l.trim_end().ends_with(&end));
-    if !found {
-        return Err(ConfigError::Invalid(format!(
-            "{what} {}: no PEM {label} in it",
-            path.display()
-        )));
-    }
-    Ok(pem)
-}
-
 /// Command-line overrides (the top layer).
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -179,46 +167,6 @@ pub struct Overrides {
     pub api_listen: Option<SocketAddr>,
     pub broker_listen: Option<SocketAddr>,
     pub broker_url: Option<String>,
-}
-
-/// Where a broker is: parsed `mqtt://` / `mqtts://` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerUrl {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-}
-
-impl BrokerUrl {
-    pub fn parse(url: &str) -> Result<Self, ConfigError> {
-        let bad = |m: &str| ConfigError::Invalid(format!("broker URL {url:?}: {m}"));
-        let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
-            (true, r)
-        } else if let Some(r) = url.strip_prefix("mqtt://") {
-            (false, r)
-        } else {
-            return Err(bad("must start with mqtt:// or mqtts://"));
-        };
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) => (
-                h,
-                p.parse::<u16>().map_err(|_| bad("port is not a number"))?,
-            ),
-            None => (rest, if tls { 8883 } else { 1883 }),
-        };
-        if host.is_empty() || host.contains('/') {
-            return Err(bad("missing or malformed host"));
-        }
-        Ok(Self {
-            tls,
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
-            port,
-        })
-    }
 }
 
 impl Config {
@@ -486,21 +434,5 @@ mod tests {
         assert_eq!(c.broker.max_connections, 50_000);
         assert!(Config::load(None, env("many"), &Overrides::default()).is_err());
         assert!(Config::load(None, env("0"), &Overrides::default()).is_err());
-    }
-
-    #[test]
-    fn broker_urls() {
-        assert_eq!(
-            BrokerUrl::parse("mqtt://127.0.0.1:1884").unwrap(),
-            BrokerUrl {
-                tls: false,
-                host: "127.0.0.1".into(),
-                port: 1884
-            }
-        );
-        assert_eq!(BrokerUrl::parse("mqtts://hub.example").unwrap().port, 8883);
-        assert!(BrokerUrl::parse("tcp://x:1").is_err());
-        assert!(BrokerUrl::parse("mqtt://:1").is_err());
-        assert!(BrokerUrl::parse("mqtt://x:abc").is_err());
     }
 }

@@ -26,10 +26,10 @@ pub fn workloads_for(
 
 /// Canonical JSON of the workloads and its SHA-256: equal workloads give
 /// equal hashes (serde_json sorts object keys; lists keep their order).
-pub fn content_hash(workloads: &[DesiredWorkload]) -> (String, String) {
-    let json = serde_json::to_string(workloads).unwrap_or_default();
+pub fn content_hash(workloads: &[DesiredWorkload]) -> Result<(String, String), serde_json::Error> {
+    let json = serde_json::to_string(workloads)?;
     let hash = hex::encode(Sha256::digest(json.as_bytes()));
-    (json, hash)
+    Ok((json, hash))
 }
 
 /// Names of the deployments whose workloads `workloads` holds, in order.
@@ -189,12 +189,12 @@ mod tests {
     fn content_hash_tracks_changes_only() {
         let deps = vec![dep("a", 1, "{}")];
         let l = labels(&[]);
-        let (_, h1) = content_hash(&workloads_for(&l, &deps));
-        let (_, h2) = content_hash(&workloads_for(&l, &deps));
+        let (_, h1) = content_hash(&workloads_for(&l, &deps)).unwrap();
+        let (_, h2) = content_hash(&workloads_for(&l, &deps)).unwrap();
         assert_eq!(h1, h2);
-        let (_, h3) = content_hash(&workloads_for(&l, &[dep("a", 2, "{}")]));
+        let (_, h3) = content_hash(&workloads_for(&l, &[dep("a", 2, "{}")])).unwrap();
         assert_ne!(h1, h3, "a new generation is a new document");
-        let (_, empty) = content_hash(&[]);
+        let (_, empty) = content_hash(&[]).unwrap();
         assert_ne!(h1, empty);
     }
 }

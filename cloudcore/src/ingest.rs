@@ -332,3 +332,240 @@ async fn puback(client: &AsyncClient, batch: &[Publish]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{enroll, id, metric, store};
+    use edgefleet_protocol::{Health, SyncState, WorkloadStatus};
+
+    /// A hub with two enrolled devices; their keys.
+    fn hub() -> (Store, Registry, Metrics, Signer, Signer) {
+        let s = store();
+        let a = enroll(&s, "pi-1", &[("site", "a")]);
+        let b = enroll(&s, "pi-2", &[("site", "a")]);
+        let registry = Registry::load(&s).unwrap();
+        (s, registry, Metrics::new(), a, b)
+    }
+
+    fn publish(device: &str, channel: Channel, payload: Vec<u8>) -> Publish {
+        let topic = Topic::new(id(device), channel).to_string();
+        Publish::new(topic, QoS::AtLeastOnce, payload)
+    }
+
+    fn event(device: &str, event_id: &str) -> Event {
+        Event {
+            id: event_id.to_owned(),
+            device_id: id(device),
+            kind: "app.telemetry".into(),
+            workload: None,
+            created_at_ms: edgefleet_protocol::now_ms(),
+            payload: serde_json::json!({"t": 21.5}),
+        }
+    }
+
+    fn status(device: &str, at_ms: u64, health: Health) -> StatusReport {
+        StatusReport {
+            device_id: id(device),
+            applied: None,
+            reported_at_ms: at_ms,
+            workloads: vec![WorkloadStatus {
+                name: "web.app".into(),
+                sync: SyncState::Synced,
+                health,
+                message: None,
+            }],
+            message: None,
+            agent_version: "test".into(),
+            k3s_version: None,
+            desired_rejected: None,
+            unstored: false,
+        }
+    }
+
+    fn rejected(m: &Metrics, channel: &str, reason: &str) -> f64 {
+        metric(
+            m,
+            &format!(
+                "edgefleet_hub_messages_rejected_total{{channel=\"{channel}\",reason=\"{reason}\"}}"
+            ),
+        )
+    }
+
+    #[test]
+    fn events_are_stored_once_and_acknowledged_every_time() {
+        let (s, reg, m, a, _) = hub();
+        let e = a.seal(&event("pi-1", "e-1"));
+        let batch = [
+            publish("pi-1", Channel::Events, e.clone()),
+            publish("pi-1", Channel::Events, e.clone()),
+        ];
+        let acks = process(&s, &reg, &m, &batch).unwrap();
+        assert_eq!(acks[&id("pi-1")].events, ["e-1", "e-1"]);
+        // Redelivered in a later batch (the device never saw the Ack).
+        let acks = process(&s, &reg, &m, &batch[..1]).unwrap();
+        assert_eq!(acks[&id("pi-1")].events, ["e-1"]);
+        assert_eq!(s.events("pi-1", 0, 10).unwrap().len(), 1, "stored once");
+        assert_eq!(m.events_stored.get(), 1);
+        assert_eq!(m.events_duplicate.get(), 2);
+    }
+
+    #[test]
+    fn a_forged_signature_is_refused_and_not_acknowledged() {
+        let (s, reg, m, _, _) = hub();
+        let forger = Signer::generate();
+        let batch = [publish(
+            "pi-1",
+            Channel::Events,
+            forger.seal(&event("pi-1", "e-1")),
+        )];
+        let acks = process(&s, &reg, &m, &batch).unwrap();
+        assert!(acks.is_empty(), "nothing acknowledged");
+        assert!(s.events("pi-1", 0, 10).unwrap().is_empty());
+        let reasons = m.render();
+        assert!(
+            reasons.contains("edgefleet_hub_messages_rejected_total{channel=\"events\",reason="),
+            "{reasons}"
+        );
+    }
+
+    #[test]
+    fn a_device_cannot_speak_for_another() {
+        let (s, reg, m, a, b) = hub();
+        // pi-1's key, on pi-2's topic, naming pi-2.
+        let on_other_topic = publish("pi-2", Channel::Events, a.seal(&event("pi-2", "x")));
+        // pi-2's own key, on its own topic, but naming pi-1 inside.
+        let naming_other = publish("pi-2", Channel::Events, b.seal(&event("pi-1", "y")));
+        let acks = process(&s, &reg, &m, &[on_other_topic, naming_other]).unwrap();
+        assert!(acks.is_empty());
+        for dev in ["pi-1", "pi-2"] {
+            assert!(s.events(dev, 0, 10).unwrap().is_empty(), "{dev}");
+        }
+        assert_eq!(metric(&m, "edgefleet_hub_events_stored_total"), 0.0);
+    }
+
+    #[test]
+    fn unknown_devices_bad_topics_and_wrong_directions_are_refused() {
+        let (s, reg, m, a, _) = hub();
+        let batch = [
+            publish("pi-9", Channel::Events, a.seal(&event("pi-9", "e"))),
+            Publish::new("not/an/edgefleet/topic", QoS::AtLeastOnce, b"x".to_vec()),
+            publish("pi-1", Channel::Desired, a.seal(&event("pi-1", "e"))),
+        ];
+        assert!(process(&s, &reg, &m, &batch).unwrap().is_empty());
+        assert_eq!(rejected(&m, "events", "unknown_device"), 1.0);
+        assert_eq!(rejected(&m, "unknown", "bad_topic"), 1.0);
+        assert_eq!(rejected(&m, "desired", "wrong_direction"), 1.0);
+    }
+
+    #[test]
+    fn a_stale_status_is_not_stored_but_the_newest_is_acknowledged() {
+        let (s, reg, m, a, _) = hub();
+        let now = edgefleet_protocol::now_ms();
+        let newer = publish(
+            "pi-1",
+            Channel::Status,
+            a.seal(&status("pi-1", now, Health::Healthy)),
+        );
+        let older = publish(
+            "pi-1",
+            Channel::Status,
+            a.seal(&status("pi-1", now - 1000, Health::Degraded)),
+        );
+        let acks = process(&s, &reg, &m, &[newer, older]).unwrap();
+        assert_eq!(acks[&id("pi-1")].status_reported_at_ms, Some(now));
+        let w = s.workload_status(Some("pi-1")).unwrap();
+        assert_eq!(w[0].health, Health::Healthy, "the older report lost");
+        assert_eq!(rejected(&m, "status", "stale_report"), 1.0);
+    }
+
+    #[test]
+    fn presence_of_an_old_session_does_not_override_the_current_one() {
+        let (s, reg, m, a, _) = hub();
+        let presence = |state, session| {
+            publish(
+                "pi-1",
+                Channel::Presence,
+                a.seal(&Presence {
+                    device_id: id("pi-1"),
+                    state,
+                    session,
+                    at_ms: edgefleet_protocol::now_ms(),
+                }),
+            )
+        };
+        process(&s, &reg, &m, &[presence(PresenceState::Online, 2)]).unwrap();
+        // The will of the replaced session 1 arrives late.
+        process(&s, &reg, &m, &[presence(PresenceState::Offline, 1)]).unwrap();
+        let dev = s.get_device("pi-1").unwrap().unwrap();
+        assert_eq!(dev.presence, crate::store::Presence::Online);
+        assert!(dev.last_seen_ms.is_some());
+        process(&s, &reg, &m, &[presence(PresenceState::Offline, 2)]).unwrap();
+        let dev = s.get_device("pi-1").unwrap().unwrap();
+        assert_eq!(dev.presence, crate::store::Presence::Offline);
+        assert_eq!(s.count_devices().unwrap(), (2, 0));
+    }
+
+    #[test]
+    fn a_heartbeat_under_disk_pressure_sets_the_condition_and_clears_it() {
+        let (s, reg, m, a, _) = hub();
+        let heartbeat = |pressure| {
+            publish(
+                "pi-1",
+                Channel::Heartbeat,
+                a.seal(&Heartbeat {
+                    device_id: id("pi-1"),
+                    at_ms: edgefleet_protocol::now_ms(),
+                    uptime_s: 1,
+                    cpu_percent: 5.0,
+                    mem_used_bytes: 1,
+                    mem_total_bytes: 2,
+                    disk_used_bytes: 99,
+                    disk_total_bytes: 100,
+                    disk_pressure: pressure,
+                    temperature_c: None,
+                    agent_rss_bytes: 1,
+                    agent_version: "test".into(),
+                    k3s_version: None,
+                    outbox_depth: 0,
+                    outbox_dropped: 0,
+                }),
+            )
+        };
+        process(&s, &reg, &m, &[heartbeat(true)]).unwrap();
+        let dev = s.get_device("pi-1").unwrap().unwrap();
+        assert_eq!(
+            dev.conditions[0].kind,
+            crate::store::ConditionType::DiskPressure
+        );
+        assert_eq!(dev.heartbeat_summary().unwrap().disk_used_bytes, 99);
+        process(&s, &reg, &m, &[heartbeat(false)]).unwrap();
+        assert!(s.get_device("pi-1").unwrap().unwrap().conditions.is_empty());
+    }
+
+    #[test]
+    fn acknowledgements_are_split_at_the_id_limit() {
+        let hub = Signer::generate();
+        let mut acks = Acks::new();
+        acks.insert(
+            id("pi-1"),
+            DeviceAck {
+                events: (0..MAX_ACK_IDS + 1).map(|i| format!("e{i}")).collect(),
+                status_reported_at_ms: Some(7),
+            },
+        );
+        acks.insert(id("pi-2"), DeviceAck::default());
+        let msgs = ack_messages(acks, &hub, 1);
+        assert_eq!(msgs.len(), 3);
+        let pi1 = id("pi-1");
+        let first: Ack = open(&msgs[0].1, hub.public(), &Expect::device(&pi1)).unwrap();
+        let second: Ack = open(&msgs[1].1, hub.public(), &Expect::device(&pi1)).unwrap();
+        assert_eq!(first.events.len() + second.events.len(), MAX_ACK_IDS + 1);
+        assert_eq!(
+            (first.status_reported_at_ms, second.status_reported_at_ms),
+            (Some(7), None),
+            "the status is acknowledged once"
+        );
+        assert!(msgs[2].0.contains("pi-2"));
+    }
+}

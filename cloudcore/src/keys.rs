@@ -1,75 +1,26 @@
 //! The hub's secrets on disk: the ed25519 signing key and the operator and
-//! bootstrap tokens. Created on first start with mode 0600; never logged.
+//! bootstrap tokens. Created on first start, under the daemons' one policy
+//! for secrets ([`edgefleet_daemon::files`]): 0600, refused when others can
+//! read them, never logged.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use edgefleet_daemon::files::{SecretError, read_secret, write_secret};
 use edgefleet_protocol::Signer;
 use rand::RngCore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("cannot read {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot write {path}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] SecretError),
     #[error("{path} is not a valid key")]
     Invalid {
         path: PathBuf,
         #[source]
         source: edgefleet_protocol::sign::KeyError,
     },
-    #[error("{path} is readable by other users (mode {mode:o}); run chmod 600 {path}")]
-    Permissions { path: PathBuf, mode: u32 },
-}
-
-/// Writes `contents` to a new file with mode 0600 (fails if it exists).
-pub fn write_secret(path: &Path, contents: &[u8]) -> Result<(), KeyError> {
-    let err = |source| KeyError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(err)?;
-    f.write_all(contents).map_err(err)?;
-    f.sync_all().map_err(err)
-}
-
-fn read_secret(path: &Path) -> Result<Option<String>, KeyError> {
-    match std::fs::read_to_string(path) {
-        Ok(s) => {
-            let mode = std::fs::metadata(path)
-                .map(|m| m.permissions().mode() & 0o777)
-                .unwrap_or(0);
-            if mode & 0o077 != 0 {
-                return Err(KeyError::Permissions {
-                    path: path.to_owned(),
-                    mode,
-                });
-            }
-            Ok(Some(s))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(KeyError::Read {
-            path: path.to_owned(),
-            source,
-        }),
-    }
 }
 
 /// A random token: 32 bytes, base64url.
@@ -105,7 +56,7 @@ pub fn load_or_create_token(dir: &Path, name: &str, configured: &str) -> Result<
     }
     let path = dir.join(name);
     if let Some(t) = read_secret(&path)? {
-        return Ok(t.trim().to_owned());
+        return Ok(t.as_str().to_owned());
     }
     let t = random_token();
     write_secret(&path, format!("{t}\n").as_bytes())?;
@@ -115,6 +66,7 @@ pub fn load_or_create_token(dir: &Path, name: &str, configured: &str) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn key_is_created_once_with_mode_0600() {
@@ -143,7 +95,7 @@ mod tests {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(
             load_or_create_token(dir.path(), "operator-token", ""),
-            Err(KeyError::Permissions { .. })
+            Err(KeyError::File(SecretError::Permissions { .. }))
         ));
         assert_eq!(
             load_or_create_token(dir.path(), "x", "configured-token-123").unwrap(),

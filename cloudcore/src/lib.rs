@@ -4,16 +4,14 @@
 //! Parts: [`config`], [`store`] (SQLite), [`keys`] (hub key, tokens),
 //! [`broker`] (embedded rumqttd), [`mqtt`] (the hub's own MQTT session),
 //! [`publisher`] (desired-state sync), [`ingest`] (status, events, presence,
-//! heartbeats), [`api`] (REST), [`serve`] (wiring and shutdown); [`demo`]
-//! is the quick start (`cloudcore demo`).
+//! heartbeats), [`api`] (REST, its types in `edgefleet-api`), [`serve`]
+//! (wiring and shutdown). `cloudcore demo` and `edgectl` are binaries of
+//! this package, not part of the library.
 
 pub mod api;
 pub mod broker;
 pub mod config;
-pub mod ctl;
-pub mod demo;
 pub mod desired;
-pub mod exit;
 pub mod ingest;
 pub mod keys;
 pub mod metrics;
@@ -22,3 +20,7 @@ pub mod publisher;
 pub mod registry;
 pub mod serve;
 pub mod store;
+#[cfg(test)]
+mod testing;
+
+pub use edgefleet_daemon::{error_chain, exit};

@@ -1,7 +1,6 @@
 //! Hub metrics in Prometheus text format (`/metrics`), all prefixed
 //! `edgefleet_hub_`.
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -179,11 +178,13 @@ impl Metrics {
             .inc();
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics text `/metrics` serves.
     pub fn render(&self) -> String {
-        let mut s = String::new();
-        let _ = encode(&mut s, &self.registry);
-        s
+        edgefleet_daemon::metrics::render(&self.registry)
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 }
 

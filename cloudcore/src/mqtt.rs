@@ -18,15 +18,15 @@ use std::time::Duration;
 use edgefleet_protocol::Channel;
 use edgefleet_protocol::limits::MAX_PAYLOAD_BYTES;
 use edgefleet_protocol::{DeviceId, Topic};
-use rumqttc::{
-    AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, Request, TlsConfiguration,
-    Transport,
-};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, Request};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::HUB_USERNAME;
-use crate::config::{BrokerUrl, Config, ConfigError};
+use edgefleet_daemon::backoff::Backoff;
+use edgefleet_daemon::mqtt::{BrokerUrl, qos, tls_transport};
+
+use crate::config::{Config, ConfigError};
 
 /// The upstream channels the hub subscribes to for all devices.
 pub const UPSTREAM: [Channel; 4] = [
@@ -35,19 +35,6 @@ pub const UPSTREAM: [Channel; 4] = [
     Channel::Events,
     Channel::Heartbeat,
 ];
-
-fn qos(q: u8) -> QoS {
-    match q {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        _ => QoS::ExactlyOnce,
-    }
-}
-
-/// QoS of a channel as rumqttc wants it.
-pub fn channel_qos(c: Channel) -> QoS {
-    qos(c.qos())
-}
 
 /// Options for the hub's session. `hub_password` is the embedded broker's
 /// internal secret; with an external broker the configured credentials are used.
@@ -91,23 +78,9 @@ pub fn options(cfg: &Config, hub_password: &str) -> Result<MqttOptions, ConfigEr
         o.set_credentials(username, password);
     }
     if url.tls {
-        o.set_transport(tls_transport(&cfg.broker.ca_file)?);
+        o.set_transport(tls_transport("broker.ca_file", &cfg.broker.ca_file)?);
     }
     Ok(o)
-}
-
-/// TLS to an external broker: the system's roots, or only the CAs of
-/// `ca_file` (a private CA, as mosquitto deployments usually have).
-fn tls_transport(ca_file: &std::path::Path) -> Result<Transport, ConfigError> {
-    if ca_file.as_os_str().is_empty() {
-        return Ok(Transport::tls_with_default_config());
-    }
-    let ca = crate::config::read_pem("broker.ca_file", ca_file, "CERTIFICATE")?;
-    Ok(Transport::tls_with_config(TlsConfiguration::Simple {
-        ca,
-        alpn: None,
-        client_auth: None,
-    }))
 }
 
 /// A connected-or-reconnecting session.
@@ -186,8 +159,7 @@ pub fn start(
     reconnected: Arc<Reconnects>,
     subscribed: Arc<AtomicBool>,
     dropped: mpsc::UnboundedSender<Dropped>,
-    cancel: CancellationToken,
-    tracker: &tokio_util::task::TaskTracker,
+    sup: &edgefleet_daemon::supervise::Supervisor<crate::serve::TaskError>,
 ) -> Session {
     let (client, eventloop) = AsyncClient::new(opts, 20_000);
     let connected = Arc::new(AtomicBool::new(false));
@@ -195,7 +167,7 @@ pub fn start(
         client: client.clone(),
         connected: connected.clone(),
     };
-    tracker.spawn(run(
+    let poll = run(
         client,
         eventloop,
         ingest,
@@ -203,8 +175,12 @@ pub fn start(
         reconnected,
         subscribed,
         dropped,
-        cancel,
-    ));
+        sup.cancel_token(),
+    );
+    sup.critical("MQTT session", async move {
+        poll.await;
+        Ok(())
+    });
     session
 }
 
@@ -221,7 +197,8 @@ async fn run(
 ) {
     // SubAcks still due for the subscriptions sent on the last connect.
     let mut subacks_due = 0;
-    let mut backoff = Duration::from_millis(100);
+    // The broker is next to the hub: retry fast, at most every 5 s.
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let ev = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -229,7 +206,7 @@ async fn run(
         };
         match ev {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                backoff = Duration::from_millis(100);
+                backoff.reset();
                 connected.store(true, Ordering::Relaxed);
                 tracing::info!(
                     session_present = ack.session_present,
@@ -239,7 +216,7 @@ async fn run(
                 // the session.
                 subacks_due = UPSTREAM.len();
                 for c in UPSTREAM {
-                    if let Err(e) = client.try_subscribe(c.filter_all_devices(), channel_qos(c)) {
+                    if let Err(e) = client.try_subscribe(c.filter_all_devices(), qos(c)) {
                         tracing::error!(error = %e, "cannot queue subscription");
                     }
                 }
@@ -277,9 +254,8 @@ async fn run(
                 }
                 tokio::select! {
                     _ = cancel.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }
@@ -298,6 +274,7 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rumqttc::QoS;
 
     #[test]
     fn only_publishes_over_the_limit_are_dropped() {

@@ -78,7 +78,7 @@ pub fn compute_pass(
     let mut withheld = Vec::new();
     for (id, labels) in devices {
         let workloads = workloads_for(&labels, &deployments);
-        let (json, hash) = content_hash(&workloads);
+        let (json, hash) = content_hash(&workloads)?;
         let prev = current.get(&id);
         // A device with nothing to run and nothing issued yet gets no
         // document: revision 1 is its first real assignment.
@@ -240,5 +240,168 @@ impl Publisher {
             };
             retry = !ok;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ConditionType;
+    use crate::testing::{deployment, enroll, id, labels, store};
+    use edgefleet_protocol::{Expect, open};
+
+    fn pass(s: &Store, signer: &Signer) -> Pass {
+        compute_pass(s, signer, s.epoch().unwrap(), true).expect("pass")
+    }
+
+    /// The workloads of a published envelope, checked with the hub key.
+    fn workloads(signer: &Signer, envelope: &[u8], device: &str) -> Vec<String> {
+        let device = id(device);
+        let doc: DesiredState = open(envelope, signer.public(), &Expect::device(&device)).unwrap();
+        doc.workloads
+            .iter()
+            .map(|w| w.workload.name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn no_change_issues_no_new_revision() {
+        let (s, hub) = (store(), Signer::generate());
+        enroll(&s, "pi-1", &[("site", "a")]);
+        s.put_deployment(&deployment("web", "a", &["app"])).unwrap();
+        let first = pass(&s, &hub);
+        assert_eq!(first.docs.len(), 1);
+        assert_eq!((first.docs[0].0.as_str(), first.docs[0].1), ("pi-1", 1));
+        // Nothing changed: nothing issued, the revision stays.
+        assert!(pass(&s, &hub).docs.is_empty());
+        // Re-applying the same spec changes nothing either.
+        s.put_deployment(&deployment("web", "a", &["app"])).unwrap();
+        assert!(pass(&s, &hub).docs.is_empty());
+        assert_eq!(s.desired_hashes().unwrap()[&id("pi-1")].0, 1);
+    }
+
+    #[test]
+    fn a_device_with_nothing_to_run_gets_no_first_document() {
+        let (s, hub) = (store(), Signer::generate());
+        enroll(&s, "pi-1", &[("site", "b")]);
+        s.put_deployment(&deployment("web", "a", &["app"])).unwrap();
+        assert!(pass(&s, &hub).docs.is_empty());
+        assert!(s.desired_hashes().unwrap().is_empty());
+    }
+
+    #[test]
+    fn labels_move_a_device_in_and_out_of_a_selector() {
+        let (s, hub) = (store(), Signer::generate());
+        enroll(&s, "pi-1", &[("site", "a")]);
+        enroll(&s, "pi-2", &[("site", "b")]);
+        s.put_deployment(&deployment("web", "a", &["app"])).unwrap();
+        pass(&s, &hub);
+        // Out: an empty document at the next revision (the agent prunes).
+        s.set_labels("pi-1", &labels(&[("site", "b")])).unwrap();
+        let out = pass(&s, &hub);
+        assert_eq!(out.docs.len(), 1, "only pi-1 changed");
+        assert_eq!(out.docs[0].1, 2);
+        assert!(workloads(&hub, &out.docs[0].2, "pi-1").is_empty());
+        // In again: the workload is back at revision 3; pi-2 is untouched.
+        s.set_labels("pi-1", &labels(&[("site", "a")])).unwrap();
+        let back = pass(&s, &hub);
+        assert_eq!(back.docs.len(), 1);
+        assert_eq!(back.docs[0].1, 3);
+        assert_eq!(workloads(&hub, &back.docs[0].2, "pi-1"), ["web.app"]);
+        assert!(!s.desired_hashes().unwrap().contains_key(&id("pi-2")));
+    }
+
+    #[test]
+    fn a_device_enrolled_later_gets_its_first_document_alone() {
+        let (s, hub) = (store(), Signer::generate());
+        enroll(&s, "pi-1", &[("site", "a")]);
+        s.put_deployment(&deployment("web", "a", &["app"])).unwrap();
+        pass(&s, &hub);
+        enroll(&s, "pi-2", &[("site", "a")]);
+        let p = pass(&s, &hub);
+        assert_eq!(p.docs.len(), 1);
+        assert_eq!((p.docs[0].0.as_str(), p.docs[0].1), ("pi-2", 1));
+        // A deleted device's document goes with it; the others stay.
+        assert!(s.delete_device("pi-2").unwrap());
+        assert!(pass(&s, &hub).docs.is_empty());
+        assert_eq!(s.desired_hashes().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn deleting_a_deployment_empties_the_devices_documents() {
+        let (s, hub) = (store(), Signer::generate());
+        enroll(&s, "pi-1", &[("site", "a")]);
+        s.put_deployment(&deployment("web", "a", &["app"])).unwrap();
+        pass(&s, &hub);
+        assert!(s.delete_deployment("web").unwrap());
+        assert!(!s.delete_deployment("web").unwrap(), "already gone");
+        let p = pass(&s, &hub);
+        assert_eq!(p.docs.len(), 1);
+        assert_eq!(p.docs[0].1, 2);
+        assert!(workloads(&hub, &p.docs[0].2, "pi-1").is_empty());
+    }
+
+    #[test]
+    fn two_deployments_on_one_device_make_one_document() {
+        let (s, hub) = (store(), Signer::generate());
+        enroll(&s, "pi-1", &[("site", "a")]);
+        s.put_deployment(&deployment("web", "a", &["app"])).unwrap();
+        s.put_deployment(&deployment("metrics", "a", &["agent", "push"]))
+            .unwrap();
+        let p = pass(&s, &hub);
+        assert_eq!(p.docs.len(), 1);
+        let mut names = workloads(&hub, &p.docs[0].2, "pi-1");
+        names.sort();
+        assert_eq!(names, ["metrics.agent", "metrics.push", "web.app"]);
+        // Changing one of them is one new revision carrying both.
+        s.put_deployment(&deployment("web", "a", &["app", "cache"]))
+            .unwrap();
+        let p = pass(&s, &hub);
+        assert_eq!(p.docs[0].1, 2);
+        assert_eq!(workloads(&hub, &p.docs[0].2, "pi-1").len(), 4);
+    }
+
+    #[test]
+    fn documents_carry_the_stores_epoch() {
+        let (s, hub) = (store(), Signer::generate());
+        enroll(&s, "pi-1", &[("site", "a")]);
+        s.put_deployment(&deployment("web", "a", &["app"])).unwrap();
+        let p = pass(&s, &hub);
+        let doc: DesiredState =
+            open(&p.docs[0].2, hub.public(), &Expect::device(&id("pi-1"))).unwrap();
+        assert_eq!(doc.hub_epoch, s.epoch().unwrap());
+        assert_eq!(doc.revision, 1);
+    }
+
+    #[test]
+    fn a_document_the_device_would_refuse_is_withheld_with_a_condition() {
+        let (s, hub) = (store(), Signer::generate());
+        enroll(&s, "pi-1", &[("site", "a")]);
+        s.put_deployment(&deployment("small", "a", &["app"]))
+            .unwrap();
+        pass(&s, &hub);
+        // Each deployment fits; together they are over the device's limit.
+        let half: Vec<String> = (0..edgefleet_protocol::limits::MAX_WORKLOADS / 2 + 1)
+            .map(|i| format!("w{i}"))
+            .collect();
+        let half: Vec<&str> = half.iter().map(String::as_str).collect();
+        s.put_deployment(&deployment("big", "a", &half)).unwrap();
+        s.put_deployment(&deployment("bigger", "a", &half)).unwrap();
+        let p = pass(&s, &hub);
+        assert!(p.docs.is_empty(), "nothing issued");
+        assert_eq!(p.withheld.len(), 1);
+        assert!(p.withheld[0].1.contains("big"), "{}", p.withheld[0].1);
+        // The device keeps revision 1 and carries the condition.
+        assert_eq!(s.desired_hashes().unwrap()[&id("pi-1")].0, 1);
+        let dev = s.get_device("pi-1").unwrap().unwrap();
+        assert_eq!(dev.conditions[0].kind, ConditionType::DesiredTooLarge);
+        // Once it fits again the condition goes and revision 2 is issued.
+        s.delete_deployment("bigger").unwrap();
+        s.delete_deployment("big").unwrap();
+        s.put_deployment(&deployment("small", "a", &["app", "two"]))
+            .unwrap();
+        let p = pass(&s, &hub);
+        assert_eq!(p.docs[0].1, 2);
+        assert!(s.get_device("pi-1").unwrap().unwrap().conditions.is_empty());
     }
 }

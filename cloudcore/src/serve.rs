@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use edgefleet_daemon::supervise::Supervisor;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
 use crate::config::{Config, ConfigError};
@@ -36,7 +36,14 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    /// A task the hub cannot run without (REST server, MQTT session,
+    /// ingest, publisher) ended.
+    #[error(transparent)]
+    TaskDied(#[from] edgefleet_daemon::supervise::Died<TaskError>),
 }
+
+/// What a hub task can fail with.
+pub type TaskError = Box<dyn std::error::Error + Send + Sync>;
 
 impl ServeError {
     /// The process exit code for this failure.
@@ -46,7 +53,9 @@ impl ServeError {
             | ServeError::Lock(edgefleet_daemon::lock::LockError::Held { .. }) => exit::CONFIG,
             ServeError::Lock(_) => exit::STORE,
             ServeError::Store(_) | ServeError::Keys(_) => exit::STORE,
-            ServeError::Broker(_) | ServeError::Listen { .. } => exit::UNAVAILABLE,
+            ServeError::Broker(_) | ServeError::Listen { .. } | ServeError::TaskDied(_) => {
+                exit::UNAVAILABLE
+            }
         }
     }
 }
@@ -98,7 +107,8 @@ pub async fn serve_with(
             "TEST ONLY: desired-state size checks are off (CLOUDCORE_TEST_UNCHECKED_LIMITS)"
         );
     }
-    let tracker = TaskTracker::new();
+    let sup = Supervisor::<TaskError>::new();
+    let tasks = sup.cancel_token();
 
     let hub_password = keys::random_token();
     let hub_subscribed = Arc::new(AtomicBool::new(false));
@@ -142,13 +152,12 @@ pub async fn serve_with(
         reconnected.clone(),
         hub_subscribed,
         dropped_tx,
-        cancel.clone(),
-        &tracker,
+        &sup,
     );
     // Publishes the session had to drop: the device gets the condition.
     {
         let (store, metrics) = (store.clone(), metrics.clone());
-        tracker.spawn(async move {
+        sup.spawn(async move {
             while let Some((device, size)) = dropped_rx.recv().await {
                 metrics.desired_dropped.inc();
                 let why = format!(
@@ -175,7 +184,7 @@ pub async fn serve_with(
         });
     }
     let signer = Arc::new(signer);
-    tracker.spawn(ingest::run(
+    let ingest = ingest::run(
         store.clone(),
         registry.clone(),
         metrics.clone(),
@@ -190,7 +199,11 @@ pub async fn serve_with(
             },
         },
         ingest_rx,
-    ));
+    );
+    sup.critical("ingest", async move {
+        ingest.await;
+        Ok(())
+    });
     let trigger = Trigger::default();
     let publisher = Publisher {
         store: store.clone(),
@@ -202,12 +215,16 @@ pub async fn serve_with(
     };
     let hub_key = publisher.signer.public().clone();
     let kid = hub_key.kid().clone();
-    tracker.spawn(publisher.run(
+    let publish = publisher.run(
         trigger.clone(),
         reconnected,
         cfg.embedded_broker(),
-        cancel.clone(),
-    ));
+        tasks.clone(),
+    );
+    sup.critical("publisher", async move {
+        publish.await;
+        Ok(())
+    });
 
     let state = Arc::new(AppState {
         store,
@@ -235,14 +252,15 @@ pub async fn serve_with(
         source,
     })?;
     let app = api::router(state, cfg.api.max_body_bytes);
-    let stop = cancel.clone();
-    tracker.spawn(async move {
-        let r = axum::serve(listener, app)
+    let stop = tasks.clone();
+    sup.critical("REST API server", async move {
+        axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "REST API server failed");
-        }
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "REST API server failed");
+                TaskError::from(e)
+            })
     });
     match started {
         Some(tx) => {
@@ -263,12 +281,9 @@ pub async fn serve_with(
         }
     }
 
-    cancel.cancelled().await;
-    tracing::info!("shutting down");
-    tracker.close();
-    if tokio::time::timeout(GRACE, tracker.wait()).await.is_err() {
-        tracing::warn!("tasks did not finish within {GRACE:?}; stopping anyway");
-    }
+    // Until a stop, or a task the hub cannot run without ends: then every
+    // task is cancelled and given GRACE to finish.
+    sup.run(cancel, GRACE).await?;
     Ok(())
 }
 

@@ -13,6 +13,14 @@ use cloudcore::registry::{DeviceEntry, Registry};
 use edgefleet_protocol::{Channel, DeviceId, Signer, Topic};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 
+/// A free TCP port on 127.0.0.1 (rumqttd binds its own socket).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
 fn start_broker() -> SocketAddr {
     let devices = Registry::default();
     devices.insert(
@@ -22,9 +30,7 @@ fn start_broker() -> SocketAddr {
             password_hash: password_hash("device-secret"),
         },
     );
-    let addr: SocketAddr = format!("127.0.0.1:{}", edgefleet_tests::free_port())
-        .parse()
-        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let creds = Credentials::new("hub-secret", devices, Arc::new(AtomicBool::new(true)));
     broker::start(addr, None, 100, creds, Arc::new(Metrics::new())).expect("broker starts");
     // rumqttd binds from its own thread.

@@ -32,6 +32,62 @@ pub enum Health {
     Unknown,
 }
 
+/// The one text form of [`SyncState`] and [`Health`], as on the wire: what
+/// the hub and the agent store and show.
+macro_rules! text_enum {
+    ($t:ident { $($v:ident),+ $(,)? }) => {
+        impl $t {
+            pub const ALL: &'static [$t] = &[$($t::$v),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($t::$v => stringify!($v),)+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $t {
+            type Err = UnknownState;
+            fn from_str(s: &str) -> Result<Self, UnknownState> {
+                $t::ALL
+                    .iter()
+                    .copied()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| UnknownState {
+                        what: stringify!($t),
+                        value: s.to_owned(),
+                    })
+            }
+        }
+    };
+}
+
+text_enum!(SyncState {
+    Synced,
+    Syncing,
+    Failed
+});
+text_enum!(Health {
+    Healthy,
+    Progressing,
+    Degraded,
+    Unknown
+});
+
+/// A stored or received text that names no [`SyncState`] or [`Health`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{value:?} is not a {what}")]
+pub struct UnknownState {
+    pub what: &'static str,
+    pub value: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkloadStatus {
@@ -130,5 +186,25 @@ impl Message for StatusReport {
             }
         }
         errs.into_result()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_forms_match_the_wire_and_parse_back() {
+        for s in SyncState::ALL {
+            let wire = serde_json::to_value(s).unwrap();
+            assert_eq!(wire, s.as_str());
+            assert_eq!(s.as_str().parse::<SyncState>().unwrap(), *s);
+        }
+        for h in Health::ALL {
+            assert_eq!(serde_json::to_value(h).unwrap(), h.as_str());
+            assert_eq!(h.to_string().parse::<Health>().unwrap(), *h);
+        }
+        let err = "Sinking".parse::<SyncState>().unwrap_err();
+        assert_eq!(err.to_string(), "\"Sinking\" is not a SyncState");
     }
 }

@@ -146,6 +146,11 @@ impl Hub {
         self.secret("operator-token")
     }
 
+    /// The typed REST client edgectl uses, as the operator.
+    pub fn client(&self) -> edgefleet_api::Client {
+        edgefleet_api::Client::new(&self.api_url, Some(self.operator_token())).expect("REST client")
+    }
+
     pub fn bootstrap_token(&self) -> String {
         self.secret("bootstrap-token")
     }
@@ -217,20 +222,17 @@ impl Hub {
     /// Every event id the hub stored for `device`, in order, duplicates kept
     /// (follows the `continue` pages of `GET /devices/{id}/events`).
     pub async fn event_ids(&self, device: &str) -> Vec<String> {
+        let client = self.client();
         let mut ids = Vec::new();
-        let mut token: Option<String> = None;
+        let mut after = 0;
         loop {
-            let path = match &token {
-                Some(t) => format!("/devices/{device}/events?limit=1000&continue={t}"),
-                None => format!("/devices/{device}/events?limit=1000"),
-            };
-            let (code, page) = self.get(&path).await;
-            assert_eq!(code, 200, "GET {path}: {page}");
-            for e in page["items"].as_array().into_iter().flatten() {
-                ids.push(e["id"].as_str().unwrap_or_default().to_owned());
-            }
-            match page["continue"].as_str() {
-                Some(t) => token = Some(t.to_owned()),
+            let page = client
+                .events(device, after, 1000)
+                .await
+                .unwrap_or_else(|e| panic!("events of {device}: {e}"));
+            ids.extend(page.items.into_iter().map(|e| e.id));
+            match page.continue_token {
+                Some(t) => after = t.parse().expect("a sequence number"),
                 None => return ids,
             }
         }

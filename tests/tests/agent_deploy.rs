@@ -531,3 +531,128 @@ async fn replayed_hub_documents_are_rejected_and_counted() {
     task.abort();
     agent.kill().await;
 }
+
+/// One workload failing for good (a model tract cannot load) must not slow
+/// another's health: a Kubernetes Deployment that becomes Available while
+/// the model has been failing for 20 s (long enough for a shared backoff to
+/// be at 16 s) is reported Healthy within the progress poll, not at the
+/// failing workload's next retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_workload_does_not_delay_another_ones_health() {
+    let Some(cp) = Shared::get() else {
+        return;
+    };
+    let admin = cp.admin().await;
+    let ns = "mixed";
+    let pool = "edgefleet-test/pool";
+    let (hub, _agent) = hub_and_agent(&admin, "pi-mixed").await;
+    let api = hub.client();
+    let broken = api
+        .push_model("broken", b"this is not an ONNX model".to_vec())
+        .await
+        .expect("push model");
+    let manifest = format!(
+        r#"
+apiVersion: edgefleet.io/v1
+kind: Deployment
+metadata: {{name: line-3}}
+spec:
+  selector:
+    matchLabels: {{site: plant-3}}
+  workloads:
+    - name: broken
+      inference:
+        model: {{name: broken, sha256: "{sha}"}}
+        input: {{http: {{}}}}
+        output: {{upstream: true}}
+    - name: web
+      kubernetes:
+        manifests:
+          - apiVersion: apps/v1
+            kind: Deployment
+            metadata: {{name: late, namespace: {ns}}}
+            spec:
+              replicas: 1
+              selector: {{matchLabels: {{app: late}}}}
+              template:
+                metadata: {{labels: {{app: late}}}}
+                spec:
+                  nodeSelector: {{"{pool}": "{ns}"}}
+                  containers: [{{name: web, image: "nginx:1.27"}}]
+"#,
+        sha = broken.sha256
+    );
+    api.apply("line-3", &manifest).await.expect("apply");
+    let workload = |name: &'static str| {
+        let api = api.clone();
+        async move {
+            let d = api.device("pi-mixed").await.ok()?;
+            d.workloads.into_iter().find(|w| w.name == name)
+        }
+    };
+    let failed = eventually("the model workload Failed", T, || async {
+        let w = workload("line-3.broken").await?;
+        (w.sync == edgefleet_protocol::SyncState::Failed).then_some(w)
+    })
+    .await;
+    assert!(
+        failed
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("cannot load model")),
+        "{failed:?}"
+    );
+    eventually(
+        "web Synced and Progressing (no node fits yet)",
+        T,
+        || async {
+            let w = workload("line-3.web").await?;
+            (w.sync == edgefleet_protocol::SyncState::Synced
+                && w.health == edgefleet_protocol::Health::Progressing)
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+
+    // A node now fits: the scheduler, controllers and kwok make the
+    // Deployment Available; the hub must show it Healthy within seconds.
+    let nodes = admin.api("v1", "Node", None);
+    let patch = json!({"metadata": {"labels": {pool: ns}}});
+    nodes
+        .patch(
+            edgefleet_tests::control_plane::NODES[0],
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect("label node");
+    eventually("the Deployment Available in the API server", T, || async {
+        let d = admin.get("apps/v1", "Deployment", Some(ns), "late").await?;
+        (d["status"]["availableReplicas"] == 1).then_some(())
+    })
+    .await;
+    let available = std::time::Instant::now();
+    eventually("web Healthy at the hub", T, || async {
+        let w = workload("line-3.web").await?;
+        (w.health == edgefleet_protocol::Health::Healthy).then_some(())
+    })
+    .await;
+    let took = available.elapsed();
+    eprintln!("web Healthy at the hub {took:?} after it became Available");
+    assert!(
+        took < Duration::from_secs(6),
+        "web's health waited {took:?}: the failing model's retries held it back"
+    );
+    // The model is still failing, on its own schedule.
+    let w = workload("line-3.broken").await.expect("broken reported");
+    assert_eq!(w.sync, edgefleet_protocol::SyncState::Failed);
+    nodes
+        .patch(
+            edgefleet_tests::control_plane::NODES[0],
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&json!({"metadata": {"labels": {pool: null}}})),
+        )
+        .await
+        .expect("unlabel node");
+}

@@ -1,4 +1,4 @@
-//! The fault matrix (issue 7), end to end with real processes, each scenario
+//! The fault matrix, end to end with real processes, each scenario
 //! against the embedded broker and against mosquitto:
 //! 1. the broker restarts mid-rollout; a device first connecting after a
 //!    broker crash still gets its desired state;

@@ -7,8 +7,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::config::{Config, broker_addr};
+use crate::config::Config;
 use crate::identity::{self, BROKER_PASSWORD_FILE, DEVICE_KEY_FILE, HUB_KEY_FILE};
+use edgefleet_daemon::mqtt::BrokerUrl;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Verdict {
@@ -91,7 +92,7 @@ fn check_keys(dir: &Path) -> Vec<Line> {
         (HUB_KEY_FILE, false),
     ] {
         let path = dir.join(file);
-        match identity::mode_of(&path) {
+        match edgefleet_daemon::files::mode_of(&path) {
             None => out.push(line(
                 Verdict::Fail,
                 "keys",
@@ -217,8 +218,16 @@ async fn check_hub(cfg: &Config) -> Vec<Line> {
 }
 
 async fn check_broker(cfg: &Config) -> Line {
-    let Some((host, port, tls)) = broker_addr(&cfg.broker.url) else {
-        return line(Verdict::Fail, "broker", "broker.url is not set or invalid");
+    let BrokerUrl { host, port, tls } = match BrokerUrl::parse(&cfg.broker.url) {
+        Ok(u) => u,
+        Err(e) if cfg.broker.url.is_empty() => {
+            return line(
+                Verdict::Fail,
+                "broker",
+                format!("broker.url is not set ({e})"),
+            );
+        }
+        Err(e) => return line(Verdict::Fail, "broker", e.to_string()),
     };
     let addr = format!("{host}:{port}");
     let reach = async {

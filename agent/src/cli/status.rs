@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde_json::json;
 
 use crate::config::Config;
-use crate::store::{Store, StoreError, enum_str};
+use crate::store::{Store, StoreError};
 
 /// Everything `status` shows.
 #[derive(Debug)]
@@ -51,7 +51,7 @@ impl Snapshot {
             "receivedAtMs": self.received_at_ms,
             "lastReconcileAtMs": self.last_reconcile_ms,
             "workloads": self.workloads.iter().map(|w| json!({
-                "name": w.name, "sync": enum_str(&w.sync), "health": enum_str(&w.health),
+                "name": w.name, "sync": w.sync.as_str(), "health": w.health.as_str(),
                 "message": w.message,
             })).collect::<Vec<_>>(),
             "outbox": {
@@ -114,8 +114,8 @@ impl Snapshot {
                     s,
                     "  {:width$}  {:8} {:11} {}",
                     w.name,
-                    enum_str(&w.sync),
-                    enum_str(&w.health),
+                    w.sync.as_str(),
+                    w.health.as_str(),
                     w.message.as_deref().unwrap_or("")
                 );
             }

@@ -49,6 +49,29 @@ pub enum CacheError {
     },
 }
 
+impl CacheError {
+    /// True when fetching again later may succeed (the hub unreachable or
+    /// failing, an interrupted transfer, a full disk); false when it will
+    /// not until something changes (no such model at the hub, a bad hash).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Download { .. }
+            | Self::HashMismatch { .. }
+            | Self::Io { .. }
+            | Self::Store(_)
+            | Self::DiskFull { .. } => true,
+            Self::Status { status, .. } => {
+                status.is_server_error()
+                    || matches!(
+                        *status,
+                        StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS
+                    )
+            }
+            Self::BadHash(_) => false,
+        }
+    }
+}
+
 /// Where blobs come from.
 #[derive(Debug, Clone)]
 pub struct HubSource {

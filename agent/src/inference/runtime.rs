@@ -1,7 +1,8 @@
 //! Inference workloads as the reconciler sees them: make sure each desired
 //! workload's model is cached (downloaded and verified) and loaded into the
-//! [`ModelRegistry`], unload the ones no longer desired. Any download,
-//! verification or load error is returned as the workload's Failed reason.
+//! [`ModelRegistry`], unload the ones no longer desired. A download,
+//! verification or load error is returned typed ([`SyncError`]), so the
+//! reconciler can tell one worth retrying soon from one that is not.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -15,8 +16,44 @@ use edgefleet_protocol::workload::InferenceOutput;
 use super::local_mqtt::{self, Binding, LocalBroker, Upstream};
 use super::model_cache::{HubSource, ModelCache};
 use super::{Model, ModelRegistry};
-use crate::daemon::Shared;
 use crate::metrics::Metrics;
+use crate::shared::Shared;
+
+/// Why an inference workload is not running.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("model {model}")]
+    Fetch {
+        model: String,
+        #[source]
+        source: Box<super::model_cache::CacheError>,
+    },
+    #[error("model {model}: the load task failed")]
+    LoadTask {
+        model: String,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    #[error(transparent)]
+    Load(#[from] super::InferenceError),
+    #[error("input.mqtt needs a device-local broker: set local_broker.url in the agent config")]
+    NoLocalBroker,
+    #[error("model {0} is not loaded")]
+    NotLoaded(String),
+}
+
+impl SyncError {
+    /// True when trying again soon may help; a model tract cannot load or a
+    /// missing local broker stay as they are until the desired state or the
+    /// config changes.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Fetch { source, .. } => source.is_transient(),
+            Self::LoadTask { .. } | Self::NotLoaded(_) => true,
+            Self::Load(_) | Self::NoLocalBroker => false,
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq)]
 struct Loaded {
@@ -92,9 +129,13 @@ impl InferenceRuntime {
             password: shared.identity.broker_password.to_string(),
         };
         // Plain MQTT only (validated in config): the broker is on the device.
-        let local = crate::config::broker_addr(&cfg.local_broker.url)
-            .filter(|(_, _, tls)| !tls)
-            .map(|(host, port, _)| LocalBroker { host, port });
+        let local = edgefleet_daemon::mqtt::BrokerUrl::parse(&cfg.local_broker.url)
+            .ok()
+            .filter(|u| !u.tls)
+            .map(|u| LocalBroker {
+                host: u.host,
+                port: u.port,
+            });
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::spawn(outbox_writer(Arc::clone(shared), rx));
         Self::new(cache, hub, Arc::clone(&shared.models)).with_local(local, Some(tx))
@@ -111,7 +152,7 @@ impl InferenceRuntime {
         workload: &str,
         spec: &InferenceWorkload,
         metrics: Option<&Metrics>,
-    ) -> Result<(), String> {
+    ) -> Result<(), SyncError> {
         let want = Loaded {
             model: spec.model.name.clone(),
             sha256: spec.model.sha256.clone(),
@@ -128,13 +169,16 @@ impl InferenceRuntime {
         workload: &str,
         want: Loaded,
         metrics: Option<&Metrics>,
-    ) -> Result<(), String> {
+    ) -> Result<(), SyncError> {
         let in_use: HashSet<String> = self.loaded.values().map(|l| l.sha256.clone()).collect();
         let path = self
             .cache
             .fetch(&want.model, &want.sha256, &self.hub, &in_use)
             .await
-            .map_err(|e| format!("model {}: {}", want.model, crate::error_chain(&e)))?;
+            .map_err(|source| SyncError::Fetch {
+                model: want.model.clone(),
+                source: Box::new(source),
+            })?;
         let name = workload.to_owned();
         let model_metrics = metrics.map(|m| m.model(workload));
         let concurrency = want.concurrency;
@@ -142,8 +186,10 @@ impl InferenceRuntime {
             Model::load_with_metrics(&name, &path, concurrency, model_metrics)
         })
         .await
-        .map_err(|e| format!("model {}: load task failed: {e}", want.model))?
-        .map_err(|e| crate::error_chain(&e))?;
+        .map_err(|source| SyncError::LoadTask {
+            model: want.model.clone(),
+            source,
+        })??;
         if let Some(old) = self.loaded.remove(workload) {
             self.registry.remove(&[old.model.as_str()]);
         }
@@ -155,16 +201,13 @@ impl InferenceRuntime {
     }
 
     /// Starts, restarts or stops the local MQTT binding of `workload`.
-    fn bind(&mut self, workload: &str, spec: &InferenceWorkload) -> Result<(), String> {
+    fn bind(&mut self, workload: &str, spec: &InferenceWorkload) -> Result<(), SyncError> {
         let Some(mqtt) = &spec.input.mqtt else {
             self.bindings.remove(workload);
             return Ok(());
         };
         let Some(broker) = &self.local else {
-            return Err(
-                "input.mqtt needs a device-local broker: set local_broker.url in the agent config"
-                    .to_owned(),
-            );
+            return Err(SyncError::NoLocalBroker);
         };
         let key = BindingKey {
             sha256: spec.model.sha256.clone(),
@@ -177,7 +220,7 @@ impl InferenceRuntime {
         let model = self
             .registry
             .get(workload)
-            .ok_or_else(|| format!("model {} is not loaded", spec.model.name))?;
+            .ok_or_else(|| SyncError::NotLoaded(spec.model.name.clone()))?;
         self.bindings.remove(workload);
         let binding = local_mqtt::start(
             broker,

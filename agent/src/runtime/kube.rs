@@ -18,8 +18,6 @@ use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use edgefleet_protocol::Health;
-use edgefleet_protocol::name::check_label_value;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{
     Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, Preconditions,
@@ -29,8 +27,15 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::gvk::GroupVersion;
 use kube::discovery::{ApiResource, Scope};
 use kube::{Client, Config};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+mod health;
+mod manifest;
+
+pub use health::health_of;
+pub use manifest::apply_hash;
+use manifest::{prepare, set_namespace, write_canonical};
 
 /// The field manager of every server-side apply we send.
 pub const FIELD_MANAGER: &str = "edgefleet-agent";
@@ -42,20 +47,6 @@ pub const MANAGED_BY_VALUE: &str = "edgefleet";
 pub const WORKLOAD_LABEL: &str = "edgefleet.io/workload";
 /// Namespace of namespaced objects whose manifest names none (as kubectl does).
 pub const DEFAULT_NAMESPACE: &str = "default";
-
-/// Metadata the server owns; a manifest exported from a cluster carries it,
-/// and sending `resourceVersion` in an apply would turn it into a
-/// compare-and-swap that fails forever once the object changes.
-const SERVER_METADATA: &[&str] = &[
-    "uid",
-    "resourceVersion",
-    "generation",
-    "creationTimestamp",
-    "deletionTimestamp",
-    "deletionGracePeriodSeconds",
-    "managedFields",
-    "selfLink",
-];
 
 /// Identity of a Kubernetes object we apply.
 #[derive(
@@ -187,6 +178,15 @@ pub enum KubeError {
         #[source]
         source: serde_json::Error,
     },
+    /// The request could not be built or sent as HTTP (a name or namespace
+    /// that makes no valid URL, a header the client refused): not the
+    /// server's answer, and not the manifest's content as such.
+    #[error("cannot make the request ({op})")]
+    Request {
+        op: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 impl KubeError {
@@ -211,7 +211,8 @@ impl KubeError {
             | Self::InvalidManifest(_)
             | Self::UnknownKind { .. }
             | Self::Decode { .. }
-            | Self::Encode { .. } => false,
+            | Self::Encode { .. }
+            | Self::Request { .. } => false,
         }
     }
 
@@ -228,9 +229,10 @@ impl KubeError {
                 op: op.to_owned(),
                 source: e,
             },
-            kube::Error::BuildRequest(_) | kube::Error::HttpError(_) => {
-                Self::InvalidManifest(format!("{op}: {e}"))
-            }
+            kube::Error::BuildRequest(_) | kube::Error::HttpError(_) => Self::Request {
+                op: op.to_owned(),
+                source: e,
+            },
             _ => Self::Unreachable {
                 op: op.to_owned(),
                 source: e,
@@ -632,367 +634,10 @@ fn live_object(obj: DynamicObject, resource: &ApiResource) -> Result<LiveObject,
     })
 }
 
-/// The body `apply` sends, before the namespace is settled by discovery:
-/// the manifest minus server-owned metadata, plus our two labels.
-fn prepare(workload_id: &str, manifest: &Value) -> Result<Value, KubeError> {
-    if let Err(e) = check_label_value(workload_id) {
-        return Err(KubeError::InvalidManifest(format!(
-            "workload id {workload_id:?} cannot be a label value: {e}"
-        )));
-    }
-    let mut body = manifest.clone();
-    let Some(obj) = body.as_object_mut() else {
-        return Err(KubeError::InvalidManifest("not a mapping".into()));
-    };
-    let meta = obj
-        .entry("metadata")
-        .or_insert_with(|| Value::Object(Map::new()));
-    let Some(meta) = meta.as_object_mut() else {
-        return Err(KubeError::InvalidManifest(
-            "metadata is not a mapping".into(),
-        ));
-    };
-    for field in SERVER_METADATA {
-        meta.remove(*field);
-    }
-    let labels = meta
-        .entry("labels")
-        .or_insert_with(|| Value::Object(Map::new()));
-    if labels.is_null() {
-        *labels = Value::Object(Map::new());
-    }
-    let Some(labels) = labels.as_object_mut() else {
-        return Err(KubeError::InvalidManifest(
-            "metadata.labels is not a mapping".into(),
-        ));
-    };
-    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY_VALUE.into());
-    labels.insert(WORKLOAD_LABEL.into(), workload_id.into());
-    if ObjectKey::from_manifest(&body).is_none() {
-        return Err(KubeError::InvalidManifest(
-            "apiVersion, kind and metadata.name must be non-empty strings".into(),
-        ));
-    }
-    Ok(body)
-}
-
-fn set_namespace(body: &mut Value, namespace: Option<&str>) {
-    if let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) {
-        match namespace {
-            Some(ns) => meta.insert("namespace".into(), Value::String(ns.to_owned())),
-            None => meta.remove("namespace"),
-        };
-    }
-}
-
-/// Stable hash of exactly what `apply` would send for this manifest (labels
-/// included), so the reconciler can skip re-applying unchanged objects.
-pub fn apply_hash(workload_id: &str, manifest: &Value) -> String {
-    let body = prepare(workload_id, manifest).unwrap_or_else(|_| manifest.clone());
-    let mut canonical = String::new();
-    write_canonical(&body, &mut canonical);
-    let mut h = Sha256::new();
-    // Versioned, so a change in what `apply` sends re-applies everything once.
-    h.update(b"edgefleet-apply-v1\n");
-    h.update(FIELD_MANAGER.as_bytes());
-    h.update(b"\n");
-    h.update(canonical.as_bytes());
-    hex::encode(h.finalize())
-}
-
-/// JSON with object keys sorted, whatever map order serde_json was built with.
-fn write_canonical(v: &Value, out: &mut String) {
-    match v {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                write_canonical(&map[k], out);
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(']');
-        }
-        other => out.push_str(&other.to_string()),
-    }
-}
-
-/// Health from status: Deployment/StatefulSet/DaemonSet rollout, Job
-/// completion/failure, Pod phase and container readiness; other kinds are
-/// Healthy once they exist. The message says what is missing.
-pub fn health_of(obj: &LiveObject) -> (Health, Option<String>) {
-    let status = obj.raw.get("status").filter(|s| s.is_object());
-    let spec = obj.raw.get("spec");
-    match (obj.key.group(), obj.key.kind.as_str()) {
-        ("apps", kind @ ("Deployment" | "StatefulSet" | "DaemonSet")) => {
-            let Some(status) = status else {
-                return progressing("waiting for the controller to report status");
-            };
-            if let Some(generation) = obj.generation
-                && int(status, "observedGeneration") < generation
-            {
-                return progressing(format!(
-                    "waiting for the controller to observe generation {generation}"
-                ));
-            }
-            match kind {
-                "Deployment" => deployment_health(spec, status),
-                "StatefulSet" => statefulset_health(spec, status),
-                _ => daemonset_health(spec, status),
-            }
-        }
-        ("batch", "Job") => job_health(spec, status),
-        ("", "Pod") => pod_health(status),
-        _ => (Health::Healthy, None),
-    }
-}
-
-fn progressing(msg: impl Into<String>) -> (Health, Option<String>) {
-    (Health::Progressing, Some(msg.into()))
-}
-
-fn degraded(msg: impl Into<String>) -> (Health, Option<String>) {
-    (Health::Degraded, Some(msg.into()))
-}
-
-fn int(v: &Value, field: &str) -> i64 {
-    v.get(field).and_then(Value::as_i64).unwrap_or(0)
-}
-
-fn str_at<'a>(v: Option<&'a Value>, path: &[&str]) -> Option<&'a str> {
-    path.iter()
-        .try_fold(v?, |v, p| v.get(p))
-        .and_then(Value::as_str)
-}
-
-fn desired_replicas(spec: Option<&Value>) -> i64 {
-    spec.and_then(|s| s.get("replicas"))
-        .and_then(Value::as_i64)
-        .unwrap_or(1)
-}
-
-/// The condition of `type_` whose status is "True".
-fn true_condition<'a>(status: Option<&'a Value>, type_: &str) -> Option<&'a Value> {
-    status?.get("conditions")?.as_array()?.iter().find(|c| {
-        c.get("type").and_then(Value::as_str) == Some(type_)
-            && c.get("status").and_then(Value::as_str) == Some("True")
-    })
-}
-
-fn condition_text(c: &Value) -> String {
-    let reason = c.get("reason").and_then(Value::as_str).unwrap_or("");
-    let message = c.get("message").and_then(Value::as_str).unwrap_or("");
-    match (reason.is_empty(), message.is_empty()) {
-        (false, false) => format!("{reason}: {message}"),
-        (false, true) => reason.to_owned(),
-        (true, false) => message.to_owned(),
-        (true, true) => String::new(),
-    }
-}
-
-fn deployment_health(spec: Option<&Value>, status: &Value) -> (Health, Option<String>) {
-    let conditions = status.get("conditions").and_then(Value::as_array);
-    for c in conditions.into_iter().flatten() {
-        let type_ = c.get("type").and_then(Value::as_str);
-        let reason = c.get("reason").and_then(Value::as_str);
-        if type_ == Some("Progressing") && reason == Some("ProgressDeadlineExceeded") {
-            return degraded(format!("rollout stuck: {}", condition_text(c)));
-        }
-    }
-    if let Some(c) = true_condition(Some(status), "ReplicaFailure") {
-        return degraded(format!("replica failure: {}", condition_text(c)));
-    }
-    let desired = desired_replicas(spec);
-    let updated = int(status, "updatedReplicas");
-    let total = int(status, "replicas");
-    let available = int(status, "availableReplicas");
-    if updated < desired {
-        return progressing(format!("{updated}/{desired} replicas updated"));
-    }
-    if total > updated {
-        return progressing(format!(
-            "{} old replicas pending termination",
-            total - updated
-        ));
-    }
-    if available < desired {
-        return progressing(format!("{available}/{desired} replicas available"));
-    }
-    (Health::Healthy, None)
-}
-
-fn statefulset_health(spec: Option<&Value>, status: &Value) -> (Health, Option<String>) {
-    let desired = desired_replicas(spec);
-    let strategy = str_at(spec, &["updateStrategy", "type"]).unwrap_or("RollingUpdate");
-    if strategy == "RollingUpdate" {
-        let partition = spec
-            .and_then(|s| s.pointer("/updateStrategy/rollingUpdate/partition"))
-            .and_then(Value::as_i64)
-            .unwrap_or(0);
-        let updated = int(status, "updatedReplicas");
-        let want_updated = (desired - partition).max(0);
-        if updated < want_updated {
-            return progressing(format!("{updated}/{want_updated} replicas updated"));
-        }
-    }
-    let ready = int(status, "readyReplicas");
-    if ready < desired {
-        return progressing(format!("{ready}/{desired} replicas ready"));
-    }
-    if status.get("availableReplicas").is_some() {
-        let available = int(status, "availableReplicas");
-        if available < desired {
-            return progressing(format!("{available}/{desired} replicas available"));
-        }
-    }
-    (Health::Healthy, None)
-}
-
-fn daemonset_health(spec: Option<&Value>, status: &Value) -> (Health, Option<String>) {
-    let desired = int(status, "desiredNumberScheduled");
-    let strategy = str_at(spec, &["updateStrategy", "type"]).unwrap_or("RollingUpdate");
-    let updated = int(status, "updatedNumberScheduled");
-    if strategy == "RollingUpdate" && updated < desired {
-        return progressing(format!("{updated}/{desired} pods updated"));
-    }
-    let available = int(status, "numberAvailable");
-    if available < desired {
-        return progressing(format!("{available}/{desired} pods available"));
-    }
-    (Health::Healthy, None)
-}
-
-fn job_health(spec: Option<&Value>, status: Option<&Value>) -> (Health, Option<String>) {
-    if let Some(c) = true_condition(status, "Failed") {
-        return degraded(format!("job failed: {}", condition_text(c)));
-    }
-    if true_condition(status, "Complete").is_some() {
-        return (Health::Healthy, None);
-    }
-    if spec.and_then(|s| s.get("suspend")).and_then(Value::as_bool) == Some(true) {
-        return progressing("job suspended");
-    }
-    let completions = spec
-        .and_then(|s| s.get("completions"))
-        .and_then(Value::as_i64)
-        .unwrap_or(1);
-    let succeeded = status.map_or(0, |s| int(s, "succeeded"));
-    let failed = status.map_or(0, |s| int(s, "failed"));
-    let mut msg = format!("{succeeded}/{completions} completions");
-    if failed > 0 {
-        msg.push_str(&format!(", {failed} failed pods"));
-    }
-    progressing(msg)
-}
-
-/// Container waiting reasons that will not clear by themselves.
-const STUCK_REASONS: &[&str] = &[
-    "CrashLoopBackOff",
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "InvalidImageName",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-    "RunContainerError",
-];
-
-fn pod_health(status: Option<&Value>) -> (Health, Option<String>) {
-    let Some(status) = status else {
-        return progressing("waiting for the pod to be scheduled");
-    };
-    let containers: Vec<&Value> = ["initContainerStatuses", "containerStatuses"]
-        .iter()
-        .filter_map(|f| status.get(*f).and_then(Value::as_array))
-        .flatten()
-        .collect();
-    let stuck = containers.iter().find_map(|c| {
-        let waiting = c.pointer("/state/waiting")?;
-        let reason = waiting.get("reason").and_then(Value::as_str)?;
-        STUCK_REASONS.contains(&reason).then(|| {
-            let name = c.get("name").and_then(Value::as_str).unwrap_or("?");
-            format!("container {name}: {}", condition_text(waiting))
-        })
-    });
-    match status.get("phase").and_then(Value::as_str) {
-        Some("Succeeded") => (Health::Healthy, None),
-        Some("Failed") => {
-            let text = condition_text(status);
-            degraded(if text.is_empty() {
-                "pod failed".to_owned()
-            } else {
-                format!("pod failed: {text}")
-            })
-        }
-        Some("Pending") | Some("Running") if stuck.is_some() => degraded(stuck.unwrap_or_default()),
-        Some("Running") => {
-            if true_condition(Some(status), "Ready").is_some() {
-                return (Health::Healthy, None);
-            }
-            let main: Vec<&Value> = status
-                .get("containerStatuses")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .collect();
-            let ready = main
-                .iter()
-                .filter(|c| c.get("ready").and_then(Value::as_bool) == Some(true))
-                .count();
-            progressing(format!("{ready}/{} containers ready", main.len()))
-        }
-        Some("Pending") => {
-            let text = condition_text(status);
-            progressing(if text.is_empty() {
-                "pod pending".to_owned()
-            } else {
-                format!("pod pending: {text}")
-            })
-        }
-        Some(other) => (Health::Unknown, Some(format!("pod phase {other}"))),
-        None => progressing("waiting for the pod to be scheduled"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    fn live(manifest: Value) -> LiveObject {
-        LiveObject {
-            key: ObjectKey::from_manifest(&manifest).expect("key"),
-            uid: "u".into(),
-            resource_version: "1".into(),
-            generation: manifest
-                .pointer("/metadata/generation")
-                .and_then(Value::as_i64),
-            labels: BTreeMap::new(),
-            raw: manifest,
-        }
-    }
-
-    fn deploy(replicas: i64, status: Value) -> LiveObject {
-        live(json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "web", "namespace": "demo", "generation": 2},
-            "spec": {"replicas": replicas},
-            "status": status,
-        }))
-    }
 
     #[test]
     fn key_from_manifest_and_display() {
@@ -1010,186 +655,6 @@ mod tests {
             "metadata": {"name": ""}}))
             .is_none()
         );
-    }
-
-    #[test]
-    fn prepare_adds_labels_and_strips_server_fields() {
-        let m = json!({"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "c", "resourceVersion": "7", "uid": "x", "labels": {"a": "b"}},
-            "data": {"k": "v"}});
-        let body = prepare("demo.web", &m).expect("prepare");
-        assert_eq!(
-            body["metadata"]["labels"],
-            json!({"a": "b",
-            "app.kubernetes.io/managed-by": "edgefleet", "edgefleet.io/workload": "demo.web"})
-        );
-        assert!(body["metadata"].get("resourceVersion").is_none());
-        assert!(body["metadata"].get("uid").is_none());
-        assert!(matches!(
-            prepare("bad id!", &m),
-            Err(KubeError::InvalidManifest(_))
-        ));
-        assert!(matches!(
-            prepare("w", &json!([1])),
-            Err(KubeError::InvalidManifest(_))
-        ));
-    }
-
-    #[test]
-    fn apply_hash_is_stable_and_sensitive() {
-        let a = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"},
-                       "data": {"x": "1", "y": "2"}});
-        let b = json!({"data": {"y": "2", "x": "1"}, "metadata": {"name": "c"},
-                       "kind": "ConfigMap", "apiVersion": "v1"});
-        assert_eq!(apply_hash("w", &a), apply_hash("w", &b));
-        assert_ne!(apply_hash("w", &a), apply_hash("w2", &a));
-        let mut c = a.clone();
-        c["data"]["x"] = json!("3");
-        assert_ne!(apply_hash("w", &a), apply_hash("w", &c));
-        // Server-owned metadata does not change what is sent.
-        let mut d = a.clone();
-        d["metadata"]["resourceVersion"] = json!("42");
-        assert_eq!(apply_hash("w", &a), apply_hash("w", &d));
-    }
-
-    #[test]
-    fn deployment_health_follows_rollout() {
-        let (h, m) = health_of(&deploy(3, json!(null)));
-        assert_eq!(h, Health::Progressing, "{m:?}");
-        let (h, m) = health_of(&deploy(3, json!({"observedGeneration": 1})));
-        assert_eq!(h, Health::Progressing);
-        assert!(m.unwrap_or_default().contains("generation 2"));
-        let (h, m) = health_of(&deploy(
-            3,
-            json!({"observedGeneration": 2, "replicas": 3,
-            "updatedReplicas": 3, "availableReplicas": 1}),
-        ));
-        assert_eq!(
-            (h, m.as_deref()),
-            (Health::Progressing, Some("1/3 replicas available"))
-        );
-        let (h, m) = health_of(&deploy(
-            3,
-            json!({"observedGeneration": 2, "replicas": 4,
-            "updatedReplicas": 3, "availableReplicas": 3}),
-        ));
-        assert_eq!(
-            (h, m.as_deref()),
-            (
-                Health::Progressing,
-                Some("1 old replicas pending termination")
-            )
-        );
-        let (h, m) = health_of(&deploy(
-            3,
-            json!({"observedGeneration": 2, "replicas": 3,
-            "updatedReplicas": 3, "availableReplicas": 3, "readyReplicas": 3}),
-        ));
-        assert_eq!((h, m), (Health::Healthy, None));
-        let (h, _) = health_of(&deploy(
-            1,
-            json!({"observedGeneration": 2,
-            "conditions": [{"type": "Progressing", "status": "False",
-                            "reason": "ProgressDeadlineExceeded", "message": "too slow"}]}),
-        ));
-        assert_eq!(h, Health::Degraded);
-    }
-
-    #[test]
-    fn statefulset_and_daemonset_health() {
-        let sts = |status: Value| {
-            live(json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
-            "metadata": {"name": "db", "namespace": "d", "generation": 1},
-            "spec": {"replicas": 2}, "status": status}))
-        };
-        let (h, m) = health_of(&sts(
-            json!({"observedGeneration": 1, "updatedReplicas": 2, "readyReplicas": 1}),
-        ));
-        assert_eq!(
-            (h, m.as_deref()),
-            (Health::Progressing, Some("1/2 replicas ready"))
-        );
-        let (h, _) = health_of(&sts(json!({"observedGeneration": 1, "updatedReplicas": 2,
-            "readyReplicas": 2, "availableReplicas": 2})));
-        assert_eq!(h, Health::Healthy);
-        let ds = |status: Value| {
-            live(json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
-            "metadata": {"name": "agent", "namespace": "d", "generation": 1}, "spec": {},
-            "status": status}))
-        };
-        let (h, m) = health_of(&ds(
-            json!({"observedGeneration": 1, "desiredNumberScheduled": 2,
-            "updatedNumberScheduled": 2, "numberAvailable": 1}),
-        ));
-        assert_eq!(
-            (h, m.as_deref()),
-            (Health::Progressing, Some("1/2 pods available"))
-        );
-        let (h, _) = health_of(&ds(
-            json!({"observedGeneration": 1, "desiredNumberScheduled": 2,
-            "updatedNumberScheduled": 2, "numberAvailable": 2}),
-        ));
-        assert_eq!(h, Health::Healthy);
-    }
-
-    #[test]
-    fn job_and_pod_health() {
-        let job = |status: Value| {
-            live(json!({"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": "j", "namespace": "d"}, "spec": {"completions": 2},
-            "status": status}))
-        };
-        assert_eq!(
-            health_of(&job(json!({"succeeded": 1}))).1.as_deref(),
-            Some("1/2 completions")
-        );
-        let done =
-            job(json!({"succeeded": 2, "conditions": [{"type": "Complete", "status": "True"}]}));
-        assert_eq!(health_of(&done), (Health::Healthy, None));
-        let failed = job(
-            json!({"failed": 6, "conditions": [{"type": "Failed", "status": "True",
-            "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]}),
-        );
-        assert_eq!(health_of(&failed).0, Health::Degraded);
-
-        let pod = |status: Value| {
-            live(json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "p", "namespace": "d"}, "status": status}))
-        };
-        assert_eq!(
-            health_of(&pod(json!({"phase": "Pending"}))).0,
-            Health::Progressing
-        );
-        let pulling = pod(
-            json!({"phase": "Pending", "containerStatuses": [{"name": "app",
-            "ready": false, "state": {"waiting": {"reason": "ImagePullBackOff", "message": "no"}}}]}),
-        );
-        assert_eq!(
-            health_of(&pulling),
-            (
-                Health::Degraded,
-                Some("container app: ImagePullBackOff: no".into())
-            )
-        );
-        let ready = pod(
-            json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
-            "containerStatuses": [{"name": "app", "ready": true, "state": {"running": {}}}]}),
-        );
-        assert_eq!(health_of(&ready), (Health::Healthy, None));
-        let starting = pod(
-            json!({"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}],
-            "containerStatuses": [{"name": "app", "ready": false, "state": {"running": {}}}]}),
-        );
-        assert_eq!(
-            health_of(&starting).1.as_deref(),
-            Some("0/1 containers ready")
-        );
-        assert_eq!(
-            health_of(&pod(json!({"phase": "Failed", "reason": "Evicted"}))).0,
-            Health::Degraded
-        );
-        let cm = live(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}));
-        assert_eq!(health_of(&cm), (Health::Healthy, None));
     }
 
     #[test]

@@ -6,8 +6,10 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use edgefleet_api::{
+    Applied, ApplyResult, Counts, DeploymentStatus, DeploymentSummary, DeviceRollout, WorkloadRow,
+};
 use edgefleet_protocol::{Deployment, Health, SyncState};
-use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiResult, Shared};
 use crate::store::DeploymentRecord;
@@ -39,17 +41,6 @@ pub async fn list(State(st): State<Shared>) -> ApiResult<Json<super::Page<Deploy
     }))
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeploymentSummary {
-    pub name: String,
-    pub generation: u64,
-    pub workloads: usize,
-    pub updated_ms: u64,
-    #[serde(flatten)]
-    pub counts: Counts,
-}
-
 pub async fn get_one(
     State(st): State<Shared>,
     Path(name): Path<String>,
@@ -63,12 +54,13 @@ pub async fn get_one(
 }
 
 /// Applies a manifest (YAML or JSON; JSON is YAML). Created → 201,
-/// changed → 200, unchanged → 200 without a new generation.
+/// changed → 200, unchanged → 200 without a new generation; the body says
+/// which (`result`).
 pub async fn put(
     State(st): State<Shared>,
     Path(name): Path<String>,
     body: String,
-) -> ApiResult<(StatusCode, Json<DeploymentRecord>)> {
+) -> ApiResult<(StatusCode, Json<Applied>)> {
     let d = Deployment::from_yaml(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
     if d.metadata.name != name {
         return Err(ApiError::bad_request(format!(
@@ -95,12 +87,18 @@ pub async fn put(
         tracing::info!(deployment = %rec.name, generation = rec.generation, "deployment applied");
         st.publish.changed();
     }
-    let status = if changed && rec.generation == 1 {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
+    let (status, result) = match (changed, rec.generation) {
+        (true, 1) => (StatusCode::CREATED, ApplyResult::Created),
+        (true, _) => (StatusCode::OK, ApplyResult::Configured),
+        (false, _) => (StatusCode::OK, ApplyResult::Unchanged),
     };
-    Ok((status, Json(rec)))
+    Ok((
+        status,
+        Json(Applied {
+            deployment: rec,
+            result,
+        }),
+    ))
 }
 
 /// What the fleet's documents would break if `d` were applied.
@@ -137,56 +135,6 @@ pub async fn delete(State(st): State<Shared>, Path(name): Path<String>) -> ApiRe
     tracing::info!(deployment = %name, "deployment deleted");
     st.publish.changed();
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Rollout counts across targeted devices.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Counts {
-    /// Devices the selector matches.
-    pub targeted: usize,
-    /// Devices that applied the latest revision with every workload Synced.
-    pub in_sync: usize,
-    /// Devices in sync whose workloads are all Healthy.
-    pub healthy: usize,
-    /// Devices with a workload whose sync Failed or health is Degraded.
-    pub failed: usize,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeviceRollout {
-    pub device: String,
-    pub presence: String,
-    pub desired_revision: Option<u64>,
-    pub applied_revision: Option<u64>,
-    pub in_sync: bool,
-    pub healthy: bool,
-    pub failed: bool,
-    pub workloads: Vec<WorkloadRow>,
-    /// The device's standing conditions (e.g. `DesiredTooLarge`: its
-    /// document with this deployment was not issued).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<crate::store::Condition>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WorkloadRow {
-    pub name: String,
-    pub sync: Option<SyncState>,
-    pub health: Option<Health>,
-    pub message: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeploymentStatus {
-    pub name: String,
-    pub generation: u64,
-    #[serde(flatten)]
-    pub counts: Counts,
-    pub devices: Vec<DeviceRollout>,
 }
 
 /// Every device and every reported workload status, read once per request
@@ -269,7 +217,7 @@ impl Fleet {
             out.counts.failed += usize::from(failed);
             out.devices.push(DeviceRollout {
                 device: dev.id.to_string(),
-                presence: dev.presence.clone(),
+                presence: dev.presence,
                 desired_revision: dev.desired_revision,
                 applied_revision: dev.applied_revision,
                 in_sync,

@@ -1,17 +1,16 @@
 //! `/api/v1/devices…`: list, describe, relabel, delete, events.
 
-use std::collections::BTreeMap;
-
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use edgefleet_api::{DeviceDetail, DevicePatch};
 use edgefleet_protocol::name::{check_label_key, check_label_value};
 use edgefleet_protocol::{Channel, DeviceId, Topic};
 use rumqttc::QoS;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::{ApiError, ApiResult, Page, PageQuery, Shared};
-use crate::store::{DeviceRecord, EventRecord, WorkloadStatusRecord};
+use crate::store::{DeviceRecord, EventRecord};
 
 pub async fn list(
     State(st): State<Shared>,
@@ -33,16 +32,6 @@ pub async fn list(
         items,
         continue_token,
     }))
-}
-
-/// A device with its workloads: what it should run and what it reports.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeviceDetail {
-    #[serde(flatten)]
-    pub device: DeviceRecord,
-    pub desired_workloads: Vec<String>,
-    pub workloads: Vec<WorkloadStatusRecord>,
 }
 
 pub async fn get_one(
@@ -72,14 +61,6 @@ pub async fn get_one(
         desired_workloads,
         workloads,
     }))
-}
-
-/// `PATCH` body: merge-patch of labels; a `null` value removes the label.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DevicePatch {
-    #[serde(default)]
-    labels: BTreeMap<String, Option<String>>,
 }
 
 pub async fn patch(

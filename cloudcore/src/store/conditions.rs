@@ -11,48 +11,8 @@ use std::collections::HashMap;
 
 use edgefleet_protocol::DeviceId;
 use rusqlite::{Connection, params};
-use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError, ms, sql_i64};
-
-/// The kinds of condition the hub records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum ConditionType {
-    DesiredTooLarge,
-    DesiredRejected,
-    DiskPressure,
-}
-
-impl ConditionType {
-    pub const ALL: [ConditionType; 3] = [
-        ConditionType::DesiredTooLarge,
-        ConditionType::DesiredRejected,
-        ConditionType::DiskPressure,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConditionType::DesiredTooLarge => "DesiredTooLarge",
-            ConditionType::DesiredRejected => "DesiredRejected",
-            ConditionType::DiskPressure => "DiskPressure",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.as_str() == s)
-    }
-}
-
-/// One standing condition of a device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Condition {
-    #[serde(rename = "type")]
-    pub kind: ConditionType,
-    pub message: String,
-    pub since_ms: u64,
-    pub updated_ms: u64,
-}
+use super::{Condition, ConditionType, Store, StoreError, ms, sql_i64};
 
 impl Store {
     /// Records `kind` on `device` (keeping `since_ms` if it stands already).

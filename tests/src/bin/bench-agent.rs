@@ -1,4 +1,4 @@
-//! The agent's DESIGN.md targets, measured on the real release binaries:
+//! The agent's targets (docs/ARCHITECTURE.md), measured on the real release binaries:
 //! idle RSS/PSS with no model, offline cold start to every stored workload
 //! submitted to the (stand-in) Kubernetes API, and the flush of 10,000 and
 //! 100,000 outbox events after the uplink comes back — until the hub stored
@@ -491,7 +491,7 @@ async fn main() -> anyhow::Result<()> {
     let mut body = format!(
         "Release binaries (`edge-agent`, `cloudcore`), one agent, hub with its embedded broker \
          unless stated.\n\n\
-         | what | measured | DESIGN target | |\n|---|---|---|---|\n\
+         | what | measured | target | |\n|---|---|---|---|\n\
          | agent idle RSS, no model (VmRSS, median of {} samples over {} s; min–max) | **{}** ({}–{}) | ≤ 15 MiB | {} |\n\
          | agent idle PSS, same samples | {} ({}–{}) | | |\n\
          | offline cold start → {} stored objects submitted, hub down, K3s = the API stand-in reset ({} runs; timed from the agent's spawn) | **p50 {}**, max {} | ≤ 300 ms | {} |\n",
@@ -534,7 +534,7 @@ async fn main() -> anyhow::Result<()> {
     }
     for f in &flushes {
         // Issue targets: 10,000 drained in ≤ 2 s, 100,000 in ≤ 15 s
-        // (DESIGN: ≤ 10 s to the hub for 10,000).
+        // (target: ≤ 10 s to the hub for 10,000).
         let target = if f.events <= 10_000 {
             Duration::from_secs(2)
         } else {

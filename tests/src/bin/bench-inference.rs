@@ -1,4 +1,4 @@
-//! Issue 5 item 6: the reference models through tract (the agent's own
+//! The reference models through tract (the agent's own
 //! inference code, `edge_agent::inference::Model`: batch pinned to 1,
 //! `into_optimized`, one plan reused, 1 thread) and through onnxruntime
 //! (`models/bench_ort.py` in the venv of `models/venv.sh`: 1 intra-op and 1
@@ -347,7 +347,7 @@ fn main() -> anyhow::Result<()> {
 
     let mut body = String::new();
     body.push_str(&format!(
-        "Target (DESIGN.md): tract ≤ 1.5× onnxruntime, same model, 1 thread; outputs equal \
+        "Target (docs/ARCHITECTURE.md): tract ≤ 1.5× onnxruntime, same model, 1 thread; outputs equal \
          within {TOLERANCE:e}.\n\n\
          tract-onnx {} through the agent's `Model` (batch pinned to 1, `into_optimized()`, \
          one runnable plan and its run states reused; tract runs single-threaded) vs onnxruntime {} \

@@ -429,7 +429,7 @@ fn convergence_markdown(results: &[SizeResult]) -> String {
     s.push_str(&row("did not converge", &|r| {
         r.failure.clone().unwrap_or_else(|| "–".into())
     }));
-    s.push_str(&row("target (DESIGN): p99", &|r| {
+    s.push_str(&row("target: p99", &|r| {
         let worst = r.rollouts.iter().map(|x| x.p99).fold(0.0, f64::max);
         match target_ms(r.devices) {
             Some(t) if r.failure.is_some() => {

@@ -546,33 +546,4 @@ mod test {
 
         assert_eq!(data.publish_filters.get("topic/a").unwrap().len(), 1);
     }
-
-    //     #[test]
-    //     fn appends_are_written_to_correct_commitlog() {
-    //         pretty_env_logger::init();
-    //         let config = RouterConfig {
-    //             instant_ack: true,
-    //             max_segment_size: 1024,
-    //             max_connections: 10,
-    //             max_mem_segments: 10,
-    //             max_disk_segments: 0,
-    //             max_read_len: 1024,
-    //             log_dir: None,
-    //             dynamic_log: true,
-    //         };
-
-    //         let mut data = DataLog::new(config).unwrap();
-    //         data.next_native_offset("/devices/2321/actions");
-    //         for i in 0..2 {
-    //             let publish = Publish::new("/devices/2321/events/imu/jsonarray", QoS::AtLeastOnce, vec![1, 2, 3]);
-    //             let v = data.native_append(publish);
-    //             dbg!(v);
-    //         }
-
-    //         for i in 0..2 {
-    //             let publish = Publish::new("/devices/2321/actions", QoS::AtLeastOnce, vec![1, 2, 3]);
-    //             let v = data.native_append(publish);
-    //             dbg!(v);
-    //         }
-    //     }
 }

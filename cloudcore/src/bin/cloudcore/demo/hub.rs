@@ -1,19 +1,20 @@
-//! The hub, run in this process by [`crate::serve::serve_with`] on free
-//! loopback ports, and a small REST client for the demo's status view.
+//! The hub, run in this process by [`cloudcore::serve::serve_with`] on free
+//! loopback ports, and its REST client ([`edgefleet_api::Client`], the one
+//! edgectl uses).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use edgefleet_api::{Client, ClientError, Presence};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::DEVICE_ID;
 use super::agent::{Agent, AgentError};
-use crate::config::{ApiConfig, BrokerConfig, Config};
-use crate::serve::{self, ServeError};
+use cloudcore::config::{ApiConfig, BrokerConfig, Config};
+use cloudcore::serve::{self, ServeError};
 
 /// How long the hub and the agent get to come up.
 const STARTUP: Duration = Duration::from_secs(30);
@@ -34,12 +35,8 @@ pub enum HubError {
         #[source]
         source: std::io::Error,
     },
-    #[error("REST request {path} failed")]
-    Request {
-        path: String,
-        #[source]
-        source: reqwest::Error,
-    },
+    #[error("REST request failed")]
+    Request(#[from] ClientError),
     #[error("device {DEVICE_ID} did not come online at the hub within {0:?}; see the agent log")]
     NotOnline(Duration),
     #[error(transparent)]
@@ -60,12 +57,13 @@ pub fn free_port() -> Result<u16, HubError> {
 pub struct Hub {
     pub api_url: String,
     pub broker_url: String,
-    pub operator_token: String,
     pub bootstrap_token: String,
     /// Where the operator token is, for the `edgectl` hint.
     pub token_file: PathBuf,
     cancel: CancellationToken,
     task: JoinHandle<Result<(), ServeError>>,
+    /// The operator's client.
+    pub client: Client,
     http: reqwest::Client,
 }
 
@@ -104,10 +102,11 @@ impl Hub {
                 .map(|t| t.trim().to_owned())
                 .map_err(|source| HubError::Token { path, source })
         };
+        let api_url = format!("http://{}", started.api);
         let hub = Self {
-            api_url: format!("http://{}", started.api),
+            client: Client::new(&api_url, Some(token("operator-token")?))?,
+            api_url,
             broker_url: format!("mqtt://{broker}"),
-            operator_token: token("operator-token")?,
             bootstrap_token: token("bootstrap-token")?,
             token_file: data_dir.join("operator-token"),
             cancel,
@@ -115,10 +114,7 @@ impl Hub {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
-                .map_err(|source| HubError::Request {
-                    path: "(client)".into(),
-                    source,
-                })?,
+                .map_err(|e| HubError::Request(ClientError::Build(e)))?,
         };
         hub.wait_ready().await?;
         Ok(hub)
@@ -157,8 +153,8 @@ impl Hub {
         loop {
             self.check_running()?;
             agent.check_running()?;
-            if let Ok(d) = self.get(&format!("/devices/{DEVICE_ID}")).await
-                && d["presence"] == "online"
+            if let Ok(d) = self.client.device(DEVICE_ID).await
+                && d.device.presence == Presence::Online
             {
                 return Ok(());
             }
@@ -167,24 +163,6 @@ impl Hub {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    }
-
-    /// `GET /api/v1{path}` as the operator.
-    pub async fn get(&self, path: &str) -> Result<Value, HubError> {
-        let err = |source| HubError::Request {
-            path: path.to_owned(),
-            source,
-        };
-        self.http
-            .get(format!("{}/api/v1{path}", self.api_url))
-            .bearer_auth(&self.operator_token)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(err)?
-            .json()
-            .await
-            .map_err(err)
     }
 
     /// Cancels the hub and waits (bounded) for it to drain.

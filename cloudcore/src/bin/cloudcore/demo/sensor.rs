@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::SENSOR_TOPIC;
 
 /// KServe v2 request bodies with their onnxruntime scores.
-const SAMPLES: &str = include_str!("../../../models/vibration/samples.json");
+const SAMPLES: &str = include_str!("../../../../../models/vibration/samples.json");
 
 /// One reading in `ANOMALY_EVERY` is anomalous.
 const ANOMALY_EVERY: u64 = 10;

@@ -143,6 +143,23 @@ async fn edgectl_first_steps() {
     );
     let (_, out, _) = edgectl(&hub, Some(&token), &["apply", "-f", f]);
     assert_eq!(out, "deployment/web unchanged\n");
+    let changed = dir.path().join("d2.yaml");
+    std::fs::write(&changed, GOOD.replace("site: a", "site: b")).unwrap();
+    let (_, out, _) = edgectl(
+        &hub,
+        Some(&token),
+        &["apply", "-f", changed.to_str().unwrap()],
+    );
+    assert_eq!(out, "deployment/web configured\n");
+    let (_, out, _) = edgectl(&hub, Some(&token), &["apply", "-f", f]);
+    assert_eq!(out, "deployment/web configured\n");
+    // The hub's answer to the PUT says what happened: edgectl never reads
+    // the deployment first.
+    let m = hub.metrics().await;
+    assert!(
+        !m.contains("method=\"GET\",route=\"/api/v1/deployments/{name}\""),
+        "edgectl sent a GET before its PUTs:\n{m}"
+    );
     let (code, out, _) = edgectl(&hub, Some(&token), &["get", "deployments"]);
     assert_eq!(code, 0);
     assert!(out.lines().nth(1).unwrap().starts_with("web "), "{out}");
@@ -171,7 +188,7 @@ async fn edgectl_first_steps() {
     assert!(out.contains("tiny"), "{out}");
 
     // Unreachable hub: distinct exit code and a helpful message.
-    let mut c = Command::new(env!("CARGO_BIN_EXE_edgectl"));
+    let mut c = Command::new(edgefleet_tests::process::bin("edgectl"));
     let out = c
         .args(["get", "devices", "--server", "http://127.0.0.1:1"])
         .env("EDGECTL_TOKEN", "x")

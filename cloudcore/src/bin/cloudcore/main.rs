@@ -1,12 +1,15 @@
 //! `cloudcore`: the edgefleet hub. This file owns the command line and the
-//! process's signals; everything else is in the library.
+//! process's signals; the hub is the library, `cloudcore demo` is [`demo`]
+//! (binary-only: the library does not carry it).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+
+mod demo;
 use cloudcore::config::{Config, Overrides};
-use cloudcore::exit;
+use cloudcore::{error_chain, exit};
 use tokio_util::sync::CancellationToken;
 
 /// jemalloc, not glibc's malloc: under a 1,000-device churn soak the hub's
@@ -33,7 +36,7 @@ enum Command {
     /// Run the hub: embedded MQTT broker (unless broker.url is set), REST API, store.
     Serve(ServeArgs),
     /// Quick start: hub, a simulated device and sensor, live status; Ctrl-C stops.
-    #[command(long_about = cloudcore::demo::ABOUT)]
+    #[command(long_about = demo::ABOUT)]
     Demo(DemoArgs),
     /// Configuration helpers.
     Config {
@@ -70,6 +73,11 @@ struct DemoArgs {
     /// Simulated sensor readings per second.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100))]
     readings_per_sec: u32,
+    /// Where the Kubernetes workload goes: a found kubeconfig's cluster or
+    /// the local control plane if built (auto), the local control plane,
+    /// built first if needed (local), or nowhere (off).
+    #[arg(long, value_enum, default_value_t = demo::KubeMode::Auto)]
+    kube: demo::KubeMode,
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,24 +108,17 @@ fn init_logging() {
         .init();
 }
 
-/// The one place that owns signals: SIGINT/SIGTERM cancel the token.
-fn spawn_signal_handler(cancel: CancellationToken) {
-    tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot install the SIGTERM handler");
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+/// SIGINT/SIGTERM cancel the token; `None` (after saying why) when the
+/// handlers cannot be installed.
+fn stop_on_signals() -> Option<CancellationToken> {
+    let cancel = CancellationToken::new();
+    match edgefleet_daemon::signal::cancel_on_stop(cancel.clone()) {
+        Ok(()) => Some(cancel),
+        Err(e) => {
+            eprintln!("cloudcore: cannot install signal handlers: {e}");
+            None
         }
-        tracing::info!("stop signal received");
-        cancel.cancel();
-    });
+    }
 }
 
 fn main() {
@@ -159,8 +160,9 @@ fn serve(args: ServeArgs) -> i32 {
         return exit::FAILURE;
     };
     rt.block_on(async {
-        let cancel = CancellationToken::new();
-        spawn_signal_handler(cancel.clone());
+        let Some(cancel) = stop_on_signals() else {
+            return exit::FAILURE;
+        };
         match cloudcore::serve::serve(cfg, cancel).await {
             Ok(()) => 0,
             Err(e) => {
@@ -173,7 +175,7 @@ fn serve(args: ServeArgs) -> i32 {
 
 fn demo(args: DemoArgs) -> i32 {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = match cloudcore::demo::prepare_dir(&args.dir) {
+    let dir = match demo::prepare_dir(&args.dir) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("cloudcore demo: {}", error_chain(&e));
@@ -195,14 +197,16 @@ fn demo(args: DemoArgs) -> i32 {
     let Some(rt) = runtime() else {
         return exit::FAILURE;
     };
-    let opts = cloudcore::demo::DemoOptions {
+    let opts = demo::DemoOptions {
         dir,
         readings_per_sec: args.readings_per_sec,
+        kube: args.kube,
     };
     let code = rt.block_on(async {
-        let cancel = CancellationToken::new();
-        spawn_signal_handler(cancel.clone());
-        match cloudcore::demo::run(opts, cancel).await {
+        let Some(cancel) = stop_on_signals() else {
+            return exit::FAILURE;
+        };
+        match demo::run(opts, cancel).await {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("cloudcore demo: {}", error_chain(&e));
@@ -213,15 +217,4 @@ fn demo(args: DemoArgs) -> i32 {
     // Blocking store calls finish fast; don't let a stuck one delay the exit.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     code
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

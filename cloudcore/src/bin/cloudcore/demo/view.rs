@@ -7,13 +7,12 @@ use std::collections::VecDeque;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use serde_json::Value;
+use edgefleet_api::text;
 
 use super::DEVICE_ID;
 use super::DemoError;
 use super::agent::Agent;
 use super::hub::Hub;
-use crate::ctl::table;
 
 const REFRESH: Duration = Duration::from_secs(2);
 /// Anomaly events kept on screen.
@@ -27,11 +26,13 @@ struct Anomaly {
     score: f64,
 }
 
-/// What the view shows; `devices` and `deployments` are one line each.
+/// What the view shows; `devices`, `deployments` and the demo device's
+/// `workloads` are one line each.
 #[derive(Debug, Default)]
 struct View {
     devices: Vec<[String; 4]>,
     deployments: Vec<[String; 3]>,
+    workloads: Vec<[String; 4]>,
     recent: VecDeque<Anomaly>,
     total: u64,
     /// `continue` token of the events endpoint: the last sequence seen.
@@ -55,7 +56,11 @@ pub async fn run(hub: &Hub, agent: &mut Agent) -> Result<(), DemoError> {
         tick.tick().await;
         hub.check_running()?;
         agent.check_running()?;
-        let before = (view.devices.clone(), view.deployments.clone());
+        let before = (
+            view.devices.clone(),
+            view.deployments.clone(),
+            view.workloads.clone(),
+        );
         let new = match view.refresh(hub).await {
             Ok(new) => new,
             Err(e) => {
@@ -79,6 +84,11 @@ pub async fn run(hub: &Hub, agent: &mut Agent) -> Result<(), DemoError> {
                     println!("deployment {name}: ready {ready} ({status})");
                 }
             }
+            if before.2 != view.workloads {
+                for [name, sync, health, message] in &view.workloads {
+                    println!("workload {name}: {sync}, {health} {message}");
+                }
+            }
             for a in &new {
                 println!(
                     "anomaly event at the hub: {} UTC, device {}, score {:.3}",
@@ -93,59 +103,75 @@ pub async fn run(hub: &Hub, agent: &mut Agent) -> Result<(), DemoError> {
 }
 
 impl View {
-    /// Reads devices, deployments and new events; returns the new anomalies.
+    /// Reads devices, deployments, the demo device's workloads and new
+    /// events; returns the new anomalies.
     async fn refresh(&mut self, hub: &Hub) -> Result<Vec<Anomaly>, DemoError> {
-        let items = |v: Value| v["items"].as_array().cloned().unwrap_or_default();
-        self.devices = items(hub.get("/devices").await?)
+        let api = &hub.client;
+        let err = |e: edgefleet_api::ClientError| DemoError::Hub(e.into());
+        self.devices = api
+            .devices()
+            .await
+            .map_err(err)?
             .iter()
             .map(|d| {
                 [
-                    text(&d["id"]),
-                    text(&d["presence"]),
-                    crate::ctl::table::labels(d),
-                    format!(
-                        "{}/{}",
-                        number(&d["appliedRevision"]),
-                        number(&d["desiredRevision"])
-                    ),
+                    d.id.to_string(),
+                    d.presence.to_string(),
+                    text::labels(d),
+                    text::revisions(d.applied_revision, d.desired_revision),
                 ]
             })
             .collect();
-        self.deployments = items(hub.get("/deployments").await?)
+        self.deployments = api
+            .deployments()
+            .await
+            .map_err(err)?
             .iter()
             .map(|d| {
-                let n = |k: &str| d[k].as_u64().unwrap_or(0);
                 [
-                    text(&d["name"]),
-                    format!("{}/{}", n("healthy"), n("targeted")),
-                    table::rollout_status(n("targeted"), n("healthy"), n("failed")).to_owned(),
+                    d.name.clone(),
+                    text::ready(&d.counts),
+                    d.counts.status().to_owned(),
+                ]
+            })
+            .collect();
+        self.workloads = api
+            .device(DEVICE_ID)
+            .await
+            .map_err(err)?
+            .workloads
+            .iter()
+            .map(|w| {
+                [
+                    w.name.clone(),
+                    w.sync.to_string(),
+                    w.health.to_string(),
+                    w.message.clone().unwrap_or_default(),
                 ]
             })
             .collect();
 
         let mut new = Vec::new();
         loop {
-            let page = hub
-                .get(&format!(
-                    "/devices/{DEVICE_ID}/events?limit=1000&continue={}",
-                    self.after_seq
-                ))
-                .await?;
-            for e in items(page.clone()) {
-                self.after_seq = self.after_seq.max(e["seq"].as_i64().unwrap_or(0));
-                if e["kind"] != "inference.result" {
+            let page = api
+                .events(DEVICE_ID, self.after_seq, 1000)
+                .await
+                .map_err(err)?;
+            for e in &page.items {
+                self.after_seq = self.after_seq.max(e.seq);
+                if e.kind != "inference.result" {
                     continue;
                 }
-                let Some(score) = e["payload"]["outputs"][0]["data"][0].as_f64() else {
+                let Some(score) = e.payload["outputs"][0]["data"][0].as_f64() else {
                     continue;
                 };
                 new.push(Anomaly {
-                    at_ms: e["createdAtMs"].as_u64().unwrap_or(0),
-                    device: text(&e["deviceId"]),
+                    at_ms: e.created_at_ms,
+                    device: e.device_id.clone(),
                     score,
                 });
             }
-            if page["continue"].as_str().is_none_or(str::is_empty) {
+            if page.continue_token.as_deref().is_none_or(str::is_empty) {
                 break;
             }
         }
@@ -161,6 +187,7 @@ impl View {
     fn frame(&self) -> String {
         let devices: Vec<Vec<String>> = self.devices.iter().map(|r| r.to_vec()).collect();
         let deployments: Vec<Vec<String>> = self.deployments.iter().map(|r| r.to_vec()).collect();
+        let workloads: Vec<Vec<String>> = self.workloads.iter().map(|r| r.to_vec()).collect();
         let events: Vec<Vec<String>> = self
             .recent
             .iter()
@@ -169,13 +196,17 @@ impl View {
             .collect();
         let indent = |s: String| s.lines().map(|l| format!("  {l}\n")).collect::<String>();
         let mut out = format!(
-            "\n[{} UTC]\ndevices\n{}deployments\n{}",
+            "\n[{} UTC]\ndevices\n{}deployments\n{}workloads on {DEVICE_ID}\n{}",
             clock(edgefleet_protocol::now_ms()),
-            indent(table::render(
+            indent(text::render(
                 &["NAME", "PRESENCE", "LABELS", "REVISION"],
                 &devices
             )),
-            indent(table::render(&["NAME", "READY", "STATUS"], &deployments)),
+            indent(text::render(&["NAME", "READY", "STATUS"], &deployments)),
+            indent(text::render(
+                &["NAME", "SYNC", "HEALTH", "MESSAGE"],
+                &workloads
+            )),
         );
         out.push_str(&format!(
             "anomaly events at the hub (score > 0.8): {} so far\n",
@@ -186,7 +217,7 @@ impl View {
                 "  (none yet: the model loads, then the next anomalous reading shows here)\n",
             );
         } else {
-            out.push_str(&indent(table::render(
+            out.push_str(&indent(text::render(
                 &["TIME (UTC)", "DEVICE", "SCORE"],
                 &events,
             )));
@@ -214,14 +245,6 @@ fn clock(ms: u64) -> String {
         s % 60,
         ms % 1000
     )
-}
-
-fn text(v: &Value) -> String {
-    v.as_str().unwrap_or("-").to_owned()
-}
-
-fn number(v: &Value) -> String {
-    v.as_u64().map_or_else(|| "-".into(), |n| n.to_string())
 }
 
 #[cfg(test)]

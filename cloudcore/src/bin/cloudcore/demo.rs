@@ -5,7 +5,8 @@
 //! simulated sensor readings, and a live status view until Ctrl-C.
 //!
 //! The demo drives the system only the way a user does: the REST API
-//! (through `edgectl`'s own code), `edge-agent enroll` and `edge-agent run`.
+//! (through the client edgectl uses, [`edgefleet_api::Client`]),
+//! `edge-agent enroll` and `edge-agent run`.
 //! It must never reach into the hub's store or the agent's state, so what it
 //! shows is what a real fleet shows.
 
@@ -17,9 +18,9 @@ mod view;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use edgefleet_api::ClientError;
+use edgefleet_devcluster::ControlPlane;
 use tokio_util::sync::CancellationToken;
-
-use crate::ctl;
 
 pub use agent::AgentError;
 pub use hub::HubError;
@@ -36,10 +37,18 @@ Five steps, printed as they happen:
   3/5 enrolls and starts a real `edge-agent` process (label site=demo);
   4/5 pushes the reference anomaly model (models/vibration) and applies a
       deployment: run the model on sensors/vibration, send scores > 0.8 to the
-      hub; plus a Kubernetes workload when a kubeconfig is found;
+      hub; plus a Kubernetes workload (see --kube);
   5/5 publishes simulated vibration readings, about 1 in 10 anomalous.
 Then it shows devices, deployments (ready N/M) and the anomaly events that
 reach the hub, until Ctrl-C. Needs no external service and works offline.
+
+Kubernetes (--kube): `auto` uses the cluster of a kubeconfig it finds
+($KUBECONFIG, ~/.kube/config, /etc/rancher/k3s/k3s.yaml: a ConfigMap is
+applied there), else the local control plane when tests/kube/build.sh has
+built it (kube-apiserver on kine, controllers, kwok with two fake arm64
+nodes: a 2-replica Deployment, a Service and a ConfigMap become ready there);
+`local` builds the local control plane first if needed (about 15 minutes,
+once); `off` runs the model only.
 
 Everything lives in --dir (wiped at start): hub data, agent state, logs.
 Under `cargo run`, a missing edge-agent binary is built first.";
@@ -53,7 +62,7 @@ pub const DEPLOYMENT: &str = "demo";
 pub const SENSOR_TOPIC: &str = "sensors/vibration";
 
 /// The reference anomaly model, compiled in so the demo runs from anywhere.
-const MODEL: &[u8] = include_bytes!("../../models/vibration/vibration.onnx");
+const MODEL: &[u8] = include_bytes!("../../../../models/vibration/vibration.onnx");
 const MODEL_NAME: &str = "vibration";
 
 /// Written into a directory the demo owns; only such directories are wiped.
@@ -75,8 +84,16 @@ pub enum DemoError {
     Sensor(#[from] SensorError),
     #[error("the device agent")]
     Agent(#[from] AgentError),
-    #[error("{what} failed: {message}")]
-    Edgectl { what: &'static str, message: String },
+    #[error("{what} failed")]
+    Api {
+        what: &'static str,
+        #[source]
+        source: ClientError,
+    },
+    #[error("the local Kubernetes control plane")]
+    ControlPlane(#[from] edgefleet_devcluster::Error),
+    #[error("building the local Kubernetes control plane failed ({0}); see the output above")]
+    Build(String),
     #[error("cannot write {path}")]
     Write {
         path: PathBuf,
@@ -85,12 +102,44 @@ pub enum DemoError {
     },
 }
 
+/// Where the demo's Kubernetes workload goes (`--kube`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KubeMode {
+    /// A found kubeconfig's cluster, else the local control plane if built.
+    Auto,
+    /// The local control plane, built first if it is not.
+    Local,
+    /// No Kubernetes workload.
+    Off,
+}
+
 /// What `cloudcore demo` was asked to do.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     /// Prepared by [`prepare_dir`].
     pub dir: PathBuf,
     pub readings_per_sec: u32,
+    pub kube: KubeMode,
+}
+
+/// The cluster the agent applies the Kubernetes workload to.
+enum Kube {
+    /// The local control plane, started by the demo.
+    Local(Box<ControlPlane>),
+    /// A cluster of the user's (K3s on this node, or `$KUBECONFIG`'s).
+    Found(PathBuf),
+    /// None, and why.
+    None(String),
+}
+
+impl Kube {
+    fn kubeconfig(&self) -> Option<PathBuf> {
+        match self {
+            Kube::Local(cp) => Some(cp.kubeconfig()),
+            Kube::Found(p) => Some(p.clone()),
+            Kube::None(_) => None,
+        }
+    }
 }
 
 /// Creates `dir`, or empties it when a previous demo made it, and returns
@@ -125,6 +174,7 @@ struct Parts {
     hub: Option<hub::Hub>,
     agent: Option<agent::Agent>,
     feeder: Option<tokio::task::JoinHandle<()>>,
+    control_plane: Option<Box<ControlPlane>>,
 }
 
 impl Parts {
@@ -140,6 +190,10 @@ impl Parts {
         if let Some(h) = self.hub.take() {
             h.stop().await;
             println!("stopped the hub");
+        }
+        if let Some(mut cp) = self.control_plane.take() {
+            cp.stop().await;
+            println!("stopped the local Kubernetes control plane");
         }
     }
 }
@@ -213,9 +267,20 @@ async fn steps(opts: &DemoOptions, parts: &mut Parts) -> Result<(), DemoError> {
         )],
     );
 
-    // 3. A real edge-agent process, enrolled with the hub.
+    // 3. A real edge-agent process, enrolled with the hub, and the cluster
+    // its Kubernetes workload goes to.
     let bin = agent::locate().await?;
-    let kube = find_kubeconfig();
+    let kube = kubernetes(opts.kube, dir).await?;
+    let kube_line = match &kube {
+        Kube::Local(cp) => format!(
+            "Kubernetes: local control plane at {} (kine, kube-apiserver, controllers, \
+             kwok with 2 fake arm64 nodes), kubeconfig {}",
+            cp.url(),
+            cp.kubeconfig().display()
+        ),
+        Kube::Found(path) => format!("K3s: kubeconfig {} found", path.display()),
+        Kube::None(why) => format!("K3s: pending — {why}"),
+    };
     let agent = parts.agent.insert(
         agent::Agent::enroll_and_start(
             &bin,
@@ -225,7 +290,7 @@ async fn steps(opts: &DemoOptions, parts: &mut Parts) -> Result<(), DemoError> {
                 hub_url: hub.api_url.clone(),
                 bootstrap_token: hub.bootstrap_token.clone(),
                 local_broker_url: sensors_url.clone(),
-                kubeconfig: kube.as_ref().ok().cloned(),
+                kubeconfig: kube.kubeconfig(),
             },
         )
         .await?,
@@ -250,53 +315,56 @@ async fn steps(opts: &DemoOptions, parts: &mut Parts) -> Result<(), DemoError> {
                 agent.log.display()
             ),
             format!("state and config in {}", dir.join("agent").display()),
+            kube_line,
         ],
     );
+    let with_kube = match kube {
+        Kube::Local(cp) => {
+            parts.control_plane = Some(cp);
+            WithKube::Local
+        }
+        Kube::Found(_) => WithKube::ConfigMap,
+        Kube::None(_) => WithKube::No,
+    };
 
-    // 4. The model and the deployment, exactly as `edgectl` sends them.
+    // 4. The model and the deployment, with the requests `edgectl` makes.
     println!("\n4/5 model pushed and deployment applied, as edgectl does it:");
     let model_file = write(dir, "vibration.onnx", MODEL)?;
     println!(
         "    $ edgectl models push {} --name {MODEL_NAME}",
         model_file.display()
     );
-    edgectl_run(
-        hub,
-        "edgectl models push",
-        ctl::Command::Models {
-            command: ctl::ModelsCommand::Push {
-                file: model_file,
-                name: Some(MODEL_NAME.into()),
-            },
-        },
-    )
-    .await?;
-    let manifest = manifest(&hex_sha256(MODEL), kube.is_ok());
+    let api = |what| move |source| DemoError::Api { what, source };
+    let model = hub
+        .client
+        .push_model(MODEL_NAME, MODEL.to_vec())
+        .await
+        .map_err(api("edgectl models push"))?;
+    println!(
+        "    model/{MODEL_NAME} pushed: sha256 {} ({} bytes)",
+        model.sha256, model.size
+    );
+    let manifest = manifest(&hex_sha256(MODEL), with_kube);
     let manifest_file = write(dir, "deployment.yaml", manifest.as_bytes())?;
     println!("    $ edgectl apply -f {}", manifest_file.display());
-    edgectl_run(
-        hub,
-        "edgectl apply",
-        ctl::Command::Apply {
-            file: manifest_file.clone(),
-        },
-    )
-    .await?;
+    let applied = hub
+        .client
+        .apply(DEPLOYMENT, &manifest)
+        .await
+        .map_err(api("edgectl apply"))?;
+    println!("    deployment/{DEPLOYMENT} {}", applied.result.as_str());
     println!("    the manifest:");
     for line in manifest.lines() {
         println!("      {line}");
     }
-    match &kube {
-        Ok(path) => println!(
-            "    K3s: kubeconfig {} found; the `hello` workload applies a ConfigMap there",
-            path.display()
+    match with_kube {
+        WithKube::Local => println!(
+            "    Kubernetes: the `web` workload (2 replicas, a Service, a ConfigMap) \
+             becomes ready on the fake nodes"
         ),
-        Err(why) => {
-            println!("    K3s: pending — {why}.");
-            println!(
-                "         Only the inference workload runs. To add the Kubernetes workload, run the demo"
-            );
-            println!("         on a K3s node, or with KUBECONFIG pointing at a reachable cluster.");
+        WithKube::ConfigMap => println!("    K3s: the `hello` workload applies a ConfigMap there"),
+        WithKube::No => {
+            println!("    K3s: only the inference workload runs (see the K3s line above)")
         }
     }
 
@@ -314,23 +382,6 @@ async fn steps(opts: &DemoOptions, parts: &mut Parts) -> Result<(), DemoError> {
 
     // Then the live view, until Ctrl-C or a failure.
     view::run(hub, agent).await
-}
-
-/// Runs one `edgectl` command in-process (same code, same output).
-async fn edgectl_run(
-    hub: &hub::Hub,
-    what: &'static str,
-    command: ctl::Command,
-) -> Result<(), DemoError> {
-    let cli = ctl::Cli {
-        server: hub.api_url.clone(),
-        token: Some(hub.operator_token.clone()),
-        command,
-    };
-    ctl::run(cli).await.map_err(|f| DemoError::Edgectl {
-        what,
-        message: f.message,
-    })
 }
 
 /// How a user runs `edgectl`: the binary built next to this one, else cargo.
@@ -359,9 +410,20 @@ fn hex_sha256(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
+/// Which Kubernetes workload the sample deployment carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WithKube {
+    No,
+    /// A ConfigMap only: the user's own cluster runs nothing of ours.
+    ConfigMap,
+    /// The local control plane: a 2-replica Deployment, its Service and a
+    /// ConfigMap, ready on kwok's fake nodes.
+    Local,
+}
+
 /// The sample deployment: the anomaly model on the device's sensor topic,
-/// scores above 0.8 sent upstream; plus a ConfigMap when K3s is reachable.
-fn manifest(model_sha256: &str, with_kubernetes: bool) -> String {
+/// scores above 0.8 sent upstream; plus a Kubernetes workload.
+fn manifest(model_sha256: &str, kube: WithKube) -> String {
     let (k, v) = DEVICE_LABEL;
     let mut m = format!(
         "apiVersion: edgefleet.io/v1
@@ -378,19 +440,81 @@ spec:
         output: {{upstream: true, when: \"score > 0.8\"}}
 "
     );
-    if with_kubernetes {
-        m.push_str(
-            "    - name: hello
-      kubernetes:
-        manifests:
-          - apiVersion: v1
+    let config_map = "          - apiVersion: v1
             kind: ConfigMap
             metadata: {name: edgefleet-demo, namespace: default}
             data: {greeting: \"hello from edgefleet\"}
+";
+    match kube {
+        WithKube::No => {}
+        WithKube::ConfigMap => {
+            m.push_str("    - name: hello\n      kubernetes:\n        manifests:\n");
+            m.push_str(config_map);
+        }
+        WithKube::Local => {
+            m.push_str("    - name: web\n      kubernetes:\n        manifests:\n");
+            m.push_str(config_map);
+            m.push_str(
+                "          - apiVersion: apps/v1
+            kind: Deployment
+            metadata: {name: web, namespace: default}
+            spec:
+              replicas: 2
+              selector: {matchLabels: {app: web}}
+              template:
+                metadata: {labels: {app: web}}
+                spec:
+                  containers:
+                    - {name: web, image: \"nginx:1.27\", ports: [{containerPort: 80}]}
+          - apiVersion: v1
+            kind: Service
+            metadata: {name: web, namespace: default}
+            spec:
+              selector: {app: web}
+              ports: [{port: 80, targetPort: 80}]
 ",
-        );
+            );
+        }
     }
     m
+}
+
+/// The cluster for the Kubernetes workload, as `--kube` asks.
+async fn kubernetes(mode: KubeMode, dir: &Path) -> Result<Kube, DemoError> {
+    let local_hint = "build a local control plane once with `bash tests/kube/build.sh` \
+                      (about 15 minutes) or run with --kube local";
+    if mode == KubeMode::Off {
+        return Ok(Kube::None("--kube off".into()));
+    }
+    if mode == KubeMode::Auto {
+        match find_kubeconfig() {
+            Ok(path) => return Ok(Kube::Found(path)),
+            Err(why) if edgefleet_devcluster::binaries().is_none() => {
+                return Ok(Kube::None(format!("{why}; {local_hint}")));
+            }
+            Err(_) => {}
+        }
+    }
+    let bin = match edgefleet_devcluster::binaries() {
+        Some(bin) => bin,
+        None => {
+            println!("\nbuilding the local Kubernetes control plane (once; cached after)…");
+            let script = edgefleet_devcluster::build_script();
+            let status = tokio::process::Command::new("bash")
+                .arg(&script)
+                .status()
+                .await
+                .map_err(|e| DemoError::Build(format!("{}: {e}", script.display())))?;
+            if !status.success() {
+                return Err(DemoError::Build(status.to_string()));
+            }
+            edgefleet_devcluster::binaries()
+                .ok_or_else(|| DemoError::Build("the binaries are not where it said".into()))?
+        }
+    };
+    let mut cp = ControlPlane::prepare(&bin, &dir.join("kube"))?;
+    cp.start().await?;
+    Ok(Kube::Local(Box::new(cp)))
 }
 
 /// The kubeconfig the agent would use, or why there is none: `$KUBECONFIG`
@@ -425,11 +549,14 @@ mod tests {
 
     #[test]
     fn manifest_is_a_valid_deployment() {
-        for kube in [false, true] {
+        for kube in [WithKube::No, WithKube::ConfigMap, WithKube::Local] {
             let m = manifest(&hex_sha256(MODEL), kube);
             let d = edgefleet_protocol::Deployment::from_yaml(&m).expect("valid manifest");
             assert_eq!(d.metadata.name, DEPLOYMENT);
-            assert_eq!(d.spec.workloads.len(), if kube { 2 } else { 1 });
+            assert_eq!(
+                d.spec.workloads.len(),
+                if kube == WithKube::No { 1 } else { 2 }
+            );
         }
     }
 

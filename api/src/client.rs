@@ -1,0 +1,281 @@
+//! A typed client of `/api/v1`: one method per endpoint an operator's tool
+//! needs, answers decoded into [`crate::types`], errors sorted into what a
+//! caller acts on differently (hub unreachable, token refused, request
+//! refused with the hub's code and message, an answer it cannot read).
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::types::{
+    Applied, DeploymentRecord, DeploymentStatus, DeploymentSummary, DeviceDetail, DevicePatch,
+    DeviceRecord, ErrorBody, EventRecord, HubKey, ModelRecord, Page,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the hub at {server}")]
+    Unreachable {
+        server: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// HTTP 401: no token, or not the hub's.
+    #[error("unauthorized: {message}")]
+    Unauthorized { message: String },
+    /// The hub refused the request (4xx/5xx other than 401).
+    #[error("{message} (HTTP {status})")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("the hub's answer to {path} is not what this client reads")]
+    Decode {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot build the HTTP client")]
+    Build(#[source] reqwest::Error),
+}
+
+impl ClientError {
+    /// The hub's error code (`not_found`, `limit_exceeded`, …), if it sent one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            ClientError::Unauthorized { .. } => Some("unauthorized"),
+            _ => None,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            ClientError::Unauthorized { .. } => Some(401),
+            _ => None,
+        }
+    }
+}
+
+/// A client of one hub's REST API.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    server: String,
+    token: Option<String>,
+}
+
+/// A request body and its content type.
+enum Body {
+    None,
+    Json(Vec<u8>),
+    Bytes(&'static str, Vec<u8>),
+}
+
+impl Client {
+    /// `server` is the hub's base URL (`http://127.0.0.1:8080`); `token` the
+    /// operator token (`None`: unauthenticated requests).
+    pub fn new(server: &str, token: Option<String>) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(300))
+            .build()
+            .map_err(ClientError::Build)?;
+        Ok(Self::with_http(http, server, token))
+    }
+
+    /// Uses a configured `reqwest::Client` (TLS roots, timeouts).
+    pub fn with_http(http: reqwest::Client, server: &str, token: Option<String>) -> Self {
+        Self {
+            http,
+            server: server.trim_end_matches('/').to_owned(),
+            token,
+        }
+    }
+
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// Sends a request to `/api/v1{path}`; the raw body of a success.
+    async fn send(&self, method: Method, path: &str, body: Body) -> Result<Vec<u8>, ClientError> {
+        let url = format!("{}/api/v1{path}", self.server);
+        let mut req = self.http.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        req = match body {
+            Body::None => req,
+            Body::Json(b) => req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(b),
+            Body::Bytes(ct, b) => req.header(reqwest::header::CONTENT_TYPE, ct).body(b),
+        };
+        let unreachable = |source| ClientError::Unreachable {
+            server: self.server.clone(),
+            source,
+        };
+        let resp = req.send().await.map_err(unreachable)?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(unreachable)?.to_vec();
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(e) => (e.error.code, e.error.message),
+            Err(_) => (
+                String::new(),
+                String::from_utf8_lossy(&bytes).trim().to_owned(),
+            ),
+        };
+        if status == StatusCode::UNAUTHORIZED {
+            return Err(ClientError::Unauthorized { message });
+        }
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            code,
+            message,
+        })
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Body,
+    ) -> Result<T, ClientError> {
+        let bytes = self.send(method, path, body).await?;
+        serde_json::from_slice(&bytes).map_err(|source| ClientError::Decode {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    fn json(body: &impl Serialize) -> Body {
+        // Serialising our own request types cannot fail.
+        Body::Json(serde_json::to_vec(body).unwrap_or_default())
+    }
+
+    /// Any GET as untyped JSON, exactly as the hub sent it (`-o json`).
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        self.call(Method::GET, path, Body::None).await
+    }
+
+    /// Every item of a paged list, following `continue` tokens.
+    pub async fn list_all<T: DeserializeOwned>(&self, path: &str) -> Result<Vec<T>, ClientError> {
+        let mut items = Vec::new();
+        let mut cont: Option<String> = None;
+        loop {
+            let p = match &cont {
+                Some(c) => format!("{path}?continue={c}"),
+                None => path.to_owned(),
+            };
+            let page: Page<T> = self.call(Method::GET, &p, Body::None).await?;
+            items.extend(page.items);
+            match page.continue_token {
+                Some(c) if !c.is_empty() => cont = Some(c),
+                _ => return Ok(items),
+            }
+        }
+    }
+
+    pub async fn devices(&self) -> Result<Vec<DeviceRecord>, ClientError> {
+        self.list_all("/devices").await
+    }
+
+    pub async fn device(&self, id: &str) -> Result<DeviceDetail, ClientError> {
+        self.call(Method::GET, &format!("/devices/{id}"), Body::None)
+            .await
+    }
+
+    pub async fn patch_device(
+        &self,
+        id: &str,
+        patch: &DevicePatch,
+    ) -> Result<DeviceRecord, ClientError> {
+        self.call(Method::PATCH, &format!("/devices/{id}"), Self::json(patch))
+            .await
+    }
+
+    pub async fn delete_device(&self, id: &str) -> Result<(), ClientError> {
+        self.send(Method::DELETE, &format!("/devices/{id}"), Body::None)
+            .await
+            .map(drop)
+    }
+
+    /// One page of a device's events after sequence number `after` (0: from
+    /// the oldest kept).
+    pub async fn events(
+        &self,
+        device: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Page<EventRecord>, ClientError> {
+        self.call(
+            Method::GET,
+            &format!("/devices/{device}/events?limit={limit}&continue={after}"),
+            Body::None,
+        )
+        .await
+    }
+
+    pub async fn deployments(&self) -> Result<Vec<DeploymentSummary>, ClientError> {
+        self.list_all("/deployments").await
+    }
+
+    pub async fn deployment(&self, name: &str) -> Result<DeploymentRecord, ClientError> {
+        self.call(Method::GET, &format!("/deployments/{name}"), Body::None)
+            .await
+    }
+
+    pub async fn deployment_status(&self, name: &str) -> Result<DeploymentStatus, ClientError> {
+        self.call(
+            Method::GET,
+            &format!("/deployments/{name}/status"),
+            Body::None,
+        )
+        .await
+    }
+
+    /// Creates or updates deployment `name` from a manifest (YAML or JSON).
+    pub async fn apply(&self, name: &str, manifest: &str) -> Result<Applied, ClientError> {
+        self.call(
+            Method::PUT,
+            &format!("/deployments/{name}"),
+            Body::Bytes("application/yaml", manifest.as_bytes().to_vec()),
+        )
+        .await
+    }
+
+    pub async fn delete_deployment(&self, name: &str) -> Result<(), ClientError> {
+        self.send(Method::DELETE, &format!("/deployments/{name}"), Body::None)
+            .await
+            .map(drop)
+    }
+
+    pub async fn models(&self) -> Result<Vec<ModelRecord>, ClientError> {
+        self.list_all("/models").await
+    }
+
+    /// Uploads an ONNX model under `name`.
+    pub async fn push_model(&self, name: &str, onnx: Vec<u8>) -> Result<ModelRecord, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/models?name={name}"),
+            Body::Bytes("application/octet-stream", onnx),
+        )
+        .await
+    }
+
+    pub async fn hub_key(&self) -> Result<HubKey, ClientError> {
+        self.call(Method::GET, "/hub/key", Body::None).await
+    }
+}

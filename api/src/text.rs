@@ -1,0 +1,324 @@
+//! kubectl-style text views of API objects: the tables `edgectl get` and
+//! `edgectl describe` print, and the pieces `cloudcore demo` reuses.
+
+use crate::types::{
+    Counts, DeploymentStatus, DeploymentSummary, DeviceDetail, DeviceRecord, EventRecord,
+    ModelRecord,
+};
+
+/// Left-aligned columns separated by three spaces, upper-case headers.
+pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}   ", w = widths[i]));
+            }
+        }
+        s.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(headers.to_vec());
+    for r in rows {
+        out.push_str(&line(r.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+/// `5s`, `3m`, `2h`, `4d` since `ms`, as kubectl prints ages.
+pub fn age(ms: Option<u64>) -> String {
+    let Some(ms) = ms else { return "<none>".into() };
+    let secs = edgefleet_protocol::now_ms().saturating_sub(ms) / 1000;
+    match secs {
+        0..=119 => format!("{secs}s"),
+        120..=7199 => format!("{}m", secs / 60),
+        7200..=172_799 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    }
+}
+
+fn opt(v: Option<u64>) -> String {
+    v.map_or_else(|| "-".into(), |x| x.to_string())
+}
+
+fn or_dash(v: Option<&str>) -> String {
+    v.unwrap_or("-").to_owned()
+}
+
+/// `applied/desired` revisions.
+pub fn revisions(applied: Option<u64>, desired: Option<u64>) -> String {
+    format!("{}/{}", opt(applied), opt(desired))
+}
+
+/// A device's labels as `k=v,k2=v2`, or `<none>`.
+pub fn labels(d: &DeviceRecord) -> String {
+    if d.labels.is_empty() {
+        return "<none>".into();
+    }
+    d.labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn devices(items: &[DeviceRecord], wide: bool) -> String {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|d| {
+            let mut r = vec![
+                d.id.to_string(),
+                d.presence.to_string(),
+                revisions(d.applied_revision, d.desired_revision),
+                age(d.last_seen_ms),
+                age(Some(d.created_ms)),
+            ];
+            if wide {
+                r.push(labels(d));
+                r.push(d.arch.clone().unwrap_or_default());
+                r.push(d.agent_version.clone().unwrap_or_default());
+                r.push(or_dash(d.k3s_version.as_deref()));
+            }
+            r
+        })
+        .collect();
+    let mut headers = vec!["NAME", "PRESENCE", "REVISION", "LAST-SEEN", "AGE"];
+    if wide {
+        headers.extend(["LABELS", "ARCH", "AGENT", "K3S"]);
+    }
+    render(&headers, &rows)
+}
+
+/// `READY` as `healthy/targeted`.
+pub fn ready(c: &Counts) -> String {
+    format!("{}/{}", c.healthy, c.targeted)
+}
+
+pub fn deployments(items: &[DeploymentSummary], wide: bool) -> String {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|d| {
+            let c = &d.counts;
+            let mut r = vec![
+                d.name.clone(),
+                ready(c),
+                c.in_sync.to_string(),
+                c.failed.to_string(),
+                c.status().to_owned(),
+                age(Some(d.updated_ms)),
+            ];
+            if wide {
+                r.push(d.generation.to_string());
+                r.push(d.workloads.to_string());
+            }
+            r
+        })
+        .collect();
+    let mut headers = vec!["NAME", "READY", "IN-SYNC", "FAILED", "STATUS", "AGE"];
+    if wide {
+        headers.extend(["GENERATION", "WORKLOADS"]);
+    }
+    render(&headers, &rows)
+}
+
+pub fn models(items: &[ModelRecord], wide: bool) -> String {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|m| {
+            vec![
+                m.name.clone(),
+                if wide {
+                    m.sha256.clone()
+                } else {
+                    m.sha256.chars().take(12).collect()
+                },
+                format!("{:.1} KiB", m.size as f64 / 1024.0),
+                age(Some(m.created_ms)),
+            ]
+        })
+        .collect();
+    render(&["NAME", "SHA256", "SIZE", "AGE"], &rows)
+}
+
+pub fn events(items: &[EventRecord]) -> String {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|e| {
+            vec![
+                age(Some(e.created_at_ms)),
+                e.kind.clone(),
+                or_dash(e.workload.as_deref()),
+                e.payload.to_string(),
+            ]
+        })
+        .collect();
+    render(&["AGE", "KIND", "WORKLOAD", "PAYLOAD"], &rows)
+}
+
+pub fn describe_device(detail: &DeviceDetail) -> String {
+    let d = &detail.device;
+    let mut out = String::new();
+    let field = |out: &mut String, k: &str, v: String| {
+        out.push_str(&format!("{:<16}{v}\n", format!("{k}:")))
+    };
+    field(&mut out, "Name", d.id.to_string());
+    field(&mut out, "Labels", labels(d));
+    field(&mut out, "Presence", d.presence.to_string());
+    field(&mut out, "Last seen", age(d.last_seen_ms));
+    field(&mut out, "Desired rev", opt(d.desired_revision));
+    field(&mut out, "Applied rev", opt(d.applied_revision));
+    field(&mut out, "Hostname", d.hostname.clone().unwrap_or_default());
+    field(&mut out, "Arch", d.arch.clone().unwrap_or_default());
+    field(
+        &mut out,
+        "Agent",
+        d.agent_version.clone().unwrap_or_default(),
+    );
+    field(&mut out, "K3s", or_dash(d.k3s_version.as_deref()));
+    if let Some(m) = &d.message {
+        field(&mut out, "Message", m.clone());
+    }
+    if let Some(hb) = d.heartbeat_summary() {
+        let mib = |b: u64| b as f64 / 1_048_576.0;
+        field(
+            &mut out,
+            "Resources",
+            format!(
+                "cpu {:.0}%, mem {:.0}/{:.0} MiB, agent rss {:.1} MiB, outbox {} queued / {} dropped",
+                hb.cpu_percent,
+                mib(hb.mem_used_bytes),
+                mib(hb.mem_total_bytes),
+                mib(hb.agent_rss_bytes),
+                hb.outbox_depth,
+                hb.outbox_dropped,
+            ),
+        );
+    }
+    if !d.conditions.is_empty() {
+        out.push_str("Conditions:\n");
+        for c in &d.conditions {
+            out.push_str(&format!(
+                "  {:<16} since {:<8} {}\n",
+                c.kind.as_str(),
+                age(Some(c.since_ms)),
+                c.message
+            ));
+        }
+    }
+    out.push_str("Workloads:\n");
+    let desired = &detail.desired_workloads;
+    let mut names: Vec<&str> = desired.iter().map(String::as_str).collect();
+    for r in &detail.workloads {
+        if !names.contains(&r.name.as_str()) {
+            names.push(&r.name);
+        }
+    }
+    let rows: Vec<Vec<String>> = names
+        .iter()
+        .map(|n| {
+            let r = detail.workloads.iter().find(|r| r.name == *n);
+            vec![
+                format!("  {n}"),
+                r.map_or("-", |r| r.sync.as_str()).to_owned(),
+                r.map_or("-", |r| r.health.as_str()).to_owned(),
+                if desired.iter().any(|d| d == n) {
+                    "yes"
+                } else {
+                    "no (pruning)"
+                }
+                .to_owned(),
+                r.and_then(|r| r.message.clone()).unwrap_or_default(),
+            ]
+        })
+        .collect();
+    out.push_str(&render(
+        &["  NAME", "SYNC", "HEALTH", "DESIRED", "MESSAGE"],
+        &rows,
+    ));
+    out
+}
+
+pub fn describe_deployment(d: &DeploymentStatus) -> String {
+    let c = &d.counts;
+    let mut out = String::new();
+    out.push_str(&format!("Name:           {}\n", d.name));
+    out.push_str(&format!("Generation:     {}\n", d.generation));
+    out.push_str(&format!(
+        "Devices:        {} targeted, {} in sync, {} healthy, {} failed ({})\n",
+        c.targeted,
+        c.in_sync,
+        c.healthy,
+        c.failed,
+        c.status()
+    ));
+    out.push_str("Per device:\n");
+    let mut rows = Vec::new();
+    for dev in &d.devices {
+        for w in &dev.workloads {
+            rows.push(vec![
+                format!("  {}", dev.device),
+                dev.presence.to_string(),
+                revisions(dev.applied_revision, dev.desired_revision),
+                w.name.clone(),
+                or_dash(w.sync.map(|s| s.as_str())),
+                or_dash(w.health.map(|h| h.as_str())),
+                w.message.clone().unwrap_or_default(),
+            ]);
+        }
+    }
+    out.push_str(&render(
+        &[
+            "  DEVICE", "PRESENCE", "REVISION", "WORKLOAD", "SYNC", "HEALTH", "MESSAGE",
+        ],
+        &rows,
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_device_table_is_just_headers() {
+        assert_eq!(
+            devices(&[], false),
+            "NAME   PRESENCE   REVISION   LAST-SEEN   AGE\n"
+        );
+    }
+
+    #[test]
+    fn deployment_rows_and_status() {
+        let counts = |targeted, in_sync, healthy, failed| Counts {
+            targeted,
+            in_sync,
+            healthy,
+            failed,
+        };
+        let d = DeploymentSummary {
+            name: "web".into(),
+            generation: 1,
+            workloads: 1,
+            updated_ms: 0,
+            counts: counts(1, 1, 1, 0),
+        };
+        let t = deployments(&[d], false);
+        assert!(
+            t.lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("web    1/1     1         0        Healthy"),
+            "{t}"
+        );
+        assert_eq!(counts(2, 1, 1, 0).status(), "Progressing");
+        assert_eq!(counts(2, 1, 1, 1).status(), "Degraded");
+        assert_eq!(counts(0, 0, 0, 0).status(), "NoDevices");
+    }
+}

@@ -1,0 +1,351 @@
+//! What `/api/v1` sends and takes, field for field. The hub serialises these
+//! types and every client (edgectl, `cloudcore demo`, the tests) reads them,
+//! so a field renamed on one side is renamed on both; `tests/golden.rs`
+//! pins the JSON itself, so a rename is a visible change to the contract.
+//!
+//! Clients ignore fields they do not know: a newer hub may add some.
+
+use std::collections::BTreeMap;
+
+use edgefleet_protocol::{DeviceId, Health, SyncState};
+use serde::{Deserialize, Serialize};
+
+/// A page of a list: `{"items": [...], "continue": "<token>"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as `?continue=` for the next page; absent on the last one.
+    #[serde(rename = "continue", default, skip_serializing_if = "Option::is_none")]
+    pub continue_token: Option<String>,
+}
+
+/// Every error response: `{"error": {"code": "not_found", "message": "…"}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable: `invalid`, `unauthorized`, `not_found`, `conflict`,
+    /// `limit_exceeded`, `disk_full`, `internal`, …
+    pub code: String,
+    pub message: String,
+}
+
+/// Whether a device is connected, as its last presence message said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Presence {
+    Online,
+    Offline,
+    /// Enrolled, never connected.
+    Unknown,
+}
+
+impl Presence {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Presence::Online => "online",
+            Presence::Offline => "offline",
+            Presence::Unknown => "unknown",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Presence::Online, Presence::Offline, Presence::Unknown]
+            .into_iter()
+            .find(|p| p.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Presence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An enrolled device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceRecord {
+    pub id: DeviceId,
+    pub labels: BTreeMap<String, String>,
+    pub public_key: String,
+    pub hostname: Option<String>,
+    pub arch: Option<String>,
+    pub agent_version: Option<String>,
+    pub created_ms: u64,
+    pub last_seen_ms: Option<u64>,
+    pub presence: Presence,
+    /// Latest desired revision the hub issued for this device.
+    pub desired_revision: Option<u64>,
+    /// Revision the device last reported as applied.
+    pub applied_revision: Option<u64>,
+    pub last_report_ms: Option<u64>,
+    pub message: Option<String>,
+    pub k3s_version: Option<String>,
+    /// The device's last heartbeat as it sent it (see
+    /// [`HeartbeatSummary`] for the fields edgectl shows).
+    pub heartbeat: Option<serde_json::Value>,
+    /// What the hub knows is wrong with the device.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+impl DeviceRecord {
+    /// The heartbeat's resource figures, where it has them.
+    pub fn heartbeat_summary(&self) -> Option<HeartbeatSummary> {
+        self.heartbeat
+            .as_ref()
+            .and_then(|h| serde_json::from_value(h.clone()).ok())
+    }
+}
+
+/// The figures of a heartbeat an operator looks at; missing ones are 0.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HeartbeatSummary {
+    pub cpu_percent: f64,
+    pub mem_used_bytes: u64,
+    pub mem_total_bytes: u64,
+    pub disk_used_bytes: u64,
+    pub disk_total_bytes: u64,
+    pub disk_pressure: bool,
+    pub agent_rss_bytes: u64,
+    pub outbox_depth: u64,
+    pub outbox_dropped: u64,
+}
+
+/// The kinds of condition the hub records on a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ConditionType {
+    /// The hub did not issue the device's document: the device would refuse
+    /// it (too many workloads, too many bytes).
+    DesiredTooLarge,
+    /// The device reported that it refused a document.
+    DesiredRejected,
+    /// The device reported its disk at its reserve.
+    DiskPressure,
+}
+
+impl ConditionType {
+    pub const ALL: [ConditionType; 3] = [
+        ConditionType::DesiredTooLarge,
+        ConditionType::DesiredRejected,
+        ConditionType::DiskPressure,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionType::DesiredTooLarge => "DesiredTooLarge",
+            ConditionType::DesiredRejected => "DesiredRejected",
+            ConditionType::DiskPressure => "DiskPressure",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+/// One standing condition of a device, kept until its cause goes away.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub kind: ConditionType,
+    pub message: String,
+    /// When the condition first appeared (a new message keeps it).
+    pub since_ms: u64,
+    pub updated_ms: u64,
+}
+
+/// One workload's reported state on one device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadStatusRecord {
+    pub device_id: DeviceId,
+    pub name: String,
+    pub sync: SyncState,
+    pub health: Health,
+    pub message: Option<String>,
+    pub updated_ms: u64,
+}
+
+/// `GET /devices/{id}`: a device with what it should run and what it reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceDetail {
+    #[serde(flatten)]
+    pub device: DeviceRecord,
+    /// Workload ids of the device's current desired document.
+    pub desired_workloads: Vec<String>,
+    pub workloads: Vec<WorkloadStatusRecord>,
+}
+
+/// `PATCH /devices/{id}`: a merge-patch of labels; `None` (JSON `null`)
+/// removes one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicePatch {
+    #[serde(default)]
+    pub labels: BTreeMap<String, Option<String>>,
+}
+
+/// A stored event, with the hub's receive time and sequence number.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventRecord {
+    /// Increasing per hub; `?continue=` takes the last one seen.
+    pub seq: i64,
+    pub id: String,
+    pub device_id: String,
+    pub kind: String,
+    pub workload: Option<String>,
+    pub created_at_ms: u64,
+    pub received_at_ms: u64,
+    pub payload: serde_json::Value,
+}
+
+/// A stored deployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentRecord {
+    pub name: String,
+    /// Bumped on every change of the spec (an unchanged apply keeps it).
+    pub generation: u64,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    pub spec: edgefleet_protocol::Deployment,
+}
+
+/// What `PUT /deployments/{name}` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApplyResult {
+    /// New deployment (HTTP 201).
+    Created,
+    /// The spec changed: a new generation.
+    Configured,
+    /// Same spec as stored: nothing happened.
+    Unchanged,
+}
+
+impl ApplyResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApplyResult::Created => "created",
+            ApplyResult::Configured => "configured",
+            ApplyResult::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// `PUT /deployments/{name}`'s answer: the stored record and what changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Applied {
+    #[serde(flatten)]
+    pub deployment: DeploymentRecord,
+    pub result: ApplyResult,
+}
+
+/// Rollout counts across the devices a deployment targets.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counts {
+    /// Devices the selector matches.
+    pub targeted: usize,
+    /// Devices that applied the latest revision with every workload Synced.
+    pub in_sync: usize,
+    /// Devices in sync whose workloads are all Healthy.
+    pub healthy: usize,
+    /// Devices with a workload whose sync Failed or health is Degraded.
+    pub failed: usize,
+}
+
+impl Counts {
+    /// `Healthy` when every targeted device is healthy, `Degraded` when any
+    /// failed, `Progressing` otherwise, `NoDevices` when nothing matches.
+    pub fn status(&self) -> &'static str {
+        if self.targeted == 0 {
+            "NoDevices"
+        } else if self.failed > 0 {
+            "Degraded"
+        } else if self.healthy == self.targeted {
+            "Healthy"
+        } else {
+            "Progressing"
+        }
+    }
+}
+
+/// `GET /deployments`: one line per deployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentSummary {
+    pub name: String,
+    pub generation: u64,
+    pub workloads: usize,
+    pub updated_ms: u64,
+    #[serde(flatten)]
+    pub counts: Counts,
+}
+
+/// One targeted device in a deployment's rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceRollout {
+    pub device: String,
+    pub presence: Presence,
+    pub desired_revision: Option<u64>,
+    pub applied_revision: Option<u64>,
+    pub in_sync: bool,
+    pub healthy: bool,
+    pub failed: bool,
+    pub workloads: Vec<WorkloadRow>,
+    /// The device's standing conditions (e.g. `DesiredTooLarge`: its
+    /// document with this deployment was not issued).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// One of a deployment's workloads on one device (`None`: not reported yet).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadRow {
+    pub name: String,
+    pub sync: Option<SyncState>,
+    pub health: Option<Health>,
+    pub message: Option<String>,
+}
+
+/// `GET /deployments/{name}/status`: the rollout across targeted devices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentStatus {
+    pub name: String,
+    pub generation: u64,
+    #[serde(flatten)]
+    pub counts: Counts,
+    pub devices: Vec<DeviceRollout>,
+}
+
+/// A model blob in the hub's registry (content-addressed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelRecord {
+    pub sha256: String,
+    pub name: String,
+    pub size: u64,
+    pub created_ms: u64,
+}
+
+/// `GET /hub/key`: the key devices pin at enrollment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HubKey {
+    pub public_key: String,
+    pub key_id: String,
+}

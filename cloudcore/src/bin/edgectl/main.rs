@@ -1,0 +1,426 @@
+//! `edgectl`, the operator CLI: a client of the hub's REST API
+//! ([`edgefleet_api`]) with kubectl-like tables and `-o json|yaml`. It links
+//! the API's types and client, never the hub itself.
+//!
+//! Exit codes: 0 success, 1 the hub refused the request, 2 usage (clap),
+//! 3 the hub is unreachable, 4 the token is missing or wrong.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use edgefleet_api::{Client, ClientError, DevicePatch, text};
+use serde_json::Value;
+
+const EXIT_API: i32 = 1;
+const EXIT_UNREACHABLE: i32 = 3;
+const EXIT_UNAUTHORIZED: i32 = 4;
+
+/// Token file of a hub started with default settings in this directory.
+const LOCAL_TOKEN_FILE: &str = "cloudcore-data/operator-token";
+
+#[derive(Debug, Parser)]
+#[command(name = "edgectl", version, about = "Operate an edgefleet hub")]
+struct Cli {
+    /// Hub REST API URL.
+    #[arg(
+        long,
+        global = true,
+        env = "EDGECTL_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    server: String,
+    /// Operator token (default: ./cloudcore-data/operator-token if present).
+    /// URL-safe base64, so it may start with `-`.
+    #[arg(
+        long,
+        global = true,
+        env = "EDGECTL_TOKEN",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Output {
+    Wide,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List devices, deployments or models.
+    Get {
+        resource: Resource,
+        #[arg(short, long)]
+        output: Option<Output>,
+    },
+    /// Show one object in detail.
+    Describe { resource: Single, name: String },
+    /// Create or update deployments from a YAML file (`-` for stdin).
+    Apply {
+        #[arg(short, long)]
+        file: PathBuf,
+    },
+    /// Delete a deployment.
+    Delete { resource: Deletable, name: String },
+    /// Set (`k=v`) or remove (`k-`) labels on a device.
+    Label {
+        resource: Labelable,
+        id: String,
+        #[arg(required = true)]
+        labels: Vec<String>,
+    },
+    /// Recent events a device sent (inference results, app telemetry).
+    Events {
+        device: String,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(short, long)]
+        output: Option<Output>,
+    },
+    /// Model registry.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Resource {
+    #[value(alias = "device")]
+    Devices,
+    #[value(alias = "deployment")]
+    Deployments,
+    #[value(alias = "model")]
+    Models,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Single {
+    Device,
+    Deployment,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Deletable {
+    Deployment,
+    Device,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Labelable {
+    Device,
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelsCommand {
+    /// Upload an ONNX model (content-addressed by SHA-256).
+    Push {
+        file: PathBuf,
+        /// Model name (default: the file name without extension).
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+/// A failure with its exit code and a message for the user.
+#[derive(Debug)]
+struct Failure {
+    code: i32,
+    message: String,
+}
+
+fn fail(code: i32, message: impl Into<String>) -> Failure {
+    Failure {
+        code,
+        message: message.into(),
+    }
+}
+
+/// The innermost cause: what `reqwest` says about a refused connection.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(s) = cur.source() {
+        cur = s;
+    }
+    cur.to_string()
+}
+
+/// Sorts a client error into edgectl's exit codes, with a hint.
+fn failure(e: ClientError, has_token: bool) -> Failure {
+    match &e {
+        ClientError::Unreachable { server, .. } => fail(
+            EXIT_UNREACHABLE,
+            format!(
+                "cannot reach the hub at {server}: {}\n(is `cloudcore serve` running? set --server or EDGECTL_SERVER)",
+                root_cause(&e)
+            ),
+        ),
+        ClientError::Unauthorized { message } => {
+            let hint = if has_token {
+                "check --token / EDGECTL_TOKEN against the hub's operator token"
+            } else {
+                "no token given: use --token, EDGECTL_TOKEN, or run edgectl where ./cloudcore-data/operator-token exists"
+            };
+            fail(
+                EXIT_UNAUTHORIZED,
+                format!("unauthorized: {message}\n({hint})"),
+            )
+        }
+        ClientError::Api { .. } => fail(EXIT_API, format!("error: {e}")),
+        ClientError::Decode { .. } | ClientError::Build(_) => fail(
+            EXIT_API,
+            format!("error: {}", edgefleet_daemon::error_chain(&e)),
+        ),
+    }
+}
+
+fn print_structured(v: &impl serde::Serialize, o: Output) -> Result<(), Failure> {
+    let text = match o {
+        Output::Yaml => serde_yaml::to_string(v).map_err(|e| fail(EXIT_API, e.to_string()))?,
+        _ => serde_json::to_string_pretty(v).map_err(|e| fail(EXIT_API, e.to_string()))? + "\n",
+    };
+    print!("{text}");
+    Ok(())
+}
+
+fn read_input(file: &Path) -> Result<String, Failure> {
+    if file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .map_err(|e| fail(EXIT_API, format!("cannot read stdin: {e}")))?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(file)
+            .map_err(|e| fail(EXIT_API, format!("cannot read {}: {e}", file.display())))
+    }
+}
+
+/// Splits a multi-document YAML stream and returns each document's name
+/// and the document as JSON.
+fn split_documents(text: &str) -> Result<Vec<(String, String)>, Failure> {
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let v: Value = serde::Deserialize::deserialize(doc)
+            .map_err(|e| fail(EXIT_API, format!("document {}: not valid YAML: {e}", i + 1)))?;
+        if v.is_null() {
+            continue;
+        }
+        let name = v
+            .pointer("/metadata/name")
+            .and_then(|n| n.as_str())
+            .ok_or_else(|| {
+                fail(
+                    EXIT_API,
+                    format!("document {}: metadata.name is required", i + 1),
+                )
+            })?
+            .to_owned();
+        let json = serde_json::to_string(&v).map_err(|e| fail(EXIT_API, e.to_string()))?;
+        out.push((name, json));
+    }
+    if out.is_empty() {
+        return Err(fail(EXIT_API, "no documents in the input"));
+    }
+    Ok(out)
+}
+
+/// `k=v` sets a label, `k-` removes it.
+fn label_patch(labels: &[String]) -> Result<DevicePatch, Failure> {
+    let mut patch = DevicePatch::default();
+    for l in labels {
+        if let Some(k) = l.strip_suffix('-') {
+            patch.labels.insert(k.to_owned(), None);
+        } else if let Some((k, v)) = l.split_once('=') {
+            patch.labels.insert(k.to_owned(), Some(v.to_owned()));
+        } else {
+            return Err(fail(
+                EXIT_API,
+                format!("label {l:?}: use key=value to set or key- to remove"),
+            ));
+        }
+    }
+    Ok(patch)
+}
+
+/// `file.onnx` → `file`; lower case, `_`, `.` and spaces as `-`.
+fn model_name(file: &Path) -> String {
+    file.file_stem()
+        .map(|s| {
+            s.to_string_lossy()
+                .to_lowercase()
+                .replace(['_', '.', ' '], "-")
+        })
+        .unwrap_or_default()
+}
+
+/// Runs one command; prints results on stdout.
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let token = cli.token.clone().or_else(|| {
+        std::fs::read_to_string(LOCAL_TOKEN_FILE)
+            .ok()
+            .map(|t| t.trim().to_owned())
+    });
+    let has_token = token.is_some();
+    let client = Client::new(&cli.server, token).map_err(|e| failure(e, has_token))?;
+    let err = |e| failure(e, has_token);
+    match cli.command {
+        Command::Get { resource, output } => {
+            let path = match resource {
+                Resource::Devices => "/devices",
+                Resource::Deployments => "/deployments",
+                Resource::Models => "/models",
+            };
+            match output {
+                // Exactly what the hub sent, fields this edgectl does not
+                // know included.
+                Some(o @ (Output::Json | Output::Yaml)) => {
+                    let items: Vec<Value> = client.list_all(path).await.map_err(err)?;
+                    print_structured(&items, o)?;
+                }
+                o => {
+                    let wide = o == Some(Output::Wide);
+                    let table = match resource {
+                        Resource::Devices => {
+                            text::devices(&client.devices().await.map_err(err)?, wide)
+                        }
+                        Resource::Deployments => {
+                            text::deployments(&client.deployments().await.map_err(err)?, wide)
+                        }
+                        Resource::Models => {
+                            text::models(&client.models().await.map_err(err)?, wide)
+                        }
+                    };
+                    print!("{table}");
+                }
+            }
+        }
+        Command::Describe { resource, name } => match resource {
+            Single::Device => {
+                print!(
+                    "{}",
+                    text::describe_device(&client.device(&name).await.map_err(err)?)
+                );
+            }
+            Single::Deployment => {
+                let d = client.deployment_status(&name).await.map_err(err)?;
+                print!("{}", text::describe_deployment(&d));
+            }
+        },
+        Command::Apply { file } => {
+            for (name, json) in split_documents(&read_input(&file)?)? {
+                let applied = client.apply(&name, &json).await.map_err(err)?;
+                println!("deployment/{name} {}", applied.result.as_str());
+            }
+        }
+        Command::Delete { resource, name } => {
+            let kind = match resource {
+                Deletable::Deployment => {
+                    client.delete_deployment(&name).await.map_err(err)?;
+                    "deployment"
+                }
+                Deletable::Device => {
+                    client.delete_device(&name).await.map_err(err)?;
+                    "device"
+                }
+            };
+            println!("{kind}/{name} deleted");
+        }
+        Command::Label {
+            resource: Labelable::Device,
+            id,
+            labels,
+        } => {
+            client
+                .patch_device(&id, &label_patch(&labels)?)
+                .await
+                .map_err(err)?;
+            println!("device/{id} labeled");
+        }
+        Command::Events {
+            device,
+            limit,
+            output,
+        } => {
+            // Walk to the newest page, keeping the last `limit` events.
+            let mut all = Vec::new();
+            let mut after = 0;
+            loop {
+                let page = client.events(&device, after, 1000).await.map_err(err)?;
+                all.extend(page.items);
+                let excess = all.len().saturating_sub(limit);
+                all.drain(..excess);
+                match page.continue_token.and_then(|c| c.parse().ok()) {
+                    Some(next) => after = next,
+                    None => break,
+                }
+            }
+            match output {
+                Some(o @ (Output::Json | Output::Yaml)) => print_structured(&all, o)?,
+                _ => print!("{}", text::events(&all)),
+            }
+        }
+        Command::Models {
+            command: ModelsCommand::Push { file, name },
+        } => {
+            let bytes = std::fs::read(&file)
+                .map_err(|e| fail(EXIT_API, format!("cannot read {}: {e}", file.display())))?;
+            let name = name.unwrap_or_else(|| model_name(&file));
+            let rec = client.push_model(&name, bytes).await.map_err(err)?;
+            println!(
+                "model/{name} pushed: sha256 {} ({} bytes)",
+                rec.sha256, rec.size
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("edgectl: cannot start: {e}");
+            std::process::exit(EXIT_API);
+        }
+    };
+    if let Err(f) = rt.block_on(run(cli)) {
+        eprintln!("{}", f.message);
+        std::process::exit(f.code);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multi_document_yaml_is_split_by_name() {
+        let docs = split_documents("metadata: {name: a}\n---\n---\nmetadata: {name: b}\n").unwrap();
+        let names: Vec<_> = docs.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert!(split_documents("kind: X\n").is_err());
+        assert!(split_documents("").is_err());
+    }
+
+    #[test]
+    fn labels_set_and_remove() {
+        let p = label_patch(&["a=1".into(), "b-".into()]).unwrap();
+        assert_eq!(p.labels["a"].as_deref(), Some("1"));
+        assert_eq!(p.labels["b"], None);
+        assert!(label_patch(&["nope".into()]).is_err());
+        assert_eq!(
+            model_name(Path::new("/m/Vibration_v2.onnx")),
+            "vibration-v2"
+        );
+    }
+}

@@ -1,0 +1,104 @@
+//! Deployments as operators applied them, with their generation (bumped only
+//! when the spec changes).
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{DeploymentRecord, Store, StoreError, ms, sql_i64};
+
+impl Store {
+    /// Stores a deployment; bumps the generation only when the spec changed.
+    /// Returns the record and whether anything changed.
+    pub fn put_deployment(
+        &self,
+        d: &edgefleet_protocol::Deployment,
+    ) -> Result<(DeploymentRecord, bool), StoreError> {
+        let spec = serde_json::to_string(d)?;
+        let now = sql_i64(edgefleet_protocol::now_ms());
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let old: Option<(String, i64)> = tx
+            .query_row(
+                "SELECT spec, generation FROM deployments WHERE name = ?1",
+                params![d.metadata.name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let changed = match &old {
+            Some((s, _)) => *s != spec,
+            None => true,
+        };
+        if changed {
+            tx.execute(
+                "INSERT INTO deployments(name, spec, generation, created_ms, updated_ms) VALUES (?1, ?2, 1, ?3, ?3)
+                 ON CONFLICT(name) DO UPDATE SET spec = excluded.spec, generation = generation + 1, updated_ms = excluded.updated_ms",
+                params![d.metadata.name, spec, now],
+            )?;
+        }
+        let rec = Self::deployment_row(&tx, &d.metadata.name)?
+            .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+        tx.commit()?;
+        Ok((rec, changed))
+    }
+
+    fn deployment_row(
+        conn: &Connection,
+        name: &str,
+    ) -> Result<Option<DeploymentRecord>, StoreError> {
+        let row: Option<(String, String, i64, i64, i64)> = conn
+            .query_row(
+                "SELECT name, spec, generation, created_ms, updated_ms FROM deployments WHERE name = ?1",
+                params![name],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()?;
+        row.map(|(name, spec, g, c, u)| {
+            Ok(DeploymentRecord {
+                name,
+                spec: serde_json::from_str(&spec)?,
+                generation: ms(g),
+                created_ms: ms(c),
+                updated_ms: ms(u),
+            })
+        })
+        .transpose()
+    }
+
+    pub fn get_deployment(&self, name: &str) -> Result<Option<DeploymentRecord>, StoreError> {
+        Self::deployment_row(&self.lock(), name)
+    }
+
+    pub fn list_deployments(&self) -> Result<Vec<DeploymentRecord>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT name, spec, generation, created_ms, updated_ms FROM deployments ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, spec, g, c, u) = row?;
+            out.push(DeploymentRecord {
+                name,
+                spec: serde_json::from_str(&spec)?,
+                generation: ms(g),
+                created_ms: ms(c),
+                updated_ms: ms(u),
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn delete_deployment(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .lock()
+            .execute("DELETE FROM deployments WHERE name = ?1", params![name])?
+            == 1)
+    }
+}
