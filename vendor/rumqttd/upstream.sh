@@ -2,8 +2,10 @@
 # The vendored rumqttd against its upstream release on crates.io.
 #
 #   vendor/rumqttd/upstream.sh        prints our changes: diff -ru upstream ours
-#   vendor/rumqttd/upstream.sh test   runs the crate's own tests (its own
-#                                     Cargo.lock, target/vendor-rumqttd)
+#   vendor/rumqttd/upstream.sh test   runs the crate's own tests with the
+#                                     features the hub builds it with and
+#                                     the workspace's dependency versions
+#                                     (vendor/rumqttd/Cargo.lock)
 #
 # The version is the one in vendor/rumqttd/Cargo.toml; the .crate is
 # checked against the sha256 below, taken from the crates.io index.
@@ -40,6 +42,7 @@ case "${1:-diff}" in
     ;;
   test)
     cargo test --manifest-path "$here/Cargo.toml" --locked \
+      --no-default-features --features use-rustls \
       --target-dir "$root/target/vendor-rumqttd"
     ;;
   *)
