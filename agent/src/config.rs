@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use edgefleet_daemon::config::{ConfigFileError, env_error, env_parse, read_toml};
 use edgefleet_daemon::mqtt::BrokerUrl;
 use serde::{Deserialize, Serialize};
 
@@ -16,24 +17,9 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/edgefleet";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("config file {path} is not valid")]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: toml::de::Error,
-    },
-    #[error("{name}={value:?} is not valid: {message}")]
-    Env {
-        name: String,
-        value: String,
-        message: String,
-    },
+    /// Reading or parsing the file, or an environment variable.
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
     #[error("invalid configuration: {0}")]
     Invalid(String),
     #[error("cannot write config file {path}")]
@@ -327,19 +313,7 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
         flags: &Overrides,
     ) -> Result<Self, ConfigError> {
-        let mut cfg = match std::fs::read_to_string(path) {
-            Ok(text) => Self::from_toml(&text).map_err(|source| ConfigError::Parse {
-                path: path.to_owned(),
-                source,
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => Self::default(),
-            Err(source) => {
-                return Err(ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                });
-            }
-        };
+        let mut cfg: Self = read_toml(path, must_exist)?.unwrap_or_default();
         cfg.apply_env(env)?;
         cfg.apply_overrides(flags);
         cfg.validate()?;
@@ -358,16 +332,6 @@ impl Config {
     /// Applies `EDGEFLEET_*` variables; `env` is `std::env::var(..).ok()` in
     /// production and a map in tests.
     pub fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        fn parse<T: std::str::FromStr>(name: &str, v: &str) -> Result<T, ConfigError>
-        where
-            T::Err: std::fmt::Display,
-        {
-            v.parse().map_err(|e: T::Err| ConfigError::Env {
-                name: name.to_owned(),
-                value: v.to_owned(),
-                message: e.to_string(),
-            })
-        }
         if let Some(v) = env("EDGEFLEET_DEVICE_ID") {
             self.device_id = v;
         }
@@ -387,48 +351,49 @@ impl Config {
             self.local_broker.url = v;
         }
         if let Some(v) = env("EDGEFLEET_MODELS_CACHE_MAX_BYTES") {
-            self.models.cache_max_bytes = parse("EDGEFLEET_MODELS_CACHE_MAX_BYTES", &v)?;
+            self.models.cache_max_bytes = env_parse("EDGEFLEET_MODELS_CACHE_MAX_BYTES", &v)?;
         }
         if let Some(v) = env("EDGEFLEET_HTTP_PORT") {
-            self.http.port = parse("EDGEFLEET_HTTP_PORT", &v)?;
+            self.http.port = env_parse("EDGEFLEET_HTTP_PORT", &v)?;
         }
         if let Some(v) = env("EDGEFLEET_KUBECONFIG") {
             self.kube.kubeconfig = (!v.is_empty()).then(|| PathBuf::from(v));
         }
         if let Some(v) = env("EDGEFLEET_OUTBOX_MAX_MESSAGES") {
-            self.outbox.max_messages = parse("EDGEFLEET_OUTBOX_MAX_MESSAGES", &v)?;
+            self.outbox.max_messages = env_parse("EDGEFLEET_OUTBOX_MAX_MESSAGES", &v)?;
         }
         if let Some(v) = env("EDGEFLEET_OUTBOX_MAX_BYTES") {
-            self.outbox.max_bytes = parse("EDGEFLEET_OUTBOX_MAX_BYTES", &v)?;
+            self.outbox.max_bytes = env_parse("EDGEFLEET_OUTBOX_MAX_BYTES", &v)?;
         }
         if let Some(v) = env("EDGEFLEET_OUTBOX_MAX_UNACKED") {
-            self.outbox.max_unacked = parse("EDGEFLEET_OUTBOX_MAX_UNACKED", &v)?;
+            self.outbox.max_unacked = env_parse("EDGEFLEET_OUTBOX_MAX_UNACKED", &v)?;
         }
         if let Some(v) = env("EDGEFLEET_OUTBOX_ACK_TIMEOUT_SECS") {
-            self.outbox.ack_timeout_secs = parse("EDGEFLEET_OUTBOX_ACK_TIMEOUT_SECS", &v)?;
+            self.outbox.ack_timeout_secs = env_parse("EDGEFLEET_OUTBOX_ACK_TIMEOUT_SECS", &v)?;
         }
         if let Some(v) = env("EDGEFLEET_RECONCILE_DRIFT_INTERVAL_SECS") {
             self.reconcile.drift_interval_secs =
-                parse("EDGEFLEET_RECONCILE_DRIFT_INTERVAL_SECS", &v)?;
+                env_parse("EDGEFLEET_RECONCILE_DRIFT_INTERVAL_SECS", &v)?;
         }
         if let Some(v) = env("EDGEFLEET_STORE_DISK_RESERVE_BYTES") {
-            self.store.disk_reserve_bytes = parse("EDGEFLEET_STORE_DISK_RESERVE_BYTES", &v)?;
+            self.store.disk_reserve_bytes = env_parse("EDGEFLEET_STORE_DISK_RESERVE_BYTES", &v)?;
         }
         if let Some(v) = env("EDGEFLEET_OUTBOX_ON_DISK_FULL") {
             self.outbox.on_disk_full = match v.as_str() {
                 "refuse" => OnDiskFull::Refuse,
                 "drop-oldest" => OnDiskFull::DropOldest,
                 _ => {
-                    return Err(ConfigError::Env {
-                        name: "EDGEFLEET_OUTBOX_ON_DISK_FULL".into(),
-                        value: v,
-                        message: "expected refuse or drop-oldest".into(),
-                    });
+                    return Err(env_error(
+                        "EDGEFLEET_OUTBOX_ON_DISK_FULL",
+                        &v,
+                        "expected refuse or drop-oldest",
+                    )
+                    .into());
                 }
             };
         }
         if let Some(v) = env("EDGEFLEET_OUTBOX_MAX_AGE_SECS") {
-            self.outbox.max_age_secs = parse("EDGEFLEET_OUTBOX_MAX_AGE_SECS", &v)?;
+            self.outbox.max_age_secs = env_parse("EDGEFLEET_OUTBOX_MAX_AGE_SECS", &v)?;
         }
         Ok(())
     }
@@ -611,7 +576,7 @@ mod tests {
         let none = env(&[]);
         assert!(matches!(
             Config::load(&path, true, &none, &Overrides::default()),
-            Err(ConfigError::Parse { .. })
+            Err(ConfigError::File(ConfigFileError::Parse { .. }))
         ));
         std::fs::write(&path, "device_id = \"Bad_ID\"\n").unwrap();
         assert!(matches!(
@@ -622,13 +587,13 @@ mod tests {
         let bad = env(&[("EDGEFLEET_HTTP_PORT", "x")]);
         assert!(matches!(
             Config::load(&path, true, &bad, &Overrides::default()),
-            Err(ConfigError::Env { .. })
+            Err(ConfigError::File(ConfigFileError::Env { .. }))
         ));
         let missing = dir.path().join("missing.toml");
         assert!(Config::load(&missing, false, &none, &Overrides::default()).is_ok());
         assert!(matches!(
             Config::load(&missing, true, &none, &Overrides::default()),
-            Err(ConfigError::Read { .. })
+            Err(ConfigError::File(ConfigFileError::Read { .. }))
         ));
         assert!(Config::default().require_enrolled().is_err());
     }

@@ -5,7 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
-use edgefleet_daemon::files::{SecretError, require_secret, write_atomic, write_secret};
+use edgefleet_daemon::files::{
+    KeyFileError, SecretError, load_or_create_key, require_secret, write_atomic, write_secret,
+};
 use edgefleet_protocol::{PublicKey, Signer};
 use zeroize::Zeroizing;
 
@@ -20,6 +22,8 @@ pub const BROKER_PASSWORD_FILE: &str = "broker-password";
 pub enum IdentityError {
     #[error(transparent)]
     File(#[from] SecretError),
+    #[error(transparent)]
+    KeyFile(#[from] KeyFileError),
     #[error("cannot read {path}")]
     Read {
         path: PathBuf,
@@ -78,16 +82,7 @@ pub fn load_hub_key(state_dir: &Path) -> Result<PublicKey, IdentityError> {
 
 /// Loads the device key, or creates one (0600) when there is none yet.
 pub fn load_or_create_signer(state_dir: &Path) -> Result<Signer, IdentityError> {
-    let path = state_dir.join(DEVICE_KEY_FILE);
-    if path.exists() {
-        return load_signer(state_dir);
-    }
-    let signer = Signer::generate();
-    let pem = signer.to_pkcs8_pem().map_err(|source| IdentityError::Key {
-        path: path.clone(),
-        source,
-    })?;
-    write_secret(&path, pem.as_bytes())?;
+    let (signer, _) = load_or_create_key(&state_dir.join(DEVICE_KEY_FILE))?;
     Ok(signer)
 }
 

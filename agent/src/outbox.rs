@@ -199,11 +199,7 @@ impl Store {
             "SELECT id, channel, payload FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![after, limit as i64], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Vec<u8>>(2)?,
-            ))
+            <(i64, String, Vec<u8>)>::try_from(r)
         })?;
         let mut out = Vec::new();
         for r in rows {
@@ -399,13 +395,7 @@ impl Store {
                 "SELECT id, channel, payload FROM outbox WHERE msg_key IS NULL ORDER BY id",
             )?;
             let mut update = tx.prepare("UPDATE outbox SET msg_key = ?2 WHERE id = ?1")?;
-            let rows = select.query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Vec<u8>>(2)?,
-                ))
-            })?;
+            let rows = select.query_map([], |r| <(i64, String, Vec<u8>)>::try_from(r))?;
             for row in rows {
                 let (id, channel, payload) = row?;
                 let field = if channel == "status" {
@@ -434,13 +424,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Synchronous;
-
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let (s, _) = Store::open(&dir.path().join("agent.db"), Synchronous::Normal).unwrap();
-        (dir, s)
-    }
+    use crate::store::open_temp;
 
     const BIG: Limits = Limits {
         max_messages: 1_000_000,
@@ -456,7 +440,7 @@ mod tests {
 
     #[test]
     fn push_read_confirm_in_order() {
-        let (_d, mut s) = store();
+        let (_d, mut s) = open_temp();
         let names: Vec<String> = (0..10).map(|i| format!("e{i}")).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         s.outbox_push(Channel::Events, &events(&refs), BIG).unwrap();
@@ -485,7 +469,7 @@ mod tests {
 
     #[test]
     fn bounded_drop_oldest_and_counted() {
-        let (dir, mut s) = store();
+        let (dir, mut s) = open_temp();
         let limits = Limits {
             max_messages: 3,
             max_bytes: 10,
@@ -509,14 +493,18 @@ mod tests {
         assert_eq!(p.dropped, 3);
         assert_eq!(s.outbox_depth(), (1, 9));
         drop(s);
-        let (s, _) = Store::open(&dir.path().join("agent.db"), Synchronous::Normal).unwrap();
+        let (s, _) = Store::open(
+            &dir.path().join("agent.db"),
+            crate::config::Synchronous::Normal,
+        )
+        .unwrap();
         assert_eq!(s.outbox_depth(), (1, 9));
         assert_eq!(s.outbox_dropped().unwrap(), 5);
     }
 
     #[test]
     fn status_reports_supersede_queued_ones_and_are_acked_by_time() {
-        let (_d, mut s) = store();
+        let (_d, mut s) = open_temp();
         s.outbox_push(Channel::Events, &events(&["e1"]), BIG)
             .unwrap();
         s.outbox_push_status(100, b"s1".to_vec(), BIG).unwrap();
@@ -542,7 +530,7 @@ mod tests {
 
     #[test]
     fn sent_rows_are_counted_apart_from_queued_ones() {
-        let (_d, mut s) = store();
+        let (_d, mut s) = open_temp();
         s.outbox_push(Channel::Events, &events(&["a", "b", "c", "d"]), BIG)
             .unwrap();
         let rows = s.outbox_after(0, 10).unwrap();
@@ -557,7 +545,7 @@ mod tests {
 
     #[test]
     fn dropping_oldest_for_room_is_counted() {
-        let (_d, mut s) = store();
+        let (_d, mut s) = open_temp();
         s.outbox_push(Channel::Events, &events(&["a", "b", "c"]), BIG)
             .unwrap();
         // Each payload is 3 bytes: 4 bytes of room takes two rows.
@@ -570,7 +558,7 @@ mod tests {
 
     #[test]
     fn large_acknowledgements_commit_in_chunks() {
-        let (_d, mut s) = store();
+        let (_d, mut s) = open_temp();
         let names: Vec<String> = (0..300).map(|i| format!("e{i}")).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         s.outbox_push(Channel::Events, &events(&refs), BIG).unwrap();
@@ -582,7 +570,7 @@ mod tests {
 
     #[test]
     fn old_rows_expire_and_are_counted() {
-        let (_d, mut s) = store();
+        let (_d, mut s) = open_temp();
         s.outbox_push(Channel::Events, &events(&["old", "new"]), BIG)
             .unwrap();
         s.conn
@@ -598,7 +586,7 @@ mod tests {
 
     #[test]
     fn rows_from_before_acknowledgements_get_their_keys() {
-        let (_d, mut s) = store();
+        let (_d, mut s) = open_temp();
         let signer = edgefleet_protocol::Signer::from_seed(&[3; 32]);
         let event = edgefleet_protocol::Event {
             id: "legacy-1".into(),

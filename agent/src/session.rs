@@ -26,9 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use edgefleet_protocol::{
-    Channel, Command, CommandAction, Expect, Presence, PresenceState, Topic, open,
-};
+use edgefleet_protocol::{Channel, Command, CommandAction, Presence, PresenceState, Topic};
 use rand::Rng;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing,
@@ -435,17 +433,8 @@ impl Session {
 
     fn on_command(&mut self, payload: &[u8]) {
         let shared = &self.shared;
-        let cmd = match open::<Command>(
-            payload,
-            &shared.identity.hub_key,
-            &Expect::device(&shared.device),
-        ) {
-            Ok(c) => c,
-            Err(r) => {
-                shared.metrics.reject(r.reason());
-                tracing::warn!(reason = r.reason(), error = %r, "command rejected");
-                return;
-            }
+        let Some(cmd) = shared.open_from_hub::<Command>(payload, "command") else {
+            return;
         };
         if self.seen_commands.contains(&cmd.id) {
             return;

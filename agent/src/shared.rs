@@ -149,6 +149,24 @@ impl Shared {
         }
     }
 
+    /// A hub-signed message for this device, verified; `None` (counted and
+    /// logged as `what` rejected) when it is not.
+    pub fn open_from_hub<M: edgefleet_protocol::sign::Message>(
+        &self,
+        payload: &[u8],
+        what: &str,
+    ) -> Option<M> {
+        let expect = edgefleet_protocol::Expect::device(&self.device);
+        match edgefleet_protocol::open::<M>(payload, &self.identity.hub_key, &expect) {
+            Ok(m) => Some(m),
+            Err(r) => {
+                self.metrics.reject(r.reason());
+                tracing::warn!(reason = r.reason(), error = %r, "{what} rejected");
+                None
+            }
+        }
+    }
+
     pub fn k3s_version(&self) -> Option<String> {
         self.k3s_version
             .lock()

@@ -423,6 +423,14 @@ fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
     Ok(aside)
 }
 
+/// A store in a temporary directory, for unit tests.
+#[cfg(test)]
+pub(crate) fn open_temp() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = Store::open(&dir.path().join("agent.db"), Synchronous::Normal).unwrap();
+    (dir, s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -126,6 +126,21 @@ impl From<StoreError> for ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// A page of at most `limit` of `items` (fetched as `limit + 1` to know
+/// whether there is more); the continue token is `key` of the last item.
+pub fn page<T>(mut items: Vec<T>, limit: usize, key: impl Fn(&T) -> String) -> Json<Page<T>> {
+    let continue_token = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(key)
+    } else {
+        None
+    };
+    Json(Page {
+        items,
+        continue_token,
+    })
+}
+
 /// `?limit=&continue=` on list endpoints.
 #[derive(Debug, Deserialize)]
 pub struct PageQuery {

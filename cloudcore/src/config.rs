@@ -4,29 +4,15 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use edgefleet_daemon::config::{ConfigFileError, env_error, read_toml};
 use edgefleet_daemon::mqtt::{BrokerUrl, BrokerUrlError, PemError, read_pem};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("config file {path} is not valid")]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: toml::de::Error,
-    },
-    #[error("{name}={value:?} is not valid: {message}")]
-    Env {
-        name: String,
-        value: String,
-        message: String,
-    },
+    /// Reading or parsing the file, or an environment variable.
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]
@@ -177,16 +163,7 @@ impl Config {
         overrides: &Overrides,
     ) -> Result<Self, ConfigError> {
         let mut cfg = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                toml::from_str(&text).map_err(|source| ConfigError::Parse {
-                    path: path.to_owned(),
-                    source,
-                })?
-            }
+            Some(path) => read_toml(path, true)?.unwrap_or_default(),
             None => Config::default(),
         };
         cfg.apply_env(env)?;
@@ -207,12 +184,9 @@ impl Config {
     }
 
     fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        fn addr(name: &str, v: String) -> Result<SocketAddr, ConfigError> {
-            v.parse().map_err(|_| ConfigError::Env {
-                name: name.into(),
-                value: v,
-                message: "expected host:port, e.g. 127.0.0.1:8080".into(),
-            })
+        fn addr(name: &str, v: String) -> Result<SocketAddr, ConfigFileError> {
+            v.parse()
+                .map_err(|_| env_error(name, &v, "expected host:port, e.g. 127.0.0.1:8080"))
         }
         if let Some(v) = env("CLOUDCORE_DATA_DIR") {
             self.data_dir = v.into();
@@ -224,10 +198,12 @@ impl Config {
             self.broker.listen = addr("CLOUDCORE_BROKER_LISTEN", v)?;
         }
         if let Some(v) = env("CLOUDCORE_BROKER_MAX_CONNECTIONS") {
-            self.broker.max_connections = v.parse().map_err(|_| ConfigError::Env {
-                name: "CLOUDCORE_BROKER_MAX_CONNECTIONS".into(),
-                value: v,
-                message: "expected a positive number of connections".into(),
+            self.broker.max_connections = v.parse().map_err(|_| {
+                env_error(
+                    "CLOUDCORE_BROKER_MAX_CONNECTIONS",
+                    &v,
+                    "expected a positive number of connections",
+                )
             })?;
         }
         if let Some(v) = env("CLOUDCORE_BROKER_URL") {
@@ -261,10 +237,12 @@ impl Config {
             self.auth.bootstrap_token = v;
         }
         if let Some(v) = env("CLOUDCORE_STORE_DISK_RESERVE_BYTES") {
-            self.store.disk_reserve_bytes = v.parse().map_err(|_| ConfigError::Env {
-                name: "CLOUDCORE_STORE_DISK_RESERVE_BYTES".into(),
-                value: v,
-                message: "expected a number of bytes".into(),
+            self.store.disk_reserve_bytes = v.parse().map_err(|_| {
+                env_error(
+                    "CLOUDCORE_STORE_DISK_RESERVE_BYTES",
+                    &v,
+                    "expected a number of bytes",
+                )
             })?;
         }
         if let Some(v) = env("CLOUDCORE_TEST_UNCHECKED_LIMITS") {
@@ -273,11 +251,12 @@ impl Config {
                     "api" => self.unchecked_limits.api = true,
                     "publisher" => self.unchecked_limits.publisher = true,
                     _ => {
-                        return Err(ConfigError::Env {
-                            name: "CLOUDCORE_TEST_UNCHECKED_LIMITS".into(),
-                            value: v.clone(),
-                            message: "expected api, publisher or both, comma-separated".into(),
-                        });
+                        return Err(env_error(
+                            "CLOUDCORE_TEST_UNCHECKED_LIMITS",
+                            &v,
+                            "expected api, publisher or both, comma-separated",
+                        )
+                        .into());
                     }
                 }
             }
@@ -384,7 +363,7 @@ mod tests {
         std::fs::write(&f, "[api]\nlisen = 1\n").unwrap();
         assert!(matches!(
             Config::load(Some(&f), no_env, &Overrides::default()),
-            Err(ConfigError::Parse { .. })
+            Err(ConfigError::File(ConfigFileError::Parse { .. }))
         ));
         let env = |k: &str| (k == "CLOUDCORE_BROKER_URL").then(|| "http://x".to_owned());
         assert!(Config::load(None, env, &Overrides::default()).is_err());

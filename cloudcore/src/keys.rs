@@ -3,11 +3,13 @@
 //! for secrets ([`edgefleet_daemon::files`]): 0600, refused when others can
 //! read them, never logged.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use edgefleet_daemon::files::{SecretError, read_secret, write_secret};
+use edgefleet_daemon::files::{
+    KeyFileError, SecretError, load_or_create_key, read_secret, write_secret,
+};
 use edgefleet_protocol::Signer;
 use rand::RngCore;
 
@@ -15,12 +17,8 @@ use rand::RngCore;
 pub enum KeyError {
     #[error(transparent)]
     File(#[from] SecretError),
-    #[error("{path} is not a valid key")]
-    Invalid {
-        path: PathBuf,
-        #[source]
-        source: edgefleet_protocol::sign::KeyError,
-    },
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
 }
 
 /// A random token: 32 bytes, base64url.
@@ -32,21 +30,7 @@ pub fn random_token() -> String {
 
 /// Loads `<dir>/hub.key`, creating it on first start.
 pub fn load_or_create_signer(dir: &Path) -> Result<(Signer, bool), KeyError> {
-    let path = dir.join("hub.key");
-    if let Some(pem) = read_secret(&path)? {
-        let s = Signer::from_pkcs8_pem(&pem).map_err(|source| KeyError::Invalid {
-            path: path.clone(),
-            source,
-        })?;
-        return Ok((s, false));
-    }
-    let s = Signer::generate();
-    let pem = s.to_pkcs8_pem().map_err(|source| KeyError::Invalid {
-        path: path.clone(),
-        source,
-    })?;
-    write_secret(&path, pem.as_bytes())?;
-    Ok((s, true))
+    Ok(load_or_create_key(&dir.join("hub.key"))?)
 }
 
 /// Uses `configured` if set, else reads or creates `<dir>/<name>`.

@@ -260,15 +260,7 @@ async fn run(
         }
     }
     // Clean stop: flush what the event loop still holds, then disconnect.
-    let _ = client.try_disconnect();
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while let Ok(ev) = eventloop.poll().await {
-            if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
-                break;
-            }
-        }
-    })
-    .await;
+    edgefleet_daemon::mqtt::disconnect(&client, &mut eventloop, Duration::from_secs(2)).await;
 }
 
 #[cfg(test)]

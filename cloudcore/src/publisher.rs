@@ -250,6 +250,15 @@ mod tests {
     use crate::testing::{deployment, enroll, id, labels, store};
     use edgefleet_protocol::{Expect, open};
 
+    /// A store with `pi-1` (site=a) and deployment `web` (workload `app`)
+    /// selecting it, and a hub key.
+    fn one_device_one_deployment() -> (Store, Signer) {
+        let (s, hub) = (store(), Signer::generate());
+        enroll(&s, "pi-1", &[("site", "a")]);
+        s.put_deployment(&deployment("web", "a", &["app"])).unwrap();
+        (s, hub)
+    }
+
     fn pass(s: &Store, signer: &Signer) -> Pass {
         compute_pass(s, signer, s.epoch().unwrap(), true).expect("pass")
     }
@@ -266,9 +275,7 @@ mod tests {
 
     #[test]
     fn no_change_issues_no_new_revision() {
-        let (s, hub) = (store(), Signer::generate());
-        enroll(&s, "pi-1", &[("site", "a")]);
-        s.put_deployment(&deployment("web", "a", &["app"])).unwrap();
+        let (s, hub) = one_device_one_deployment();
         let first = pass(&s, &hub);
         assert_eq!(first.docs.len(), 1);
         assert_eq!((first.docs[0].0.as_str(), first.docs[0].1), ("pi-1", 1));
@@ -313,9 +320,7 @@ mod tests {
 
     #[test]
     fn a_device_enrolled_later_gets_its_first_document_alone() {
-        let (s, hub) = (store(), Signer::generate());
-        enroll(&s, "pi-1", &[("site", "a")]);
-        s.put_deployment(&deployment("web", "a", &["app"])).unwrap();
+        let (s, hub) = one_device_one_deployment();
         pass(&s, &hub);
         enroll(&s, "pi-2", &[("site", "a")]);
         let p = pass(&s, &hub);
@@ -329,9 +334,7 @@ mod tests {
 
     #[test]
     fn deleting_a_deployment_empties_the_devices_documents() {
-        let (s, hub) = (store(), Signer::generate());
-        enroll(&s, "pi-1", &[("site", "a")]);
-        s.put_deployment(&deployment("web", "a", &["app"])).unwrap();
+        let (s, hub) = one_device_one_deployment();
         pass(&s, &hub);
         assert!(s.delete_deployment("web").unwrap());
         assert!(!s.delete_deployment("web").unwrap(), "already gone");
@@ -343,9 +346,7 @@ mod tests {
 
     #[test]
     fn two_deployments_on_one_device_make_one_document() {
-        let (s, hub) = (store(), Signer::generate());
-        enroll(&s, "pi-1", &[("site", "a")]);
-        s.put_deployment(&deployment("web", "a", &["app"])).unwrap();
+        let (s, hub) = one_device_one_deployment();
         s.put_deployment(&deployment("metrics", "a", &["agent", "push"]))
             .unwrap();
         let p = pass(&s, &hub);
@@ -363,9 +364,7 @@ mod tests {
 
     #[test]
     fn documents_carry_the_stores_epoch() {
-        let (s, hub) = (store(), Signer::generate());
-        enroll(&s, "pi-1", &[("site", "a")]);
-        s.put_deployment(&deployment("web", "a", &["app"])).unwrap();
+        let (s, hub) = one_device_one_deployment();
         let p = pass(&s, &hub);
         let doc: DesiredState =
             open(&p.docs[0].2, hub.public(), &Expect::device(&id("pi-1"))).unwrap();

@@ -85,7 +85,13 @@ pub async fn serve_with(
 ) -> Result<(), ServeError> {
     let announce = started.is_none();
     let data = cfg.data_dir.clone();
-    create_private_dir(&data)?;
+    // Secrets and password hashes live here: owner-only.
+    edgefleet_daemon::files::create_private_dir(&data).map_err(|source| {
+        ServeError::Store(StoreError::Io {
+            path: data.display().to_string(),
+            source,
+        })
+    })?;
     // One hub per data directory (one signing key, one revision sequence),
     // held until this function returns.
     let _lock = edgefleet_daemon::lock::DirLock::acquire(&data)?;
@@ -284,24 +290,5 @@ pub async fn serve_with(
     // Until a stop, or a task the hub cannot run without ends: then every
     // task is cancelled and given GRACE to finish.
     sup.run(cancel, GRACE).await?;
-    Ok(())
-}
-
-/// The data dir holds secrets and password hashes: owner-only.
-fn create_private_dir(dir: &std::path::Path) -> Result<(), ServeError> {
-    use std::os::unix::fs::DirBuilderExt;
-    let err = |source| {
-        ServeError::Store(StoreError::Io {
-            path: dir.display().to_string(),
-            source,
-        })
-    };
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(err)?;
-    }
     Ok(())
 }

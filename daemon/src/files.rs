@@ -108,6 +108,50 @@ pub fn require_secret(path: &Path) -> Result<Zeroizing<String>, SecretError> {
     })
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    #[error(transparent)]
+    File(#[from] SecretError),
+    #[error("{path} does not hold a valid key")]
+    Key {
+        path: PathBuf,
+        #[source]
+        source: edgefleet_protocol::sign::KeyError,
+    },
+}
+
+/// A signing key (PKCS#8 PEM) under the secret policy: loaded from `path`,
+/// or created there (0600) when there is none yet; `true` when created.
+pub fn load_or_create_key(path: &Path) -> Result<(edgefleet_protocol::Signer, bool), KeyFileError> {
+    let bad = |source| KeyFileError::Key {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(pem) = read_secret(path)? {
+        return Ok((
+            edgefleet_protocol::Signer::from_pkcs8_pem(&pem).map_err(bad)?,
+            false,
+        ));
+    }
+    let signer = edgefleet_protocol::Signer::generate();
+    let pem = signer.to_pkcs8_pem().map_err(bad)?;
+    write_secret(path, pem.as_bytes())?;
+    Ok((signer, true))
+}
+
+/// Creates `dir` (and its parents) readable by its owner only, when it does
+/// not exist yet; an existing directory is left as it is.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.exists() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 /// The permission bits of a file (`None` when it does not exist).
 pub fn mode_of(path: &Path) -> Option<u32> {
     std::fs::metadata(path)
@@ -147,6 +191,36 @@ mod tests {
         }
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o400)).unwrap();
         assert_eq!(read_secret(&p).unwrap().unwrap().as_str(), "k");
+    }
+
+    #[test]
+    fn a_key_is_created_once_and_a_bad_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("key.pem");
+        let (a, created) = load_or_create_key(&p).unwrap();
+        assert!(created);
+        assert_eq!(mode_of(&p), Some(0o600));
+        let (b, created) = load_or_create_key(&p).unwrap();
+        assert!(!created);
+        assert_eq!(a.public(), b.public());
+        write_secret(
+            &p,
+            b"-----BEGIN PRIVATE KEY-----\nAA==\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        assert!(matches!(
+            load_or_create_key(&p),
+            Err(KeyFileError::Key { .. })
+        ));
+    }
+
+    #[test]
+    fn private_directories_are_the_owners_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a/b");
+        create_private_dir(&p).unwrap();
+        assert_eq!(mode_of(&p), Some(0o700));
+        create_private_dir(&p).unwrap();
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! What the two edgefleet daemons, `cloudcore` and `edge-agent`, share as
 //! processes rather than as protocol: the one-process-per-directory lock
-//! ([`lock`]), free space and its reserve ([`disk`]), atomic writes and the
+//! ([`lock`]), free space and its reserve ([`disk`]), config files and
+//! variables ([`config`]), atomic writes and the
 //! secret-file policy ([`files`]), reaching a broker ([`mqtt`]), retry
 //! timing ([`backoff`]), stop signals ([`signal`]), exit codes ([`exit`]),
 //! supervised tasks ([`supervise`]), the `/metrics` endpoint ([`metrics`])
@@ -10,6 +11,7 @@
 //! contract is `edgefleet-protocol`.
 
 pub mod backoff;
+pub mod config;
 pub mod disk;
 pub mod exit;
 pub mod files;

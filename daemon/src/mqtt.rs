@@ -110,6 +110,24 @@ pub fn qos(channel: Channel) -> QoS {
     }
 }
 
+/// A clean stop: DISCONNECT, and the event loop polled (at most `wait`)
+/// until it is written, with whatever was queued before it.
+pub async fn disconnect(
+    client: &rumqttc::AsyncClient,
+    eventloop: &mut rumqttc::EventLoop,
+    wait: std::time::Duration,
+) {
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(wait, async {
+        while let Ok(ev) = eventloop.poll().await {
+            if matches!(ev, rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PemError {
     #[error("{what} {path}: cannot read it")]

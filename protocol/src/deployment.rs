@@ -180,77 +180,61 @@ spec:
         }
     }
 
+    /// Each edit of the good manifest, and a part of the error it must get.
     #[test]
-    fn bad_sha256_is_named_by_path() {
-        let y = GOOD.replace(&"0".repeat(64), "nope");
-        assert!(
-            errors_of(&y).contains("spec.workloads[1].inference.model.sha256: not a sha256"),
-            "{}",
-            errors_of(&y)
+    fn errors_are_named_by_path() {
+        let no_kubernetes = "      kubernetes:\n        manifests:\n          - {apiVersion: v1, kind: ConfigMap, metadata: {name: web-config, namespace: demo}, data: {a: b}}\n";
+        let long = format!("name: {}", "a".repeat(50));
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[(&"0".repeat(64), "nope")],
+                "spec.workloads[1].inference.model.sha256: not a sha256",
+            ),
+            (
+                &[("upstream: true", "upstream: maybe")],
+                "spec.workloads[1].inference.output.upstream:",
+            ),
+            (
+                &[("operator: In", "operator: Near")],
+                "spec.selector.matchExpressions[0].operator",
+            ),
+            (&[("score > 0.8", "score >>> 0.8")], "when"),
+            (&[("selector:", "selectr:")], "unknown field `selectr`"),
+            (&[(no_kubernetes, "")], "spec.workloads[0]: exactly one of"),
+            (
+                &[("name: vibration", "name: web")],
+                "duplicate workload name",
+            ),
+            (&[("name: vibration", &long)], "longer than 63"),
+            // Every semantic error at once.
+            (
+                &[
+                    ("kind: Deployment", "kind: Deploymnt"),
+                    ("name: web\n", "name: Web\n"),
+                    ("kind: ConfigMap, ", ""),
+                ],
+                "kind: must be \"Deployment\"",
+            ),
+        ];
+        for (edits, want) in cases {
+            let y = edits
+                .iter()
+                .fold(GOOD.to_owned(), |y, (from, to)| y.replace(from, to));
+            let e = errors_of(&y);
+            assert!(e.contains(want), "{want:?} not in {e}");
+        }
+        let all = errors_of(
+            &GOOD
+                .replace("name: web\n", "name: Web\n")
+                .replace("kind: ConfigMap, ", ""),
         );
-    }
-
-    #[test]
-    fn syntax_errors_carry_a_path() {
-        let y = GOOD.replace("upstream: true", "upstream: maybe");
-        let e = errors_of(&y);
-        assert!(
-            e.starts_with("spec.workloads[1].inference.output.upstream:"),
-            "{e}"
-        );
-        let y = GOOD.replace("operator: In", "operator: Near");
-        let e = errors_of(&y);
-        assert!(
-            e.contains("spec.selector.matchExpressions[0].operator"),
-            "{e}"
-        );
-        let y = GOOD.replace("score > 0.8", "score >>> 0.8");
-        assert!(errors_of(&y).contains("when"), "{}", errors_of(&y));
+        for want in [
+            "spec.workloads[0].name:",
+            "spec.workloads[0].kubernetes.manifests[0].kind: is required",
+        ] {
+            assert!(all.contains(want), "{want:?} not in {all}");
+        }
         assert!(errors_of("{").contains("manifest"));
-        let y = GOOD.replace("selector:", "selectr:");
-        assert!(
-            errors_of(&y).contains("unknown field `selectr`"),
-            "{}",
-            errors_of(&y)
-        );
-    }
-
-    #[test]
-    fn semantic_errors_are_all_reported() {
-        let y = GOOD
-            .replace("kind: Deployment", "kind: Deploymnt")
-            .replace("name: web\n", "name: Web\n")
-            .replace("kind: ConfigMap, ", "");
-        let e = errors_of(&y);
-        assert!(e.contains("kind: must be \"Deployment\""), "{e}");
-        assert!(e.contains("spec.workloads[0].name:"), "{e}");
-        assert!(
-            e.contains("spec.workloads[0].kubernetes.manifests[0].kind: is required"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn workload_kind_must_be_exactly_one() {
-        let y = GOOD.replace("      kubernetes:\n        manifests:\n          - {apiVersion: v1, kind: ConfigMap, metadata: {name: web-config, namespace: demo}, data: {a: b}}\n", "");
-        assert!(
-            errors_of(&y).contains("spec.workloads[0]: exactly one of"),
-            "{}",
-            errors_of(&y)
-        );
-    }
-
-    #[test]
-    fn duplicate_names_and_long_ids_are_refused() {
-        let y = GOOD.replace("name: vibration", "name: web");
-        assert!(errors_of(&y).contains("duplicate workload name"));
-        let long = "a".repeat(50);
-        let y = GOOD.replace("name: vibration", &format!("name: {long}"));
-        assert!(
-            errors_of(&y).contains("longer than 63"),
-            "{}",
-            errors_of(&y)
-        );
     }
 
     #[test]

@@ -88,6 +88,11 @@ pub struct UnknownState {
     pub value: String,
 }
 
+/// A workload's sync state and health from their names (as stored).
+pub fn parse_states(sync: &str, health: &str) -> Result<(SyncState, Health), UnknownState> {
+    Ok((sync.parse()?, health.parse()?))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkloadStatus {

@@ -314,6 +314,15 @@ fn reason<M: Message + std::fmt::Debug>(r: Result<M, Rejection>) -> &'static str
     r.expect_err("should be rejected").reason()
 }
 
+/// Why `bytes` is refused as an `M` signed by `key`.
+fn refused<M: Message + std::fmt::Debug>(
+    bytes: &[u8],
+    key: &PublicKey,
+    e: Expect<'_>,
+) -> &'static str {
+    reason(open::<M>(bytes, key, &e))
+}
+
 #[test]
 fn verification_rejects_with_typed_reasons() {
     let d = dev("pi-line3-01");
@@ -327,11 +336,7 @@ fn verification_rejects_with_typed_reasons() {
     // Wrong key: a forger with its own key.
     let forged = Signer::generate().seal(&desired());
     assert_eq!(
-        reason(open::<DesiredState>(
-            &forged,
-            hub.public(),
-            &Expect::device(&d)
-        )),
+        refused::<DesiredState>(&forged, hub.public(), Expect::device(&d)),
         "unknown_key"
     );
     // Right key id, wrong signature.
@@ -344,38 +349,22 @@ fn verification_rejects_with_typed_reasons() {
         .into_bytes();
     assert_ne!(relabelled, forged);
     assert_eq!(
-        reason(open::<DesiredState>(
-            &relabelled,
-            hub.public(),
-            &Expect::device(&d)
-        )),
+        refused::<DesiredState>(&relabelled, hub.public(), Expect::device(&d)),
         "bad_signature"
     );
     // Another device's document.
     assert_eq!(
-        reason(open::<DesiredState>(
-            &doc,
-            hub.public(),
-            &Expect::device(&dev("pi-other"))
-        )),
+        refused::<DesiredState>(&doc, hub.public(), Expect::device(&dev("pi-other"))),
         "wrong_device"
     );
     // Not strictly newer: equal and older.
     assert_eq!(
-        reason(open::<DesiredState>(
-            &doc,
-            hub.public(),
-            &Expect::device(&d).newer_than(Some(v4))
-        )),
+        refused::<DesiredState>(&doc, hub.public(), Expect::device(&d).newer_than(Some(v4))),
         "stale_revision"
     );
     let v5 = Version { revision: 5, ..v4 };
     assert_eq!(
-        reason(open::<DesiredState>(
-            &doc,
-            hub.public(),
-            &Expect::device(&d).newer_than(Some(v5))
-        )),
+        refused::<DesiredState>(&doc, hub.public(), Expect::device(&d).newer_than(Some(v5))),
         "stale_revision"
     );
     // A newer epoch wins over a higher revision of an older epoch.
@@ -394,31 +383,19 @@ fn verification_rejects_with_typed_reasons() {
     // A status replayed as an event: the type is bound into the signature.
     let st = device_key().seal(&status());
     assert_eq!(
-        reason(open::<Event>(
-            &st,
-            device_key().public(),
-            &Expect::device(&d)
-        )),
+        refused::<Event>(&st, device_key().public(), Expect::device(&d)),
         "wrong_type"
     );
     // Expired command.
     let cmd = hub.seal(&command());
     assert_eq!(
-        reason(open::<Command>(
-            &cmd,
-            hub.public(),
-            &Expect::device(&d).at(1_764_000_500_000)
-        )),
+        refused::<Command>(&cmd, hub.public(), Expect::device(&d).at(1_764_000_500_000)),
         "expired"
     );
     // Oversized.
     let big = vec![b' '; MessageKind::Heartbeat.max_bytes() + 1];
     assert_eq!(
-        reason(open::<Heartbeat>(
-            &big,
-            device_key().public(),
-            &Expect::device(&d)
-        )),
+        refused::<Heartbeat>(&big, device_key().public(), Expect::device(&d)),
         "too_large"
     );
     // Signed but invalid: revision 0.
@@ -427,21 +404,13 @@ fn verification_rejects_with_typed_reasons() {
         ..desired()
     };
     assert_eq!(
-        reason(open::<DesiredState>(
-            &hub.seal(&zero),
-            hub.public(),
-            &Expect::device(&d)
-        )),
+        refused::<DesiredState>(&hub.seal(&zero), hub.public(), Expect::device(&d)),
         "invalid"
     );
     // Signed but not the right shape.
     let junk = hub.seal_bytes(MessageKind::Desired, b"{\"deviceId\":\"pi-line3-01\"}");
     assert_eq!(
-        reason(open::<DesiredState>(
-            &junk,
-            hub.public(),
-            &Expect::device(&d)
-        )),
+        refused::<DesiredState>(&junk, hub.public(), Expect::device(&d)),
         "malformed"
     );
 }
@@ -495,11 +464,7 @@ fn ack_validation_and_bounds() {
         ..ack()
     };
     assert_eq!(
-        reason(open::<Ack>(
-            &hub.seal(&empty),
-            hub.public(),
-            &Expect::device(&d)
-        )),
+        refused::<Ack>(&hub.seal(&empty), hub.public(), Expect::device(&d)),
         "invalid"
     );
     let bad_id = Ack {
@@ -516,25 +481,21 @@ fn ack_validation_and_bounds() {
     .unwrap();
     let env = hub.seal_bytes(MessageKind::Ack, &payload);
     assert_eq!(
-        reason(open::<Ack>(&env, hub.public(), &Expect::device(&d))),
+        refused::<Ack>(&env, hub.public(), Expect::device(&d)),
         "malformed"
     );
     // A device's own key cannot acknowledge anything.
     assert_eq!(
-        reason(open::<Ack>(
-            &device_key().seal(&ack()),
-            hub.public(),
-            &Expect::device(&d)
-        )),
+        refused::<Ack>(&device_key().seal(&ack()), hub.public(), Expect::device(&d)),
         "unknown_key"
     );
     // Another device's acknowledgement is not ours.
     assert_eq!(
-        reason(open::<Ack>(
+        refused::<Ack>(
             &hub.seal(&ack()),
             hub.public(),
-            &Expect::device(&dev("pi-other"))
-        )),
+            Expect::device(&dev("pi-other"))
+        ),
         "wrong_device"
     );
 }

@@ -52,6 +52,21 @@ impl Agent {
         Self::enroll_with(hub, labels, AgentOptions::default()).await
     }
 
+    /// Enrolls device `id` with `labels` and starts it.
+    pub async fn enroll_and_start(hub: &Hub, id: &str, labels: &[(&str, &str)]) -> Self {
+        let mut agent = Self::enroll_with(
+            hub,
+            labels,
+            AgentOptions {
+                device_id: Some(id.into()),
+                ..Default::default()
+            },
+        )
+        .await;
+        agent.start().await;
+        agent
+    }
+
     pub async fn enroll_with(hub: &Hub, labels: &[(&str, &str)], opts: AgentOptions) -> Self {
         install_crypto();
         let tmp = tempfile::tempdir().expect("tempdir");
@@ -212,6 +227,15 @@ impl Agent {
             (self.metric("edgefleet_agent_mqtt_connected").await == want).then_some(())
         })
         .await;
+    }
+
+    /// Starts the agent, waits for its session, then cuts `uplink` and
+    /// waits until the agent noticed.
+    pub async fn start_then_cut(&mut self, uplink: &Uplink) {
+        self.start().await;
+        self.wait_uplink(true).await;
+        uplink.set_down(true);
+        self.wait_uplink(false).await;
     }
 
     /// `POST /v1/events` with a JSON body; returns status and JSON answer.

@@ -248,6 +248,41 @@ impl Admin {
         path
     }
 
+    /// Waits until the object exists (`present`) or is gone.
+    pub async fn wait_for(
+        &self,
+        present: bool,
+        (api_version, kind): (&str, &str),
+        ns: Option<&str>,
+        name: &str,
+    ) {
+        let what = format!("{kind} {name} {}", if present { "present" } else { "gone" });
+        crate::eventually(&what, T, || async {
+            let found = self.get(api_version, kind, ns, name).await.is_some();
+            (found == present).then_some(())
+        })
+        .await;
+    }
+
+    /// (name, node) of the Running pods of `ns`.
+    pub async fn running_pods(&self, ns: &str) -> Vec<(String, String)> {
+        let list = self
+            .api("v1", "Pod", Some(ns))
+            .list(&Default::default())
+            .await
+            .expect("list pods");
+        list.items
+            .iter()
+            .filter(|p| p.data["status"]["phase"] == "Running")
+            .map(|p| {
+                (
+                    p.metadata.name.clone().unwrap_or_default(),
+                    p.data["spec"]["nodeName"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect()
+    }
+
     /// Mutating requests (create, update, patch, delete) the agent's
     /// ServiceAccount made so far, by verb, from the API server's audit log.
     pub fn agent_mutations(&self) -> BTreeMap<String, u64> {

@@ -1,6 +1,6 @@
 //! Shared support for the end-to-end suites in `tests/tests/`, written so a
-//! test reads like the scenario: start a hub, an agent, a broker, a
-//! Kubernetes API stand-in; kill them; wait for conditions with deadlines.
+//! test reads like the scenario: start a hub, an agent, a broker, a real
+//! Kubernetes control plane; kill them; wait for conditions with deadlines.
 //! Never shipped.
 //!
 //! The suites run the real `cloudcore` and `edge-agent` binaries that
@@ -10,8 +10,8 @@ pub mod agent;
 pub mod bench;
 pub mod control_plane;
 pub mod device;
+pub mod fixtures;
 pub mod hub;
-pub mod kube_standin;
 pub mod mosquitto;
 pub mod netns;
 pub mod process;
@@ -74,4 +74,22 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("bind 127.0.0.1:0")
+}
+
+/// Two `#[tokio::test]`s running one scenario, against the hub's embedded
+/// broker and against mosquitto: `on_both_brokers!(scenario, (embedded_arg,
+/// mosquitto_arg) => test_embedded, test_mosquitto);`
+#[macro_export]
+macro_rules! on_both_brokers {
+    ($scenario:ident, ($embedded:expr, $mosquitto:expr) => $e_test:ident, $m_test:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $e_test() {
+            $scenario($embedded).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $m_test() {
+            $scenario($mosquitto).await;
+        }
+    };
 }

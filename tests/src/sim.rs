@@ -513,14 +513,11 @@ impl DeviceTask {
                             at_ms: edgefleet_protocol::now_ms(),
                         });
                         self.publish(client, Channel::Presence, offline);
-                        let _ = client.try_disconnect();
-                        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                            while let Ok(ev) = eventloop.poll().await {
-                                if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
-                                    break;
-                                }
-                            }
-                        })
+                        edgefleet_daemon::mqtt::disconnect(
+                            client,
+                            &mut eventloop,
+                            Duration::from_secs(2),
+                        )
                         .await;
                     }
                     return next;

@@ -12,76 +12,22 @@ use edgefleet_tests::agent::{Agent, AgentOptions};
 use edgefleet_tests::control_plane::{Admin, ControlPlane, Shared};
 use edgefleet_tests::device::{MqttDevice, host_port};
 use edgefleet_tests::eventually;
+use edgefleet_tests::fixtures::site;
 use edgefleet_tests::hub::Hub;
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(60);
 
-/// The site's workload in namespace `ns`: a Deployment of 2 replicas, its
-/// Service and ConfigMap (left out without `with_config`), and a CRD with a
-/// custom resource of it.
-fn deployment(ns: &str, with_config: bool) -> String {
-    let config = if with_config {
-        format!(
-            "\n          - {{apiVersion: v1, kind: ConfigMap, metadata: {{name: web-config, namespace: {ns}}}, data: {{greeting: hello}}}}"
-        )
-    } else {
-        String::new()
-    };
-    format!(
-        r#"
-apiVersion: edgefleet.io/v1
-kind: Deployment
-metadata: {{name: line-3}}
-spec:
-  selector:
-    matchLabels: {{site: plant-3}}
-  workloads:
-    - name: web
-      kubernetes:
-        manifests:
-          - apiVersion: apps/v1
-            kind: Deployment
-            metadata: {{name: web, namespace: {ns}}}
-            spec:
-              replicas: 2
-              selector: {{matchLabels: {{app: web}}}}
-              template:
-                metadata: {{labels: {{app: web}}}}
-                spec:
-                  containers: [{{name: web, image: "nginx:1.27"}}]
-          - apiVersion: v1
-            kind: Service
-            metadata: {{name: web, namespace: {ns}}}
-            spec:
-              selector: {{app: web}}
-              ports: [{{port: 80, targetPort: 80}}]{config}
-          - apiVersion: {ns}.example.edgefleet.io/v1
-            kind: Sensor
-            metadata: {{name: vibration, namespace: {ns}}}
-            spec: {{rateHz: 100}}
-          - apiVersion: apiextensions.k8s.io/v1
-            kind: CustomResourceDefinition
-            metadata: {{name: sensors.{ns}.example.edgefleet.io}}
-            spec:
-              group: {ns}.example.edgefleet.io
-              scope: Namespaced
-              names: {{plural: sensors, singular: sensor, kind: Sensor}}
-              versions:
-                - name: v1
-                  served: true
-                  storage: true
-                  schema:
-                    openAPIV3Schema:
-                      type: object
-                      properties:
-                        spec: {{type: object, properties: {{rateHz: {{type: integer}}}}}}
-"#
-    )
-}
-
 /// A hub and an agent labelled `site=plant-3` whose K3s is `admin`'s
 /// cluster, reached as the install script's ServiceAccount.
+/// [`hub_and_agent`] on the test binary's shared control plane; `None`
+/// after a loud skip when it is not built.
+async fn on_shared_cluster(id: &str) -> Option<(Admin, Hub, Agent)> {
+    let admin = Shared::get()?.admin().await;
+    let (hub, agent) = hub_and_agent(&admin, id).await;
+    Some((admin, hub, agent))
+}
+
 async fn hub_and_agent(admin: &Admin, id: &str) -> (Hub, Agent) {
     edgefleet_tests::agent::install_crypto();
     let hub = Hub::start().await;
@@ -100,23 +46,19 @@ async fn hub_and_agent(admin: &Admin, id: &str) -> (Hub, Agent) {
     (hub, agent)
 }
 
-/// The Running pods of `ns` and the nodes they are on.
-async fn running_pods(admin: &Admin, ns: &str) -> Vec<(String, String)> {
-    let list = admin
-        .api("v1", "Pod", Some(ns))
-        .list(&Default::default())
-        .await
-        .expect("list pods");
-    list.items
-        .iter()
-        .filter(|p| p.data["status"]["phase"] == "Running")
-        .map(|p| {
-            (
-                p.metadata.name.clone().unwrap_or_default(),
-                p.data["spec"]["nodeName"].as_str().unwrap_or("").to_owned(),
-            )
-        })
-        .collect()
+/// Waits until the agent counted at least `n` rejections of each reason.
+async fn rejected_at_least(agent: &Agent, counts: &[(&str, f64)]) {
+    eventually("rejections counted", T, || async {
+        let m = agent.metrics().await;
+        counts
+            .iter()
+            .all(|(r, n)| {
+                let series = format!("edgefleet_agent_messages_rejected_total{{reason=\"{r}\"}}");
+                edgefleet_tests::hub::metric_value(&m, &series) >= *n
+            })
+            .then_some(())
+    })
+    .await;
 }
 
 async fn hub_healthy(hub: &Hub, generation: u64) {
@@ -144,13 +86,13 @@ async fn deploy_to_ready_prune_drift_and_quiet_restart() {
     let admin = cp.admin().await;
     let ns = "plant";
     let (hub, mut agent) = hub_and_agent(&admin, "pi-deploy").await;
-    let (code, body) = hub.put_deployment("line-3", &deployment(ns, true)).await;
+    let (code, body) = hub.put_deployment("line-3", &site(ns, true)).await;
     assert!(code < 300, "put deployment: {code} {body}");
 
     // Through the real controllers and kwok: 2 pods Running, the hub shows
     // the deployment ready and healthy.
     hub_healthy(&hub, 1).await;
-    let pods = running_pods(&admin, ns).await;
+    let pods = admin.running_pods(ns).await;
     assert_eq!(pods.len(), 2, "{pods:?}");
     assert!(
         pods.iter().all(|(_, node)| node.starts_with("pi-node-")),
@@ -199,13 +141,9 @@ async fn deploy_to_ready_prune_drift_and_quiet_restart() {
         .delete("web", &Default::default())
         .await
         .expect("delete service");
-    eventually("deleted object restored", T, || async {
-        admin
-            .get("v1", "Service", Some(ns), "web")
-            .await
-            .map(|_| ())
-    })
-    .await;
+    admin
+        .wait_for(true, ("v1", "Service"), Some(ns), "web")
+        .await;
     assert!(agent.metric("edgefleet_agent_kube_drift_total").await >= 1.0);
 
     // Prune: drop the ConfigMap; a foreign object stays untouched.
@@ -218,22 +156,14 @@ async fn deploy_to_ready_prune_drift_and_quiet_restart() {
         )
         .await
         .expect("foreign object");
-    let (code, _) = hub.put_deployment("line-3", &deployment(ns, false)).await;
+    let (code, _) = hub.put_deployment("line-3", &site(ns, false)).await;
     assert!(code < 300);
-    eventually("ConfigMap pruned", T, || async {
-        admin
-            .get("v1", "ConfigMap", Some(ns), "web-config")
-            .await
-            .is_none()
-            .then_some(())
-    })
-    .await;
-    assert!(
-        admin
-            .get("v1", "ConfigMap", Some(ns), "not-ours")
-            .await
-            .is_some()
-    );
+    admin
+        .wait_for(false, ("v1", "ConfigMap"), Some(ns), "web-config")
+        .await;
+    admin
+        .wait_for(true, ("v1", "ConfigMap"), Some(ns), "not-ours")
+        .await;
     hub_healthy(&hub, 2).await;
 
     // Restart with unchanged desired state: not one mutating request, as
@@ -262,20 +192,12 @@ async fn deploy_to_ready_prune_drift_and_quiet_restart() {
         .api(reqwest::Method::DELETE, "/deployments/line-3", None)
         .await;
     assert!(code < 300, "delete deployment: {code}");
-    eventually("Deployment pruned", T, || async {
-        admin
-            .get("apps/v1", "Deployment", Some(ns), "web")
-            .await
-            .is_none()
-            .then_some(())
-    })
-    .await;
-    assert!(
-        admin
-            .get("v1", "ConfigMap", Some(ns), "not-ours")
-            .await
-            .is_some()
-    );
+    admin
+        .wait_for(false, ("apps/v1", "Deployment"), Some(ns), "web")
+        .await;
+    admin
+        .wait_for(true, ("v1", "ConfigMap"), Some(ns), "not-ours")
+        .await;
     agent.kill().await;
 }
 
@@ -283,11 +205,9 @@ async fn deploy_to_ready_prune_drift_and_quiet_restart() {
 /// device's other workload keeps going.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_object_fails_its_workload_only() {
-    let Some(shared) = Shared::get() else {
+    let Some((admin, hub, mut agent)) = on_shared_cluster("pi-reject").await else {
         return;
     };
-    let admin = shared.admin().await;
-    let (hub, mut agent) = hub_and_agent(&admin, "pi-reject").await;
     let yaml = r#"
 apiVersion: edgefleet.io/v1
 kind: Deployment
@@ -338,25 +258,18 @@ spec:
         msg.contains("422") && msg.contains("replicas"),
         "the server's message: {msg}"
     );
-    assert!(
-        admin
-            .get("v1", "ConfigMap", Some("reject"), "fine")
-            .await
-            .is_some()
-    );
+    admin
+        .wait_for(true, ("v1", "ConfigMap"), Some("reject"), "fine")
+        .await;
     agent.kill().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_desired_documents_are_rejected_and_counted() {
-    let Some(shared) = Shared::get() else {
+    let Some((_admin, hub, mut agent)) = on_shared_cluster("pi-forged").await else {
         return;
     };
-    let admin = shared.admin().await;
-    let (hub, mut agent) = hub_and_agent(&admin, "pi-forged").await;
-    let (code, _) = hub
-        .put_deployment("line-3", &deployment("forged", true))
-        .await;
+    let (code, _) = hub.put_deployment("line-3", &site("forged", true)).await;
     assert!(code < 300);
     let stored = eventually("desired state stored and reconciled", T, || async {
         let st = agent.status().await;
@@ -389,17 +302,7 @@ async fn forged_desired_documents_are_rejected_and_counted() {
         .publish(&topic, other_key.seal_bytes(MessageKind::Desired, b"{}"))
         .await;
 
-    eventually("rejections counted", T, || async {
-        let m = agent.metrics().await;
-        let v = |r: &str| {
-            edgefleet_tests::hub::metric_value(
-                &m,
-                &format!("edgefleet_agent_messages_rejected_total{{reason=\"{r}\"}}"),
-            )
-        };
-        (v("unknown_key") >= 2.0 && v("malformed") >= 1.0).then_some(())
-    })
-    .await;
+    rejected_at_least(&agent, &[("unknown_key", 2.0), ("malformed", 1.0)]).await;
     let after = agent.status().await;
     assert_eq!(after["desired"], before["desired"], "stored state changed");
     assert_eq!(
@@ -470,7 +373,7 @@ async fn replayed_hub_documents_are_rejected_and_counted() {
         )
         .await;
     let ns = "replayed";
-    let (code, _) = hub.put_deployment("line-3", &deployment(ns, true)).await;
+    let (code, _) = hub.put_deployment("line-3", &site(ns, true)).await;
     assert!(code < 300);
     let me = Topic::new(DeviceId::new("pi-replay").unwrap(), Channel::Desired).to_string();
     let other = Topic::new(DeviceId::new("pi-other").unwrap(), Channel::Desired).to_string();
@@ -489,7 +392,7 @@ async fn replayed_hub_documents_are_rejected_and_counted() {
             other_doc = Some(payload);
         }
     }
-    let (code, _) = hub.put_deployment("line-3", &deployment(ns, false)).await;
+    let (code, _) = hub.put_deployment("line-3", &site(ns, false)).await;
     assert!(code < 300);
     let revision = eventually("revision 2 stored", T, || async {
         let st = agent.status().await;
@@ -504,30 +407,15 @@ async fn replayed_hub_documents_are_rejected_and_counted() {
             .await
             .expect("publish");
     }
-    eventually("replays counted", T, || async {
-        let m = agent.metrics().await;
-        let v = |r: &str| {
-            edgefleet_tests::hub::metric_value(
-                &m,
-                &format!("edgefleet_agent_messages_rejected_total{{reason=\"{r}\"}}"),
-            )
-        };
-        (v("stale_revision") >= 1.0 && v("wrong_device") >= 1.0).then_some(())
-    })
-    .await;
+    rejected_at_least(&agent, &[("stale_revision", 1.0), ("wrong_device", 1.0)]).await;
     let after = agent.status().await;
     assert_eq!(
         after["desired"], revision["desired"],
         "stored state changed"
     );
-    eventually("revision 2 converged (ConfigMap pruned)", T, || async {
-        admin
-            .get("v1", "ConfigMap", Some(ns), "web-config")
-            .await
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    admin
+        .wait_for(false, ("v1", "ConfigMap"), Some(ns), "web-config")
+        .await;
     task.abort();
     agent.kill().await;
 }

@@ -64,16 +64,7 @@ async fn workload_status(agent: &Agent, name: &str) -> Option<Value> {
 async fn model_is_downloaded_served_and_corruption_fails() {
     edgefleet_tests::agent::install_crypto();
     let hub = Hub::start().await;
-    let mut agent = Agent::enroll_with(
-        &hub,
-        &[("site", "plant-9")],
-        AgentOptions {
-            device_id: Some("pi-infer".into()),
-            ..Default::default()
-        },
-    )
-    .await;
-    agent.start().await;
+    let agent = Agent::enroll_and_start(&hub, "pi-infer", &[("site", "plant-9")]).await;
 
     let model = std::fs::read(models_dir().join("vibration/vibration.onnx")).expect("model");
     let sha = push_model(&hub, "vibration", model).await;

@@ -11,35 +11,11 @@ use std::time::{Duration, Instant};
 use edgefleet_tests::agent::{Agent, AgentOptions, Uplink, install_crypto};
 use edgefleet_tests::control_plane::ControlPlane;
 use edgefleet_tests::eventually;
-use edgefleet_tests::hub::{Hub, HubOptions};
-use edgefleet_tests::mosquitto::Mosquitto;
+use edgefleet_tests::fixtures::{WEB, hub_on_mosquitto};
+use edgefleet_tests::hub::Hub;
 use serde_json::json;
 
 const T: Duration = Duration::from_secs(60);
-
-const DEPLOYMENT: &str = r#"
-apiVersion: edgefleet.io/v1
-kind: Deployment
-metadata: {name: line-3}
-spec:
-  selector:
-    matchLabels: {site: plant-3}
-  workloads:
-    - name: web
-      kubernetes:
-        manifests:
-          - apiVersion: apps/v1
-            kind: Deployment
-            metadata: {name: web, namespace: demo}
-            spec:
-              replicas: 1
-              selector: {matchLabels: {app: web}}
-              template:
-                metadata: {labels: {app: web}}
-                spec:
-                  containers: [{name: web, image: "nginx:1.27"}]
-          - {apiVersion: v1, kind: ConfigMap, metadata: {name: web-config, namespace: demo}, data: {greeting: hello}}
-"#;
 
 fn assert_exactly_once(ids: &[String], expected: &HashSet<String>) {
     let unique: HashSet<&String> = ids.iter().collect();
@@ -51,6 +27,18 @@ fn assert_exactly_once(ids: &[String], expected: &HashSet<String>) {
         "events missing at the hub, e.g. {missing:?}"
     );
     assert_eq!(ids.len(), expected.len());
+}
+
+/// Posts events `<prefix>-0` … `<prefix>-4`; each must be accepted (202).
+async fn post_five(agent: &Agent, prefix: &str, expected: &mut HashSet<String>) {
+    for i in 0..5 {
+        let id = format!("{prefix}-{i}");
+        let (code, _) = agent
+            .post_events(&json!({"id": id, "kind": "app.telemetry", "payload": {"i": i}}))
+            .await;
+        assert_eq!(code, 202);
+        expected.insert(id);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,7 +61,7 @@ async fn offline_reboot_reapplies_stored_state_and_resyncs() {
     )
     .await;
     agent.start().await;
-    let (code, _) = hub.put_deployment("line-3", DEPLOYMENT).await;
+    let (code, _) = hub.put_deployment("line-3", WEB).await;
     assert!(code < 300);
     eventually("hub shows line-3 healthy", T, || async {
         let (_, s) = hub.get("/deployments/line-3/status").await;
@@ -81,14 +69,7 @@ async fn offline_reboot_reapplies_stored_state_and_resyncs() {
     })
     .await;
     let mut expected = HashSet::new();
-    for i in 0..5 {
-        let id = format!("online-{i}");
-        let (code, _) = agent
-            .post_events(&json!({"id": id, "kind": "app.telemetry", "payload": {"i": i}}))
-            .await;
-        assert_eq!(code, 202);
-        expected.insert(id);
-    }
+    post_five(&agent, "online", &mut expected).await;
     eventually("online events at the hub", T, || async {
         (hub.event_ids("pi-offline").await.len() == 5).then_some(())
     })
@@ -125,14 +106,7 @@ async fn offline_reboot_reapplies_stored_state_and_resyncs() {
         elapsed < Duration::from_secs(2),
         "re-apply took {elapsed:?} after the API server was ready"
     );
-    for i in 0..5 {
-        let id = format!("offline-{i}");
-        let (code, _) = agent
-            .post_events(&json!({"id": id, "kind": "app.telemetry", "payload": {"i": i}}))
-            .await;
-        assert_eq!(code, 202);
-        expected.insert(id);
-    }
+    post_five(&agent, "offline", &mut expected).await;
 
     // Uplink back: status flows again, events arrive exactly once.
     hub.restart().await;
@@ -166,10 +140,7 @@ async fn outbox_burst(hub: &Hub, broker_url: &str) {
         },
     )
     .await;
-    agent.start().await;
-    agent.wait_uplink(true).await;
-    uplink.set_down(true);
-    agent.wait_uplink(false).await;
+    agent.start_then_cut(&uplink).await;
 
     // Four posters; each retries an event until it gets 202 (a kill may
     // cut a request whose commit did or did not happen: the hub dedups).
@@ -237,15 +208,9 @@ async fn outbox_burst(hub: &Hub, broker_url: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbox_burst_through_mosquitto() {
-    install_crypto();
-    let Some(broker) = Mosquitto::start().await else {
+    let Some((broker, hub)) = hub_on_mosquitto().await else {
         return;
     };
-    let hub = Hub::start_with(HubOptions {
-        external_broker: Some(broker.url()),
-        ..Default::default()
-    })
-    .await;
     outbox_burst(&hub, &broker.url()).await;
 }
 

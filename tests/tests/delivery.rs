@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use edgefleet_tests::agent::{Agent, AgentOptions, Uplink, install_crypto};
 use edgefleet_tests::eventually;
-use edgefleet_tests::hub::{Hub, HubOptions};
-use edgefleet_tests::mosquitto::Mosquitto;
+use edgefleet_tests::fixtures::hub_on_mosquitto;
+use edgefleet_tests::hub::Hub;
 use serde_json::{Value, json};
 
 const N: usize = 100_000;
@@ -175,15 +175,9 @@ async fn hub_killed_when_its_broker_acknowledged_everything_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_killed_when_it_acknowledged_everything_loses_nothing() {
-    install_crypto();
-    let Some(mut broker) = Mosquitto::start().await else {
+    let Some((mut broker, hub)) = hub_on_mosquitto().await else {
         return;
     };
-    let hub = Hub::start_with(HubOptions {
-        external_broker: Some(broker.url()),
-        ..Default::default()
-    })
-    .await;
     let (agent, uplink) = agent_behind_uplink(&hub, &broker.url(), "pi-delivery-m", N).await;
     uplink.set_down(true);
     agent.wait_uplink(false).await;

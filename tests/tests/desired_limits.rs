@@ -16,9 +16,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use edgefleet_protocol::{DesiredState, DeviceId, Signer};
-use edgefleet_tests::agent::{Agent, AgentOptions, install_crypto};
+use edgefleet_tests::agent::{Agent, install_crypto};
 use edgefleet_tests::device::{MqttDevice, host_port};
 use edgefleet_tests::eventually;
+use edgefleet_tests::fixtures::hub_on_mosquitto;
 use edgefleet_tests::hub::{Hub, HubOptions};
 use edgefleet_tests::mosquitto::Mosquitto;
 use serde_json::Value;
@@ -119,18 +120,36 @@ impl ReadyWatch {
 }
 
 async fn started(hub: &Hub, id: &str, labels: &[(&str, &str)]) -> Agent {
-    let mut a = Agent::enroll_with(
-        hub,
-        labels,
-        AgentOptions {
-            device_id: Some(id.into()),
-            ..Default::default()
-        },
-    )
-    .await;
-    a.start().await;
+    let a = Agent::enroll_and_start(hub, id, labels).await;
     a.wait_uplink(true).await;
     a
+}
+
+/// Applies `big1` and `big2` (one workload of 3 × 200 KiB each): each fits
+/// a device, both together do not.
+async fn put_big_pair(hub: &Hub) {
+    for name in ["big1", "big2"] {
+        let (code, body) = hub
+            .put_deployment(name, &deployment(name, "{site: plant-3}", 1, 3, 200))
+            .await;
+        assert!(code < 300, "{name}: {body}");
+    }
+}
+
+/// Deletes deployment `name`; the condition on `device` then clears.
+async fn delete_clears_condition(hub: &Hub, name: &str, device: &str) {
+    let (code, _) = hub
+        .api(
+            reqwest::Method::DELETE,
+            &format!("/deployments/{name}"),
+            None,
+        )
+        .await;
+    assert_eq!(code, 204);
+    eventually("condition cleared", T, || async {
+        conditions(hub, device).await.is_empty().then_some(())
+    })
+    .await;
 }
 
 /// The agent holds the hub's current desired revision for it, which is
@@ -174,6 +193,16 @@ async fn wait_condition(hub: &Hub, id: &str, kind: &str) -> String {
             .map(|c| c["message"].as_str().unwrap_or_default().to_owned())
     })
     .await
+}
+
+/// Waits for condition `kind` on `id`; checks its message with `check` and
+/// that `edgectl describe device` shows it with `shown`.
+async fn condition_reported(hub: &Hub, id: &str, kind: &str, check: &str, shown: &str) {
+    let why = wait_condition(hub, id, kind).await;
+    assert!(why.contains(check), "{why}");
+    let (code, out, _) = hub.edgectl(&["describe", "device", id]);
+    assert_eq!(code, 0);
+    assert!(out.contains(kind) && out.contains(shown), "{out}");
 }
 
 async fn an_oversized_combination_is_refused_at_apply(mosquitto: bool) {
@@ -254,17 +283,14 @@ async fn eighty_workloads_are_refused_at_apply_label_change_and_shown_after_enro
     // A device enrolling with both labels is let in and shown why it gets
     // nothing: it can be fixed from the hub, without a visit to the site.
     let late = started(&hub, "pi-late", &[("site", "plant-3"), ("extra", "yes")]).await;
-    let why = wait_condition(&hub, "pi-late", "DesiredTooLarge").await;
-    assert!(
-        why.contains("80 workloads; the limit is 64 (deployments many1, many2)"),
-        "{why}"
-    );
-    let (code, out, _) = hub.edgectl(&["describe", "device", "pi-late"]);
-    assert_eq!(code, 0);
-    assert!(
-        out.contains("DesiredTooLarge") && out.contains("80 workloads"),
-        "{out}"
-    );
+    condition_reported(
+        &hub,
+        "pi-late",
+        "DesiredTooLarge",
+        "80 workloads; the limit is 64 (deployments many1, many2)",
+        "80 workloads",
+    )
+    .await;
     assert_eq!(
         late.metric("edgefleet_agent_desired_accepted_total").await,
         0.0
@@ -272,14 +298,7 @@ async fn eighty_workloads_are_refused_at_apply_label_change_and_shown_after_enro
 
     // Fixing it at the hub clears the condition and the device converges.
     let before = late.metric("edgefleet_agent_desired_revision").await;
-    let (code, _) = hub
-        .api(reqwest::Method::DELETE, "/deployments/many2", None)
-        .await;
-    assert_eq!(code, 204);
-    eventually("condition cleared", T, || async {
-        conditions(&hub, "pi-late").await.is_empty().then_some(())
-    })
-    .await;
+    delete_clears_condition(&hub, "many2", "pi-late").await;
     agent_at_hub_revision_above(&hub, &late, before).await;
 }
 
@@ -293,12 +312,7 @@ async fn the_publisher_alone_withholds_an_oversized_document(mosquitto: bool) {
     let big = started(&hub, "pi-big", &[("site", "plant-3")]).await;
     let other = started(&hub, "pi-other", &[("role", "other")]).await;
     let ready = ReadyWatch::start(&hub);
-    for name in ["big1", "big2"] {
-        let (code, body) = hub
-            .put_deployment(name, &deployment(name, "{site: plant-3}", 1, 3, 200))
-            .await;
-        assert!(code < 300, "{name}: {body}");
-    }
+    put_big_pair(&hub).await;
     let why = wait_condition(&hub, "pi-big", "DesiredTooLarge").await;
     assert!(
         why.starts_with("desired state not issued: the device would receive a desired state of ")
@@ -316,14 +330,7 @@ async fn the_publisher_alone_withholds_an_oversized_document(mosquitto: bool) {
     );
     second_device_keeps_updating(&hub, &other, 1).await;
 
-    let (code, _) = hub
-        .api(reqwest::Method::DELETE, "/deployments/big2", None)
-        .await;
-    assert_eq!(code, 204);
-    eventually("condition cleared", T, || async {
-        conditions(&hub, "pi-big").await.is_empty().then_some(())
-    })
-    .await;
+    delete_clears_condition(&hub, "big2", "pi-big").await;
     assert_eq!(ready.not_ready_polls().await, 0, "/readyz went unready");
 }
 
@@ -340,12 +347,7 @@ async fn the_mqtt_session_drops_an_unsendable_publish_and_recovers(mosquitto: bo
     };
     let big = started(&hub, "pi-big", &[("site", "plant-3")]).await;
     let other = started(&hub, "pi-other", &[("role", "other")]).await;
-    for name in ["big1", "big2"] {
-        let (code, body) = hub
-            .put_deployment(name, &deployment(name, "{site: plant-3}", 1, 3, 200))
-            .await;
-        assert!(code < 300, "{name}: {body}");
-    }
+    put_big_pair(&hub).await;
     let why = wait_condition(&hub, "pi-big", "DesiredTooLarge").await;
     assert!(why.contains("dropped from the hub's MQTT queue"), "{why}");
     assert!(hub.metric("edgefleet_hub_desired_dropped_total").await >= 1.0);
@@ -373,15 +375,9 @@ async fn the_mqtt_session_drops_an_unsendable_publish_and_recovers(mosquitto: bo
 /// the hub shows why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_rejection_shows_at_the_hub_with_its_reason() {
-    install_crypto();
-    let Some(broker) = Mosquitto::start().await else {
+    let Some((broker, hub)) = hub_on_mosquitto().await else {
         return;
     };
-    let hub = Hub::start_with(HubOptions {
-        external_broker: Some(broker.url()),
-        ..Default::default()
-    })
-    .await;
     let dev = started(&hub, "pi-rej", &[("site", "plant-3")]).await;
     for round in 1..=2 {
         let before = dev.metric("edgefleet_agent_desired_revision").await;
@@ -404,17 +400,14 @@ async fn a_device_rejection_shows_at_the_hub_with_its_reason() {
     attacker
         .publish("edgefleet/v1/devices/pi-rej/desired", hub_key.seal(&stale))
         .await;
-    let why = wait_condition(&hub, "pi-rej", "DesiredRejected").await;
-    assert!(
-        why.starts_with("desired revision 1 rejected by device: stale_revision: "),
-        "{why}"
-    );
-    let (code, out, _) = hub.edgectl(&["describe", "device", "pi-rej"]);
-    assert_eq!(code, 0);
-    assert!(
-        out.contains("DesiredRejected") && out.contains("rejected by device: stale_revision"),
-        "{out}"
-    );
+    condition_reported(
+        &hub,
+        "pi-rej",
+        "DesiredRejected",
+        "desired revision 1 rejected by device: stale_revision: ",
+        "rejected by device: stale_revision",
+    )
+    .await;
     // The device kept what it had.
     assert_eq!(
         dev.metric("edgefleet_agent_messages_rejected_total{reason=\"stale_revision\"}")
@@ -424,32 +417,8 @@ async fn a_device_rejection_shows_at_the_hub_with_its_reason() {
     agent_at_hub_revision(&hub, &dev).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_refused_at_apply_embedded() {
-    an_oversized_combination_is_refused_at_apply(false).await;
-}
+edgefleet_tests::on_both_brokers!(an_oversized_combination_is_refused_at_apply, (false, true) => oversized_refused_at_apply_embedded, oversized_refused_at_apply_mosquitto);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_refused_at_apply_mosquitto() {
-    an_oversized_combination_is_refused_at_apply(true).await;
-}
+edgefleet_tests::on_both_brokers!(the_publisher_alone_withholds_an_oversized_document, (false, true) => publisher_withholds_oversized_embedded, publisher_withholds_oversized_mosquitto);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publisher_withholds_oversized_embedded() {
-    the_publisher_alone_withholds_an_oversized_document(false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publisher_withholds_oversized_mosquitto() {
-    the_publisher_alone_withholds_an_oversized_document(true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_drops_unsendable_embedded() {
-    the_mqtt_session_drops_an_unsendable_publish_and_recovers(false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_drops_unsendable_mosquitto() {
-    the_mqtt_session_drops_an_unsendable_publish_and_recovers(true).await;
-}
+edgefleet_tests::on_both_brokers!(the_mqtt_session_drops_an_unsendable_publish_and_recovers, (false, true) => session_drops_unsendable_embedded, session_drops_unsendable_mosquitto);

@@ -71,6 +71,16 @@ async fn all_at_hub_once(hub: &Hub, device: &str, accepted: &HashSet<String>) {
     assert_eq!(&unique, accepted, "the hub holds exactly what got 202");
 }
 
+async fn pressure_cleared(hub: &Hub, device: &str) {
+    eventually("DiskPressure cleared at the hub", T, || async {
+        condition(hub, device, "DiskPressure")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_never_fills_its_disk_and_drains_when_the_uplink_returns() {
     install_crypto();
@@ -147,13 +157,7 @@ async fn the_agent_never_fills_its_disk_and_drains_when_the_uplink_returns() {
         (disk.space().0 >= DISK / 2).then_some(())
     })
     .await;
-    eventually("DiskPressure cleared at the hub", T, || async {
-        condition(&hub, "pi-sd", "DiskPressure")
-            .await
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    pressure_cleared(&hub, "pi-sd").await;
     eprintln!("free after the drain: {} bytes", disk.space().0);
     let (code, _) = agent.post_events(&event("after")).await;
     assert_eq!(code, 202, "events are taken again");
@@ -228,13 +232,7 @@ async fn a_disk_filled_by_another_process_does_not_wedge_the_agent() {
         (agent.metric("edgefleet_agent_outbox_depth").await == 0.0).then_some(())
     })
     .await;
-    eventually("DiskPressure cleared at the hub", T, || async {
-        condition(&hub, "pi-full", "DiskPressure")
-            .await
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    pressure_cleared(&hub, "pi-full").await;
     let (code, _) = agent.post_events(&event("after")).await;
     assert_eq!(code, 202);
 }

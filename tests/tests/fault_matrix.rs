@@ -57,28 +57,11 @@ async fn start_hub(broker: Broker) -> Option<(Hub, Option<Mosquitto>)> {
 /// A Deployment `name` for `site=plant-3` whose one Kubernetes workload is
 /// one ConfigMap per entry of `configmaps`, each with `data: {v: value}`.
 fn deployment(name: &str, configmaps: &[String], value: &str) -> String {
-    let manifests: String = configmaps
+    let maps: Vec<(&str, &str, &str)> = configmaps
         .iter()
-        .map(|cm| {
-            format!(
-                "\n          - {{apiVersion: v1, kind: ConfigMap, metadata: {{name: {cm}, namespace: demo}}, data: {{v: \"{value}\"}}}}"
-            )
-        })
+        .map(|cm| (cm.as_str(), "v", value))
         .collect();
-    format!(
-        r#"
-apiVersion: edgefleet.io/v1
-kind: Deployment
-metadata: {{name: {name}}}
-spec:
-  selector:
-    matchLabels: {{site: plant-3}}
-  workloads:
-    - name: cfg
-      kubernetes:
-        manifests:{manifests}
-"#
-    )
+    edgefleet_tests::fixtures::configmaps(name, ("site", "plant-3"), "cfg", "demo", &maps)
 }
 
 /// A device's own K3s: a real API server (on kine/SQLite; no controllers
@@ -295,15 +278,7 @@ async fn broker_restart_mid_rollout(broker: Broker) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_restart_mid_rollout_embedded() {
-    broker_restart_mid_rollout(Broker::Embedded).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_restart_mid_rollout_mosquitto() {
-    broker_restart_mid_rollout(Broker::Mosquitto).await;
-}
+edgefleet_tests::on_both_brokers!(broker_restart_mid_rollout, (Broker::Embedded, Broker::Mosquitto) => broker_restart_mid_rollout_embedded, broker_restart_mid_rollout_mosquitto);
 
 /// A device enrolled just before a broker crash first connects after it.
 /// The broker lost its retained documents (mosquitto SIGKILLed before it
@@ -347,18 +322,10 @@ async fn late_device_after_broker_crash(broker: Broker) {
     agent.kill().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn late_device_after_broker_crash_embedded() {
-    late_device_after_broker_crash(Broker::Embedded).await;
-}
-
-/// After reconnecting to a mosquitto that lost its state
-/// (`session_present=false`), the hub must republish every stored document,
-/// not only those it never handed to the broker.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn late_device_after_broker_crash_mosquitto() {
-    late_device_after_broker_crash(Broker::Mosquitto).await;
-}
+// After reconnecting to a mosquitto that lost its state
+// (`session_present=false`), the hub must republish every stored document,
+// not only those it never handed to the broker.
+edgefleet_tests::on_both_brokers!(late_device_after_broker_crash, (Broker::Embedded, Broker::Mosquitto) => late_device_after_broker_crash_embedded, late_device_after_broker_crash_mosquitto);
 
 // ------------------------------------------------ 2. hub SIGKILL mid-rollout
 
@@ -588,15 +555,7 @@ async fn hub_kill_mid_rollout(broker: Broker) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hub_sigkill_mid_rollout_embedded() {
-    hub_kill_mid_rollout(Broker::Embedded).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hub_sigkill_mid_rollout_mosquitto() {
-    hub_kill_mid_rollout(Broker::Mosquitto).await;
-}
+edgefleet_tests::on_both_brokers!(hub_kill_mid_rollout, (Broker::Embedded, Broker::Mosquitto) => hub_sigkill_mid_rollout_embedded, hub_sigkill_mid_rollout_mosquitto);
 
 // ------------------------------------------------ 4. agent SIGKILLed 20 times
 
@@ -781,15 +740,7 @@ async fn agent_killed_repeatedly(broker: Broker) {
     assert_eq!(integrity_check(&agent), "ok");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_sigkilled_20_times_embedded() {
-    agent_killed_repeatedly(Broker::Embedded).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_sigkilled_20_times_mosquitto() {
-    agent_killed_repeatedly(Broker::Mosquitto).await;
-}
+edgefleet_tests::on_both_brokers!(agent_killed_repeatedly, (Broker::Embedded, Broker::Mosquitto) => agent_sigkilled_20_times_embedded, agent_sigkilled_20_times_mosquitto);
 
 // ------------------------------------------------ 5. slow / unreachable K3s API
 
@@ -961,12 +912,4 @@ async fn slow_kube_api(broker: Broker) {
     agent.kill().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_and_unreachable_kube_api_embedded() {
-    slow_kube_api(Broker::Embedded).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_and_unreachable_kube_api_mosquitto() {
-    slow_kube_api(Broker::Mosquitto).await;
-}
+edgefleet_tests::on_both_brokers!(slow_kube_api, (Broker::Embedded, Broker::Mosquitto) => slow_and_unreachable_kube_api_embedded, slow_and_unreachable_kube_api_mosquitto);

@@ -14,6 +14,7 @@ use std::time::Duration;
 use edgefleet_tests::agent::{Agent, AgentOptions, install_crypto};
 use edgefleet_tests::control_plane::ControlPlane;
 use edgefleet_tests::eventually;
+use edgefleet_tests::fixtures::configmaps;
 use edgefleet_tests::hub::{Hub, HubOptions};
 use edgefleet_tests::mosquitto::Mosquitto;
 use edgefleet_tests::netns::NetNs;
@@ -22,20 +23,12 @@ use serde_json::{Value, json};
 const T: Duration = Duration::from_secs(40);
 
 fn deployment(value: &str) -> String {
-    format!(
-        r#"
-apiVersion: edgefleet.io/v1
-kind: Deployment
-metadata: {{name: cut}}
-spec:
-  selector:
-    matchLabels: {{site: plant-3}}
-  workloads:
-    - name: cfg
-      kubernetes:
-        manifests:
-          - {{apiVersion: v1, kind: ConfigMap, metadata: {{name: cut-cm, namespace: demo}}, data: {{v: "{value}"}}}}
-"#
+    configmaps(
+        "cut",
+        ("site", "plant-3"),
+        "cfg",
+        "demo",
+        &[("cut-cm", "v", value)],
     )
 }
 

@@ -4,26 +4,19 @@
 
 use std::time::Duration;
 
+use edgefleet_tests::fixtures::configmaps;
 use edgefleet_tests::hub::{Hub, metric_value};
 use edgefleet_tests::sim::{Counters, Fleet, SimOptions};
 
 const DEVICES: usize = 50;
 
 fn deployment(content: &str) -> String {
-    format!(
-        r#"
-apiVersion: edgefleet.io/v1
-kind: Deployment
-metadata: {{name: sim-config}}
-spec:
-  selector:
-    matchLabels: {{fleet: sim}}
-  workloads:
-    - name: config
-      kubernetes:
-        manifests:
-          - {{apiVersion: v1, kind: ConfigMap, metadata: {{name: sim-config, namespace: sim}}, data: {{content: "{content}"}}}}
-"#
+    configmaps(
+        "sim-config",
+        ("fleet", "sim"),
+        "config",
+        "sim",
+        &[("sim-config", "content", content)],
     )
 }
 

@@ -7,23 +7,21 @@ use std::time::Duration;
 use edgefleet_protocol::sign::Expect;
 use edgefleet_protocol::{Channel, DesiredState, PublicKey, Signer, open};
 use edgefleet_tests::device::MqttDevice;
+use edgefleet_tests::fixtures::configmaps;
 use edgefleet_tests::hub::{Hub, HubOptions};
 use edgefleet_tests::mosquitto::Mosquitto;
 use reqwest::Method;
 
-const DEPLOYMENT: &str = r#"
-apiVersion: edgefleet.io/v1
-kind: Deployment
-metadata: {name: line-3}
-spec:
-  selector:
-    matchLabels: {site: plant-3}
-  workloads:
-    - name: web
-      kubernetes:
-        manifests:
-          - {apiVersion: v1, kind: ConfigMap, metadata: {name: web-config, namespace: demo}, data: {greeting: hello}}
-"#;
+/// One ConfigMap in namespace `demo` for `site=plant-3`.
+fn deployment() -> String {
+    configmaps(
+        "line-3",
+        ("site", "plant-3"),
+        "web",
+        "demo",
+        &[("web-config", "greeting", "hello")],
+    )
+}
 
 async fn hub_key(hub: &Hub) -> PublicKey {
     let (code, v) = hub.get("/hub/key").await;
@@ -47,8 +45,13 @@ async fn next_desired(dev: &mut MqttDevice, key: &PublicKey) -> (DesiredState, b
     }
 }
 
-async fn desired_flow(external: Option<&Mosquitto>) {
-    let mut hub = Hub::start_with(HubOptions {
+/// A hub (on `external`, else its embedded broker), its key, and device
+/// `id` enrolled with label site=plant-3 (and its key).
+async fn hub_and_device(
+    external: Option<&Mosquitto>,
+    id: &str,
+) -> (Hub, PublicKey, Signer, edgefleet_protocol::EnrollResponse) {
+    let hub = Hub::start_with(HubOptions {
         external_broker: external.map(Mosquitto::url),
         ..Default::default()
     })
@@ -56,13 +59,18 @@ async fn desired_flow(external: Option<&Mosquitto>) {
     let key = hub_key(&hub).await;
     let device_key = Signer::generate();
     let enrolled = hub
-        .enroll(&device_key, Some("pi-1"), &[("site", "plant-3")])
+        .enroll(&device_key, Some(id), &[("site", "plant-3")])
         .await;
+    (hub, key, device_key, enrolled)
+}
+
+async fn desired_flow(external: Option<&Mosquitto>) {
+    let (mut hub, key, _device_key, enrolled) = hub_and_device(external, "pi-1").await;
     assert_eq!(enrolled.device_id.as_str(), "pi-1");
     assert_eq!(enrolled.hub_public_key, key.to_base64());
     let mut dev = MqttDevice::connect(&enrolled).await;
 
-    let (code, body) = hub.put_deployment("line-3", DEPLOYMENT).await;
+    let (code, body) = hub.put_deployment("line-3", &deployment()).await;
     assert_eq!(code, 201, "{body}");
     let (doc, _) = next_desired(&mut dev, &key).await;
     assert_eq!(doc.revision, 1);
@@ -82,7 +90,7 @@ async fn desired_flow(external: Option<&Mosquitto>) {
     assert_eq!(doc.revision, 1);
 
     // Applying the same manifest again changes nothing.
-    let (code, _) = hub.put_deployment("line-3", DEPLOYMENT).await;
+    let (code, _) = hub.put_deployment("line-3", &deployment()).await;
     assert_eq!(code, 200);
 
     // Relabel out of the selector: revision 2, no workloads.
@@ -238,16 +246,7 @@ async fn event_burst_larger_than_the_hub_queues_mosquitto() {
     let Some(m) = Mosquitto::start().await else {
         return;
     };
-    let hub = Hub::start_with(HubOptions {
-        external_broker: Some(m.url()),
-        ..Default::default()
-    })
-    .await;
-    let key = hub_key(&hub).await;
-    let device_key = Signer::generate();
-    let enrolled = hub
-        .enroll(&device_key, Some("pi-burst"), &[("site", "plant-3")])
-        .await;
+    let (hub, key, device_key, enrolled) = hub_and_device(Some(&m), "pi-burst").await;
     let mut dev = MqttDevice::connect(&enrolled).await;
     let topic = dev.topic(Channel::Events);
     let sealed: Vec<Vec<u8>> = (0..N)
@@ -279,7 +278,7 @@ async fn event_burst_larger_than_the_hub_queues_mosquitto() {
         0.0,
         "backlog left after the burst"
     );
-    let (code, body) = hub.put_deployment("line-3", DEPLOYMENT).await;
+    let (code, body) = hub.put_deployment("line-3", &deployment()).await;
     assert_eq!(code, 201, "{body}");
     let (doc, _) = next_desired(&mut dev, &key).await;
     assert_eq!(doc.revision, 1, "the hub publishes after the burst");

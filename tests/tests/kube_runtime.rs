@@ -59,11 +59,47 @@ macro_rules! env_or_skip {
             None => return Ok(()),
         }
     };
+    // The environment and a fresh namespace named after `$prefix`.
+    ($prefix:literal) => {
+        (env_or_skip!(), fresh($prefix))
+    };
+}
+
+/// A test running one of `scenarios` in a fresh namespace `ns`.
+macro_rules! scenario {
+    ($test:ident, $prefix:literal, |$e:ident, $ns:ident| $body:expr) => {
+        #[tokio::test]
+        async fn $test() -> Result<()> {
+            let ($e, $ns) = env_or_skip!($prefix);
+            $body.await
+        }
+    };
 }
 
 fn key(m: &Value) -> ObjectKey {
     ObjectKey::from_manifest(m).expect("key")
 }
+
+// The scenarios the real-cluster suite (kube_real_cluster.rs) runs too.
+scenario!(
+    apply_creates_with_our_field_manager_and_labels,
+    "create",
+    |e, ns| scenarios::apply_creates(&e.rt, &ns)
+);
+scenario!(reapply_of_same_manifest_changes_nothing, "noop", |e, ns| {
+    scenarios::reapply_is_noop(&e.rt, &ns)
+});
+scenario!(
+    changed_fields_update_and_removed_fields_go,
+    "change",
+    |e, ns| scenarios::change_and_remove(&e.rt, &ns)
+);
+scenario!(delete_owned_refuses_a_foreign_object, "foreign", |e, ns| {
+    scenarios::delete_owned_refuses_foreign(&e.rt, &e.admin.client, &ns)
+});
+scenario!(list_owned_returns_only_ours, "list", |e, ns| {
+    scenarios::list_owned_finds_ours(&e.rt, &e.admin.client, &ns)
+});
 
 #[tokio::test]
 async fn server_version_is_the_built_one() -> Result<()> {
@@ -74,27 +110,8 @@ async fn server_version_is_the_built_one() -> Result<()> {
 }
 
 #[tokio::test]
-async fn apply_creates_with_our_field_manager_and_labels() -> Result<()> {
-    let e = env_or_skip!();
-    scenarios::apply_creates(&e.rt, &fresh("create")).await
-}
-
-#[tokio::test]
-async fn reapply_of_same_manifest_changes_nothing() -> Result<()> {
-    let e = env_or_skip!();
-    scenarios::reapply_is_noop(&e.rt, &fresh("noop")).await
-}
-
-#[tokio::test]
-async fn changed_fields_update_and_removed_fields_go() -> Result<()> {
-    let e = env_or_skip!();
-    scenarios::change_and_remove(&e.rt, &fresh("change")).await
-}
-
-#[tokio::test]
 async fn removed_container_and_env_entries_are_removed() -> Result<()> {
-    let e = env_or_skip!();
-    let ns = fresh("entries");
+    let (e, ns) = env_or_skip!("entries");
     let mut dep = deployment(&ns, "web", 0, "a");
     dep["spec"]["template"]["spec"]["containers"] = json!([
         {"name": "app", "image": "app:1", "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]},
@@ -116,15 +133,8 @@ async fn removed_container_and_env_entries_are_removed() -> Result<()> {
 }
 
 #[tokio::test]
-async fn delete_owned_refuses_a_foreign_object() -> Result<()> {
-    let e = env_or_skip!();
-    scenarios::delete_owned_refuses_foreign(&e.rt, &e.admin.client, &fresh("foreign")).await
-}
-
-#[tokio::test]
 async fn delete_checks_the_uid_it_saw() -> Result<()> {
-    let e = env_or_skip!();
-    let ns = fresh("uid");
+    let (e, ns) = env_or_skip!("uid");
     e.rt.apply(WORKLOAD, &configmap(&ns, "c", json!({})))
         .await?;
     let api = scenarios::configmaps(&e.admin.client, &ns);
@@ -149,15 +159,8 @@ async fn delete_checks_the_uid_it_saw() -> Result<()> {
 }
 
 #[tokio::test]
-async fn list_owned_returns_only_ours() -> Result<()> {
-    let e = env_or_skip!();
-    scenarios::list_owned_finds_ours(&e.rt, &e.admin.client, &fresh("list")).await
-}
-
-#[tokio::test]
 async fn namespace_is_auto_created_and_default_namespace_used() -> Result<()> {
-    let e = env_or_skip!();
-    let ns = fresh("auto");
+    let (e, ns) = env_or_skip!("auto");
     e.rt.apply(WORKLOAD, &configmap(&ns, "c", json!({})))
         .await?;
     let created = e.admin.get("v1", "Namespace", None, &ns).await;
@@ -175,8 +178,7 @@ async fn namespace_is_auto_created_and_default_namespace_used() -> Result<()> {
 /// by kwok: no test writes any status.
 #[tokio::test]
 async fn health_follows_the_real_controllers() -> Result<()> {
-    let e = env_or_skip!();
-    let ns = fresh("health");
+    let (e, ns) = env_or_skip!("health");
     let live =
         e.rt.apply(WORKLOAD, &deployment(&ns, "web", 2, "a"))
             .await?;
@@ -188,7 +190,7 @@ async fn health_follows_the_real_controllers() -> Result<()> {
     })
     .await;
     ensure!(healthy.raw["status"]["availableReplicas"] == 2);
-    let pods = running_pods(&e.admin, &ns).await;
+    let pods = e.admin.running_pods(&ns).await;
     ensure!(pods.len() == 2, "pods: {pods:?}");
     // A new spec is not observed at first: progressing, then healthy again.
     let next =
@@ -209,26 +211,9 @@ async fn health_follows_the_real_controllers() -> Result<()> {
     Ok(())
 }
 
-/// (name, node) of the Running pods of `ns`.
-async fn running_pods(admin: &Admin, ns: &str) -> Vec<(String, String)> {
-    let pods = admin.api("v1", "Pod", Some(ns));
-    let list = pods.list(&Default::default()).await.expect("list pods");
-    list.items
-        .iter()
-        .filter(|p| p.data["status"]["phase"] == "Running")
-        .map(|p| {
-            (
-                p.metadata.name.clone().unwrap_or_default(),
-                p.data["spec"]["nodeName"].as_str().unwrap_or("").to_owned(),
-            )
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn daemonset_statefulset_and_job_become_healthy() -> Result<()> {
-    let e = env_or_skip!();
-    let ns = fresh("kinds");
+    let (e, ns) = env_or_skip!("kinds");
     let pod = |name: &str| {
         json!({"metadata": {"labels": {"app": name}},
                "spec": {"containers": [{"name": "c", "image": "registry.k8s.io/pause:3.9"}]}})
@@ -262,7 +247,9 @@ async fn daemonset_statefulset_and_job_become_healthy() -> Result<()> {
         "one pod per fake node: {}",
         ds_live.raw["status"]
     );
-    let nodes: std::collections::BTreeSet<String> = running_pods(&e.admin, &ns)
+    let nodes: std::collections::BTreeSet<String> = e
+        .admin
+        .running_pods(&ns)
         .await
         .into_iter()
         .filter(|(name, _)| name.starts_with("collector"))
@@ -282,8 +269,7 @@ async fn daemonset_statefulset_and_job_become_healthy() -> Result<()> {
 /// is unknown until the CRD is established; the runtime waits for it.
 #[tokio::test]
 async fn a_crd_and_its_custom_resource() -> Result<()> {
-    let e = env_or_skip!();
-    let ns = fresh("crd");
+    let (e, ns) = env_or_skip!("crd");
     let group = format!("{ns}.example.edgefleet.io");
     let crd = json!({
         "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
@@ -329,8 +315,7 @@ async fn a_crd_and_its_custom_resource() -> Result<()> {
 
 #[tokio::test]
 async fn cluster_scoped_objects_and_secrets() -> Result<()> {
-    let e = env_or_skip!();
-    let ns = fresh("cluster");
+    let (e, ns) = env_or_skip!("cluster");
     let namespace = json!({"apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": ns, "namespace": "ignored"}});
     let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
@@ -373,8 +358,7 @@ async fn cluster_scoped_objects_and_secrets() -> Result<()> {
 /// manager keeps the rest. The hub is the source of truth for what it ships.
 #[tokio::test]
 async fn fields_of_another_manager_are_taken_with_force() -> Result<()> {
-    let e = env_or_skip!();
-    let ns = fresh("conflict");
+    let (e, ns) = env_or_skip!("conflict");
     e.rt.apply(WORKLOAD, &configmap(&ns, "seed", json!({})))
         .await?;
     let theirs = configmap(&ns, "shared", json!({"mode": "manual", "owner": "ops"}));
@@ -426,8 +410,7 @@ fn managed_fields(raw: &Value) -> std::collections::BTreeMap<String, String> {
 
 #[tokio::test]
 async fn unknown_kinds_are_permanent_errors() -> Result<()> {
-    let e = env_or_skip!();
-    let ns = fresh("unknown");
+    let (e, ns) = env_or_skip!("unknown");
     for (api_version, kind) in [
         ("example.com/v1", "Widget"),
         ("apps/v1", "Gadget"),
@@ -445,8 +428,7 @@ async fn unknown_kinds_are_permanent_errors() -> Result<()> {
 
 #[tokio::test]
 async fn invalid_manifests_are_refused_with_the_servers_message() -> Result<()> {
-    let e = env_or_skip!();
-    let ns = fresh("invalid");
+    let (e, ns) = env_or_skip!("invalid");
     let cm = configmap(&ns, "c", json!({}));
     let err =
         e.rt.apply("not a label value!", &cm)

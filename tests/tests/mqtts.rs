@@ -12,6 +12,7 @@ use std::time::Duration;
 use edgefleet_tests::agent::{Agent, AgentOptions, install_crypto};
 use edgefleet_tests::control_plane::Shared;
 use edgefleet_tests::eventually;
+use edgefleet_tests::fixtures::configmaps;
 use edgefleet_tests::hub::{Hub, HubOptions};
 use edgefleet_tests::mosquitto::{Mosquitto, TlsFiles};
 use edgefleet_tests::process::{Proc, bin};
@@ -22,20 +23,12 @@ const T: Duration = Duration::from_secs(30);
 
 /// The deployment of the round trip, its ConfigMap in namespace `ns`.
 fn deployment(ns: &str) -> String {
-    format!(
-        r#"
-apiVersion: edgefleet.io/v1
-kind: Deployment
-metadata: {{name: over-tls}}
-spec:
-  selector:
-    matchLabels: {{site: tls}}
-  workloads:
-    - name: config
-      kubernetes:
-        manifests:
-          - {{apiVersion: v1, kind: ConfigMap, metadata: {{name: tls-config, namespace: {ns}}}, data: {{transport: mqtts}}}}
-"#
+    configmaps(
+        "over-tls",
+        ("site", "tls"),
+        "config",
+        ns,
+        &[("tls-config", "transport", "mqtts")],
     )
 }
 

@@ -236,19 +236,10 @@ fn user_name(uid: u32) -> Option<String> {
 }
 
 fn create_state_dir(dir: &std::path::Path) -> Result<(), EnrollError> {
-    use std::os::unix::fs::DirBuilderExt;
-    let err = |source| EnrollError::StateDir {
+    edgefleet_daemon::files::create_private_dir(dir).map_err(|source| EnrollError::StateDir {
         path: dir.to_owned(),
         source,
-    };
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(err)?;
-    }
-    Ok(())
+    })
 }
 
 fn hostname() -> Option<String> {
@@ -274,13 +265,20 @@ mod tests {
 
     const NOBODY: u32 = 65534;
 
+    /// A temp dir for a test that must chown; `None` (said) when not root.
+    fn root_tempdir(test: &str) -> Option<tempfile::TempDir> {
+        if effective_uid() != Some(0) {
+            eprintln!("SKIP {test}: not root, cannot chown");
+            return None;
+        }
+        Some(tempfile::tempdir().unwrap())
+    }
+
     #[test]
     fn root_hands_state_files_to_the_directory_owner() {
-        if effective_uid() != Some(0) {
-            eprintln!("SKIP root_hands_state_files_to_the_directory_owner: not root, cannot chown");
+        let Some(dir) = root_tempdir("root_hands_state_files_to_the_directory_owner") else {
             return;
-        }
-        let dir = tempfile::tempdir().unwrap();
+        };
         // Root owns the directory: nothing to hand over.
         identity::store_broker_password(dir.path(), "pw").unwrap();
         assert_eq!(hand_over(dir.path(), &STATE_FILES).unwrap(), None);
@@ -299,11 +297,9 @@ mod tests {
 
     #[test]
     fn hand_over_leaves_links_targets_alone() {
-        if effective_uid() != Some(0) {
-            eprintln!("SKIP hand_over_leaves_links_targets_alone: not root, cannot chown");
+        let Some(dir) = root_tempdir("hand_over_leaves_links_targets_alone") else {
             return;
-        }
-        let dir = tempfile::tempdir().unwrap();
+        };
         let outside = tempfile::NamedTempFile::new().unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join(identity::HUB_KEY_FILE))
             .unwrap();

@@ -7,7 +7,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use edgefleet_protocol::{Ack, Expect, open};
+use edgefleet_protocol::Ack;
 
 use super::{EXPIRY_EVERY, Session};
 use crate::outbox::Tag;
@@ -16,17 +16,8 @@ impl Session {
     /// The hub committed these messages: delete their rows.
     pub(super) async fn on_ack(&mut self, payload: &[u8]) {
         let shared = self.shared.clone();
-        let ack = match open::<Ack>(
-            payload,
-            &shared.identity.hub_key,
-            &Expect::device(&shared.device),
-        ) {
-            Ok(a) => a,
-            Err(r) => {
-                shared.metrics.reject(r.reason());
-                tracing::warn!(reason = r.reason(), error = %r, "acknowledgement rejected");
-                return;
-            }
+        let Some(ack) = shared.open_from_hub::<Ack>(payload, "acknowledgement") else {
+            return;
         };
         let handed_through = self.inflight.last_row;
         let res = shared

@@ -91,13 +91,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Synchronous;
-
-    fn open_temp() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let (s, _) = Store::open(&dir.path().join("agent.db"), Synchronous::Normal).unwrap();
-        (dir, s)
-    }
+    use crate::store::open_temp;
 
     #[test]
     fn inventory_records_and_forgets_objects() {

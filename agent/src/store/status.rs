@@ -45,25 +45,17 @@ impl Store {
             "SELECT name, sync, health, message, updated_at_ms FROM workload_status ORDER BY name",
         )?;
         let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Option<String>>(3)?,
-                r.get::<_, i64>(4)?,
-            ))
+            <(String, String, String, Option<String>, i64)>::try_from(r)
         })?;
         let mut out = Vec::new();
         for row in rows {
             let (name, sync, health, message, at) = row?;
+            let (sync, health) = edgefleet_protocol::status::parse_states(&sync, &health)
+                .map_err(|e| StoreError::Corrupt(format!("workload_status: {e}")))?;
             out.push(StoredStatus {
                 name,
-                sync: sync
-                    .parse()
-                    .map_err(|e| StoreError::Corrupt(format!("workload_status: {e}")))?,
-                health: health
-                    .parse()
-                    .map_err(|e| StoreError::Corrupt(format!("workload_status: {e}")))?,
+                sync,
+                health,
                 message,
                 updated_at_ms: at as u64,
             });
@@ -75,13 +67,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Synchronous;
-
-    fn open_temp() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let (s, _) = Store::open(&dir.path().join("agent.db"), Synchronous::Normal).unwrap();
-        (dir, s)
-    }
+    use crate::store::open_temp;
 
     #[test]
     fn statuses_replace_each_other() {

@@ -18,20 +18,11 @@ pub async fn list(
 ) -> ApiResult<Json<Page<DeviceRecord>>> {
     let limit = q.limit()?;
     let after = q.continue_token.clone();
-    let mut items = st
+    let items = st
         .store
         .run(move |s| s.list_devices(after.as_deref(), limit + 1))
         .await?;
-    let continue_token = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(|d| d.id.to_string())
-    } else {
-        None
-    };
-    Ok(Json(Page {
-        items,
-        continue_token,
-    }))
+    Ok(super::page(items, limit, |d| d.id.to_string()))
 }
 
 pub async fn get_one(
@@ -168,7 +159,7 @@ pub async fn events(
     }
     .limit()?;
     let id2 = id.clone();
-    let (exists, mut items) = st
+    let (exists, items) = st
         .store
         .run(move |s| {
             Ok((
@@ -180,14 +171,5 @@ pub async fn events(
     if !exists {
         return Err(ApiError::not_found(format_args!("device {id:?}")));
     }
-    let continue_token = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(|e| e.seq.to_string())
-    } else {
-        None
-    };
-    Ok(Json(Page {
-        items,
-        continue_token,
-    }))
+    Ok(super::page(items, limit, |e| e.seq.to_string()))
 }

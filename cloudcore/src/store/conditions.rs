@@ -63,13 +63,7 @@ impl Store {
              WHERE ?1 IS NULL OR device_id = ?1 ORDER BY device_id, type",
         )?;
         let rows = stmt.query_map(params![device], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, i64>(4)?,
-            ))
+            <(String, String, String, i64, i64)>::try_from(r)
         })?;
         let mut out: HashMap<DeviceId, Vec<Condition>> = HashMap::new();
         for row in rows {

@@ -72,15 +72,7 @@ impl Store {
         let mut stmt = conn.prepare(
             "SELECT name, spec, generation, created_ms, updated_ms FROM deployments ORDER BY name",
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, i64>(4)?,
-            ))
-        })?;
+        let rows = stmt.query_map([], |r| <(String, String, i64, i64, i64)>::try_from(r))?;
         let mut out = Vec::new();
         for row in rows {
             let (name, spec, g, c, u) = row?;

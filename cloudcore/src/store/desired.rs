@@ -24,13 +24,7 @@ impl Store {
     pub fn desired_hashes(&self) -> Result<HashMap<DeviceId, (u64, String)>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn.prepare("SELECT device_id, revision, content_hash FROM desired")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?;
+        let rows = stmt.query_map([], |r| <(String, i64, String)>::try_from(r))?;
         let mut out = HashMap::new();
         for row in rows {
             let (id, rev, hash) = row?;
@@ -110,13 +104,7 @@ impl Store {
             "SELECT device_id, revision, envelope FROM desired"
         };
         let mut stmt = conn.prepare(sql)?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, Vec<u8>>(2)?,
-            ))
-        })?;
+        let rows = stmt.query_map([], |r| <(String, i64, Vec<u8>)>::try_from(r))?;
         let mut out = Vec::new();
         for row in rows {
             let (id, rev, env) = row?;

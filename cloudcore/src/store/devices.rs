@@ -215,7 +215,7 @@ impl Store {
     pub fn device_labels(&self) -> Result<Vec<(DeviceId, Labels)>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn.prepare("SELECT id, labels FROM devices ORDER BY id")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let rows = stmt.query_map([], |r| <(String, String)>::try_from(r))?;
         let mut out = Vec::new();
         for row in rows {
             let (id, labels) = row?;

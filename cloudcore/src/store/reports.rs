@@ -194,32 +194,23 @@ impl Store {
              WHERE ?1 IS NULL OR device_id = ?1 ORDER BY device_id, name",
         )?;
         let rows = stmt.query_map(params![device], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, Option<String>>(4)?,
-                r.get::<_, i64>(5)?,
-            ))
+            <(String, String, String, String, Option<String>, i64)>::try_from(r)
         })?;
         let mut out = Vec::new();
         for row in rows {
             let (id, name, sync, health, message, updated) = row?;
-            if let Ok(device_id) = DeviceId::new(id) {
-                out.push(WorkloadStatusRecord {
-                    device_id,
-                    name,
-                    sync: sync
-                        .parse()
-                        .map_err(|e| StoreError::Corrupt(format!("workload_status: {e}")))?,
-                    health: health
-                        .parse()
-                        .map_err(|e| StoreError::Corrupt(format!("workload_status: {e}")))?,
-                    message,
-                    updated_ms: ms(updated),
-                });
-            }
+            let device_id = DeviceId::new(id)
+                .map_err(|e| StoreError::Corrupt(format!("workload_status.device_id: {e}")))?;
+            let (sync, health) = edgefleet_protocol::status::parse_states(&sync, &health)
+                .map_err(|e| StoreError::Corrupt(format!("workload_status: {e}")))?;
+            out.push(WorkloadStatusRecord {
+                device_id,
+                name,
+                sync,
+                health,
+                message,
+                updated_ms: ms(updated),
+            });
         }
         Ok(out)
     }
@@ -237,16 +228,16 @@ impl Store {
              WHERE device_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
         )?;
         let rows = stmt.query_map(params![device, after, limit as i64], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, Option<String>>(4)?,
-                r.get::<_, i64>(5)?,
-                r.get::<_, i64>(6)?,
-                r.get::<_, String>(7)?,
-            ))
+            <(
+                i64,
+                String,
+                String,
+                String,
+                Option<String>,
+                i64,
+                i64,
+                String,
+            )>::try_from(r)
         })?;
         let mut out = Vec::new();
         for row in rows {

@@ -1,6 +1,9 @@
 //! The agent's targets (docs/ARCHITECTURE.md), measured on the real release binaries:
 //! idle RSS/PSS with no model, offline cold start to every stored workload
-//! submitted to the (stand-in) Kubernetes API, and the flush of 10,000 and
+//! submitted to a real Kubernetes API server (kine + kube-apiserver, built
+//! by tests/kube/build.sh): into a running, just reset API server, and
+//! through a reboot where the API server comes up after the agent, side by
+//! side; and the flush of 10,000 and
 //! 100,000 outbox events after the uplink comes back — until the hub stored
 //! them all and until the agent's outbox is empty, every row acknowledged by
 //! the hub — through the embedded broker and mosquitto side by side. Writes
@@ -22,7 +25,6 @@ use anyhow::{Context, ensure};
 use edgefleet_tests::agent::{Agent, AgentOptions, Uplink, install_crypto};
 use edgefleet_tests::control_plane::ControlPlane;
 use edgefleet_tests::hub::{Hub, HubOptions};
-use edgefleet_tests::kube_standin::KubeStandIn;
 use edgefleet_tests::mosquitto::Mosquitto;
 use serde_json::json;
 
@@ -32,48 +34,7 @@ const T: Duration = Duration::from_secs(30);
 const MIB: f64 = 1024.0 * 1024.0;
 
 /// Five objects of four kinds, as a small site deployment would have.
-const DEPLOYMENT: &str = r#"
-apiVersion: edgefleet.io/v1
-kind: Deployment
-metadata: {name: cold}
-spec:
-  selector:
-    matchLabels: {site: bench}
-  workloads:
-    - name: web
-      kubernetes:
-        manifests:
-          - apiVersion: apps/v1
-            kind: Deployment
-            metadata: {name: web, namespace: demo}
-            spec:
-              replicas: 1
-              selector: {matchLabels: {app: web}}
-              template:
-                metadata: {labels: {app: web}}
-                spec:
-                  containers: [{name: web, image: "nginx:1.27"}]
-          - {apiVersion: v1, kind: ConfigMap, metadata: {name: web-config, namespace: demo}, data: {greeting: hello}}
-          - apiVersion: v1
-            kind: Service
-            metadata: {name: web, namespace: demo}
-            spec:
-              selector: {app: web}
-              ports: [{port: 80, targetPort: 80}]
-    - name: collector
-      kubernetes:
-        manifests:
-          - apiVersion: apps/v1
-            kind: DaemonSet
-            metadata: {name: collector, namespace: demo}
-            spec:
-              selector: {matchLabels: {app: collector}}
-              template:
-                metadata: {labels: {app: collector}}
-                spec:
-                  containers: [{name: collector, image: "otel/opentelemetry-collector:0.110.0"}]
-          - {apiVersion: v1, kind: ConfigMap, metadata: {name: collector-config, namespace: demo}, data: {level: info}}
-"#;
+use edgefleet_tests::fixtures::BENCH_SITE as DEPLOYMENT;
 
 /// (apiVersion, kind, namespace, name) of every object in [`DEPLOYMENT`].
 const OBJECTS: &[(&str, &str, &str, &str)] = &[
@@ -176,16 +137,7 @@ struct Idle {
 /// second for `secs` seconds after startup settled.
 async fn idle_rss(secs: u64) -> anyhow::Result<Idle> {
     let hub = Hub::start().await;
-    let mut agent = Agent::enroll_with(
-        &hub,
-        &[("site", "idle")],
-        AgentOptions {
-            device_id: Some("bench-idle".into()),
-            ..Default::default()
-        },
-    )
-    .await;
-    agent.start().await;
+    let mut agent = Agent::enroll_and_start(&hub, "bench-idle", &[("site", "idle")]).await;
     agent.wait_uplink(true).await;
     let pid = agent.proc.pid().context("agent pid")?;
     // Let startup settle (first heartbeat, status report, allocator).
@@ -213,17 +165,22 @@ async fn idle_rss(secs: u64) -> anyhow::Result<Idle> {
     })
 }
 
-/// Polls the stand-in until every object of [`OBJECTS`] exists; the time
-/// since `since` when they all did.
-async fn all_submitted(kube: &KubeStandIn, since: Instant) -> Duration {
+/// Polls the API server until every object of [`OBJECTS`] exists; the
+/// time since `since` when they all did.
+async fn all_submitted(cp: &ControlPlane, since: Instant) -> anyhow::Result<Duration> {
+    let admin = cp.admin().await;
     loop {
-        if OBJECTS
-            .iter()
-            .all(|(v, k, ns, n)| kube.get(v, k, Some(ns), n).is_some())
-        {
-            return since.elapsed();
+        let mut present = true;
+        for (v, k, ns, n) in OBJECTS {
+            if admin.get(v, k, Some(ns), n).await.is_none() {
+                present = false;
+                break;
+            }
         }
-        assert!(
+        if present {
+            return Ok(since.elapsed());
+        }
+        ensure!(
             since.elapsed() < T,
             "stored workloads not re-applied within {T:?}"
         );
@@ -231,47 +188,21 @@ async fn all_submitted(kube: &KubeStandIn, since: Instant) -> Duration {
     }
 }
 
-/// Stored workloads, hub down, K3s reset before every run: spawn to the last
-/// object present in the API, `runs` times.
-async fn cold_start(runs: usize) -> anyhow::Result<Vec<Duration>> {
-    let mut hub = Hub::start().await;
-    let kube = KubeStandIn::start().await;
-    let mut agent = Agent::enroll_with(
-        &hub,
-        &[("site", "bench")],
-        AgentOptions {
-            device_id: Some("bench-cold".into()),
-            kubeconfig: Some(kube.kubeconfig_path().to_owned()),
-            ..Default::default()
-        },
-    )
-    .await;
-    agent.start().await;
-    let (code, body) = hub.put_deployment("cold", DEPLOYMENT).await;
-    ensure!(code < 300, "PUT deployment: {code} {body}");
-    all_submitted(&kube, Instant::now()).await;
-    // Uplink gone for good; every run starts from a reset K3s.
-    hub.kill().await;
-    let mut times = Vec::with_capacity(runs);
-    for run in 0..runs {
-        agent.kill().await;
-        kube.reset();
-        let started = Instant::now();
-        let (_, elapsed) = tokio::join!(agent.start(), all_submitted(&kube, started));
-        eprintln!("bench-agent: cold start {}/{runs}: {elapsed:?}", run + 1);
-        times.push(elapsed);
-    }
-    agent.kill().await;
-    Ok(times)
+/// How an offline cold start meets the device's K3s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ColdStart {
+    /// The API server is up (just reset: datastore wiped); the agent is
+    /// spawned into it. Timed from the spawn.
+    IntoRunningApi,
+    /// A reboot: the agent starts first, the API server (datastore wiped)
+    /// after it. Timed from the API server's first ready `/readyz`.
+    ApiComesUpAfter,
 }
 
-/// The same against a real API server (kine + kube-apiserver, built by
-/// tests/kube/build.sh): every run, the agent and the control plane go down,
-/// the datastore is wiped, the agent starts first (no uplink), then the API
-/// server; timed from the API server's first ready `/readyz` to the last
-/// stored object present. `None` when the control plane is not built.
-async fn cold_start_real(runs: usize) -> anyhow::Result<Option<Vec<Duration>>> {
-    let Some(mut cp) = ControlPlane::start().await else {
+/// Stored workloads, hub down, K3s reset before every run, `runs` times.
+/// `None` when the control plane is not built.
+async fn cold_start(how: ColdStart, runs: usize) -> anyhow::Result<Option<Vec<Duration>>> {
+    let Some(mut cp) = ControlPlane::start_api_only().await else {
         return Ok(None);
     };
     let mut hub = Hub::start().await;
@@ -279,7 +210,13 @@ async fn cold_start_real(runs: usize) -> anyhow::Result<Option<Vec<Duration>>> {
         &hub,
         &[("site", "bench")],
         AgentOptions {
-            device_id: Some("bench-cold-real".into()),
+            device_id: Some(
+                match how {
+                    ColdStart::IntoRunningApi => "bench-cold",
+                    ColdStart::ApiComesUpAfter => "bench-reboot",
+                }
+                .into(),
+            ),
             kubeconfig: Some(cp.kubeconfig()),
             ..Default::default()
         },
@@ -288,37 +225,29 @@ async fn cold_start_real(runs: usize) -> anyhow::Result<Option<Vec<Duration>>> {
     agent.start().await;
     let (code, body) = hub.put_deployment("cold", DEPLOYMENT).await;
     ensure!(code < 300, "PUT deployment: {code} {body}");
-    let all_present = |admin: edgefleet_tests::control_plane::Admin| async move {
-        for (v, k, ns, n) in OBJECTS {
-            if admin.get(v, k, Some(ns), n).await.is_none() {
-                return false;
-            }
-        }
-        true
-    };
-    let admin = cp.admin().await;
-    let t0 = Instant::now();
-    while !all_present(admin.clone()).await {
-        ensure!(t0.elapsed() < T, "first apply took over {T:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    all_submitted(&cp, Instant::now()).await?;
+    // Uplink gone for good; every run starts from a wiped datastore.
     hub.kill().await;
     let mut times = Vec::with_capacity(runs);
     for run in 0..runs {
         agent.kill().await;
         cp.stop().await;
         cp.wipe();
-        agent.start().await;
-        cp.start_api().await;
-        let ready = cp.ready_at();
-        let admin = cp.admin().await;
-        while !all_present(admin.clone()).await {
-            ensure!(ready.elapsed() < T, "not re-applied within {T:?}");
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        let elapsed = ready.elapsed();
+        let elapsed = match how {
+            ColdStart::IntoRunningApi => {
+                cp.start_api().await;
+                let started = Instant::now();
+                agent.start().await;
+                all_submitted(&cp, started).await?
+            }
+            ColdStart::ApiComesUpAfter => {
+                agent.start().await;
+                cp.start_api().await;
+                all_submitted(&cp, cp.ready_at()).await?
+            }
+        };
         eprintln!(
-            "bench-agent: cold start on a real API server {}/{runs}: {elapsed:?}",
+            "bench-agent: cold start {how:?} {}/{runs}: {elapsed:?}",
             run + 1
         );
         times.push(elapsed);
@@ -377,10 +306,7 @@ async fn outbox_flush(
         },
     )
     .await;
-    agent.start().await;
-    agent.wait_uplink(true).await;
-    uplink.set_down(true);
-    agent.wait_uplink(false).await;
+    agent.start_then_cut(&uplink).await;
 
     // Four clients posting batches of 100 events.
     const BATCH: usize = 100;
@@ -457,9 +383,11 @@ async fn main() -> anyhow::Result<()> {
     let args = args()?;
 
     let idle = idle_rss(args.idle_secs).await?;
-    let mut cold = cold_start(args.cold_runs).await?;
+    let mut cold = cold_start(ColdStart::IntoRunningApi, args.cold_runs)
+        .await?
+        .context("the control plane is not built: run tests/kube/build.sh first")?;
     cold.sort_unstable();
-    let mut cold_real = cold_start_real(args.cold_runs).await?;
+    let mut cold_real = cold_start(ColdStart::ApiComesUpAfter, args.cold_runs).await?;
     if let Some(c) = cold_real.as_mut() {
         c.sort_unstable();
     }
@@ -494,7 +422,7 @@ async fn main() -> anyhow::Result<()> {
          | what | measured | target | |\n|---|---|---|---|\n\
          | agent idle RSS, no model (VmRSS, median of {} samples over {} s; min–max) | **{}** ({}–{}) | ≤ 15 MiB | {} |\n\
          | agent idle PSS, same samples | {} ({}–{}) | | |\n\
-         | offline cold start → {} stored objects submitted, hub down, K3s = the API stand-in reset ({} runs; timed from the agent's spawn) | **p50 {}**, max {} | ≤ 300 ms | {} |\n",
+         | offline cold start → {} stored objects submitted, hub down, K3s = a real kube-apiserver on kine/SQLite, up and just reset (datastore wiped) ({} runs; timed from the agent's spawn) | **p50 {}**, max {} | ≤ 300 ms | {} |\n",
         idle.samples,
         args.idle_secs,
         mib(idle.rss.1),
@@ -560,9 +488,10 @@ async fn main() -> anyhow::Result<()> {
     body.push_str(&format!(
         "\nHow: idle = enrolled agent connected to the hub, no workloads, sampled every second \
          from /proc/PID/smaps_rollup after 5 s of settling ({} threads at the end). Cold start = \
-         SIGKILL the agent, reset the Kubernetes API stand-in (tests/src/kube_standin.rs), spawn \
+         SIGKILL the agent, stop the API server, wipe its datastore, start it, spawn \
          `edge-agent run` with the hub down, time until all {} objects of the stored deployment \
-         exist in the API (polled every 1 ms); sorted runs: {}. Outbox = uplink (a TCP proxy) cut, \
+         exist in the API (polled every 1 ms); sorted runs: {}. Offline reboot = the same with \
+         the agent spawned before the API server. Outbox = uplink (a TCP proxy) cut, \
          the events posted to the agent's `POST /v1/events` by 4 clients in batches of 100 (took {}), \
          uplink restored, time until the hub's `events_stored` counter rose by the count and \
          until the agent's `edgefleet_agent_outbox_depth` was 0 (rows leave the outbox only on \

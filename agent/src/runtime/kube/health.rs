@@ -272,84 +272,47 @@ mod tests {
         }))
     }
 
-    #[test]
-    fn deployment_health_follows_rollout() {
-        let (h, m) = health_of(&deploy(3, json!(null)));
-        assert_eq!(h, Health::Progressing, "{m:?}");
-        let (h, m) = health_of(&deploy(3, json!({"observedGeneration": 1})));
-        assert_eq!(h, Health::Progressing);
-        assert!(m.unwrap_or_default().contains("generation 2"));
-        let (h, m) = health_of(&deploy(
-            3,
-            json!({"observedGeneration": 2, "replicas": 3,
-            "updatedReplicas": 3, "availableReplicas": 1}),
-        ));
-        assert_eq!(
-            (h, m.as_deref()),
-            (Health::Progressing, Some("1/3 replicas available"))
-        );
-        let (h, m) = health_of(&deploy(
-            3,
-            json!({"observedGeneration": 2, "replicas": 4,
-            "updatedReplicas": 3, "availableReplicas": 3}),
-        ));
-        assert_eq!(
-            (h, m.as_deref()),
-            (
-                Health::Progressing,
-                Some("1 old replicas pending termination")
-            )
-        );
-        let (h, m) = health_of(&deploy(
-            3,
-            json!({"observedGeneration": 2, "replicas": 3,
-            "updatedReplicas": 3, "availableReplicas": 3, "readyReplicas": 3}),
-        ));
-        assert_eq!((h, m), (Health::Healthy, None));
-        let (h, _) = health_of(&deploy(
-            1,
-            json!({"observedGeneration": 2,
-            "conditions": [{"type": "Progressing", "status": "False",
-                            "reason": "ProgressDeadlineExceeded", "message": "too slow"}]}),
-        ));
-        assert_eq!(h, Health::Degraded);
+    /// `(object, health, message)`; a `None` message is not checked.
+    type Case = (LiveObject, Health, Option<&'static str>);
+
+    fn check(cases: Vec<Case>) {
+        for (obj, want, msg) in cases {
+            let (h, m) = health_of(&obj);
+            assert_eq!(h, want, "{} {m:?}", obj.raw["status"]);
+            if let Some(msg) = msg {
+                assert_eq!(m.as_deref(), Some(msg), "{}", obj.raw["status"]);
+            }
+        }
     }
 
     #[test]
+    #[rustfmt::skip]
+    fn deployment_health_follows_rollout() {
+        let (h, m) = health_of(&deploy(3, json!({"observedGeneration": 1})));
+        assert_eq!(h, Health::Progressing);
+        assert!(m.unwrap_or_default().contains("generation 2"));
+        let deadline = json!([{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "too slow"}]);
+        check(vec![
+            (deploy(3, json!(null)), Health::Progressing, None),
+            (deploy(3, json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 1})), Health::Progressing, Some("1/3 replicas available")),
+            (deploy(3, json!({"observedGeneration": 2, "replicas": 4, "updatedReplicas": 3, "availableReplicas": 3})), Health::Progressing, Some("1 old replicas pending termination")),
+            (deploy(3, json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 3, "readyReplicas": 3})), Health::Healthy, None),
+            (deploy(1, json!({"observedGeneration": 2, "conditions": deadline})), Health::Degraded, None),
+        ]);
+        assert_eq!(health_of(&deploy(3, json!({"observedGeneration": 2, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 3, "readyReplicas": 3}))).1, None);
+    }
+
+    #[test]
+    #[rustfmt::skip]
     fn statefulset_and_daemonset_health() {
-        let sts = |status: Value| {
-            live(json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
-            "metadata": {"name": "db", "namespace": "d", "generation": 1},
-            "spec": {"replicas": 2}, "status": status}))
-        };
-        let (h, m) = health_of(&sts(
-            json!({"observedGeneration": 1, "updatedReplicas": 2, "readyReplicas": 1}),
-        ));
-        assert_eq!(
-            (h, m.as_deref()),
-            (Health::Progressing, Some("1/2 replicas ready"))
-        );
-        let (h, _) = health_of(&sts(json!({"observedGeneration": 1, "updatedReplicas": 2,
-            "readyReplicas": 2, "availableReplicas": 2})));
-        assert_eq!(h, Health::Healthy);
-        let ds = |status: Value| {
-            live(json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
-            "metadata": {"name": "agent", "namespace": "d", "generation": 1}, "spec": {},
-            "status": status}))
-        };
-        let (h, m) = health_of(&ds(
-            json!({"observedGeneration": 1, "desiredNumberScheduled": 2,
-            "updatedNumberScheduled": 2, "numberAvailable": 1}),
-        ));
-        assert_eq!(
-            (h, m.as_deref()),
-            (Health::Progressing, Some("1/2 pods available"))
-        );
-        let (h, _) = health_of(&ds(
-            json!({"observedGeneration": 1, "desiredNumberScheduled": 2,
-            "updatedNumberScheduled": 2, "numberAvailable": 2}),
-        ));
-        assert_eq!(h, Health::Healthy);
+        let sts = |status: Value| live(json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db", "namespace": "d", "generation": 1}, "spec": {"replicas": 2}, "status": status}));
+        let ds = |status: Value| live(json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent", "namespace": "d", "generation": 1}, "spec": {}, "status": status}));
+        check(vec![
+            (sts(json!({"observedGeneration": 1, "updatedReplicas": 2, "readyReplicas": 1})), Health::Progressing, Some("1/2 replicas ready")),
+            (sts(json!({"observedGeneration": 1, "updatedReplicas": 2, "readyReplicas": 2, "availableReplicas": 2})), Health::Healthy, None),
+            (ds(json!({"observedGeneration": 1, "desiredNumberScheduled": 2, "updatedNumberScheduled": 2, "numberAvailable": 1})), Health::Progressing, Some("1/2 pods available")),
+            (ds(json!({"observedGeneration": 1, "desiredNumberScheduled": 2, "updatedNumberScheduled": 2, "numberAvailable": 2})), Health::Healthy, None),
+        ]);
     }
 
     #[test]
