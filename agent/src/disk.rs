@@ -7,7 +7,10 @@
 //!   5 % of the filesystem or 256 MiB, whichever is smaller), with room for
 //!   SQLite's write-ahead log on top. Below the reserve the agent is under
 //!   *disk pressure*: it says so in heartbeats (the hub shows `DiskPressure`)
-//!   and in `/metrics`.
+//!   and in `/metrics`. An event refused for space starts pressure too, so
+//!   a device never refuses events without saying why. Pressure ends once
+//!   there is room for the spare beside the reserve again, so it does not
+//!   flap at the edge.
 //! - **Spare.** A file of half the reserve (at most 4 MiB), `.spare` in the
 //!   state directory, that only the agent uses: when another process has
 //!   filled the disk, deleting acknowledged outbox rows, checkpointing the
@@ -53,6 +56,8 @@ pub struct DiskGuard {
     /// Pages the WAL may grow by before SQLite checkpoints it.
     wal_pages: u64,
     pressure: AtomicBool,
+    /// A write was refused since the last [`DiskGuard::check`].
+    refused: AtomicBool,
     /// Serialises spare creation and release.
     spare_lock: Mutex<()>,
 }
@@ -72,6 +77,7 @@ impl DiskGuard {
             spare: (reserve / 2).min(SPARE_MAX),
             wal_pages: wal_pages(reserve),
             pressure: AtomicBool::new(false),
+            refused: AtomicBool::new(false),
             spare_lock: Mutex::new(()),
         }
     }
@@ -115,13 +121,25 @@ impl DiskGuard {
         self.wal_pages * PAGE
     }
 
+    /// Notes that a write was refused for lack of space: the next
+    /// [`DiskGuard::check`] starts pressure if the disk is still short of
+    /// room for the spare.
+    pub fn note_refused(&self) {
+        self.refused.store(true, Ordering::Relaxed);
+    }
+
     /// Re-reads the free space: `Some(new state)` when pressure began or
-    /// ended since the last call. Pressure: not even an empty write would
-    /// be admitted (free space below the reserve plus the WAL's allowance).
+    /// ended since the last call. Pressure begins when not even an empty
+    /// write would be admitted (free space below the reserve plus the WAL's
+    /// allowance) or when a write was refused, and ends when the spare fits
+    /// beside that again.
     pub fn check(&self) -> Option<bool> {
         let s = self.space()?;
-        let now = s.available < self.reserve + self.wal_allowance();
-        let was = self.pressure.swap(now, Ordering::Relaxed);
+        let floor = self.reserve + self.wal_allowance();
+        let was = self.pressure.load(Ordering::Relaxed);
+        let refused = self.refused.swap(false, Ordering::Relaxed);
+        let now = pressure(s.available, floor, self.spare, was || refused);
+        self.pressure.store(now, Ordering::Relaxed);
         (now != was).then_some(now)
     }
 
@@ -181,6 +199,12 @@ impl DiskGuard {
     }
 }
 
+/// Below `floor`, or short of the spare beside it while pressure holds (or
+/// a write was just refused).
+fn pressure(available: u64, floor: u64, spare: u64, holding: bool) -> bool {
+    available < floor || (holding && available < floor + spare)
+}
+
 /// WAL pages between checkpoints: a quarter of the reserve, between 16 and
 /// SQLite's default of 1,000.
 fn wal_pages(reserve: u64) -> u64 {
@@ -221,6 +245,30 @@ mod tests {
         let roomy = DiskGuard::new(dir.path(), 4096);
         assert!(roomy.admit(1000).is_ok());
         assert_eq!(roomy.check(), None, "no pressure, no change");
+    }
+
+    #[test]
+    fn pressure_begins_below_the_floor_or_at_a_refusal_and_ends_with_room_for_the_spare() {
+        let (floor, spare) = (1000, 100);
+        for (available, holding, want) in [
+            (999, false, true),
+            (1000, false, false),
+            (1050, false, false),
+            (1050, true, true),
+            (1099, true, true),
+            (1100, true, false),
+        ] {
+            assert_eq!(
+                pressure(available, floor, spare, holding),
+                want,
+                "{available} free, holding {holding}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let g = DiskGuard::new(dir.path(), 1);
+        assert_eq!(g.check(), None, "a roomy disk is not under pressure");
+        g.note_refused();
+        assert_eq!(g.check(), None, "a refusal on a roomy disk starts nothing");
     }
 
     #[test]

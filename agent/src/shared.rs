@@ -89,6 +89,7 @@ impl Shared {
     pub async fn queue_events(&self, sealed: Vec<(String, Vec<u8>)>) -> Result<(), QueueError> {
         let bytes: u64 = sealed.iter().map(|(k, p)| (k.len() + p.len()) as u64).sum();
         if let Err(full) = self.disk.admit(bytes) {
+            self.disk.note_refused();
             if self.cfg.outbox.on_disk_full == OnDiskFull::Refuse {
                 return Err(QueueError::DiskFull(full));
             }
@@ -113,7 +114,7 @@ impl Shared {
             .await
             .map_err(|e| {
                 if e.is_disk_full() {
-                    self.metrics.disk_pressure.set(1);
+                    self.disk.note_refused();
                     QueueError::DiskFull(DiskFull {
                         available: self.disk.space().map_or(0, |s| s.available),
                         needed: bytes,
