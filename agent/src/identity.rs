@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use edgefleet_daemon::files::{
-    KeyFileError, SecretError, load_or_create_key, require_secret, write_atomic, write_secret,
+    SecretError, load_or_create_key, require_secret, write_atomic, write_secret,
 };
 use edgefleet_protocol::{PublicKey, Signer};
 use zeroize::Zeroizing;
@@ -22,8 +22,6 @@ pub const BROKER_PASSWORD_FILE: &str = "broker-password";
 pub enum IdentityError {
     #[error(transparent)]
     File(#[from] SecretError),
-    #[error(transparent)]
-    KeyFile(#[from] KeyFileError),
     #[error("cannot read {path}")]
     Read {
         path: PathBuf,

@@ -5,7 +5,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 
 type Labels = [(&'static str, &'static str); 1];
 /// `model="<served name>"`.
@@ -26,84 +26,86 @@ pub struct ModelMetrics {
     pub latency: Histogram,
 }
 
-/// Every metric the agent exports.
-#[derive(Debug)]
-pub struct Metrics {
-    registry: Registry,
-    pub mqtt_connected: Gauge,
-    pub mqtt_connects: Counter,
-    pub mqtt_disconnects: Counter,
-    pub outbox_depth: Gauge,
-    pub outbox_bytes: Gauge,
-    pub outbox_dropped: Counter,
-    pub outbox_acked: Counter,
-    pub outbox_sent: Counter,
-    pub outbox_unacked: Gauge,
-    pub outbox_resent: Counter,
-    pub outbox_expired: Counter,
-    pub desired_accepted: Counter,
-    pub desired_duplicates: Counter,
-    pub rejected: Family<Labels, Counter>,
-    pub desired_revision: Gauge,
-    pub reconcile_duration: Histogram,
-    pub reconcile_passes: Counter,
-    pub reconcile_errors: Counter,
-    pub kube_reachable: Gauge,
-    pub kube_applies: Counter,
-    pub kube_deletes: Counter,
-    pub kube_drift: Counter,
-    pub events_accepted: Counter,
-    pub events_refused: Family<Labels, Counter>,
-    pub disk_pressure: Gauge,
-    pub disk_spare_released: Counter,
-    pub status_unstored: Counter,
-    pub store_errors: Counter,
-    pub store_recovered: Counter,
-    pub inference_requests: Family<ModelLabels, Counter>,
-    pub inference_errors: Family<ModelLabels, Counter>,
-    pub inference_latency: HistogramFamily<ModelLabels>,
+edgefleet_daemon::declare_metrics! {
+    /// Every metric the agent exports.
+    pub struct Metrics("edgefleet_agent") {
+        /// 1 while the MQTT session is up
+        pub mqtt_connected: Gauge,
+        /// MQTT connections established
+        pub mqtt_connects: Counter,
+        /// MQTT connections lost or refused
+        pub mqtt_disconnects: Counter,
+        /// Messages queued in the outbox
+        pub outbox_depth: Gauge,
+        /// Payload bytes queued in the outbox
+        #[name = "outbox"]
+        #[unit = Bytes]
+        pub outbox_bytes: Gauge,
+        /// Outbox messages dropped (oldest first) because it was full
+        pub outbox_dropped: Counter,
+        /// Outbox messages the hub acknowledged as committed (then deleted)
+        pub outbox_acked: Counter,
+        /// Outbox messages the broker acknowledged (PUBACK), resends included
+        pub outbox_sent: Counter,
+        /// Outbox messages sent on this connection and not yet acknowledged by the hub
+        pub outbox_unacked: Gauge,
+        /// Outbox messages sent again because the hub did not acknowledge them in time
+        pub outbox_resent: Counter,
+        /// Outbox messages deleted unacknowledged for being older than outbox.max_age_secs
+        pub outbox_expired: Counter,
+        /// Desired-state documents verified and stored
+        pub desired_accepted: Counter,
+        /// Redeliveries of the stored desired-state version
+        pub desired_duplicates: Counter,
+        /// Messages from the hub refused by verification, by reason
+        #[name = "messages_rejected"]
+        pub rejected: Family<Labels, Counter>,
+        /// Revision of the stored desired state
+        pub desired_revision: Gauge,
+        /// Duration of reconcile passes
+        #[unit = Seconds]
+        #[init = Histogram::new([ 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, ])]
+        pub reconcile_duration: Histogram,
+        /// Reconcile passes run
+        pub reconcile_passes: Counter,
+        /// Reconcile passes that left a workload failed
+        pub reconcile_errors: Counter,
+        /// 1 when the Kubernetes API answered the last probe
+        pub kube_reachable: Gauge,
+        /// Server-side applies sent
+        pub kube_applies: Counter,
+        /// Owned objects deleted (pruned)
+        pub kube_deletes: Counter,
+        /// Objects restored because another client changed or took fields we set
+        pub kube_drift: Counter,
+        /// Events committed to the outbox from POST /v1/events
+        pub events_accepted: Counter,
+        /// Events refused by POST /v1/events, by reason (invalid, disk_full, store)
+        pub events_refused: Family<Labels, Counter>,
+        /// 1 while the state directory's filesystem is below the agent's reserve
+        pub disk_pressure: Gauge,
+        /// Times the agent released its spare space to keep draining on a full disk
+        pub disk_spare_released: Counter,
+        /// Status reports sent from memory because the disk could not take them
+        pub status_unstored: Counter,
+        /// SQLite operations that failed
+        pub store_errors: Counter,
+        /// Corrupt databases moved aside at startup
+        pub store_recovered: Counter,
+        /// Inference requests per model (HTTP and MQTT)
+        pub inference_requests: Family<ModelLabels, Counter>,
+        /// Inference requests per model that failed (invalid input or run error)
+        pub inference_errors: Family<ModelLabels, Counter>,
+        /// Inference latency per model, validation through outputs
+        #[unit = Seconds]
+        #[init = Family::new_with_constructor(inference_latency_histogram)]
+        pub inference_latency: HistogramFamily<ModelLabels>,
+    }
 }
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut r = Registry::with_prefix("edgefleet_agent");
-        let m = Self {
-            mqtt_connected: Gauge::default(),
-            mqtt_connects: Counter::default(),
-            mqtt_disconnects: Counter::default(),
-            outbox_depth: Gauge::default(),
-            outbox_bytes: Gauge::default(),
-            outbox_dropped: Counter::default(),
-            outbox_acked: Counter::default(),
-            outbox_sent: Counter::default(),
-            outbox_unacked: Gauge::default(),
-            outbox_resent: Counter::default(),
-            outbox_expired: Counter::default(),
-            desired_accepted: Counter::default(),
-            desired_duplicates: Counter::default(),
-            rejected: Family::default(),
-            desired_revision: Gauge::default(),
-            reconcile_duration: Histogram::new([
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
-            reconcile_passes: Counter::default(),
-            reconcile_errors: Counter::default(),
-            kube_reachable: Gauge::default(),
-            kube_applies: Counter::default(),
-            kube_deletes: Counter::default(),
-            kube_drift: Counter::default(),
-            events_accepted: Counter::default(),
-            events_refused: Family::default(),
-            disk_pressure: Gauge::default(),
-            disk_spare_released: Counter::default(),
-            status_unstored: Counter::default(),
-            store_errors: Counter::default(),
-            store_recovered: Counter::default(),
-            inference_requests: Family::default(),
-            inference_errors: Family::default(),
-            inference_latency: Family::new_with_constructor(inference_latency_histogram),
-            registry: Registry::default(),
-        };
+        let m = Self::build();
         for reason in ["invalid", "disk_full", "store"] {
             let _ = m.events_refused.get_or_create(&[("reason", reason)]);
         }
@@ -111,170 +113,7 @@ impl Metrics {
         for reason in edgefleet_protocol::Rejection::REASONS {
             let _ = m.rejected.get_or_create(&[("reason", reason)]);
         }
-        r.register(
-            "mqtt_connected",
-            "1 while the MQTT session is up",
-            m.mqtt_connected.clone(),
-        );
-        r.register(
-            "mqtt_connects",
-            "MQTT connections established",
-            m.mqtt_connects.clone(),
-        );
-        r.register(
-            "mqtt_disconnects",
-            "MQTT connections lost or refused",
-            m.mqtt_disconnects.clone(),
-        );
-        r.register(
-            "outbox_depth",
-            "Messages queued in the outbox",
-            m.outbox_depth.clone(),
-        );
-        r.register_with_unit(
-            "outbox",
-            "Payload bytes queued in the outbox",
-            Unit::Bytes,
-            m.outbox_bytes.clone(),
-        );
-        r.register(
-            "outbox_dropped",
-            "Outbox messages dropped (oldest first) because it was full",
-            m.outbox_dropped.clone(),
-        );
-        r.register(
-            "outbox_acked",
-            "Outbox messages the hub acknowledged as committed (then deleted)",
-            m.outbox_acked.clone(),
-        );
-        r.register(
-            "outbox_sent",
-            "Outbox messages the broker acknowledged (PUBACK), resends included",
-            m.outbox_sent.clone(),
-        );
-        r.register(
-            "outbox_unacked",
-            "Outbox messages sent on this connection and not yet acknowledged by the hub",
-            m.outbox_unacked.clone(),
-        );
-        r.register(
-            "outbox_resent",
-            "Outbox messages sent again because the hub did not acknowledge them in time",
-            m.outbox_resent.clone(),
-        );
-        r.register(
-            "outbox_expired",
-            "Outbox messages deleted unacknowledged for being older than outbox.max_age_secs",
-            m.outbox_expired.clone(),
-        );
-        r.register(
-            "desired_accepted",
-            "Desired-state documents verified and stored",
-            m.desired_accepted.clone(),
-        );
-        r.register(
-            "desired_duplicates",
-            "Redeliveries of the stored desired-state version",
-            m.desired_duplicates.clone(),
-        );
-        r.register(
-            "messages_rejected",
-            "Messages from the hub refused by verification, by reason",
-            m.rejected.clone(),
-        );
-        r.register(
-            "desired_revision",
-            "Revision of the stored desired state",
-            m.desired_revision.clone(),
-        );
-        r.register_with_unit(
-            "reconcile_duration",
-            "Duration of reconcile passes",
-            Unit::Seconds,
-            m.reconcile_duration.clone(),
-        );
-        r.register(
-            "reconcile_passes",
-            "Reconcile passes run",
-            m.reconcile_passes.clone(),
-        );
-        r.register(
-            "reconcile_errors",
-            "Reconcile passes that left a workload failed",
-            m.reconcile_errors.clone(),
-        );
-        r.register(
-            "kube_reachable",
-            "1 when the Kubernetes API answered the last probe",
-            m.kube_reachable.clone(),
-        );
-        r.register(
-            "kube_applies",
-            "Server-side applies sent",
-            m.kube_applies.clone(),
-        );
-        r.register(
-            "kube_deletes",
-            "Owned objects deleted (pruned)",
-            m.kube_deletes.clone(),
-        );
-        r.register(
-            "kube_drift",
-            "Objects restored because another client changed or took fields we set",
-            m.kube_drift.clone(),
-        );
-        r.register(
-            "events_accepted",
-            "Events committed to the outbox from POST /v1/events",
-            m.events_accepted.clone(),
-        );
-        r.register(
-            "events_refused",
-            "Events refused by POST /v1/events, by reason (invalid, disk_full, store)",
-            m.events_refused.clone(),
-        );
-        r.register(
-            "disk_pressure",
-            "1 while the state directory's filesystem is below the agent's reserve",
-            m.disk_pressure.clone(),
-        );
-        r.register(
-            "disk_spare_released",
-            "Times the agent released its spare space to keep draining on a full disk",
-            m.disk_spare_released.clone(),
-        );
-        r.register(
-            "status_unstored",
-            "Status reports sent from memory because the disk could not take them",
-            m.status_unstored.clone(),
-        );
-        r.register(
-            "store_errors",
-            "SQLite operations that failed",
-            m.store_errors.clone(),
-        );
-        r.register(
-            "store_recovered",
-            "Corrupt databases moved aside at startup",
-            m.store_recovered.clone(),
-        );
-        r.register(
-            "inference_requests",
-            "Inference requests per model (HTTP and MQTT)",
-            m.inference_requests.clone(),
-        );
-        r.register(
-            "inference_errors",
-            "Inference requests per model that failed (invalid input or run error)",
-            m.inference_errors.clone(),
-        );
-        r.register_with_unit(
-            "inference_latency",
-            "Inference latency per model, validation through outputs",
-            Unit::Seconds,
-            m.inference_latency.clone(),
-        );
-        Self { registry: r, ..m }
+        m
     }
 
     /// The metrics of the model served as `model`.

@@ -438,12 +438,16 @@ mod tests {
             .collect()
     }
 
+    /// Events `e0` .. `e{n-1}`.
+    fn numbered(n: usize) -> Vec<(String, Vec<u8>)> {
+        let names: Vec<String> = (0..n).map(|i| format!("e{i}")).collect();
+        events(&names.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
     #[test]
     fn push_read_confirm_in_order() {
         let (_d, mut s) = open_temp();
-        let names: Vec<String> = (0..10).map(|i| format!("e{i}")).collect();
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        s.outbox_push(Channel::Events, &events(&refs), BIG).unwrap();
+        s.outbox_push(Channel::Events, &numbered(10), BIG).unwrap();
         assert_eq!(s.outbox_depth(), (10, 40));
         let rows = s.outbox_after(0, 4).unwrap();
         assert_eq!(rows.len(), 4);
@@ -559,11 +563,11 @@ mod tests {
     #[test]
     fn large_acknowledgements_commit_in_chunks() {
         let (_d, mut s) = open_temp();
-        let names: Vec<String> = (0..300).map(|i| format!("e{i}")).collect();
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        s.outbox_push(Channel::Events, &events(&refs), BIG).unwrap();
+        let batch = numbered(300);
+        s.outbox_push(Channel::Events, &batch, BIG).unwrap();
         s.outbox_push_status(5, b"st".to_vec(), BIG).unwrap();
-        let c = s.outbox_confirm(&names, Some(5), i64::MAX).unwrap();
+        let ids: Vec<String> = batch.into_iter().map(|(id, _)| id).collect();
+        let c = s.outbox_confirm(&ids, Some(5), i64::MAX).unwrap();
         assert_eq!(c.rows, 301);
         assert_eq!(s.outbox_depth(), (0, 0));
     }

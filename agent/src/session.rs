@@ -38,7 +38,9 @@ use tokio_util::sync::CancellationToken;
 use crate::outbox::{Inflight, Tag};
 use crate::shared::Shared;
 use edgefleet_daemon::backoff::Backoff;
-use edgefleet_daemon::mqtt::{BrokerUrl, BrokerUrlError, PemError, qos, tls_transport};
+use edgefleet_daemon::mqtt::{
+    BrokerUrl, BrokerUrlError, PemError, next_event, pause, qos, tls_transport,
+};
 
 mod delivery;
 
@@ -540,9 +542,8 @@ async fn poll_loop(
             true,
         ));
         loop {
-            let polled = tokio::select! {
-                r = el.poll() => r,
-                _ = stop.cancelled() => return,
+            let Some(polled) = next_event(&mut el, &stop).await else {
+                return;
             };
             let ev = match polled {
                 Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
@@ -564,9 +565,8 @@ async fn poll_loop(
                     // Drain requests queued before the session task noticed.
                     el.clean();
                     el.pending.clear();
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff.next_delay()) => {}
-                        _ = stop.cancelled() => return,
+                    if !pause(backoff.next_delay(), &stop).await {
+                        return;
                     }
                     break;
                 }

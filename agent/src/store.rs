@@ -19,6 +19,7 @@
 
 use std::path::{Path, PathBuf};
 
+use edgefleet_daemon::sqlite::MigrateError;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::config::Synchronous;
@@ -74,7 +75,7 @@ impl StoreError {
     }
 }
 
-/// Schema migrations; entry `i` moves `user_version` from `i` to `i + 1`.
+/// Schema migrations ([`edgefleet_daemon::sqlite::migrate`]).
 const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE desired (
@@ -267,23 +268,10 @@ impl Store {
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
-        let version: i64 = self
-            .conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        let known = MIGRATIONS.len() as i64;
-        if version > known {
-            return Err(StoreError::TooNew {
-                found: version,
-                known,
-            });
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = self.conn.transaction()?;
-            tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", i as i64 + 1)?;
-            tx.commit()?;
-            tracing::info!(to = i + 1, "store schema migrated");
-        }
+        edgefleet_daemon::sqlite::migrate(&mut self.conn, MIGRATIONS).map_err(|e| match e {
+            MigrateError::TooNew { found, known } => StoreError::TooNew { found, known },
+            MigrateError::Sql(e) => StoreError::Sql(e),
+        })?;
         // Idempotent, so a crash between migration 2 and this is harmless.
         let n = self.backfill_outbox_keys()?;
         if n > 0 {

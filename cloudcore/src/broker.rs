@@ -244,16 +244,22 @@ pub fn start(
         v4: Some(servers),
         ..Default::default()
     };
+    run_in_thread("rumqttd", config).map_err(BrokerError::Thread)
+}
+
+/// Runs a rumqttd broker on its own thread (`thread` names it in logs and
+/// in `top -H`); an error it stops with is logged.
+pub fn run_in_thread(thread: &str, config: Config) -> std::io::Result<()> {
     let mut broker = Broker::new(config);
+    let name = thread.to_owned();
     std::thread::Builder::new()
-        .name("rumqttd".into())
+        .name(name.clone())
         .spawn(move || {
             if let Err(e) = broker.start() {
-                tracing::error!(error = %e, "embedded broker stopped");
+                tracing::error!(error = %e, broker = name, "MQTT broker stopped");
             }
         })
-        .map_err(BrokerError::Thread)?;
-    Ok(())
+        .map(drop)
 }
 
 #[cfg(test)]

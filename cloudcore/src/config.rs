@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use edgefleet_daemon::config::{ConfigFileError, env_error, read_toml};
+use edgefleet_daemon::config::{ConfigFileError, env_error, env_parse_as, read_toml};
 use edgefleet_daemon::mqtt::{BrokerUrl, BrokerUrlError, PemError, read_pem};
 use serde::{Deserialize, Serialize};
 
@@ -198,13 +198,9 @@ impl Config {
             self.broker.listen = addr("CLOUDCORE_BROKER_LISTEN", v)?;
         }
         if let Some(v) = env("CLOUDCORE_BROKER_MAX_CONNECTIONS") {
-            self.broker.max_connections = v.parse().map_err(|_| {
-                env_error(
-                    "CLOUDCORE_BROKER_MAX_CONNECTIONS",
-                    &v,
-                    "expected a positive number of connections",
-                )
-            })?;
+            let expected = "expected a positive number of connections";
+            self.broker.max_connections =
+                env_parse_as("CLOUDCORE_BROKER_MAX_CONNECTIONS", &v, expected)?;
         }
         if let Some(v) = env("CLOUDCORE_BROKER_URL") {
             self.broker.url = v;
@@ -237,13 +233,9 @@ impl Config {
             self.auth.bootstrap_token = v;
         }
         if let Some(v) = env("CLOUDCORE_STORE_DISK_RESERVE_BYTES") {
-            self.store.disk_reserve_bytes = v.parse().map_err(|_| {
-                env_error(
-                    "CLOUDCORE_STORE_DISK_RESERVE_BYTES",
-                    &v,
-                    "expected a number of bytes",
-                )
-            })?;
+            let expected = "expected a number of bytes";
+            self.store.disk_reserve_bytes =
+                env_parse_as("CLOUDCORE_STORE_DISK_RESERVE_BYTES", &v, expected)?;
         }
         if let Some(v) = env("CLOUDCORE_TEST_UNCHECKED_LIMITS") {
             for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {

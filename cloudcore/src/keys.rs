@@ -7,19 +7,9 @@ use std::path::Path;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use edgefleet_daemon::files::{
-    KeyFileError, SecretError, load_or_create_key, read_secret, write_secret,
-};
+use edgefleet_daemon::files::{SecretError, load_or_create_key, read_secret, write_secret};
 use edgefleet_protocol::Signer;
 use rand::RngCore;
-
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error(transparent)]
-    File(#[from] SecretError),
-    #[error(transparent)]
-    Key(#[from] KeyFileError),
-}
 
 /// A random token: 32 bytes, base64url.
 pub fn random_token() -> String {
@@ -29,12 +19,16 @@ pub fn random_token() -> String {
 }
 
 /// Loads `<dir>/hub.key`, creating it on first start.
-pub fn load_or_create_signer(dir: &Path) -> Result<(Signer, bool), KeyError> {
-    Ok(load_or_create_key(&dir.join("hub.key"))?)
+pub fn load_or_create_signer(dir: &Path) -> Result<(Signer, bool), SecretError> {
+    load_or_create_key(&dir.join("hub.key"))
 }
 
 /// Uses `configured` if set, else reads or creates `<dir>/<name>`.
-pub fn load_or_create_token(dir: &Path, name: &str, configured: &str) -> Result<String, KeyError> {
+pub fn load_or_create_token(
+    dir: &Path,
+    name: &str,
+    configured: &str,
+) -> Result<String, SecretError> {
     if !configured.is_empty() {
         return Ok(configured.to_owned());
     }
@@ -79,7 +73,7 @@ mod tests {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(
             load_or_create_token(dir.path(), "operator-token", ""),
-            Err(KeyError::File(SecretError::Permissions { .. }))
+            Err(SecretError::Permissions { .. })
         ));
         assert_eq!(
             load_or_create_token(dir.path(), "x", "configured-token-123").unwrap(),

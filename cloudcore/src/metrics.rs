@@ -5,7 +5,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 
 pub type Labels = Vec<(&'static str, String)>;
 
@@ -13,27 +13,58 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
-#[derive(Debug)]
-pub struct Metrics {
-    registry: Registry,
-    pub devices: Gauge,
-    pub devices_online: Gauge,
-    pub desired_published: Counter,
-    pub desired_revisions: Counter,
-    pub received: Family<Labels, Counter>,
-    pub rejected: Family<Labels, Counter>,
-    pub events_stored: Counter,
-    pub events_duplicate: Counter,
-    pub enrollments: Family<Labels, Counter>,
-    pub broker_auth_failures: Counter,
-    pub api_requests: Family<Labels, Histogram, fn() -> Histogram>,
-    pub publish_pass: Histogram,
-    pub ingest_batch: Histogram,
-    pub ingest_backlog: Gauge,
-    pub acks_published: Counter,
-    pub desired_withheld: Counter,
-    pub desired_dropped: Counter,
-    pub device_conditions: Family<Labels, Gauge>,
+edgefleet_daemon::declare_metrics! {
+    /// Every metric the hub exports.
+    pub struct Metrics("edgefleet_hub") {
+        /// Enrolled devices
+        pub devices: Gauge,
+        /// Devices whose presence is online
+        pub devices_online: Gauge,
+        /// Signed desired-state documents handed to the broker
+        #[name = "desired_publishes"]
+        pub desired_published: Counter,
+        /// Desired-state revisions issued (documents that changed)
+        pub desired_revisions: Counter,
+        /// Device messages received, by channel
+        #[name = "messages_received"]
+        pub received: Family<Labels, Counter>,
+        /// Device messages rejected, by channel and reason
+        #[name = "messages_rejected"]
+        pub rejected: Family<Labels, Counter>,
+        /// Device events stored
+        pub events_stored: Counter,
+        /// Device events dropped as redeliveries of a stored id
+        pub events_duplicate: Counter,
+        /// Enrollment attempts, by result
+        pub enrollments: Family<Labels, Counter>,
+        /// Embedded broker connections refused for bad credentials
+        pub broker_auth_failures: Counter,
+        /// REST API request latency, by method, route and status
+        #[name = "api_request_duration"]
+        #[unit = Seconds]
+        #[init = Family::new_with_constructor(latency_histogram as fn() -> Histogram)]
+        pub api_requests: Family<Labels, Histogram, fn() -> Histogram>,
+        /// Time to recompute, store and publish desired state after a change
+        #[name = "publish_pass_duration"]
+        #[unit = Seconds]
+        #[init = latency_histogram()]
+        pub publish_pass: Histogram,
+        /// Time to commit one batch of device messages
+        #[name = "ingest_batch_duration"]
+        #[unit = Seconds]
+        #[init = latency_histogram()]
+        pub ingest_batch: Histogram,
+        /// Device messages received from the broker and not yet stored (nor acknowledged)
+        pub ingest_backlog: Gauge,
+        /// Signed acknowledgements of committed events and status sent to devices
+        pub acks_published: Counter,
+        /// Desired-state documents not issued because a device would refuse them (per pass and device)
+        pub desired_withheld: Counter,
+        /// Publishes the hub's MQTT session dropped from its queue as unsendable (too large)
+        pub desired_dropped: Counter,
+        /// Devices with a standing condition, by type (DesiredTooLarge, DesiredRejected, DiskPressure)
+        pub device_conditions: Family<Labels, Gauge>,
+    }
 }
 
 impl Default for Metrics {
@@ -44,122 +75,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut root = Registry::default();
-        let r = root.sub_registry_with_prefix("edgefleet_hub");
-        let m = Self {
-            registry: Registry::default(),
-            devices: Gauge::default(),
-            devices_online: Gauge::default(),
-            desired_published: Counter::default(),
-            desired_revisions: Counter::default(),
-            received: Family::default(),
-            rejected: Family::default(),
-            events_stored: Counter::default(),
-            events_duplicate: Counter::default(),
-            enrollments: Family::default(),
-            broker_auth_failures: Counter::default(),
-            api_requests: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
-            publish_pass: latency_histogram(),
-            ingest_batch: latency_histogram(),
-            ingest_backlog: Gauge::default(),
-            acks_published: Counter::default(),
-            desired_withheld: Counter::default(),
-            desired_dropped: Counter::default(),
-            device_conditions: Family::default(),
-        };
-        r.register("devices", "Enrolled devices", m.devices.clone());
-        r.register(
-            "devices_online",
-            "Devices whose presence is online",
-            m.devices_online.clone(),
-        );
-        r.register(
-            "desired_publishes",
-            "Signed desired-state documents handed to the broker",
-            m.desired_published.clone(),
-        );
-        r.register(
-            "desired_revisions",
-            "Desired-state revisions issued (documents that changed)",
-            m.desired_revisions.clone(),
-        );
-        r.register(
-            "messages_received",
-            "Device messages received, by channel",
-            m.received.clone(),
-        );
-        r.register(
-            "messages_rejected",
-            "Device messages rejected, by channel and reason",
-            m.rejected.clone(),
-        );
-        r.register(
-            "events_stored",
-            "Device events stored",
-            m.events_stored.clone(),
-        );
-        r.register(
-            "events_duplicate",
-            "Device events dropped as redeliveries of a stored id",
-            m.events_duplicate.clone(),
-        );
-        r.register(
-            "enrollments",
-            "Enrollment attempts, by result",
-            m.enrollments.clone(),
-        );
-        r.register(
-            "broker_auth_failures",
-            "Embedded broker connections refused for bad credentials",
-            m.broker_auth_failures.clone(),
-        );
-        r.register_with_unit(
-            "api_request_duration",
-            "REST API request latency, by method, route and status",
-            Unit::Seconds,
-            m.api_requests.clone(),
-        );
-        r.register_with_unit(
-            "publish_pass_duration",
-            "Time to recompute, store and publish desired state after a change",
-            Unit::Seconds,
-            m.publish_pass.clone(),
-        );
-        r.register_with_unit(
-            "ingest_batch_duration",
-            "Time to commit one batch of device messages",
-            Unit::Seconds,
-            m.ingest_batch.clone(),
-        );
-        r.register(
-            "ingest_backlog",
-            "Device messages received from the broker and not yet stored (nor acknowledged)",
-            m.ingest_backlog.clone(),
-        );
-        r.register(
-            "acks_published",
-            "Signed acknowledgements of committed events and status sent to devices",
-            m.acks_published.clone(),
-        );
-        r.register(
-            "desired_withheld",
-            "Desired-state documents not issued because a device would refuse them (per pass and device)",
-            m.desired_withheld.clone(),
-        );
-        r.register(
-            "desired_dropped",
-            "Publishes the hub's MQTT session dropped from its queue as unsendable (too large)",
-            m.desired_dropped.clone(),
-        );
-        r.register(
-            "device_conditions",
-            "Devices with a standing condition, by type (DesiredTooLarge, DesiredRejected, DiskPressure)",
-            m.device_conditions.clone(),
-        );
-        Self {
-            registry: root,
-            ..m
-        }
+        Self::build()
     }
 
     /// Counts a rejected device message.

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::HUB_USERNAME;
 use edgefleet_daemon::backoff::Backoff;
-use edgefleet_daemon::mqtt::{BrokerUrl, qos, tls_transport};
+use edgefleet_daemon::mqtt::{BrokerUrl, next_event, pause, qos, tls_transport};
 
 use crate::config::{Config, ConfigError};
 
@@ -200,9 +200,8 @@ async fn run(
     // The broker is next to the hub: retry fast, at most every 5 s.
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        let ev = tokio::select! {
-            _ = cancel.cancelled() => break,
-            ev = eventloop.poll() => ev,
+        let Some(ev) = next_event(&mut eventloop, &cancel).await else {
+            break;
         };
         match ev {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -252,9 +251,8 @@ async fn run(
                         let _ = dropped.send((t.device, size));
                     }
                 }
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                if !pause(backoff.next_delay(), &cancel).await {
+                    break;
                 }
             }
         }

@@ -11,12 +11,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::config::{Config, ConfigError};
-use crate::keys::{self, KeyError};
+use crate::keys;
 use crate::metrics::Metrics;
 use crate::publisher::{Publisher, Trigger};
 use crate::registry::Registry;
 use crate::store::{Store, StoreError};
 use crate::{broker, exit, ingest, mqtt};
+use edgefleet_daemon::files::SecretError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -27,7 +28,7 @@ pub enum ServeError {
     #[error("cannot take the data directory")]
     Lock(#[from] edgefleet_daemon::lock::LockError),
     #[error("cannot load or create the hub's secrets")]
-    Keys(#[from] KeyError),
+    Keys(#[from] SecretError),
     #[error("embedded broker")]
     Broker(#[from] broker::BrokerError),
     #[error("cannot listen on {addr}")]

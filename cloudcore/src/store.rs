@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use edgefleet_daemon::sqlite::MigrateError;
 use rusqlite::{Connection, params};
 
 mod conditions;
@@ -175,20 +176,13 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        let supported = MIGRATIONS.len() as i64;
-        if version > supported {
-            return Err(StoreError::TooNew {
-                found: version,
-                supported,
-            });
-        }
-        for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = conn.transaction()?;
-            tx.execute_batch(m)?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-            tx.commit()?;
-        }
+        edgefleet_daemon::sqlite::migrate(&mut conn, MIGRATIONS).map_err(|e| match e {
+            MigrateError::TooNew { found, known } => StoreError::TooNew {
+                found,
+                supported: known,
+            },
+            MigrateError::Sql(e) => StoreError::Sqlite(e),
+        })?;
         // The epoch is fixed when the store is first created.
         conn.execute(
             "INSERT OR IGNORE INTO meta(key, value) VALUES ('epoch', ?1)",

@@ -52,6 +52,16 @@ fn client(addr: SocketAddr, id: &str, password: &str, inflight: u16) -> (AsyncCl
 }
 
 /// Polls until `done` says so or the deadline passes; returns whether done.
+/// Queues `n` QoS 1 messages to `topic` ("0", "1", ...).
+async fn publish_n(client: &AsyncClient, topic: &str, retain: bool, n: usize) {
+    for i in 0..n {
+        client
+            .publish(topic, QoS::AtLeastOnce, retain, i.to_string())
+            .await
+            .unwrap();
+    }
+}
+
 async fn poll_until(
     ev: &mut EventLoop,
     deadline: Instant,
@@ -105,11 +115,7 @@ async fn pubacks_flow_while_the_outgoing_window_is_full() {
     // The device sends more than the broker's outgoing window to the hub.
     let (dev, mut dev_ev) = client(addr, "pi-1", "device-secret", 1_000);
     let sent = 150;
-    for i in 0..sent {
-        dev.publish(&events, QoS::AtLeastOnce, false, format!("e{i}"))
-            .await
-            .unwrap();
-    }
+    publish_n(&dev, &events, false, sent).await;
     let mut acked = 0;
     let device = tokio::spawn(async move {
         poll_until(&mut dev_ev, deadline, |e| {
@@ -138,11 +144,7 @@ async fn pubacks_flow_while_the_outgoing_window_is_full() {
     // ...then publishes; every PubAck must arrive regardless.
     let desired = Topic::new(DeviceId::new("pi-1").unwrap(), Channel::Desired).to_string();
     let published = 50;
-    for i in 0..published {
-        hub.publish(&desired, QoS::AtLeastOnce, true, format!("d{i}"))
-            .await
-            .unwrap();
-    }
+    publish_n(&hub, &desired, true, published).await;
     let mut pubacks = 0;
     let all = poll_until(&mut hub_ev, Instant::now() + Duration::from_secs(10), |e| {
         if matches!(e, Event::Incoming(Packet::PubAck(_))) {

@@ -72,6 +72,16 @@ where
         .map_err(|e: T::Err| env_error(name, value, e.to_string()))
 }
 
+/// Parses environment variable `name`'s `value`; the error says what was
+/// `expected` (for parsers whose own message helps nobody).
+pub fn env_parse_as<T: std::str::FromStr>(
+    name: &str,
+    value: &str,
+    expected: &str,
+) -> Result<T, ConfigFileError> {
+    value.parse().map_err(|_| env_error(name, value, expected))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

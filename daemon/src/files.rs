@@ -31,6 +31,12 @@ pub enum SecretError {
         "{path} is readable by other users (mode {mode:03o}); it holds a secret: run chmod 600 {path}"
     )]
     Permissions { path: PathBuf, mode: u32 },
+    #[error("{path} does not hold a valid key")]
+    Key {
+        path: PathBuf,
+        #[source]
+        source: edgefleet_protocol::sign::KeyError,
+    },
 }
 
 /// Writes `data` to a temporary file created with `mode`, fsyncs it,
@@ -108,22 +114,10 @@ pub fn require_secret(path: &Path) -> Result<Zeroizing<String>, SecretError> {
     })
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum KeyFileError {
-    #[error(transparent)]
-    File(#[from] SecretError),
-    #[error("{path} does not hold a valid key")]
-    Key {
-        path: PathBuf,
-        #[source]
-        source: edgefleet_protocol::sign::KeyError,
-    },
-}
-
 /// A signing key (PKCS#8 PEM) under the secret policy: loaded from `path`,
 /// or created there (0600) when there is none yet; `true` when created.
-pub fn load_or_create_key(path: &Path) -> Result<(edgefleet_protocol::Signer, bool), KeyFileError> {
-    let bad = |source| KeyFileError::Key {
+pub fn load_or_create_key(path: &Path) -> Result<(edgefleet_protocol::Signer, bool), SecretError> {
+    let bad = |source| SecretError::Key {
         path: path.to_owned(),
         source,
     };
@@ -210,7 +204,7 @@ mod tests {
         .unwrap();
         assert!(matches!(
             load_or_create_key(&p),
-            Err(KeyFileError::Key { .. })
+            Err(SecretError::Key { .. })
         ));
     }
 

@@ -19,6 +19,7 @@ pub mod lock;
 pub mod metrics;
 pub mod mqtt;
 pub mod signal;
+pub mod sqlite;
 pub mod supervise;
 
 /// An error and its sources, `outer: inner: root`, for one log line or one

@@ -110,6 +110,29 @@ pub fn qos(channel: Channel) -> QoS {
     }
 }
 
+/// The event loop's next event (rumqttc reconnects on the poll after an
+/// error), or `None` once `cancel` fires.
+pub async fn next_event(
+    eventloop: &mut rumqttc::EventLoop,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Option<Result<rumqttc::Event, rumqttc::ConnectionError>> {
+    tokio::select! {
+        _ = cancel.cancelled() => None,
+        ev = eventloop.poll() => Some(ev),
+    }
+}
+
+/// Waits `delay` (reconnect pacing); false when `cancel` fired first.
+pub async fn pause(
+    delay: std::time::Duration,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(delay) => true,
+    }
+}
+
 /// A clean stop: DISCONNECT, and the event loop polled (at most `wait`)
 /// until it is written, with whatever was queued before it.
 pub async fn disconnect(

@@ -108,15 +108,10 @@ def conv_np(x, w, stride, groups):
     return y
 
 
-def build_weights(layers, seed: int, calib: np.ndarray):
-    """Seeded torchvision-style init, then BN statistics from a calibration pass.
-
-    Returns per-conv dicts {w, gamma, beta, mean, var} plus the head (fc_w, fc_b),
-    and the numpy logits of `calib` with the final statistics.
-    """
-    rng = np.random.default_rng(seed)
-    params = []
-    x = calib.astype(np.float64)
+def walk(layers, x, conv, head):
+    """Runs `x` through `layers` in float64 numpy: residual save/add and ReLU6
+    here, each conv's and the head's own step from `conv(layer, x)` and
+    `head(layer, x)`."""
     saved = None
     for layer in layers:
         if layer["op"] == "save":
@@ -124,43 +119,55 @@ def build_weights(layers, seed: int, calib: np.ndarray):
         elif layer["op"] == "add":
             x = x + saved
         elif layer["op"] == "conv":
-            cout, k, g = layer["cout"], layer["k"], layer["groups"]
-            fan_out = cout // g * k * k
-            w = (rng.standard_normal((cout, layer["cin"] // g, k, k)) * np.sqrt(2.0 / fan_out)).astype(np.float32)
-            y = conv_np(x, w.astype(np.float64), layer["stride"], g)
-            mean = y.mean(axis=(0, 2, 3))
-            var = y.var(axis=(0, 2, 3))
-            p = {"w": w, "gamma": np.ones(cout), "beta": np.zeros(cout), "mean": mean, "var": var}
-            params.append(p)
-            x = (y - mean[None, :, None, None]) / np.sqrt(var + BN_EPS)[None, :, None, None]
+            x = conv(layer, x)
             if layer["relu6"]:
                 x = np.clip(x, 0, 6)
         elif layer["op"] == "head":
-            fc_w = (rng.standard_normal((layer["classes"], layer["cin"])) * 0.01).astype(np.float32)
-            fc_b = np.zeros(layer["classes"], np.float32)
-    return params, (fc_w, fc_b)
+            x = head(layer, x)
+    return x
+
+
+def build_weights(layers, seed: int, calib: np.ndarray):
+    """Seeded torchvision-style init, then BN statistics from a calibration pass.
+
+    Returns per-conv dicts {w, gamma, beta, mean, var} plus the head (fc_w, fc_b).
+    """
+    rng = np.random.default_rng(seed)
+    params, fc = [], []
+
+    def conv(layer, x):
+        cout, k, g = layer["cout"], layer["k"], layer["groups"]
+        fan_out = cout // g * k * k
+        w = (rng.standard_normal((cout, layer["cin"] // g, k, k)) * np.sqrt(2.0 / fan_out)).astype(np.float32)
+        y = conv_np(x, w.astype(np.float64), layer["stride"], g)
+        mean = y.mean(axis=(0, 2, 3))
+        var = y.var(axis=(0, 2, 3))
+        params.append({"w": w, "gamma": np.ones(cout), "beta": np.zeros(cout), "mean": mean, "var": var})
+        return (y - mean[None, :, None, None]) / np.sqrt(var + BN_EPS)[None, :, None, None]
+
+    def head(layer, x):
+        fc.append((rng.standard_normal((layer["classes"], layer["cin"])) * 0.01).astype(np.float32))
+        fc.append(np.zeros(layer["classes"], np.float32))
+        return x
+
+    walk(layers, calib.astype(np.float64), conv, head)
+    return params, tuple(fc)
 
 
 def forward_np(layers, params, head, x):
     """The exported network, in float64 numpy, with BN as exported (folded or not)."""
-    x = x.astype(np.float64)
     it = iter(params)
-    saved = None
-    for layer in layers:
-        if layer["op"] == "save":
-            saved = x
-        elif layer["op"] == "add":
-            x = x + saved
-        elif layer["op"] == "conv":
-            p = next(it)
-            y = conv_np(x, p["w"].astype(np.float64), layer["stride"], layer["groups"])
-            scale = p["gamma"] / np.sqrt(p["var"] + BN_EPS)
-            x = y * scale[None, :, None, None] + (p["beta"] - p["mean"] * scale)[None, :, None, None]
-            if layer["relu6"]:
-                x = np.clip(x, 0, 6)
-        elif layer["op"] == "head":
-            x = x.mean(axis=(2, 3)) @ head[0].T.astype(np.float64) + head[1]
-    return x
+
+    def conv(layer, x):
+        p = next(it)
+        y = conv_np(x, p["w"].astype(np.float64), layer["stride"], layer["groups"])
+        scale = p["gamma"] / np.sqrt(p["var"] + BN_EPS)
+        return y * scale[None, :, None, None] + (p["beta"] - p["mean"] * scale)[None, :, None, None]
+
+    def fc(layer, x):
+        return x.mean(axis=(2, 3)) @ head[0].T.astype(np.float64) + head[1]
+
+    return walk(layers, x.astype(np.float64), conv, fc)
 
 
 # ---------------------------------------------------------------- ONNX export

@@ -99,13 +99,7 @@ impl Agent {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let text = String::from_utf8_lossy(&out.stdout);
-        let device_id = text
-            .split("enrolled as ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .expect("enroll prints the device id")
-            .to_owned();
+        let device_id = crate::word_after(&String::from_utf8_lossy(&out.stdout), "enrolled as ");
         Self {
             proc: Proc::placeholder("edge-agent"),
             device_id,
@@ -151,12 +145,7 @@ impl Agent {
             .proc
             .wait_for_line("local HTTP on http://", Duration::from_secs(20))
             .await;
-        self.http_url = line
-            .split("local HTTP on ")
-            .nth(1)
-            .expect("http url")
-            .trim()
-            .to_owned();
+        self.http_url = crate::word_after(&line, "local HTTP on ");
     }
 
     /// SIGKILL.
@@ -171,13 +160,10 @@ impl Agent {
 
     /// `GET` of a local HTTP path; status code, `None` when unreachable.
     pub async fn get_status(&self, path: &str) -> Option<u16> {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.http_url))
-            .send()
+        let url = format!("{}{path}", self.http_url);
+        crate::http_status(&self.http, &url)
             .await
-            .ok()?;
-        Some(r.status().as_u16())
+            .map(|s| s.as_u16())
     }
 
     pub fn http_url(&self) -> &str {
@@ -231,6 +217,19 @@ impl Agent {
 
     /// Starts the agent, waits for its session, then cuts `uplink` and
     /// waits until the agent noticed.
+    /// Enrolls an agent (not started) whose uplink to `broker_url` goes
+    /// through a cuttable [`Uplink`].
+    pub async fn enroll_behind(
+        hub: &Hub,
+        broker_url: &str,
+        labels: &[(&str, &str)],
+        mut opts: AgentOptions,
+    ) -> (Self, Uplink) {
+        let uplink = Uplink::start(broker_url.trim_start_matches("mqtt://")).await;
+        opts.env.push(("EDGEFLEET_BROKER_URL".into(), uplink.url()));
+        (Self::enroll_with(hub, labels, opts).await, uplink)
+    }
+
     pub async fn start_then_cut(&mut self, uplink: &Uplink) {
         self.start().await;
         self.wait_uplink(true).await;
@@ -274,6 +273,18 @@ impl Agent {
 /// device's uplink failing while the broker and the hub keep running.
 #[derive(Debug)]
 pub struct Uplink(crate::proxy::FaultProxy);
+
+/// Agent environment for an outbox that holds `max_messages` and
+/// `max_bytes`.
+pub fn outbox_room(max_messages: usize, max_bytes: u64) -> Vec<(String, String)> {
+    vec![
+        (
+            "EDGEFLEET_OUTBOX_MAX_MESSAGES".into(),
+            max_messages.to_string(),
+        ),
+        ("EDGEFLEET_OUTBOX_MAX_BYTES".into(), max_bytes.to_string()),
+    ]
+}
 
 impl Uplink {
     /// Proxies 127.0.0.1:<free port> to `target` (`host:port`).

@@ -86,12 +86,7 @@ impl Hub {
             .proc
             .wait_for_line("REST API on http://", Duration::from_secs(20))
             .await;
-        let url = line
-            .split("REST API on ")
-            .nth(1)
-            .expect("api url")
-            .trim()
-            .to_owned();
+        let url = crate::word_after(&line, "REST API on ");
         self.api_port = url
             .rsplit(':')
             .next()
@@ -102,13 +97,9 @@ impl Hub {
             .wait_for_line("cloudcore: ready", Duration::from_secs(20))
             .await;
         crate::eventually("hub /readyz", Duration::from_secs(20), || async {
-            let r = self
-                .http
-                .get(format!("{}/readyz", self.api_url))
-                .send()
-                .await
-                .ok()?;
-            r.status().is_success().then_some(())
+            let url = format!("{}/readyz", self.api_url);
+            let status = crate::http_status(&self.http, &url).await?;
+            status.is_success().then_some(())
         })
         .await;
     }
@@ -217,6 +208,13 @@ impl Hub {
             Some(("application/yaml", yaml.to_owned())),
         )
         .await
+    }
+
+    /// `PUT /deployments/{name}` that must succeed; the hub's answer.
+    pub async fn deploy(&self, name: &str, yaml: &str) -> Value {
+        let (code, body) = self.put_deployment(name, yaml).await;
+        assert!(code < 300, "PUT /deployments/{name}: {code} {body}");
+        body
     }
 
     /// Every event id the hub stored for `device`, in order, duplicates kept

@@ -67,6 +67,23 @@ where
     }
 }
 
+/// The first word after `marker` in a line a process printed (a URL, a
+/// device id); panics naming `marker` when it is not there.
+pub fn word_after(text: &str, marker: &str) -> String {
+    let Some((_, rest)) = text.split_once(marker) else {
+        panic!("no {marker:?} in {text:?}");
+    };
+    rest.split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The status code of `GET url`, `None` when nothing answers.
+pub async fn http_status(http: &reqwest::Client, url: &str) -> Option<reqwest::StatusCode> {
+    http.get(url).send().await.ok().map(|r| r.status())
+}
+
 /// A free TCP port on 127.0.0.1 (for servers that cannot bind port 0
 /// themselves, like mosquitto).
 pub fn free_port() -> u16 {

@@ -465,13 +465,7 @@ impl DeviceTask {
                         self.shared.connected[self.ident.idx].store(true, Ordering::Relaxed);
                         self.shared.counters.connects.fetch_add(1, Ordering::Relaxed);
                         let _ = client.try_subscribe(self.topic(Channel::Desired), QoS::AtLeastOnce);
-                        let online = self.ident.key.seal(&Presence {
-                            device_id: self.ident.id.clone(),
-                            state: PresenceState::Online,
-                            session,
-                            at_ms: edgefleet_protocol::now_ms(),
-                        });
-                        self.publish(client, Channel::Presence, online);
+                        self.presence(client, PresenceState::Online, session);
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         self.shared.counters.received.fetch_add(1, Ordering::Relaxed);
@@ -506,13 +500,7 @@ impl DeviceTask {
                     // A clean stop says offline itself (a will only fires on
                     // an unclean drop); a reconnect drops the socket.
                     if matches!(next, Next::Stop) {
-                        let offline = self.ident.key.seal(&Presence {
-                            device_id: self.ident.id.clone(),
-                            state: PresenceState::Offline,
-                            session,
-                            at_ms: edgefleet_protocol::now_ms(),
-                        });
-                        self.publish(client, Channel::Presence, offline);
+                        self.presence(client, PresenceState::Offline, session);
                         edgefleet_daemon::mqtt::disconnect(
                             client,
                             &mut eventloop,
@@ -524,6 +512,17 @@ impl DeviceTask {
                 }
             }
         }
+    }
+
+    /// Publishes this device's signed presence for `session`.
+    fn presence(&self, client: &AsyncClient, state: PresenceState, session: u64) {
+        let payload = self.ident.key.seal(&Presence {
+            device_id: self.ident.id.clone(),
+            state,
+            session,
+            at_ms: edgefleet_protocol::now_ms(),
+        });
+        self.publish(client, Channel::Presence, payload);
     }
 
     fn publish(&self, client: &AsyncClient, channel: Channel, payload: Vec<u8>) -> bool {

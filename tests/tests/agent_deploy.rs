@@ -86,8 +86,7 @@ async fn deploy_to_ready_prune_drift_and_quiet_restart() {
     let admin = cp.admin().await;
     let ns = "plant";
     let (hub, mut agent) = hub_and_agent(&admin, "pi-deploy").await;
-    let (code, body) = hub.put_deployment("line-3", &site(ns, true)).await;
-    assert!(code < 300, "put deployment: {code} {body}");
+    hub.deploy("line-3", &site(ns, true)).await;
 
     // Through the real controllers and kwok: 2 pods Running, the hub shows
     // the deployment ready and healthy.
@@ -156,8 +155,7 @@ async fn deploy_to_ready_prune_drift_and_quiet_restart() {
         )
         .await
         .expect("foreign object");
-    let (code, _) = hub.put_deployment("line-3", &site(ns, false)).await;
-    assert!(code < 300);
+    hub.deploy("line-3", &site(ns, false)).await;
     admin
         .wait_for(false, ("v1", "ConfigMap"), Some(ns), "web-config")
         .await;
@@ -232,8 +230,7 @@ spec:
         manifests:
           - {apiVersion: v1, kind: ConfigMap, metadata: {name: fine, namespace: reject}, data: {k: v}}
 "#;
-    let (code, body) = hub.put_deployment("mixed", yaml).await;
-    assert!(code < 300, "{body}");
+    hub.deploy("mixed", yaml).await;
     let rows = eventually("both workloads reported", T, || async {
         let (_, s) = hub.get("/deployments/mixed/status").await;
         let rows = s["devices"][0]["workloads"].as_array()?.clone();
@@ -269,8 +266,7 @@ async fn forged_desired_documents_are_rejected_and_counted() {
     let Some((_admin, hub, mut agent)) = on_shared_cluster("pi-forged").await else {
         return;
     };
-    let (code, _) = hub.put_deployment("line-3", &site("forged", true)).await;
-    assert!(code < 300);
+    hub.deploy("line-3", &site("forged", true)).await;
     let stored = eventually("desired state stored and reconciled", T, || async {
         let st = agent.status().await;
         (st["workloads"].as_array().map(Vec::len) == Some(1))
@@ -373,8 +369,7 @@ async fn replayed_hub_documents_are_rejected_and_counted() {
         )
         .await;
     let ns = "replayed";
-    let (code, _) = hub.put_deployment("line-3", &site(ns, true)).await;
-    assert!(code < 300);
+    hub.deploy("line-3", &site(ns, true)).await;
     let me = Topic::new(DeviceId::new("pi-replay").unwrap(), Channel::Desired).to_string();
     let other = Topic::new(DeviceId::new("pi-other").unwrap(), Channel::Desired).to_string();
     let (mut mine_v1, mut other_doc) = (None, None);
@@ -392,8 +387,7 @@ async fn replayed_hub_documents_are_rejected_and_counted() {
             other_doc = Some(payload);
         }
     }
-    let (code, _) = hub.put_deployment("line-3", &site(ns, false)).await;
-    assert!(code < 300);
+    hub.deploy("line-3", &site(ns, false)).await;
     let revision = eventually("revision 2 stored", T, || async {
         let st = agent.status().await;
         let rev = st["desired"]["revision"].as_u64()?;

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use edgefleet_tests::agent::{Agent, AgentOptions, Uplink};
+use edgefleet_tests::agent::{Agent, AgentOptions};
 use edgefleet_tests::eventually;
 use edgefleet_tests::hub::Hub;
 use serde_json::{Value, json};
@@ -68,10 +68,8 @@ async fn model_is_downloaded_served_and_corruption_fails() {
 
     let model = std::fs::read(models_dir().join("vibration/vibration.onnx")).expect("model");
     let sha = push_model(&hub, "vibration", model).await;
-    let (code, body) = hub
-        .put_deployment("anomaly", &deployment("anomaly", "vibration", &sha))
+    hub.deploy("anomaly", &deployment("anomaly", "vibration", &sha))
         .await;
-    assert!(code < 300, "put deployment: {code} {body}");
 
     eventually("inference workload Synced and Healthy", T, || async {
         let w = workload_status(&agent, "anomaly").await?;
@@ -130,10 +128,8 @@ async fn model_is_downloaded_served_and_corruption_fails() {
         b"not the model",
     )
     .expect("corrupt the blob");
-    let (code, body) = hub
-        .put_deployment("digits", &deployment("digits", "digits", &bad_sha))
+    hub.deploy("digits", &deployment("digits", "digits", &bad_sha))
         .await;
-    assert!(code < 300, "put deployment: {code} {body}");
     eventually("corrupted model workload Failed", T, || async {
         let w = workload_status(&agent, "digits").await?;
         (w["sync"] == "Failed"
@@ -161,20 +157,13 @@ async fn local_mqtt_readings_become_anomaly_events_at_the_hub() {
         return;
     };
     let hub = Hub::start().await;
-    let uplink = Uplink::start(hub.broker_url().trim_start_matches("mqtt://")).await;
-    let mut agent = Agent::enroll_with(
-        &hub,
-        &[("site", "plant-9")],
-        AgentOptions {
-            device_id: Some("pi-mqtt".into()),
-            env: vec![
-                ("EDGEFLEET_LOCAL_BROKER_URL".into(), local.url()),
-                ("EDGEFLEET_BROKER_URL".into(), uplink.url()),
-            ],
-            ..Default::default()
-        },
-    )
-    .await;
+    let opts = AgentOptions {
+        device_id: Some("pi-mqtt".into()),
+        env: vec![("EDGEFLEET_LOCAL_BROKER_URL".into(), local.url())],
+        ..Default::default()
+    };
+    let (mut agent, uplink) =
+        Agent::enroll_behind(&hub, &hub.broker_url(), &[("site", "plant-9")], opts).await;
     agent.start().await;
     let model = std::fs::read(models_dir().join("vibration/vibration.onnx")).expect("model");
     let sha = push_model(&hub, "vibration", model).await;
@@ -182,8 +171,7 @@ async fn local_mqtt_readings_become_anomaly_events_at_the_hub() {
         "input: {http: {}}",
         "input: {mqtt: {topic: sensors/vibration}}",
     );
-    let (code, body) = hub.put_deployment("anomaly", &yaml).await;
-    assert!(code < 300, "put deployment: {code} {body}");
+    hub.deploy("anomaly", &yaml).await;
     eventually("inference workload Synced and Healthy", T, || async {
         let w = workload_status(&agent, "anomaly").await?;
         (w["sync"] == "Synced" && w["health"] == "Healthy").then_some(())

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use edgefleet_tests::agent::{Agent, AgentOptions, Uplink, install_crypto};
+use edgefleet_tests::agent::{Agent, AgentOptions, install_crypto};
 use edgefleet_tests::control_plane::ControlPlane;
 use edgefleet_tests::eventually;
 use edgefleet_tests::fixtures::{WEB, hub_on_mosquitto};
@@ -61,8 +61,7 @@ async fn offline_reboot_reapplies_stored_state_and_resyncs() {
     )
     .await;
     agent.start().await;
-    let (code, _) = hub.put_deployment("line-3", WEB).await;
-    assert!(code < 300);
+    hub.deploy("line-3", WEB).await;
     eventually("hub shows line-3 healthy", T, || async {
         let (_, s) = hub.get("/deployments/line-3/status").await;
         (s["healthy"] == 1).then_some(())
@@ -128,18 +127,12 @@ async fn offline_reboot_reapplies_stored_state_and_resyncs() {
 /// twice, the uplink comes back, the hub must hold every event exactly once.
 async fn outbox_burst(hub: &Hub, broker_url: &str) {
     const N: usize = 10_000;
-    let uplink = Uplink::start(broker_url.trim_start_matches("mqtt://")).await;
-    let mut agent = Agent::enroll_with(
-        hub,
-        &[],
-        AgentOptions {
-            device_id: Some("pi-outbox".into()),
-            http_port: Some(edgefleet_tests::free_port()),
-            env: vec![("EDGEFLEET_BROKER_URL".into(), uplink.url())],
-            ..Default::default()
-        },
-    )
-    .await;
+    let opts = AgentOptions {
+        device_id: Some("pi-outbox".into()),
+        http_port: Some(edgefleet_tests::free_port()),
+        ..Default::default()
+    };
+    let (mut agent, uplink) = Agent::enroll_behind(hub, broker_url, &[], opts).await;
     agent.start_then_cut(&uplink).await;
 
     // Four posters; each retries an event until it gets 202 (a kill may

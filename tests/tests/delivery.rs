@@ -12,7 +12,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use edgefleet_tests::agent::{Agent, AgentOptions, Uplink, install_crypto};
+use edgefleet_tests::agent::{Agent, AgentOptions, Uplink, install_crypto, outbox_room};
 use edgefleet_tests::eventually;
 use edgefleet_tests::fixtures::hub_on_mosquitto;
 use edgefleet_tests::hub::Hub;
@@ -34,22 +34,20 @@ async fn agent_behind_uplink(
     id: &str,
     unacked: usize,
 ) -> (Agent, Uplink) {
-    let uplink = Uplink::start(broker_url.trim_start_matches("mqtt://")).await;
-    let mut agent = Agent::enroll_with(
+    let (mut agent, uplink) = Agent::enroll_behind(
         hub,
+        broker_url,
         &[],
         AgentOptions {
             device_id: Some(id.into()),
-            env: vec![
-                ("EDGEFLEET_BROKER_URL".into(), uplink.url()),
-                ("EDGEFLEET_OUTBOX_MAX_MESSAGES".into(), (2 * N).to_string()),
-                (
-                    "EDGEFLEET_OUTBOX_MAX_BYTES".into(),
-                    (512u64 << 20).to_string(),
-                ),
-                ("EDGEFLEET_OUTBOX_ACK_TIMEOUT_SECS".into(), "5".into()),
-                ("EDGEFLEET_OUTBOX_MAX_UNACKED".into(), unacked.to_string()),
-            ],
+            env: [
+                outbox_room(2 * N, 512 << 20),
+                vec![
+                    ("EDGEFLEET_OUTBOX_ACK_TIMEOUT_SECS".into(), "5".into()),
+                    ("EDGEFLEET_OUTBOX_MAX_UNACKED".into(), unacked.to_string()),
+                ],
+            ]
+            .concat(),
             ..Default::default()
         },
     )

@@ -166,12 +166,7 @@ async fn demo_starts_the_local_control_plane_and_its_workload_becomes_ready() {
             START,
         )
         .await;
-    let api = line
-        .split("control plane at ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .expect("the API server's URL")
-        .to_owned();
+    let api = edgefleet_tests::word_after(&line, "control plane at ");
     demo.wait_for_line("- name: web", START).await;
     demo.wait_for_line("workload demo.web: Synced, Healthy", START)
         .await;

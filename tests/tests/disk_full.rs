@@ -25,24 +25,26 @@ const DISK: u64 = 4 * 1024 * 1024;
 const RESERVE: u64 = DISK / 20;
 
 async fn agent_on(hub: &Hub, disk: &Tmpfs, id: &str) -> (Agent, Uplink) {
-    let uplink = Uplink::start(hub.broker_url().trim_start_matches("mqtt://")).await;
-    let mut agent = Agent::enroll_with(
-        hub,
-        &[],
-        AgentOptions {
-            device_id: Some(id.into()),
-            state_dir: Some(disk.path().join("state")),
-            env: vec![
-                ("EDGEFLEET_BROKER_URL".into(), uplink.url()),
-                ("EDGEFLEET_OUTBOX_ACK_TIMEOUT_SECS".into(), "5".into()),
-            ],
-            ..Default::default()
-        },
-    )
-    .await;
+    let opts = AgentOptions {
+        device_id: Some(id.into()),
+        state_dir: Some(disk.path().join("state")),
+        env: vec![("EDGEFLEET_OUTBOX_ACK_TIMEOUT_SECS".into(), "5".into())],
+        ..Default::default()
+    };
+    let (mut agent, uplink) = Agent::enroll_behind(hub, &hub.broker_url(), &[], opts).await;
     agent.start().await;
     agent.wait_uplink(true).await;
     (agent, uplink)
+}
+
+/// A hub and an enrolled, connected agent `id` whose state is on a fresh
+/// 4 MiB tmpfs; `None` (skipped) where tmpfs cannot be mounted.
+async fn device_on_a_small_disk(id: &str) -> Option<(Tmpfs, Hub, Agent, Uplink)> {
+    install_crypto();
+    let disk = Tmpfs::mount(DISK)?;
+    let hub = Hub::start().await;
+    let (agent, uplink) = agent_on(&hub, &disk, id).await;
+    Some((disk, hub, agent, uplink))
 }
 
 fn event(id: &str) -> Value {
@@ -83,12 +85,9 @@ async fn pressure_cleared(hub: &Hub, device: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_never_fills_its_disk_and_drains_when_the_uplink_returns() {
-    install_crypto();
-    let Some(disk) = Tmpfs::mount(DISK) else {
+    let Some((disk, hub, agent, uplink)) = device_on_a_small_disk("pi-sd").await else {
         return;
     };
-    let hub = Hub::start().await;
-    let (agent, uplink) = agent_on(&hub, &disk, "pi-sd").await;
     uplink.set_down(true);
     agent.wait_uplink(false).await;
 
@@ -165,12 +164,9 @@ async fn the_agent_never_fills_its_disk_and_drains_when_the_uplink_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_filled_by_another_process_does_not_wedge_the_agent() {
-    install_crypto();
-    let Some(disk) = Tmpfs::mount(DISK) else {
+    let Some((disk, hub, mut agent, uplink)) = device_on_a_small_disk("pi-full").await else {
         return;
     };
-    let hub = Hub::start().await;
-    let (mut agent, uplink) = agent_on(&hub, &disk, "pi-full").await;
     uplink.set_down(true);
     agent.wait_uplink(false).await;
     let mut accepted = HashSet::new();

@@ -234,36 +234,24 @@ async fn broker_restart_mid_rollout(broker: Broker) {
     let Some((a2, k2)) = agent_with_kube(&hub, "pi-br-2").await else {
         return;
     };
-    let (code, body) = hub
-        .put_deployment("roll", &deployment("roll", &cms, "v1"))
-        .await;
-    assert!(code < 300, "{code} {body}");
+    hub.deploy("roll", &deployment("roll", &cms, "v1")).await;
     wait_in_sync(&hub, "roll", 2).await;
 
     // Change, and take the broker away while the change is on its way.
-    let (code, _) = hub
-        .put_deployment("roll", &deployment("roll", &cms, "v2"))
-        .await;
-    assert!(code < 300);
+    hub.deploy("roll", &deployment("roll", &cms, "v2")).await;
     match mosquitto.as_mut() {
         Some(m) => {
             // SIGKILL: retained messages since its last save are gone too.
             m.kill().await;
             // The hub takes changes while its broker is down...
-            let (code, _) = hub
-                .put_deployment("roll", &deployment("roll", &cms, "v3"))
-                .await;
-            assert!(code < 300);
+            hub.deploy("roll", &deployment("roll", &cms, "v3")).await;
             m.start_again().await;
         }
         None => {
             // The embedded broker dies with its hub.
             hub.kill().await;
             hub.restart().await;
-            let (code, _) = hub
-                .put_deployment("roll", &deployment("roll", &cms, "v3"))
-                .await;
-            assert!(code < 300);
+            hub.deploy("roll", &deployment("roll", &cms, "v3")).await;
         }
     }
     eventually(
@@ -289,10 +277,7 @@ async fn late_device_after_broker_crash(broker: Broker) {
         return;
     };
     let cms = ["late-a".to_owned()];
-    let (code, _) = hub
-        .put_deployment("late", &deployment("late", &cms, "v1"))
-        .await;
-    assert!(code < 300);
+    hub.deploy("late", &deployment("late", &cms, "v1")).await;
     let Some((mut agent, kube)) = enrolled_with_kube(&hub, "pi-late").await else {
         return;
     };
@@ -526,10 +511,7 @@ async fn hub_kill_mid_rollout(broker: Broker) {
     changer.await.expect("changer");
 
     for d in DEPLOYMENTS {
-        let (code, _) = hub
-            .put_deployment(d, &deployment(d, &cms(d), "final"))
-            .await;
-        assert!(code < 300);
+        hub.deploy(d, &deployment(d, &cms(d), "final")).await;
     }
     let all_cms: Vec<String> = DEPLOYMENTS.iter().map(|d| format!("{d}-cm")).collect();
     eventually("both devices converge on the final content", T, || async {
@@ -701,10 +683,8 @@ async fn agent_killed_repeatedly(broker: Broker) {
     );
 
     let final_cms = kill_round_configmaps(KILLS + 1);
-    let (code, _) = hub
-        .put_deployment("burst", &deployment("burst", &final_cms, "final"))
+    hub.deploy("burst", &deployment("burst", &final_cms, "final"))
         .await;
-    assert!(code < 300);
     eventually(
         "applied objects match the final desired state",
         T,
@@ -822,10 +802,7 @@ async fn slow_kube_api(broker: Broker) {
     set_config(&agent, "reconcile", "backoff_max_ms", "2000");
     agent.start().await;
     let cms = ["slow-cm".to_owned()];
-    let (code, _) = hub
-        .put_deployment("slow", &deployment("slow", &cms, "v1"))
-        .await;
-    assert!(code < 300);
+    hub.deploy("slow", &deployment("slow", &cms, "v1")).await;
     eventually("healthy before the fault", T, || async {
         let (_, s) = hub.get("/deployments/slow/status").await;
         (s["healthy"] == 1).then_some(())
@@ -835,10 +812,7 @@ async fn slow_kube_api(broker: Broker) {
 
     // Slow: every response 3 s late, beyond the agent's 1 s timeout.
     kube.proxy.set_delay(Duration::from_secs(3));
-    let (code, _) = hub
-        .put_deployment("slow", &deployment("slow", &cms, "v2"))
-        .await;
-    assert!(code < 300);
+    hub.deploy("slow", &deployment("slow", &cms, "v2")).await;
     let deadline = Instant::now() + T;
     let message = loop {
         assert_responsive(&agent, &mut probes).await;

@@ -135,8 +135,7 @@ async fn removed_container_and_env_entries_are_removed() -> Result<()> {
 #[tokio::test]
 async fn delete_checks_the_uid_it_saw() -> Result<()> {
     let (e, ns) = env_or_skip!("uid");
-    e.rt.apply(WORKLOAD, &configmap(&ns, "c", json!({})))
-        .await?;
+    e.rt.apply(WORKLOAD, &empty_cm(&ns)).await?;
     let api = scenarios::configmaps(&e.admin.client, &ns);
     let params = kube::api::DeleteParams {
         preconditions: Some(kube::api::Preconditions {
@@ -161,8 +160,7 @@ async fn delete_checks_the_uid_it_saw() -> Result<()> {
 #[tokio::test]
 async fn namespace_is_auto_created_and_default_namespace_used() -> Result<()> {
     let (e, ns) = env_or_skip!("auto");
-    e.rt.apply(WORKLOAD, &configmap(&ns, "c", json!({})))
-        .await?;
+    e.rt.apply(WORKLOAD, &empty_cm(&ns)).await?;
     let created = e.admin.get("v1", "Namespace", None, &ns).await;
     ensure!(created.is_some(), "namespace {ns} created");
     let name = format!("bare-{ns}");
@@ -429,7 +427,7 @@ async fn unknown_kinds_are_permanent_errors() -> Result<()> {
 #[tokio::test]
 async fn invalid_manifests_are_refused_with_the_servers_message() -> Result<()> {
     let (e, ns) = env_or_skip!("invalid");
-    let cm = configmap(&ns, "c", json!({}));
+    let cm = empty_cm(&ns);
     let err =
         e.rt.apply("not a label value!", &cm)
             .await
@@ -477,26 +475,29 @@ async fn invalid_manifests_are_refused_with_the_servers_message() -> Result<()> 
 }
 
 /// A runtime whose kubeconfig goes through `proxy` to the shared server.
-async fn through(e: &Env, proxy: &FaultProxy, timeout: Duration) -> Result<KubeRuntime> {
+/// ConfigMap `c` in `ns`, without data.
+fn empty_cm(ns: &str) -> Value {
+    configmap(ns, "c", json!({}))
+}
+
+/// A runtime whose connection to the API server goes through a fault
+/// proxy, and the proxy.
+async fn through_proxy(e: &Env, timeout: Duration) -> Result<(KubeRuntime, FaultProxy)> {
+    let proxy = FaultProxy::start(e.shared.url.trim_start_matches("https://")).await;
     let text = std::fs::read_to_string(&e.shared.kubeconfig)?;
     let dir = tempfile::tempdir()?.keep();
     let path = dir.join("kubeconfig");
     let direct = e.shared.url.trim_start_matches("https://").to_owned();
     std::fs::write(&path, text.replace(&direct, &proxy.addr()))?;
-    Ok(KubeRuntime::connect(Some(&path), timeout).await?)
-}
-
-async fn proxy_to(e: &Env) -> FaultProxy {
-    FaultProxy::start(e.shared.url.trim_start_matches("https://")).await
+    Ok((KubeRuntime::connect(Some(&path), timeout).await?, proxy))
 }
 
 #[tokio::test]
 async fn slow_api_gives_a_timeout_quickly() -> Result<()> {
     let e = env_or_skip!();
-    let proxy = proxy_to(&e).await;
-    let rt = through(&e, &proxy, Duration::from_millis(500)).await?;
+    let (rt, proxy) = through_proxy(&e, Duration::from_millis(500)).await?;
     let ns = fresh("slow");
-    rt.apply(WORKLOAD, &configmap(&ns, "c", json!({}))).await?;
+    rt.apply(WORKLOAD, &empty_cm(&ns)).await?;
     proxy.set_delay(Duration::from_secs(30));
     let started = Instant::now();
     let err = rt
@@ -536,10 +537,9 @@ async fn slow_api_gives_a_timeout_quickly() -> Result<()> {
 #[tokio::test]
 async fn a_cut_api_gives_a_transient_error_quickly() -> Result<()> {
     let e = env_or_skip!();
-    let proxy = proxy_to(&e).await;
-    let rt = through(&e, &proxy, TIMEOUT).await?;
+    let (rt, proxy) = through_proxy(&e, TIMEOUT).await?;
     let ns = fresh("cut");
-    rt.apply(WORKLOAD, &configmap(&ns, "c", json!({}))).await?;
+    rt.apply(WORKLOAD, &empty_cm(&ns)).await?;
     proxy.set_down(true);
     let started = Instant::now();
     let err = rt
@@ -547,10 +547,7 @@ async fn a_cut_api_gives_a_transient_error_quickly() -> Result<()> {
         .await
         .expect_err("API cut");
     ensure!(err.is_transient(), "{err:?}");
-    let err = rt
-        .get(&key(&configmap(&ns, "c", json!({}))))
-        .await
-        .expect_err("API cut");
+    let err = rt.get(&key(&empty_cm(&ns))).await.expect_err("API cut");
     ensure!(err.is_transient(), "{err:?}");
     ensure!(
         started.elapsed() < Duration::from_secs(3),
@@ -559,7 +556,7 @@ async fn a_cut_api_gives_a_transient_error_quickly() -> Result<()> {
     );
     proxy.set_down(false);
     eventually("the API answers again", T, || async {
-        rt.get(&key(&configmap(&ns, "c", json!({})))).await.ok()?
+        rt.get(&key(&empty_cm(&ns))).await.ok()?
     })
     .await;
     Ok(())
@@ -568,8 +565,7 @@ async fn a_cut_api_gives_a_transient_error_quickly() -> Result<()> {
 #[tokio::test]
 async fn absent_api_is_unreachable_and_transient() -> Result<()> {
     let e = env_or_skip!();
-    let proxy = proxy_to(&e).await;
-    let rt = through(&e, &proxy, TIMEOUT).await?;
+    let (rt, proxy) = through_proxy(&e, TIMEOUT).await?;
     proxy.set_refusing(true).await;
     let started = Instant::now();
     let err = rt.server_version().await.expect_err("nothing listens");

@@ -21,17 +21,6 @@ use serde_json::json;
 
 const T: Duration = Duration::from_secs(30);
 
-/// The deployment of the round trip, its ConfigMap in namespace `ns`.
-fn deployment(ns: &str) -> String {
-    configmaps(
-        "over-tls",
-        ("site", "tls"),
-        "config",
-        ns,
-        &[("tls-config", "transport", "mqtts")],
-    )
-}
-
 /// A CA, a broker certificate it signed (for `localhost` and 127.0.0.1),
 /// and an unrelated CA, as PEM files in a temp dir.
 struct Pki {
@@ -120,8 +109,10 @@ async fn device_round_trip(hub: &Hub, ca: &Path, ns: &str) -> Option<Agent> {
     agent.start().await;
     agent.wait_uplink(true).await;
 
-    let (code, _) = hub.put_deployment("over-tls", &deployment(ns)).await;
-    assert!(code < 300, "PUT deployment: {code}");
+    // One ConfigMap in `ns`, for the devices labelled site=tls.
+    let maps = [("tls-config", "transport", "mqtts")];
+    let yaml = configmaps("over-tls", ("site", "tls"), "config", ns, &maps);
+    hub.deploy("over-tls", &yaml).await;
     eventually(
         "ConfigMap applied from desired state sent over TLS",
         T,

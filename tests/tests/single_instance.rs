@@ -5,6 +5,7 @@
 //! working, a SIGKILLed holder never blocks a restart, and read-only
 //! commands work beside the daemon.
 
+use std::ffi::OsStr;
 use std::time::{Duration, Instant};
 
 use edgefleet_tests::agent::{Agent, install_crypto};
@@ -17,11 +18,14 @@ use tokio::process::Command;
 /// EX_CONFIG, as both binaries name it.
 const EXIT_CONFIG: i32 = 78;
 
-/// Runs `cmd` and expects it to exit non-zero within a second, saying that
-/// the directory is in use by `holder`.
-async fn refused(name: &str, cmd: Command, holder: u32) {
+/// Runs `binary args…` and expects it to exit non-zero within a second,
+/// saying that the directory is in use by `holder`.
+async fn refused(binary: &str, args: &[&OsStr], holder: u32) {
+    let name = format!("second {binary}");
+    let mut cmd = Command::new(bin(binary));
+    cmd.args(args);
     let started = Instant::now();
-    let mut p = Proc::spawn(name, cmd);
+    let mut p = Proc::spawn(&name, cmd);
     let code = p.wait(Duration::from_secs(1)).await;
     let took = started.elapsed();
     let out = p.output().join("\n");
@@ -42,14 +46,15 @@ async fn a_second_agent_on_one_state_dir_is_refused() {
     agent.wait_uplink(true).await;
     let holder = agent.proc.pid().expect("agent pid");
 
-    let mut second = Command::new(bin("edge-agent"));
-    second
-        .arg("run")
-        .arg("--config")
-        .arg(agent.config_path())
-        .arg("--http-port")
-        .arg("0");
-    refused("second edge-agent", second, holder).await;
+    let config = agent.config_path();
+    let args = [
+        "run".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--http-port".as_ref(),
+        "0".as_ref(),
+    ];
+    refused("edge-agent", &args, holder).await;
 
     // The first is undisturbed: still connected, still taking events.
     let (code, _) = agent
@@ -98,16 +103,17 @@ async fn a_second_hub_on_one_data_dir_is_refused() {
     install_crypto();
     let mut hub = Hub::start().await;
     let holder = hub.proc.pid().expect("hub pid");
-    let mut second = Command::new(bin("cloudcore"));
-    second
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(hub.data_dir())
-        .arg("--api-listen")
-        .arg("127.0.0.1:0")
-        .arg("--broker-listen")
-        .arg(format!("127.0.0.1:{}", edgefleet_tests::free_port()));
-    refused("second cloudcore", second, holder).await;
+    let broker = format!("127.0.0.1:{}", edgefleet_tests::free_port());
+    let args = [
+        "serve".as_ref(),
+        "--data-dir".as_ref(),
+        hub.data_dir().as_os_str(),
+        "--api-listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--broker-listen".as_ref(),
+        broker.as_ref(),
+    ];
+    refused("cloudcore", &args, holder).await;
     let (code, _) = hub.get("/devices").await;
     assert_eq!(code, 200, "the first hub keeps serving");
 

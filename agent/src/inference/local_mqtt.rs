@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use edgefleet_daemon::mqtt::{next_event, pause};
 use edgefleet_protocol::workload::InferenceOutput;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use tokio_util::sync::CancellationToken;
@@ -73,9 +74,8 @@ pub fn start(
     let stop = cancel.clone();
     tokio::spawn(async move {
         loop {
-            let ev = tokio::select! {
-                _ = stop.cancelled() => break,
-                ev = events.poll() => ev,
+            let Some(ev) = next_event(&mut events, &stop).await else {
+                break;
             };
             match ev {
                 Ok(Event::Incoming(Incoming::ConnAck(_))) => {
@@ -87,10 +87,8 @@ pub fn start(
                 Ok(_) => {}
                 Err(e) => {
                     tracing::debug!(workload = %ctx.workload, error = %e, "local broker unreachable; retrying");
-                    // Reconnect pacing (rumqttc reconnects on the next poll).
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    if !pause(Duration::from_millis(500), &stop).await {
+                        break;
                     }
                 }
             }

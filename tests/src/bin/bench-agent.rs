@@ -22,7 +22,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use edgefleet_tests::agent::{Agent, AgentOptions, Uplink, install_crypto};
+use edgefleet_tests::agent::{Agent, AgentOptions, install_crypto, outbox_room};
 use edgefleet_tests::control_plane::ControlPlane;
 use edgefleet_tests::hub::{Hub, HubOptions};
 use edgefleet_tests::mosquitto::Mosquitto;
@@ -279,33 +279,18 @@ async fn outbox_flush(
     broker: &'static str,
     n: usize,
 ) -> anyhow::Result<Flush> {
-    let uplink = Uplink::start(broker_url.trim_start_matches("mqtt://")).await;
     let slug: String = broker
         .chars()
         .take_while(char::is_ascii_alphanumeric)
         .collect();
     let device = format!("bench-outbox-{slug}-{n}");
-    let mut agent = Agent::enroll_with(
-        hub,
-        &[],
-        AgentOptions {
-            device_id: Some(device.clone()),
-            env: vec![
-                ("EDGEFLEET_BROKER_URL".into(), uplink.url()),
-                // Room for the backlog and the status report beside it.
-                (
-                    "EDGEFLEET_OUTBOX_MAX_MESSAGES".into(),
-                    (n + 1000).to_string(),
-                ),
-                (
-                    "EDGEFLEET_OUTBOX_MAX_BYTES".into(),
-                    (1u64 << 30).to_string(),
-                ),
-            ],
-            ..Default::default()
-        },
-    )
-    .await;
+    let opts = AgentOptions {
+        device_id: Some(device.clone()),
+        // Room for the backlog and the status report beside it.
+        env: outbox_room(n + 1000, 1 << 30),
+        ..Default::default()
+    };
+    let (mut agent, uplink) = Agent::enroll_behind(hub, broker_url, &[], opts).await;
     agent.start_then_cut(&uplink).await;
 
     // Four clients posting batches of 100 events.

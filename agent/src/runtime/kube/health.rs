@@ -80,6 +80,14 @@ fn condition_text(c: &Value) -> String {
     }
 }
 
+/// `what`, followed by the object's reason and message when it has any.
+fn saying(what: &str, c: &Value) -> String {
+    match condition_text(c) {
+        text if text.is_empty() => what.to_owned(),
+        text => format!("{what}: {text}"),
+    }
+}
+
 fn deployment_health(spec: Option<&Value>, status: &Value) -> (Health, Option<String>) {
     let conditions = status.get("conditions").and_then(Value::as_array);
     for c in conditions.into_iter().flatten() {
@@ -205,14 +213,7 @@ fn pod_health(status: Option<&Value>) -> (Health, Option<String>) {
     });
     match status.get("phase").and_then(Value::as_str) {
         Some("Succeeded") => (Health::Healthy, None),
-        Some("Failed") => {
-            let text = condition_text(status);
-            degraded(if text.is_empty() {
-                "pod failed".to_owned()
-            } else {
-                format!("pod failed: {text}")
-            })
-        }
+        Some("Failed") => degraded(saying("pod failed", status)),
         Some("Pending") | Some("Running") if stuck.is_some() => degraded(stuck.unwrap_or_default()),
         Some("Running") => {
             if true_condition(Some(status), "Ready").is_some() {
@@ -230,14 +231,7 @@ fn pod_health(status: Option<&Value>) -> (Health, Option<String>) {
                 .count();
             progressing(format!("{ready}/{} containers ready", main.len()))
         }
-        Some("Pending") => {
-            let text = condition_text(status);
-            progressing(if text.is_empty() {
-                "pod pending".to_owned()
-            } else {
-                format!("pod pending: {text}")
-            })
-        }
+        Some("Pending") => progressing(saying("pod pending", status)),
         Some(other) => (Health::Unknown, Some(format!("pod phase {other}"))),
         None => progressing("waiting for the pod to be scheduled"),
     }

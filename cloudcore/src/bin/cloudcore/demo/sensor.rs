@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, MqttOptions, QoS};
-use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -57,20 +57,13 @@ pub fn start_broker() -> Result<SocketAddr, SensorError> {
         initialized_filters: None,
         shared_subscriptions_strategy: Default::default(),
     };
-    let mut broker = Broker::new(Config {
+    let config = Config {
         id: 0,
         router,
         v4: Some(HashMap::from([("sensors".to_owned(), server)])),
         ..Default::default()
-    });
-    std::thread::Builder::new()
-        .name("sensor-broker".into())
-        .spawn(move || {
-            if let Err(e) = broker.start() {
-                tracing::error!(error = %e, "sensor broker stopped");
-            }
-        })
-        .map_err(SensorError::Thread)?;
+    };
+    cloudcore::broker::run_in_thread("sensor-broker", config).map_err(SensorError::Thread)?;
     Ok(addr)
 }
 
