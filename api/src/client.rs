@@ -10,8 +10,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::types::{
-    Applied, DeploymentRecord, DeploymentStatus, DeploymentSummary, DeviceDetail, DevicePatch,
-    DeviceRecord, ErrorBody, EventRecord, HubKey, ModelRecord, Page,
+    Applied, DeploymentGeneration, DeploymentRecord, DeploymentStatus, DeploymentSummary,
+    DeviceDetail, DevicePatch, DeviceRecord, ErrorBody, EventRecord, HubKey, ModelRecord, Page,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -234,6 +234,14 @@ impl Client {
     pub async fn deployment(&self, name: &str) -> Result<DeploymentRecord, ClientError> {
         self.call(Method::GET, &format!("/deployments/{name}"), Body::None)
             .await
+    }
+
+    /// The generations the hub keeps of `name`, newest first.
+    pub async fn deployment_history(
+        &self,
+        name: &str,
+    ) -> Result<Vec<DeploymentGeneration>, ClientError> {
+        self.list_all(&format!("/deployments/{name}/history")).await
     }
 
     pub async fn deployment_status(&self, name: &str) -> Result<DeploymentStatus, ClientError> {

@@ -2,8 +2,8 @@
 //! `edgectl describe` print, and the pieces `cloudcore demo` reuses.
 
 use crate::types::{
-    Counts, DeploymentStatus, DeploymentSummary, DeviceDetail, DeviceRecord, EventRecord,
-    ModelRecord,
+    Counts, DeploymentGeneration, DeploymentStatus, DeploymentSummary, DeviceDetail, DeviceRecord,
+    EventRecord, ModelRecord,
 };
 
 /// Left-aligned columns separated by three spaces, upper-case headers.
@@ -126,6 +126,28 @@ pub fn deployments(items: &[DeploymentSummary], wide: bool) -> String {
         headers.extend(["GENERATION", "WORKLOADS"]);
     }
     render(&headers, &rows)
+}
+
+/// `edgectl rollout history`: the generations the hub keeps, newest first.
+pub fn history(items: &[DeploymentGeneration]) -> String {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|g| {
+            let names: Vec<&str> = g
+                .spec
+                .spec
+                .workloads
+                .iter()
+                .map(|w| w.name.as_str())
+                .collect();
+            vec![
+                g.generation.to_string(),
+                age(Some(g.created_ms)),
+                names.join(","),
+            ]
+        })
+        .collect();
+    render(&["GENERATION", "APPLIED", "WORKLOADS"], &rows)
 }
 
 pub fn models(items: &[ModelRecord], wide: bool) -> String {

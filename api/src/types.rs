@@ -209,6 +209,20 @@ pub struct EventRecord {
 }
 
 /// A stored deployment.
+/// One generation of a deployment's spec, as the hub keeps it (the last
+/// [`DEPLOYMENT_HISTORY`] generations of each deployment).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentGeneration {
+    pub generation: u64,
+    /// When this generation was applied.
+    pub created_ms: u64,
+    pub spec: edgefleet_protocol::Deployment,
+}
+
+/// How many generations of each deployment the hub keeps.
+pub const DEPLOYMENT_HISTORY: u64 = 10;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeploymentRecord {

@@ -308,6 +308,7 @@ pub fn router(st: Shared, max_body: usize) -> Router {
                 .delete(deployments::delete),
         )
         .route("/deployments/{name}/status", get(deployments::status))
+        .route("/deployments/{name}/history", get(deployments::history))
         .route("/models", post(models::upload).get(models::list))
         .route_layer(middleware::from_fn_with_state(st.clone(), require_operator));
     let open = Router::new()

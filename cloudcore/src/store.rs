@@ -27,8 +27,8 @@ pub use devices::{DeviceAuth, EnrollOutcome};
 /// The rows the store returns are the API's types: what is stored is what
 /// is served.
 pub use edgefleet_api::{
-    Condition, ConditionType, DeploymentRecord, DeviceRecord, EventRecord, ModelRecord, Presence,
-    WorkloadStatusRecord,
+    Condition, ConditionType, DEPLOYMENT_HISTORY, DeploymentGeneration, DeploymentRecord,
+    DeviceRecord, EventRecord, ModelRecord, Presence, WorkloadStatusRecord,
 };
 pub use reports::Ingested;
 
@@ -135,6 +135,19 @@ const MIGRATIONS: &[&str] = &[
         updated_ms INTEGER NOT NULL,
         PRIMARY KEY (device_id, type)
     );
+    "#,
+    // 3: each deployment's last generations (store/deployments.rs), for
+    // rollbacks; deployments from before it keep their current one.
+    r#"
+    CREATE TABLE deployment_generations (
+        name TEXT NOT NULL REFERENCES deployments(name) ON DELETE CASCADE,
+        generation INTEGER NOT NULL,
+        spec TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        PRIMARY KEY (name, generation)
+    );
+    INSERT INTO deployment_generations(name, generation, spec, created_ms)
+        SELECT name, generation, spec, updated_ms FROM deployments;
     "#,
 ];
 
@@ -269,6 +282,56 @@ mod tests {
         let (rec, changed) = s.put_deployment(&deployment("web", "b", &["app"])).unwrap();
         assert_eq!((rec.generation, changed), (2, true));
         assert_eq!(s.list_deployments().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_last_generations_are_kept_newest_first_and_go_with_the_deployment() {
+        let s = Store::open_in_memory().unwrap();
+        let sites: Vec<String> = (0..13).map(|i| format!("site-{i}")).collect();
+        for site in &sites {
+            s.put_deployment(&deployment("web", site, &["app"]))
+                .unwrap();
+            // An unchanged apply adds no generation.
+            s.put_deployment(&deployment("web", site, &["app"]))
+                .unwrap();
+        }
+        let history = s.deployment_history("web").unwrap();
+        let generations: Vec<u64> = history.iter().map(|g| g.generation).collect();
+        assert_eq!(generations, (4..=13).rev().collect::<Vec<u64>>());
+        assert_eq!(history[0].spec, deployment("web", "site-12", &["app"]));
+        assert_eq!(history[9].spec, deployment("web", "site-3", &["app"]));
+        assert!(s.deployment_history("other").unwrap().is_empty());
+
+        assert!(s.delete_deployment("web").unwrap());
+        assert!(s.deployment_history("web").unwrap().is_empty());
+        // Made again, it starts over at generation 1 with one entry.
+        s.put_deployment(&deployment("web", "again", &["app"]))
+            .unwrap();
+        let history = s.deployment_history("web").unwrap();
+        assert_eq!(history.len(), 1);
+        assert_eq!(history[0].generation, 1);
+    }
+
+    #[test]
+    fn deployments_from_before_the_history_keep_their_current_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.put_deployment(&deployment("web", "a", &["app"])).unwrap();
+        s.put_deployment(&deployment("web", "b", &["app"])).unwrap();
+        // Back to schema 2, as an older hub left it.
+        {
+            let conn = s.lock();
+            conn.execute_batch("DROP TABLE deployment_generations; PRAGMA user_version = 2;")
+                .unwrap();
+        }
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        let history = s.deployment_history("web").unwrap();
+        assert_eq!(history.len(), 1);
+        assert_eq!(
+            (history[0].generation, &history[0].spec),
+            (2, &deployment("web", "b", &["app"]))
+        );
     }
 
     #[test]

@@ -61,6 +61,7 @@ async fn api_errors_have_status_and_message() {
     for path in [
         "/deployments/nope",
         "/deployments/nope/status",
+        "/deployments/nope/history",
         "/devices/nope",
     ] {
         let (code, body) = hub.get(path).await;
@@ -151,6 +152,38 @@ async fn edgectl_first_steps() {
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v[0]["name"], "web");
+
+    // Three applies that changed the spec: three generations kept, the
+    // newest first, each with the spec it had.
+    let (code, out, err) = edgectl(&hub, Some(&token), &["rollout", "history", "web"]);
+    assert_eq!(code, 0, "{err}");
+    let generations: Vec<&str> = out
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(generations, ["3", "2", "1"], "{out}");
+    assert!(
+        out.starts_with("GENERATION   APPLIED   WORKLOADS\n"),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .all(|l| l.ends_with("app") || l.ends_with("WORKLOADS")),
+        "{out}"
+    );
+    let (_, out, _) = edgectl(
+        &hub,
+        Some(&token),
+        &["rollout", "history", "web", "-o", "json"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[1]["generation"], 2);
+    assert_eq!(v[1]["spec"]["spec"]["selector"]["matchLabels"]["site"], "b");
+    assert_eq!(v[0]["spec"]["spec"]["selector"]["matchLabels"]["site"], "a");
+    let (code, _, err) = edgectl(&hub, Some(&token), &["rollout", "history", "nope"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not found"), "{err}");
 
     let (code, _, err) = edgectl(&hub, Some(&token), &["delete", "deployment", "nope"]);
     assert_eq!(code, 1);

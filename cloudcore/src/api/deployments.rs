@@ -1,5 +1,5 @@
-//! `/api/v1/deployments…`: apply (PUT, YAML or JSON), list, get, delete, and
-//! rollout status per device.
+//! `/api/v1/deployments…`: apply (PUT, YAML or JSON), list, get, delete,
+//! rollout status per device, and the generations kept.
 
 use std::collections::HashMap;
 
@@ -7,7 +7,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use edgefleet_api::{
-    Applied, ApplyResult, Counts, DeploymentStatus, DeploymentSummary, DeviceRollout, WorkloadRow,
+    Applied, ApplyResult, Counts, DeploymentGeneration, DeploymentStatus, DeploymentSummary,
+    DeviceRollout, WorkloadRow,
 };
 use edgefleet_protocol::{Deployment, Health, SyncState};
 
@@ -229,6 +230,26 @@ impl Fleet {
         }
         out
     }
+}
+
+/// The generations the hub keeps of a deployment, newest first.
+pub async fn history(
+    State(st): State<Shared>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<super::Page<DeploymentGeneration>>> {
+    let n = name.clone();
+    let items = st
+        .store
+        .run(move |s| match s.get_deployment(&n)? {
+            Some(_) => Ok(Some(s.deployment_history(&n)?)),
+            None => Ok(None),
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found(format_args!("deployment {name:?}")))?;
+    Ok(Json(super::Page {
+        items,
+        continue_token: None,
+    }))
 }
 
 pub async fn status(

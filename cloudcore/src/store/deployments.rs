@@ -1,9 +1,11 @@
 //! Deployments as operators applied them, with their generation (bumped only
-//! when the spec changes).
+//! when the spec changes) and the specs of their last generations.
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{DeploymentRecord, Store, StoreError, ms, sql_i64};
+use super::{
+    DEPLOYMENT_HISTORY, DeploymentGeneration, DeploymentRecord, Store, StoreError, ms, sql_i64,
+};
 
 impl Store {
     /// Stores a deployment; bumps the generation only when the spec changed.
@@ -36,6 +38,18 @@ impl Store {
         }
         let rec = Self::deployment_row(&tx, &d.metadata.name)?
             .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+        if changed {
+            let generation = sql_i64(rec.generation);
+            tx.execute(
+                "INSERT OR REPLACE INTO deployment_generations(name, generation, spec, created_ms)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![rec.name, generation, spec, now],
+            )?;
+            tx.execute(
+                "DELETE FROM deployment_generations WHERE name = ?1 AND generation <= ?2",
+                params![rec.name, generation - sql_i64(DEPLOYMENT_HISTORY)],
+            )?;
+        }
         tx.commit()?;
         Ok((rec, changed))
     }
@@ -87,6 +101,28 @@ impl Store {
         Ok(out)
     }
 
+    /// The generations kept for `name`, newest first (empty when there is
+    /// no such deployment).
+    pub fn deployment_history(&self, name: &str) -> Result<Vec<DeploymentGeneration>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT generation, created_ms, spec FROM deployment_generations
+             WHERE name = ?1 ORDER BY generation DESC",
+        )?;
+        let rows = stmt.query_map(params![name], |r| <(i64, i64, String)>::try_from(r))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (g, c, spec) = row?;
+            out.push(DeploymentGeneration {
+                generation: ms(g),
+                created_ms: ms(c),
+                spec: serde_json::from_str(&spec)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Deletes a deployment and its history.
     pub fn delete_deployment(&self, name: &str) -> Result<bool, StoreError> {
         Ok(self
             .lock()

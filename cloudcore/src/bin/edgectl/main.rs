@@ -87,6 +87,21 @@ enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+    /// A deployment's rollouts.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RolloutCommand {
+    /// The generations of a deployment the hub keeps, newest first.
+    History {
+        name: String,
+        #[arg(short, long)]
+        output: Option<Output>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -362,6 +377,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             match output {
                 Some(o @ (Output::Json | Output::Yaml)) => print_structured(&all, o)?,
                 _ => print!("{}", text::events(&all)),
+            }
+        }
+        Command::Rollout {
+            command: RolloutCommand::History { name, output },
+        } => {
+            let items = client.deployment_history(&name).await.map_err(err)?;
+            match output {
+                Some(o @ (Output::Json | Output::Yaml)) => print_structured(&items, o)?,
+                _ => print!("{}", text::history(&items)),
             }
         }
         Command::Models {
