@@ -166,6 +166,10 @@ impl Client {
 
     /// Any GET as untyped JSON, exactly as the hub sent it (`-o json`).
     pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        self.get(path).await
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.call(Method::GET, path, Body::None).await
     }
 
@@ -178,7 +182,7 @@ impl Client {
                 Some(c) => format!("{path}?continue={c}"),
                 None => path.to_owned(),
             };
-            let page: Page<T> = self.call(Method::GET, &p, Body::None).await?;
+            let page: Page<T> = self.get(&p).await?;
             items.extend(page.items);
             match page.continue_token {
                 Some(c) if !c.is_empty() => cont = Some(c),
@@ -192,8 +196,7 @@ impl Client {
     }
 
     pub async fn device(&self, id: &str) -> Result<DeviceDetail, ClientError> {
-        self.call(Method::GET, &format!("/devices/{id}"), Body::None)
-            .await
+        self.get(&format!("/devices/{id}")).await
     }
 
     pub async fn patch_device(
@@ -232,8 +235,11 @@ impl Client {
     }
 
     pub async fn deployment(&self, name: &str) -> Result<DeploymentRecord, ClientError> {
-        self.call(Method::GET, &format!("/deployments/{name}"), Body::None)
-            .await
+        self.get(&format!("/deployments/{name}")).await
+    }
+
+    pub async fn deployment_status(&self, name: &str) -> Result<DeploymentStatus, ClientError> {
+        self.get(&format!("/deployments/{name}/status")).await
     }
 
     /// The generations the hub keeps of `name`, newest first.
@@ -242,15 +248,6 @@ impl Client {
         name: &str,
     ) -> Result<Vec<DeploymentGeneration>, ClientError> {
         self.list_all(&format!("/deployments/{name}/history")).await
-    }
-
-    pub async fn deployment_status(&self, name: &str) -> Result<DeploymentStatus, ClientError> {
-        self.call(
-            Method::GET,
-            &format!("/deployments/{name}/status"),
-            Body::None,
-        )
-        .await
     }
 
     /// Creates or updates deployment `name` from a manifest (YAML or JSON).
@@ -284,6 +281,6 @@ impl Client {
     }
 
     pub async fn hub_key(&self) -> Result<HubKey, ClientError> {
-        self.call(Method::GET, "/hub/key", Body::None).await
+        self.get("/hub/key").await
     }
 }

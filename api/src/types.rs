@@ -19,6 +19,16 @@ pub struct Page<T> {
     pub continue_token: Option<String>,
 }
 
+impl<T> Page<T> {
+    /// The only page: every item, no `continue`.
+    pub fn whole(items: Vec<T>) -> Self {
+        Self {
+            items,
+            continue_token: None,
+        }
+    }
+}
+
 /// Every error response: `{"error": {"code": "not_found", "message": "…"}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {

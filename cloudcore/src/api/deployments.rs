@@ -36,10 +36,7 @@ pub async fn list(State(st): State<Shared>) -> ApiResult<Json<super::Page<Deploy
             counts: r.counts,
         })
         .collect();
-    Ok(Json(super::Page {
-        items,
-        continue_token: None,
-    }))
+    Ok(Json(super::Page::whole(items)))
 }
 
 pub async fn get_one(
@@ -232,6 +229,21 @@ impl Fleet {
     }
 }
 
+pub async fn status(
+    State(st): State<Shared>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<DeploymentStatus>> {
+    let n = name.clone();
+    st.store
+        .run(move |s| match s.get_deployment(&n)? {
+            Some(d) => Ok(Some(Fleet::load(s)?.rollout(&d))),
+            None => Ok(None),
+        })
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format_args!("deployment {name:?}")))
+}
+
 /// The generations the hub keeps of a deployment, newest first.
 pub async fn history(
     State(st): State<Shared>,
@@ -246,23 +258,5 @@ pub async fn history(
         })
         .await?
         .ok_or_else(|| ApiError::not_found(format_args!("deployment {name:?}")))?;
-    Ok(Json(super::Page {
-        items,
-        continue_token: None,
-    }))
-}
-
-pub async fn status(
-    State(st): State<Shared>,
-    Path(name): Path<String>,
-) -> ApiResult<Json<DeploymentStatus>> {
-    let n = name.clone();
-    st.store
-        .run(move |s| match s.get_deployment(&n)? {
-            Some(d) => Ok(Some(Fleet::load(s)?.rollout(&d))),
-            None => Ok(None),
-        })
-        .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format_args!("deployment {name:?}")))
+    Ok(Json(super::Page::whole(items)))
 }

@@ -82,10 +82,7 @@ pub async fn upload(
 
 pub async fn list(State(st): State<Shared>) -> ApiResult<Json<Page<ModelRecord>>> {
     let items = st.store.run(|s| s.list_models()).await?;
-    Ok(Json(Page {
-        items,
-        continue_token: None,
-    }))
+    Ok(Json(Page::whole(items)))
 }
 
 /// Parses `bytes=START-[END]` against a blob of `size` bytes.

@@ -203,6 +203,21 @@ fn print_structured(v: &impl serde::Serialize, o: Output) -> Result<(), Failure>
     Ok(())
 }
 
+/// `items` as JSON or YAML when asked, else as the table `table` makes.
+fn print_list<T: serde::Serialize>(
+    items: &[T],
+    output: Option<Output>,
+    table: fn(&[T]) -> String,
+) -> Result<(), Failure> {
+    match output {
+        Some(o @ (Output::Json | Output::Yaml)) => print_structured(&items, o),
+        _ => {
+            print!("{}", table(items));
+            Ok(())
+        }
+    }
+}
+
 fn read_input(file: &Path) -> Result<String, Failure> {
     if file.as_os_str() == "-" {
         let mut s = String::new();
@@ -374,19 +389,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     None => break,
                 }
             }
-            match output {
-                Some(o @ (Output::Json | Output::Yaml)) => print_structured(&all, o)?,
-                _ => print!("{}", text::events(&all)),
-            }
+            print_list(&all, output, text::events)?;
         }
         Command::Rollout {
             command: RolloutCommand::History { name, output },
         } => {
             let items = client.deployment_history(&name).await.map_err(err)?;
-            match output {
-                Some(o @ (Output::Json | Output::Yaml)) => print_structured(&items, o)?,
-                _ => print!("{}", text::history(&items)),
-            }
+            print_list(&items, output, text::history)?;
         }
         Command::Models {
             command: ModelsCommand::Push { file, name },
