@@ -33,6 +33,7 @@ pub struct Config {
     pub broker: BrokerConfig,
     pub auth: AuthConfig,
     pub store: StoreConfig,
+    pub backup: BackupConfig,
     /// Test-only: the size checks to leave out, so a test can show the next
     /// layer holds by itself. Never in a config file; set by the
     /// `CLOUDCORE_TEST_UNCHECKED_LIMITS` variable (`api`, `publisher`, both
@@ -98,6 +99,47 @@ pub struct StoreConfig {
     pub disk_reserve_bytes: u64,
 }
 
+/// Scheduled backups (`cloudcore backup` is the same, on demand).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupConfig {
+    /// How often (`12h`, `30m`; `0`: never). On by default, as K3s takes
+    /// its etcd snapshots: the hub key and device registry cannot be
+    /// re-created without re-enrolling every device.
+    pub interval: edgefleet_protocol::Duration,
+    /// Archives kept; older ones are deleted.
+    pub keep: usize,
+    /// Where archives go; empty: `<data_dir>/backups`. Put it on another
+    /// disk, or copy the archives off the machine: a backup beside the data
+    /// it protects is lost with the disk.
+    pub dir: PathBuf,
+    /// Record model hashes instead of the blobs (smaller archives; the
+    /// models must then be uploaded again after a restore).
+    pub without_models: bool,
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        Self {
+            interval: edgefleet_protocol::Duration::from_secs(12 * 3600),
+            keep: 5,
+            dir: PathBuf::new(),
+            without_models: false,
+        }
+    }
+}
+
+impl BackupConfig {
+    /// The backup directory for the data directory `data`.
+    pub fn dir_for(&self, data: &Path) -> PathBuf {
+        if self.dir.as_os_str().is_empty() {
+            data.join(crate::backup::BACKUPS)
+        } else {
+            self.dir.clone()
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
@@ -115,6 +157,7 @@ impl Default for Config {
             broker: BrokerConfig::default(),
             auth: AuthConfig::default(),
             store: StoreConfig::default(),
+            backup: BackupConfig::default(),
             unchecked_limits: UncheckedLimits::default(),
         }
     }
@@ -237,6 +280,20 @@ impl Config {
             self.store.disk_reserve_bytes =
                 env_parse_as("CLOUDCORE_STORE_DISK_RESERVE_BYTES", &v, expected)?;
         }
+        if let Some(v) = env("CLOUDCORE_BACKUP_INTERVAL") {
+            self.backup.interval =
+                v.parse()
+                    .map_err(|e: edgefleet_protocol::duration::DurationError| {
+                        env_error("CLOUDCORE_BACKUP_INTERVAL", &v, e.to_string())
+                    })?;
+        }
+        if let Some(v) = env("CLOUDCORE_BACKUP_KEEP") {
+            let expected = "expected how many archives to keep";
+            self.backup.keep = env_parse_as("CLOUDCORE_BACKUP_KEEP", &v, expected)?;
+        }
+        if let Some(v) = env("CLOUDCORE_BACKUP_DIR") {
+            self.backup.dir = v.into();
+        }
         if let Some(v) = env("CLOUDCORE_TEST_UNCHECKED_LIMITS") {
             for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
                 match part {
@@ -272,6 +329,12 @@ impl Config {
                     "{name} must be at least 16 characters"
                 )));
             }
+        }
+        if !self.backup.interval.is_zero() && self.backup.keep == 0 {
+            return Err(ConfigError::Invalid(
+                "backup.keep must be at least 1 (or backup.interval 0: no scheduled backups)"
+                    .into(),
+            ));
         }
         if self.broker.max_connections == 0 {
             return Err(ConfigError::Invalid(

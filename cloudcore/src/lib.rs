@@ -4,11 +4,12 @@
 //! Parts: [`config`], [`store`] (SQLite), [`keys`] (hub key, tokens),
 //! [`broker`] (embedded rumqttd), [`mqtt`] (the hub's own MQTT session),
 //! [`publisher`] (desired-state sync), [`ingest`] (status, events, presence,
-//! heartbeats), [`api`] (REST, its types in `edgefleet-api`), [`serve`]
-//! (wiring and shutdown). `cloudcore demo` and `edgectl` are binaries of
+//! heartbeats), [`api`] (REST, its types in `edgefleet-api`), [`backup`]
+//! (backups and restores), [`serve`] (wiring and shutdown). `cloudcore demo` and `edgectl` are binaries of
 //! this package, not part of the library.
 
 pub mod api;
+pub mod backup;
 pub mod broker;
 pub mod config;
 pub mod desired;

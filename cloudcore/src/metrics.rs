@@ -64,6 +64,14 @@ edgefleet_daemon::declare_metrics! {
         pub desired_dropped: Counter,
         /// Devices with a standing condition, by type (DesiredTooLarge, DesiredRejected, DiskPressure)
         pub device_conditions: Family<Labels, Gauge>,
+        /// Scheduled backups, by result (ok, failed)
+        pub backups: Family<Labels, Counter>,
+        /// When the last scheduled backup was written (Unix seconds; 0: none since start)
+        #[name = "backup_last_success_timestamp_seconds"]
+        pub backup_last_success: Gauge,
+        /// Seconds since the last scheduled backup was written (-1: none since start)
+        #[name = "backup_age_seconds"]
+        pub backup_age: Gauge,
     }
 }
 
@@ -94,8 +102,30 @@ impl Metrics {
             .inc();
     }
 
+    pub fn backup_succeeded(&self, at_ms: u64) {
+        self.backups
+            .get_or_create(&vec![("result", "ok".to_owned())])
+            .inc();
+        self.backup_last_success
+            .set(i64::try_from(at_ms / 1000).unwrap_or(i64::MAX));
+    }
+
+    pub fn backup_failed(&self) {
+        self.backups
+            .get_or_create(&vec![("result", "failed".to_owned())])
+            .inc();
+    }
+
     /// The OpenMetrics text `/metrics` serves.
     pub fn render(&self) -> String {
+        // The age is computed at scrape time, so it grows between backups.
+        let last = self.backup_last_success.get();
+        let now = i64::try_from(edgefleet_protocol::now_ms() / 1000).unwrap_or(i64::MAX);
+        self.backup_age.set(if last > 0 {
+            now.saturating_sub(last)
+        } else {
+            -1
+        });
         edgefleet_daemon::metrics::render(&self.registry)
     }
 

@@ -25,6 +25,14 @@ pub enum ServeError {
     Config(#[from] ConfigError),
     #[error("cannot open the store")]
     Store(#[from] StoreError),
+    /// The store is damaged; `restore` says how to bring back a backup.
+    #[error("cannot open the store {path}")]
+    Damaged {
+        path: std::path::PathBuf,
+        #[source]
+        source: StoreError,
+        restore: String,
+    },
     #[error("cannot take the data directory")]
     Lock(#[from] edgefleet_daemon::lock::LockError),
     #[error("cannot load or create the hub's secrets")]
@@ -47,17 +55,62 @@ pub enum ServeError {
 pub type TaskError = Box<dyn std::error::Error + Send + Sync>;
 
 impl ServeError {
+    /// What the operator can do next, when the error has an answer.
+    pub fn hint(&self) -> Option<&str> {
+        match self {
+            ServeError::Damaged { restore, .. } => Some(restore),
+            _ => None,
+        }
+    }
+
     /// The process exit code for this failure.
     pub fn exit_code(&self) -> i32 {
         match self {
             ServeError::Config(_)
             | ServeError::Lock(edgefleet_daemon::lock::LockError::Held { .. }) => exit::CONFIG,
             ServeError::Lock(_) => exit::STORE,
-            ServeError::Store(_) | ServeError::Keys(_) => exit::STORE,
+            ServeError::Store(_) | ServeError::Damaged { .. } | ServeError::Keys(_) => exit::STORE,
             ServeError::Broker(_) | ServeError::Listen { .. } | ServeError::TaskDied(_) => {
                 exit::UNAVAILABLE
             }
         }
+    }
+}
+
+/// A store SQLite calls corrupt becomes [`ServeError::Damaged`], naming the
+/// newest scheduled backup and the command that restores it.
+fn damaged(cfg: &Config, e: StoreError) -> ServeError {
+    let corrupt = matches!(
+        &e,
+        StoreError::Sqlite(s) if matches!(
+            s.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+        )
+    );
+    if !corrupt {
+        return ServeError::Store(e);
+    }
+    let data = &cfg.data_dir;
+    let backups = cfg.backup.dir_for(data);
+    let restore = match crate::backup::schedule::list(&backups).first() {
+        Some(newest) => format!(
+            "the store is damaged. The newest backup is {newest}; restore it with:\n  \
+             cloudcore restore --from {newest} --data-dir {dir} --force\n\
+             (the damaged files are moved aside, not deleted; devices keep running meanwhile)",
+            newest = newest.display(),
+            dir = data.display()
+        ),
+        None => format!(
+            "the store is damaged and there is no backup in {}. Restore one taken with \
+             `cloudcore backup` elsewhere:\n  cloudcore restore --from FILE --data-dir {} --force",
+            backups.display(),
+            data.display()
+        ),
+    };
+    ServeError::Damaged {
+        path: data.join(crate::backup::DB),
+        source: e,
+        restore,
     }
 }
 
@@ -96,7 +149,7 @@ pub async fn serve_with(
     // One hub per data directory (one signing key, one revision sequence),
     // held until this function returns.
     let _lock = edgefleet_daemon::lock::DirLock::acquire(&data)?;
-    let store = Store::open(&data)?;
+    let store = Store::open(&data).map_err(|e| damaged(&cfg, e))?;
     let epoch = store.epoch()?;
     let (signer, created) = keys::load_or_create_signer(&data)?;
     if created {
@@ -149,6 +202,19 @@ pub async fn serve_with(
         println!("cloudcore: MQTT broker (external) at {}", cfg.broker.url);
     }
 
+    let reserve = match cfg.store.disk_reserve_bytes {
+        0 => edgefleet_daemon::disk::space(&data)
+            .map_or(0, |s| edgefleet_daemon::disk::default_reserve(s.total)),
+        n => n,
+    };
+    sup.spawn(crate::backup::schedule::run(
+        cfg.backup.clone(),
+        data.clone(),
+        reserve,
+        metrics.clone(),
+        tasks.clone(),
+    ));
+
     // Unbounded on purpose: see `mqtt::start`.
     let (ingest_tx, ingest_rx) = mpsc::unbounded_channel();
     let reconnected = Arc::new(mqtt::Reconnects::default());
@@ -199,11 +265,7 @@ pub async fn serve_with(
         session.client.clone(),
         ingest::Disk {
             dir: data.clone(),
-            reserve: match cfg.store.disk_reserve_bytes {
-                0 => edgefleet_daemon::disk::space(&data)
-                    .map_or(0, |s| edgefleet_daemon::disk::default_reserve(s.total)),
-                n => n,
-            },
+            reserve,
         },
         ingest_rx,
     );

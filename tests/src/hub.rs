@@ -21,6 +21,9 @@ pub struct HubOptions {
     /// Address the REST API and the embedded broker listen on (e.g. the
     /// host end of a veth pair); `None`: 127.0.0.1.
     pub listen_ip: Option<std::net::IpAddr>,
+    /// The (REST API, broker) ports of another hub, e.g. one restored in
+    /// its place on the same address; `None`: free ones.
+    pub ports: Option<(u16, u16)>,
 }
 
 /// A running hub.
@@ -53,13 +56,13 @@ impl Hub {
         };
         let mut hub = Self {
             proc: Proc::placeholder("cloudcore"),
-            opts,
             _tmp: tmp,
             data_dir,
-            api_port: 0,
-            broker_port: crate::free_port(),
+            api_port: opts.ports.map_or(0, |p| p.0),
+            broker_port: opts.ports.map_or_else(crate::free_port, |p| p.1),
             api_url: String::new(),
             http: reqwest::Client::new(),
+            opts,
         };
         hub.launch().await;
         hub
@@ -120,6 +123,11 @@ impl Hub {
             .external_broker
             .clone()
             .unwrap_or_else(|| format!("mqtt://{}:{}", self.listen_ip(), self.broker_port))
+    }
+
+    /// The (REST API, broker) ports, to start another hub in this one's place.
+    pub fn ports(&self) -> (u16, u16) {
+        (self.api_port, self.broker_port)
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -246,12 +254,15 @@ impl Hub {
         if let Some(t) = token {
             c.env("EDGECTL_TOKEN", t);
         }
-        let out = c.output().expect("run edgectl");
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        crate::process::output(c)
+    }
+
+    /// Runs `cloudcore ARGS` (backup, restore) to completion; returns exit
+    /// code, stdout and stderr.
+    pub fn cloudcore(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
+        let mut c = std::process::Command::new(bin("cloudcore"));
+        c.args(args);
+        crate::process::output(c)
     }
 
     /// `edgectl` with the operator token.

@@ -8,6 +8,17 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
+/// Runs `cmd` to completion: exit code (-1: killed by a signal), stdout
+/// and stderr.
+pub fn output(mut cmd: std::process::Command) -> (i32, String, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Path of a binary built by `cargo test --workspace` (target/debug/NAME),
 /// or next to the running binary (`target/release/fleet-sim`).
 pub fn bin(name: &str) -> PathBuf {

@@ -131,7 +131,7 @@ impl Store {
             presence: Presence::parse(&presence)
                 .ok_or_else(|| bad_column(2, UnknownPresence(presence)))?,
             desired_revision: r.get::<_, Option<i64>>("desired_revision")?.map(ms),
-            applied_revision: r.get::<_, Option<i64>>("applied_revision")?.map(ms),
+            applied_revision: r.get::<_, Option<i64>>("applied_in_epoch")?.map(ms),
             last_report_ms: r.get::<_, Option<i64>>("last_report_ms")?.map(ms),
             message: r.get("report_message")?,
             k3s_version: r.get("k3s_version")?,
@@ -144,7 +144,12 @@ impl Store {
         Ok((id, rec))
     }
 
-    const DEVICE_SELECT: &'static str = "SELECT d.*, ds.revision AS desired_revision FROM devices d LEFT JOIN desired ds ON ds.device_id = d.id";
+    /// A revision a device applied in another epoch (from the hub before a
+    /// restore) is not one of this hub's: it shows as none applied yet.
+    const DEVICE_SELECT: &'static str = "SELECT d.*, ds.revision AS desired_revision,
+        CASE WHEN d.applied_epoch = (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'epoch')
+             THEN d.applied_revision END AS applied_in_epoch
+        FROM devices d LEFT JOIN desired ds ON ds.device_id = d.id";
 
     /// Devices ordered by id, after `after`, at most `limit`.
     pub fn list_devices(

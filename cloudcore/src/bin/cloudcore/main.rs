@@ -38,6 +38,12 @@ enum Command {
     /// Quick start: hub, a simulated device and sensor, live status; Ctrl-C stops.
     #[command(long_about = demo::ABOUT)]
     Demo(DemoArgs),
+    /// Write a backup archive of the hub's data while it runs (an online
+    /// snapshot of the store, the key and token files, the model blobs).
+    Backup(BackupArgs),
+    /// Restore a backup archive into a data directory (a new machine, or
+    /// over a damaged store with --force). Devices need no re-enrollment.
+    Restore(RestoreArgs),
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
@@ -62,6 +68,35 @@ struct ServeArgs {
     /// Use this external broker (mqtt://host:port or mqtts://…) instead of the embedded one.
     #[arg(long)]
     broker_url: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct BackupArgs {
+    /// The archive to write (mode 0600: it holds the hub's signing key).
+    #[arg(long)]
+    to: PathBuf,
+    /// TOML config file (for data_dir).
+    #[arg(long, env = "CLOUDCORE_CONFIG")]
+    config: Option<PathBuf>,
+    /// The hub's data directory.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Record the models' hashes instead of their blobs.
+    #[arg(long)]
+    without_models: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct RestoreArgs {
+    /// The archive `cloudcore backup` wrote.
+    #[arg(long)]
+    from: PathBuf,
+    /// The data directory to restore into (must be empty, or --force).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Replace what the data directory holds (moved aside, not deleted).
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -131,6 +166,8 @@ fn main() {
             0
         }
         Command::Serve(args) => serve(args),
+        Command::Backup(args) => backup(args),
+        Command::Restore(args) => restore(args),
         Command::Demo(args) => demo(args),
     };
     std::process::exit(code);
@@ -167,10 +204,114 @@ fn serve(args: ServeArgs) -> i32 {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("cloudcore: {}", error_chain(&e));
+                if let Some(hint) = e.hint() {
+                    eprintln!("cloudcore: {hint}");
+                }
                 e.exit_code()
             }
         }
     })
+}
+
+fn backup(args: BackupArgs) -> i32 {
+    let overrides = Overrides {
+        data_dir: args.data_dir,
+        ..Default::default()
+    };
+    let cfg = match Config::load(
+        args.config.as_deref(),
+        |k| std::env::var(k).ok(),
+        &overrides,
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cloudcore backup: bad configuration: {}", error_chain(&e));
+            return exit::CONFIG;
+        }
+    };
+    let opts = cloudcore::backup::Options {
+        without_models: args.without_models,
+    };
+    let started = std::time::Instant::now();
+    match cloudcore::backup::create(&cfg.data_dir, &args.to, opts) {
+        Ok(m) => {
+            let size = std::fs::metadata(&args.to).map_or(0, |f| f.len());
+            println!(
+                "cloudcore backup: wrote {} ({}) in {} ms",
+                args.to.display(),
+                edgefleet_daemon::disk::human(size),
+                started.elapsed().as_millis()
+            );
+            print_manifest(&m);
+            0
+        }
+        Err(e) => {
+            eprintln!("cloudcore backup: {}", error_chain(&e));
+            exit::FAILURE
+        }
+    }
+}
+
+fn print_manifest(m: &cloudcore::backup::Manifest) {
+    let c = &m.counts;
+    println!(
+        "  hub key {}, epoch {}, schema {}\n  {} devices, {} deployments ({} generations), \
+         {} desired documents, {} events, {} models ({} blobs left out)",
+        m.hub_key_id,
+        m.hub_epoch,
+        m.schema_version,
+        c.devices,
+        c.deployments,
+        c.generations,
+        c.desired_documents,
+        c.events,
+        c.models,
+        m.models_left_out.len()
+    );
+}
+
+fn restore(args: RestoreArgs) -> i32 {
+    match cloudcore::backup::restore::restore(&args.from, &args.data_dir, args.force) {
+        Ok(r) => {
+            println!(
+                "cloudcore restore: restored {} into {} (backup taken {})",
+                args.from.display(),
+                args.data_dir.display(),
+                cloudcore::backup::schedule::utc_text(r.manifest.created_at_ms)
+            );
+            print_manifest(&r.manifest);
+            if let Some(aside) = &r.moved_aside {
+                println!(
+                    "  the directory's previous contents are in {}",
+                    aside.display()
+                );
+            }
+            println!(
+                "  new hub epoch {}: every device gets its desired state again in it, \
+                 newer than anything it holds",
+                r.epoch
+            );
+            for m in &r.manifest.models_left_out {
+                println!(
+                    "  model {} ({}) was left out of the backup: upload it again",
+                    m.name, m.sha256
+                );
+            }
+            println!(
+                "  start the hub with: cloudcore serve --data-dir {}",
+                args.data_dir.display()
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("cloudcore restore: {}", error_chain(&e));
+            match e {
+                cloudcore::backup::restore::RestoreError::NotEmpty(_)
+                | cloudcore::backup::restore::RestoreError::Lock(_) => exit::CONFIG,
+                _ => exit::FAILURE,
+            }
+        }
+    }
 }
 
 fn demo(args: DemoArgs) -> i32 {
