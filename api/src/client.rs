@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use crate::types::{
     Applied, DeploymentGeneration, DeploymentRecord, DeploymentStatus, DeploymentSummary,
     DeviceDetail, DevicePatch, DeviceRecord, ErrorBody, EventRecord, HubKey, ModelRecord, Page,
+    RollbackRequest, RolloutStatus,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -248,6 +249,36 @@ impl Client {
         name: &str,
     ) -> Result<Vec<DeploymentGeneration>, ClientError> {
         self.list_all(&format!("/deployments/{name}/history")).await
+    }
+
+    /// Where `name`'s staged rollout is.
+    pub async fn rollout(&self, name: &str) -> Result<RolloutStatus, ClientError> {
+        self.get(&format!("/deployments/{name}/rollout")).await
+    }
+
+    /// `pause`, `resume` or `abort` `name`'s rollout.
+    pub async fn rollout_action(
+        &self,
+        name: &str,
+        action: &str,
+    ) -> Result<RolloutStatus, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/deployments/{name}/rollout/{action}"),
+            Body::None,
+        )
+        .await
+    }
+
+    /// Rolls `name` back to generation `to` (default: the last good one).
+    pub async fn rollback(
+        &self,
+        name: &str,
+        to: Option<u64>,
+    ) -> Result<RolloutStatus, ClientError> {
+        let body = Self::json(&RollbackRequest { to_generation: to });
+        self.call(Method::POST, &format!("/deployments/{name}/rollback"), body)
+            .await
     }
 
     /// Creates or updates deployment `name` from a manifest (YAML or JSON).

@@ -3,7 +3,7 @@
 
 use crate::types::{
     Counts, DeploymentGeneration, DeploymentStatus, DeploymentSummary, DeviceDetail, DeviceRecord,
-    EventRecord, ModelRecord,
+    EventRecord, ModelRecord, RolloutStatus,
 };
 
 /// Left-aligned columns separated by three spaces, upper-case headers.
@@ -148,6 +148,64 @@ pub fn history(items: &[DeploymentGeneration]) -> String {
         })
         .collect();
     render(&["GENERATION", "APPLIED", "WORKLOADS"], &rows)
+}
+
+/// `edgectl rollout status`: the state, then a row per wave, then why.
+pub fn rollout(r: &RolloutStatus) -> String {
+    let from = r
+        .from_generation
+        .map_or("nothing".into(), |g| format!("generation {g}"));
+    let mut out = format!(
+        "deployment/{}: generation {} from {from}: {} (wave {} of {}), started {} ago\n",
+        r.name,
+        r.generation,
+        r.state.as_str(),
+        (r.current_wave + 1).min(r.waves.len().max(1)),
+        r.waves.len(),
+        age(Some(r.started_ms)),
+    );
+    let rows: Vec<Vec<String>> = r
+        .waves
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let state = if w.completed_ms.is_some() {
+                "done"
+            } else if i == r.current_wave && r.state.is_failure() {
+                "stopped"
+            } else if w.started_ms.is_some() && i == r.current_wave {
+                "running"
+            } else if w.started_ms.is_some() {
+                "started"
+            } else {
+                "waiting"
+            };
+            vec![
+                w.name.clone(),
+                state.into(),
+                w.targeted.to_string(),
+                w.updated.to_string(),
+                w.healthy.to_string(),
+                w.failed.to_string(),
+                w.offline.to_string(),
+            ]
+        })
+        .collect();
+    out.push_str(&render(
+        &[
+            "WAVE", "STATE", "DEVICES", "UPDATED", "HEALTHY", "FAILED", "OFFLINE",
+        ],
+        &rows,
+    ));
+    if let Some(reason) = &r.reason {
+        out.push_str(&format!("reason: {reason}\n"));
+    }
+    for w in &r.waves {
+        for f in &w.failures {
+            out.push_str(&format!("  failed in {}: {f}\n", w.name));
+        }
+    }
+    out
 }
 
 pub fn models(items: &[ModelRecord], wide: bool) -> String {

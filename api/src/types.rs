@@ -373,3 +373,112 @@ pub struct HubKey {
     pub public_key: String,
     pub key_id: String,
 }
+
+/// Where a deployment's rollout is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RolloutState {
+    /// Waves are going out.
+    Progressing,
+    /// Held by an operator, or by a failed wave with `onFailure: pause`.
+    Paused,
+    /// Every wave reached and healthy.
+    Complete,
+    /// A wave failed; every device was given the last good generation.
+    RolledBack,
+    /// An operator stopped it; every device was given the last good generation.
+    Aborted,
+    /// A newer generation took its place.
+    Superseded,
+}
+
+impl RolloutState {
+    pub const ALL: [RolloutState; 6] = [
+        RolloutState::Progressing,
+        RolloutState::Paused,
+        RolloutState::Complete,
+        RolloutState::RolledBack,
+        RolloutState::Aborted,
+        RolloutState::Superseded,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutState::Progressing => "Progressing",
+            RolloutState::Paused => "Paused",
+            RolloutState::Complete => "Complete",
+            RolloutState::RolledBack => "RolledBack",
+            RolloutState::Aborted => "Aborted",
+            RolloutState::Superseded => "Superseded",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// Whether the engine still acts on it.
+    pub fn is_active(self) -> bool {
+        matches!(self, RolloutState::Progressing | RolloutState::Paused)
+    }
+
+    /// Whether it ended without the new generation everywhere.
+    pub fn is_failure(self) -> bool {
+        matches!(self, RolloutState::RolledBack | RolloutState::Aborted)
+    }
+}
+
+/// `GET /api/v1/deployments/{name}/rollout`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    pub name: String,
+    /// The generation rolling out.
+    pub generation: u64,
+    /// The last good generation, which devices not yet reached run (none:
+    /// a new deployment).
+    pub from_generation: Option<u64>,
+    pub state: RolloutState,
+    /// Why it is paused, rolled back or aborted.
+    pub reason: Option<String>,
+    /// Index of the newest wave started.
+    pub current_wave: usize,
+    pub waves: Vec<WaveStatus>,
+    pub started_ms: u64,
+    pub updated_ms: u64,
+    /// The newest state changes, oldest first.
+    pub events: Vec<RolloutEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WaveStatus {
+    pub name: String,
+    pub targeted: u64,
+    /// Reported the new generation applied.
+    pub updated: u64,
+    pub healthy: u64,
+    pub failed: u64,
+    /// Offline and not yet decided.
+    pub offline: u64,
+    pub started_ms: Option<u64>,
+    pub completed_ms: Option<u64>,
+    /// A few failed devices and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutEvent {
+    pub at_ms: u64,
+    pub message: String,
+}
+
+/// `POST /api/v1/deployments/{name}/rollback` (`toGeneration` optional:
+/// the generation before the current one).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RollbackRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_generation: Option<u64>,
+}

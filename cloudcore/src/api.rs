@@ -9,6 +9,7 @@ mod deployments;
 mod devices;
 mod enroll;
 mod models;
+mod rollouts;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -53,6 +54,8 @@ pub struct AppState {
     /// Held across "check the fleet, then write" so two changes cannot each
     /// pass the check alone and break it together.
     pub fleet_changes: tokio::sync::Mutex<()>,
+    /// Wakes the rollout engine (a new generation, a resume).
+    pub rollout_wake: Arc<tokio::sync::Notify>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -309,6 +312,9 @@ pub fn router(st: Shared, max_body: usize) -> Router {
         )
         .route("/deployments/{name}/status", get(deployments::status))
         .route("/deployments/{name}/history", get(deployments::history))
+        .route("/deployments/{name}/rollout", get(rollouts::status))
+        .route("/deployments/{name}/rollout/{action}", post(rollouts::act))
+        .route("/deployments/{name}/rollback", post(rollouts::rollback))
         .route("/models", post(models::upload).get(models::list))
         .route_layer(middleware::from_fn_with_state(st.clone(), require_operator));
     let open = Router::new()

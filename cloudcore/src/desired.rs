@@ -6,10 +6,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use edgefleet_protocol::desired::DeviceRollback;
 use edgefleet_protocol::{DesiredState, DesiredWorkload, DeviceId, TooLarge, Workload};
 use sha2::{Digest, Sha256};
 
-use crate::store::{DeploymentRecord, Labels};
+use crate::store::{ActiveRollouts, DeploymentRecord, Labels};
 
 /// Every workload of every deployment whose selector matches `labels`, in a
 /// stable order (deployment name, then manifest order).
@@ -17,10 +18,22 @@ pub fn workloads_for(
     labels: &BTreeMap<String, String>,
     deployments: &[DeploymentRecord],
 ) -> Vec<DesiredWorkload> {
+    workloads_for_device("", labels, deployments, &ActiveRollouts::default())
+}
+
+/// [`workloads_for`] device `id`, at the generation each deployment's
+/// rollout gives it.
+pub fn workloads_for_device(
+    id: &str,
+    labels: &BTreeMap<String, String>,
+    deployments: &[DeploymentRecord],
+    rollouts: &ActiveRollouts,
+) -> Vec<DesiredWorkload> {
     matched_workloads(
         deployments
             .iter()
-            .filter(|d| d.spec.spec.selector.matches(labels)),
+            .filter(|d| d.spec.spec.selector.matches(labels))
+            .filter_map(|d| rollouts.effective(d, id)),
     )
 }
 
@@ -127,9 +140,19 @@ fn matched_workloads<'a>(
     let mut out: Vec<DesiredWorkload> = deployments
         .into_iter()
         .flat_map(|d| {
-            d.spec.spec.workloads.iter().map(|w| DesiredWorkload {
+            let rollback = d
+                .spec
+                .spec
+                .rollout
+                .as_ref()
+                .filter(|r| r.device_rollback)
+                .map(|r| DeviceRollback {
+                    health_timeout_secs: r.health_timeout.as_secs(),
+                });
+            d.spec.spec.workloads.iter().map(move |w| DesiredWorkload {
                 deployment: d.name.clone(),
                 generation: d.generation,
+                device_rollback: rollback,
                 workload: Workload {
                     name: d.spec.workload_id(w),
                     kubernetes: w.kubernetes.clone(),

@@ -3,9 +3,10 @@
 //!
 //! Parts: [`config`], [`store`] (SQLite), [`keys`] (hub key, tokens),
 //! [`broker`] (embedded rumqttd), [`mqtt`] (the hub's own MQTT session),
-//! [`publisher`] (desired-state sync), [`ingest`] (status, events, presence,
-//! heartbeats), [`api`] (REST, its types in `edgefleet-api`), [`backup`]
-//! (backups and restores), [`serve`] (wiring and shutdown). `cloudcore demo` and `edgectl` are binaries of
+//! [`publisher`] (desired-state sync), [`rollout`] (staged rollouts),
+//! [`ingest`] (status, events, presence, heartbeats), [`api`] (REST, its
+//! types in `edgefleet-api`), [`backup`] (backups and restores), [`serve`]
+//! (wiring and shutdown). `cloudcore demo` and `edgectl` are binaries of
 //! this package, not part of the library.
 
 pub mod api;
@@ -19,6 +20,7 @@ pub mod metrics;
 pub mod mqtt;
 pub mod publisher;
 pub mod registry;
+pub mod rollout;
 pub mod serve;
 pub mod store;
 #[cfg(test)]

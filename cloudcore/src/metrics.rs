@@ -64,6 +64,10 @@ edgefleet_daemon::declare_metrics! {
         pub desired_dropped: Counter,
         /// Devices with a standing condition, by type (DesiredTooLarge, DesiredRejected, DiskPressure)
         pub device_conditions: Family<Labels, Gauge>,
+        /// Rollouts by state (Progressing, Paused, Complete, RolledBack, Aborted)
+        pub rollouts: Family<Labels, Gauge>,
+        /// Rollout state changes, by event (wave_started, wave_healthy, complete, rolled_back, paused, resumed, aborted)
+        pub rollout_transitions: Family<Labels, Counter>,
         /// Scheduled backups, by result (ok, failed)
         pub backups: Family<Labels, Counter>,
         /// When the last scheduled backup was written (Unix seconds; 0: none since start)

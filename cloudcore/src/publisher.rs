@@ -22,7 +22,7 @@ use rumqttc::{AsyncClient, QoS};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::desired::{content_hash, deployments_of, workloads_for};
+use crate::desired::{content_hash, deployments_of, workloads_for_device};
 use crate::metrics::Metrics;
 use crate::mqtt::Reconnects;
 use crate::store::{NewDesired, Store, StoreError};
@@ -71,13 +71,14 @@ pub fn compute_pass(
     check_limits: bool,
 ) -> Result<Pass, StoreError> {
     let deployments = store.list_deployments()?;
+    let rollouts = store.active_rollouts()?;
     let devices = store.device_labels()?;
     let current = store.desired_hashes()?;
     let now = edgefleet_protocol::now_ms();
     let mut batch = Vec::new();
     let mut withheld = Vec::new();
     for (id, labels) in devices {
-        let workloads = workloads_for(&labels, &deployments);
+        let workloads = workloads_for_device(id.as_str(), &labels, &deployments, &rollouts);
         let (json, hash) = content_hash(&workloads)?;
         let prev = current.get(&id);
         // A device with nothing to run and nothing issued yet gets no

@@ -295,6 +295,20 @@ pub async fn serve_with(
         Ok(())
     });
 
+    let rollout_wake = Arc::new(tokio::sync::Notify::new());
+    {
+        let engine = crate::rollout::run(
+            store.clone(),
+            metrics.clone(),
+            trigger.clone(),
+            rollout_wake.clone(),
+            tasks.clone(),
+        );
+        sup.critical("rollout engine", async move {
+            engine.await;
+            Ok(())
+        });
+    }
     let state = Arc::new(AppState {
         store,
         metrics,
@@ -309,6 +323,7 @@ pub async fn serve_with(
         epoch,
         check_limits: !cfg.unchecked_limits.api,
         fleet_changes: tokio::sync::Mutex::new(()),
+        rollout_wake,
     });
     let listener = tokio::net::TcpListener::bind(cfg.api.listen)
         .await

@@ -21,6 +21,7 @@ mod desired;
 mod devices;
 mod models;
 mod reports;
+mod rollouts;
 
 pub use desired::NewDesired;
 pub use devices::{DeviceAuth, EnrollOutcome};
@@ -31,6 +32,7 @@ pub use edgefleet_api::{
     DeviceRecord, EventRecord, ModelRecord, Presence, WorkloadStatusRecord,
 };
 pub use reports::Ingested;
+pub use rollouts::{ActiveRollouts, RolloutAction, RolloutStep};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -148,6 +150,39 @@ const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO deployment_generations(name, generation, spec, created_ms)
         SELECT name, generation, spec, updated_ms FROM deployments;
+    "#,
+    // 4: staged rollouts (store/rollouts.rs): the engine's whole state, so
+    // a hub killed mid-rollout resumes where it was.
+    r#"
+    CREATE TABLE rollouts (
+        name TEXT PRIMARY KEY REFERENCES deployments(name) ON DELETE CASCADE,
+        generation INTEGER NOT NULL,
+        from_generation INTEGER,
+        state TEXT NOT NULL,
+        paused_by_failure INTEGER NOT NULL DEFAULT 0,
+        wave INTEGER NOT NULL,
+        wave_healthy_ms INTEGER,
+        waves TEXT NOT NULL,
+        reason TEXT,
+        started_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL
+    );
+    CREATE TABLE rollout_devices (
+        name TEXT NOT NULL REFERENCES rollouts(name) ON DELETE CASCADE,
+        device_id TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+        wave INTEGER NOT NULL,
+        online_since_ms INTEGER,
+        outcome TEXT,
+        reason TEXT,
+        PRIMARY KEY (name, device_id)
+    );
+    CREATE INDEX rollout_devices_wave ON rollout_devices(name, wave);
+    CREATE TABLE rollout_events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL REFERENCES deployments(name) ON DELETE CASCADE,
+        at_ms INTEGER NOT NULL,
+        message TEXT NOT NULL
+    );
     "#,
 ];
 
@@ -321,8 +356,11 @@ mod tests {
         // Back to schema 2, as an older hub left it.
         {
             let conn = s.lock();
-            conn.execute_batch("DROP TABLE deployment_generations; PRAGMA user_version = 2;")
-                .unwrap();
+            conn.execute_batch(
+                "DROP TABLE rollout_events; DROP TABLE rollout_devices; DROP TABLE rollouts;
+                 DROP TABLE deployment_generations; PRAGMA user_version = 2;",
+            )
+            .unwrap();
         }
         drop(s);
         let s = Store::open(dir.path()).unwrap();

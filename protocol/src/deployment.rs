@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits::{MAX_PAYLOAD_BYTES, MAX_WORKLOADS};
 use crate::name::{check_dns_label, check_label_key, check_label_value};
+use crate::rollout::RolloutSpec;
 use crate::selector::LabelSelector;
 use crate::validate::ValidationErrors;
 use crate::workload::Workload;
@@ -43,6 +44,9 @@ pub struct DeploymentSpec {
     pub selector: LabelSelector,
     #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_WORKLOADS>")]
     pub workloads: Vec<Workload>,
+    /// How a new generation reaches the devices; none: all at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutSpec>,
 }
 
 /// Why a manifest was refused.
@@ -100,6 +104,9 @@ impl Deployment {
             }
         }
         self.spec.selector.validate_into("spec.selector", &mut errs);
+        if let Some(r) = &self.spec.rollout {
+            r.validate_into("spec.rollout", &mut errs);
+        }
         if self.spec.workloads.is_empty() {
             errs.push("spec.workloads", "must list at least one workload");
         }
@@ -159,6 +166,28 @@ spec:
         input: {mqtt: {topic: sensors/vibration}}
         output: {upstream: true, topic: alerts/vibration, when: "score > 0.8"}
 "#;
+
+    #[test]
+    fn a_rollout_block_parses_and_is_checked() {
+        let with = GOOD.replace(
+            "  workloads:\n",
+            "  rollout:\n    waves:\n      - {name: canary, selector: {matchLabels: {ring: canary}}}\n      - {name: early, percent: 10}\n      - {name: rest, percent: 100}\n    healthTimeout: 10m\n    bake: 2m\n    maxFailures: 5%\n    onFailure: rollback\n    deviceRollback: true\n  workloads:\n",
+        );
+        let d = Deployment::from_yaml(&with).unwrap();
+        let r = d.spec.rollout.as_ref().unwrap();
+        assert_eq!(r.waves.len(), 3);
+        assert_eq!(r.health_timeout.as_secs(), 600);
+        assert_eq!(r.max_failures, crate::rollout::Threshold::Percent(5));
+        assert!(r.device_rollback);
+        let bad = with.replace("percent: 10}", "percent: 10, count: 3}");
+        assert!(errors_of(&bad).contains("spec.rollout.waves[1]: give exactly one"));
+        let bad = with.replace("bake: 2m", "bake: 2");
+        assert!(
+            errors_of(&bad).contains("spec.rollout.bake"),
+            "{}",
+            errors_of(&bad)
+        );
+    }
 
     #[test]
     fn the_design_example_parses() {

@@ -51,8 +51,20 @@ pub struct DesiredWorkload {
     pub deployment: String,
     /// The Deployment's generation this workload came from.
     pub generation: u64,
+    /// Go back to the previous generation by itself when this one is not
+    /// Healthy in time (the rollout's `deviceRollback`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_rollback: Option<DeviceRollback>,
     #[serde(flatten)]
     pub workload: Workload,
+}
+
+/// A workload's on-device rollback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeviceRollback {
+    /// Seconds the new generation has to become Healthy.
+    pub health_timeout_secs: u64,
 }
 
 /// Why a device would refuse a desired document for its size: the limits a

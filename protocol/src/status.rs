@@ -20,6 +20,9 @@ pub enum SyncState {
     Syncing,
     /// Applying failed; `message` says why. Retried with backoff.
     Failed,
+    /// The device went back to this workload's previous generation by
+    /// itself (`deviceRollback`): the new one was not Healthy in time.
+    RolledBack,
 }
 
 /// Whether the workload works.
@@ -71,7 +74,8 @@ macro_rules! text_enum {
 text_enum!(SyncState {
     Synced,
     Syncing,
-    Failed
+    Failed,
+    RolledBack
 });
 text_enum!(Health {
     Healthy,

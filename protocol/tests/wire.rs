@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use edgefleet_protocol::command::{Command, CommandAction};
+use edgefleet_protocol::desired::DeviceRollback;
 use edgefleet_protocol::sign::{Expect, Message, MessageKind, Rejection, Signer, open};
 use edgefleet_protocol::workload::{
     Condition, HttpInput, InferenceInput, InferenceOutput, InferenceWorkload, KubernetesWorkload,
@@ -41,6 +42,9 @@ fn desired() -> DesiredState {
             DesiredWorkload {
                 deployment: "line-3-vision".into(),
                 generation: 2,
+                device_rollback: Some(DeviceRollback {
+                    health_timeout_secs: 600,
+                }),
                 workload: Workload {
                     name: "line-3-vision.web".into(),
                     kubernetes: Some(KubernetesWorkload {
@@ -57,6 +61,7 @@ fn desired() -> DesiredState {
             DesiredWorkload {
                 deployment: "line-3-vision".into(),
                 generation: 2,
+                device_rollback: None,
                 workload: Workload {
                     name: "line-3-vision.vibration".into(),
                     kubernetes: None,

@@ -42,6 +42,34 @@ pub struct SimOptions {
     /// Heartbeat period (each device starts at a random phase).
     pub heartbeat: Duration,
     pub keep_alive: Duration,
+    /// The first this many devices also get `ring: canary`.
+    pub canary: usize,
+    /// Devices that fail a chosen generation of a deployment.
+    pub fail: Option<FailPlan>,
+}
+
+/// A chosen share of the fleet reports a generation's workloads failed.
+#[derive(Debug, Clone)]
+pub struct FailPlan {
+    pub deployment: String,
+    pub generation: u64,
+    /// Share of devices (0–1), picked by a hash of the device id: the same
+    /// devices on every run.
+    pub fraction: f64,
+    /// `true`: report Synced but never Healthy (a health timeout);
+    /// `false`: report Failed.
+    pub never_healthy: bool,
+}
+
+impl FailPlan {
+    /// Whether device `id` is one of the failing ones.
+    pub fn picks(&self, id: &str) -> bool {
+        // FNV-1a: stable across runs and platforms.
+        let h = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        (h % 10_000) as f64 / 10_000.0 < self.fraction
+    }
 }
 
 impl Default for SimOptions {
@@ -55,6 +83,8 @@ impl Default for SimOptions {
             connect_concurrency: 128,
             heartbeat: Duration::from_secs(30),
             keep_alive: Duration::from_secs(60),
+            canary: 0,
+            fail: None,
         }
     }
 }
@@ -95,6 +125,8 @@ pub struct Ack {
 struct Shared {
     counters: Counters,
     acks: Vec<Mutex<Option<Ack>>>,
+    /// Every (deployment, generation) each device was given.
+    received: Vec<Mutex<std::collections::BTreeSet<(String, u64)>>>,
     connected: Vec<AtomicBool>,
     connect_gate: Semaphore,
 }
@@ -116,6 +148,9 @@ enum Control {
     Reconnect,
     /// Disconnect cleanly and end the device task.
     Stop,
+    /// Disconnect cleanly and stay away until `Online`.
+    Offline,
+    Online,
 }
 
 /// One simulated device as the caller sees it.
@@ -214,6 +249,9 @@ impl Fleet {
             if opts.sites > 0 {
                 labels.insert("site".into(), format!("s{}", idx % opts.sites));
             }
+            if idx < opts.canary {
+                labels.insert("ring".into(), "canary".into());
+            }
             let (http, gate, url, token) = (
                 http.clone(),
                 gate.clone(),
@@ -246,6 +284,7 @@ impl Fleet {
         let shared = Arc::new(Shared {
             counters: Counters::default(),
             acks: (0..opts.devices).map(|_| Mutex::new(None)).collect(),
+            received: (0..opts.devices).map(|_| Mutex::default()).collect(),
             connected: (0..opts.devices).map(|_| AtomicBool::new(false)).collect(),
             connect_gate: Semaphore::new(opts.connect_concurrency.max(1)),
         });
@@ -264,6 +303,8 @@ impl Fleet {
                 heartbeat: opts.heartbeat,
                 keep_alive: opts.keep_alive,
                 current: None,
+                fail: opts.fail.clone(),
+                last_report: None,
             };
             tasks.spawn(dev.run(rx));
         }
@@ -352,6 +393,28 @@ impl Fleet {
         }
     }
 
+    /// How many devices were ever given `generation` of `deployment`.
+    pub fn received(&self, deployment: &str, generation: u64) -> usize {
+        let key = (deployment.to_owned(), generation);
+        self.shared
+            .received
+            .iter()
+            .filter(|r| r.lock().is_ok_and(|r| r.contains(&key)))
+            .count()
+    }
+
+    /// Takes device `idx` off the network (a clean disconnect: it says
+    /// offline) or brings it back.
+    pub fn set_offline(&self, idx: usize, offline: bool) {
+        if let Some(d) = self.devices.get(idx) {
+            let _ = d.control.send(if offline {
+                Control::Offline
+            } else {
+                Control::Online
+            });
+        }
+    }
+
     /// Drops device `idx`'s connection; it connects again at once with a
     /// new session (and gets its retained desired state again).
     pub fn reconnect(&self, idx: usize) {
@@ -381,11 +444,17 @@ struct DeviceTask {
     /// The newest desired version verified (kept across reconnects, like an
     /// agent's persisted state).
     current: Option<Version>,
+    fail: Option<FailPlan>,
+    /// The last signed status report, sent again on every connect (an
+    /// agent resends its status until the hub acknowledges it: a report
+    /// lost with a broker must not leave the hub waiting).
+    last_report: Option<Vec<u8>>,
 }
 
 enum Next {
     Reconnect,
     Stop,
+    Offline,
 }
 
 impl DeviceTask {
@@ -435,6 +504,13 @@ impl DeviceTask {
             match next {
                 Next::Reconnect => continue,
                 Next::Stop => return,
+                Next::Offline => loop {
+                    match control.recv().await {
+                        Some(Control::Online | Control::Reconnect) => break,
+                        Some(Control::Offline) => {}
+                        Some(Control::Stop) | None => return,
+                    }
+                },
             }
         }
     }
@@ -466,6 +542,9 @@ impl DeviceTask {
                         self.shared.counters.connects.fetch_add(1, Ordering::Relaxed);
                         let _ = client.try_subscribe(self.topic(Channel::Desired), QoS::AtLeastOnce);
                         self.presence(client, PresenceState::Online, session);
+                        if let Some(report) = self.last_report.clone() {
+                            self.publish(client, Channel::Status, report);
+                        }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         self.shared.counters.received.fetch_add(1, Ordering::Relaxed);
@@ -492,14 +571,16 @@ impl DeviceTask {
                     }
                 }
                 c = control.recv() => {
-                    drop(permit);
                     let next = match c {
                         Some(Control::Reconnect) => Next::Reconnect,
+                        Some(Control::Online) => continue,
+                        Some(Control::Offline) => Next::Offline,
                         Some(Control::Stop) | None => Next::Stop,
                     };
+                    drop(permit.take());
                     // A clean stop says offline itself (a will only fires on
                     // an unclean drop); a reconnect drops the socket.
-                    if matches!(next, Next::Stop) {
+                    if matches!(next, Next::Stop | Next::Offline) {
                         self.presence(client, PresenceState::Offline, session);
                         edgefleet_daemon::mqtt::disconnect(
                             client,
@@ -560,6 +641,19 @@ impl DeviceTask {
             .verified
             .fetch_add(1, Ordering::Relaxed);
         self.current = Some(doc.version());
+        if let Ok(mut r) = self.shared.received[self.ident.idx].lock() {
+            for w in &doc.workloads {
+                r.insert((w.deployment.clone(), w.generation));
+            }
+        }
+        let failing = |w: &edgefleet_protocol::DesiredWorkload| {
+            self.fail.as_ref().is_some_and(|f| {
+                f.deployment == w.deployment
+                    && f.generation == w.generation
+                    && f.picks(self.ident.id.as_str())
+            })
+        };
+        let never_healthy = self.fail.as_ref().is_some_and(|f| f.never_healthy);
         let report = StatusReport {
             device_id: self.ident.id.clone(),
             applied: Some(doc.version()),
@@ -567,11 +661,28 @@ impl DeviceTask {
             workloads: doc
                 .workloads
                 .iter()
-                .map(|w| WorkloadStatus {
-                    name: w.workload.name.clone(),
-                    sync: SyncState::Synced,
-                    health: Health::Healthy,
-                    message: None,
+                .map(|w| match (failing(w), never_healthy) {
+                    (false, _) => WorkloadStatus {
+                        name: w.workload.name.clone(),
+                        sync: SyncState::Synced,
+                        health: Health::Healthy,
+                        message: None,
+                    },
+                    (true, true) => WorkloadStatus {
+                        name: w.workload.name.clone(),
+                        sync: SyncState::Synced,
+                        health: Health::Progressing,
+                        message: Some("fleet-sim: never becomes Healthy".into()),
+                    },
+                    (true, false) => WorkloadStatus {
+                        name: w.workload.name.clone(),
+                        sync: SyncState::Failed,
+                        health: Health::Degraded,
+                        message: Some(format!(
+                            "fleet-sim: generation {} fails on this device",
+                            w.generation
+                        )),
+                    },
                 })
                 .collect(),
             message: None,
@@ -581,6 +692,7 @@ impl DeviceTask {
             unstored: false,
         };
         let sealed = self.ident.key.seal(&report);
+        self.last_report = Some(sealed.clone());
         if self.publish(client, Channel::Status, sealed) {
             self.shared.record_ack(self.ident.idx, doc.revision);
         }

@@ -84,6 +84,7 @@ pub async fn put(
     if changed {
         tracing::info!(deployment = %rec.name, generation = rec.generation, "deployment applied");
         st.publish.changed();
+        st.rollout_wake.notify_one();
     }
     let (status, result) = match (changed, rec.generation) {
         (true, 1) => (StatusCode::CREATED, ApplyResult::Created),

@@ -14,10 +14,63 @@ impl Store {
         &self,
         d: &edgefleet_protocol::Deployment,
     ) -> Result<(DeploymentRecord, bool), StoreError> {
-        let spec = serde_json::to_string(d)?;
-        let now = sql_i64(edgefleet_protocol::now_ms());
         let mut conn = self.lock();
         let tx = conn.transaction()?;
+        let out = Self::put_deployment_in(&tx, d, None)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// An operator's rollback: a new generation whose spec is generation
+    /// `to` (default: the one before the current), to every device at once.
+    /// `Ok(Err(why))`: no such deployment or generation.
+    pub fn undo_deployment(
+        &self,
+        name: &str,
+        to: Option<u64>,
+    ) -> Result<Result<DeploymentRecord, String>, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let Some(current) = Self::deployment_row(&tx, name)? else {
+            return Ok(Err(format!("deployment {name} not found")));
+        };
+        let to = match to {
+            Some(g) => g,
+            None => {
+                let prev = Self::rollout_stable(&tx, name)?
+                    .filter(|g| *g != current.generation)
+                    .or(current.generation.checked_sub(1).filter(|g| *g > 0));
+                let Some(g) = prev else {
+                    return Ok(Err(format!(
+                        "deployment {name} has only generation {}: nothing to go back to",
+                        current.generation
+                    )));
+                };
+                g
+            }
+        };
+        let Some(old) = Self::generation_record(&tx, name, to)? else {
+            return Ok(Err(format!(
+                "deployment {name} has no generation {to} in its history (the last {DEPLOYMENT_HISTORY} are kept)"
+            )));
+        };
+        if to == current.generation {
+            return Ok(Err(format!(
+                "deployment {name} is at generation {to} already"
+            )));
+        }
+        let (rec, _) = Self::put_deployment_in(&tx, &old.spec, Some(to))?;
+        tx.commit()?;
+        Ok(Ok(rec))
+    }
+
+    fn put_deployment_in(
+        tx: &rusqlite::Transaction<'_>,
+        d: &edgefleet_protocol::Deployment,
+        undo_of: Option<u64>,
+    ) -> Result<(DeploymentRecord, bool), StoreError> {
+        let spec = serde_json::to_string(d)?;
+        let now = sql_i64(edgefleet_protocol::now_ms());
         let old: Option<(String, i64)> = tx
             .query_row(
                 "SELECT spec, generation FROM deployments WHERE name = ?1",
@@ -26,7 +79,7 @@ impl Store {
             )
             .optional()?;
         let changed = match &old {
-            Some((s, _)) => *s != spec,
+            Some((s, _)) => *s != spec || undo_of.is_some(),
             None => true,
         };
         if changed {
@@ -36,7 +89,7 @@ impl Store {
                 params![d.metadata.name, spec, now],
             )?;
         }
-        let rec = Self::deployment_row(&tx, &d.metadata.name)?
+        let rec = Self::deployment_row(tx, &d.metadata.name)?
             .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
         if changed {
             let generation = sql_i64(rec.generation);
@@ -45,16 +98,20 @@ impl Store {
                  VALUES (?1, ?2, ?3, ?4)",
                 params![rec.name, generation, spec, now],
             )?;
+            // The last good generation of a rollout stays: devices may be
+            // sent back to it.
+            Self::begin_rollout(tx, &rec, undo_of)?;
             tx.execute(
-                "DELETE FROM deployment_generations WHERE name = ?1 AND generation <= ?2",
+                "DELETE FROM deployment_generations WHERE name = ?1 AND generation <= ?2
+                   AND generation NOT IN (SELECT from_generation FROM rollouts
+                                          WHERE name = ?1 AND from_generation IS NOT NULL)",
                 params![rec.name, generation - sql_i64(DEPLOYMENT_HISTORY)],
             )?;
         }
-        tx.commit()?;
         Ok((rec, changed))
     }
 
-    fn deployment_row(
+    pub(super) fn deployment_row(
         conn: &Connection,
         name: &str,
     ) -> Result<Option<DeploymentRecord>, StoreError> {

@@ -218,7 +218,12 @@ impl Store {
 
     /// `(id, labels)` of every device, for desired-state computation.
     pub fn device_labels(&self) -> Result<Vec<(DeviceId, Labels)>, StoreError> {
-        let conn = self.lock();
+        Self::all_device_labels(&self.lock())
+    }
+
+    pub(super) fn all_device_labels(
+        conn: &rusqlite::Connection,
+    ) -> Result<Vec<(DeviceId, Labels)>, StoreError> {
         let mut stmt = conn.prepare("SELECT id, labels FROM devices ORDER BY id")?;
         let rows = stmt.query_map([], |r| <(String, String)>::try_from(r))?;
         let mut out = Vec::new();

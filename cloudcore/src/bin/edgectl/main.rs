@@ -96,11 +96,34 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum RolloutCommand {
+    /// Where a deployment's staged rollout is: state, each wave's devices,
+    /// why it stopped. Exits 1 when the rollout rolled back or was aborted.
+    Status {
+        name: String,
+        /// Print again at each change until the rollout ends.
+        #[arg(short, long)]
+        watch: bool,
+        #[arg(short, long)]
+        output: Option<Output>,
+    },
     /// The generations of a deployment the hub keeps, newest first.
     History {
         name: String,
         #[arg(short, long)]
         output: Option<Output>,
+    },
+    /// Hold the rollout at its current wave.
+    Pause { name: String },
+    /// Go on (after a failed wave with onFailure: pause, accepting it).
+    Resume { name: String },
+    /// Stop the rollout; every device goes back to the last good generation.
+    Abort { name: String },
+    /// A new generation with an earlier one's spec, to every device at once.
+    Undo {
+        name: String,
+        /// The generation to go back to (default: the last good one).
+        #[arg(long)]
+        to_generation: Option<u64>,
     },
 }
 
@@ -391,12 +414,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             print_list(&all, output, text::events)?;
         }
-        Command::Rollout {
-            command: RolloutCommand::History { name, output },
-        } => {
-            let items = client.deployment_history(&name).await.map_err(err)?;
-            print_list(&items, output, text::history)?;
-        }
+        Command::Rollout { command } => rollout(&client, command).await?,
         Command::Models {
             command: ModelsCommand::Push { file, name },
         } => {
@@ -410,6 +428,80 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             );
         }
     }
+    Ok(())
+}
+
+async fn rollout(client: &Client, command: RolloutCommand) -> Result<(), Failure> {
+    let err = |e| failure(e, client.has_token());
+    let print = |r: &edgefleet_api::RolloutStatus, output: Option<Output>| match output {
+        Some(o @ (Output::Json | Output::Yaml)) => print_structured(r, o),
+        _ => {
+            print!("{}", text::rollout(r));
+            Ok(())
+        }
+    };
+    match command {
+        RolloutCommand::Status {
+            name,
+            watch,
+            output,
+        } => {
+            let mut last: Option<edgefleet_api::RolloutStatus> = None;
+            loop {
+                let r = client.rollout(&name).await.map_err(err)?;
+                // Printed again only when something but the clock moved.
+                let changed = last.as_ref().is_none_or(|l| {
+                    (&l.state, &l.waves, &l.current_wave, &l.reason)
+                        != (&r.state, &r.waves, &r.current_wave, &r.reason)
+                });
+                if changed {
+                    print(&r, output)?;
+                    if watch {
+                        println!();
+                    }
+                }
+                let ended = !r.state.is_active();
+                if !watch || ended {
+                    if r.state.is_failure() {
+                        return Err(fail(
+                            1,
+                            format!("edgectl: rollout of {name} {}", r.state.as_str()),
+                        ));
+                    }
+                    return Ok(());
+                }
+                last = Some(r);
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+        RolloutCommand::History { name, output } => {
+            let items = client.deployment_history(&name).await.map_err(err)?;
+            print_list(&items, output, text::history)?;
+        }
+        RolloutCommand::Pause { name } => act(client, &name, "pause", "paused").await?,
+        RolloutCommand::Resume { name } => act(client, &name, "resume", "resumed").await?,
+        RolloutCommand::Abort { name } => act(client, &name, "abort", "aborted").await?,
+        RolloutCommand::Undo {
+            name,
+            to_generation,
+        } => {
+            let r = client.rollback(&name, to_generation).await.map_err(err)?;
+            println!(
+                "deployment/{name} rolled back: generation {} to every device",
+                r.generation
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Pause, resume or abort, and say what the rollout is now.
+async fn act(client: &Client, name: &str, action: &str, done: &str) -> Result<(), Failure> {
+    let r = client
+        .rollout_action(name, action)
+        .await
+        .map_err(|e| failure(e, client.has_token()))?;
+    println!("deployment/{name} rollout {done}: now {}", r.state.as_str());
     Ok(())
 }
 
