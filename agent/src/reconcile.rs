@@ -17,6 +17,7 @@
 
 mod kubernetes;
 mod retry;
+mod rollback;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -126,9 +127,15 @@ impl Reconciler {
         let mut out = PassOutcome::default();
         let loaded = shared
             .db
-            .call(|s| Ok::<_, crate::store::StoreError>((s.desired()?, s.inventory()?)))
+            .call(|s| {
+                Ok::<_, crate::store::StoreError>((
+                    s.desired()?,
+                    s.inventory()?,
+                    s.kv_get(rollback::KEY)?,
+                ))
+            })
             .await;
-        let (desired, inventory) = match loaded {
+        let (desired, inventory, plan) = match loaded {
             Ok(v) => v,
             Err(e) => {
                 m.store_errors.inc();
@@ -137,8 +144,17 @@ impl Reconciler {
                 return out;
             }
         };
+        // What runs: the hub's document, with any deployment the device
+        // rolled back by itself on its last good generation.
+        let mut plan = rollback::Plan::parse(plan.as_deref());
+        let stored_plan = plan.clone();
+        let now_ms = edgefleet_protocol::now_ms();
+        let running = desired.as_ref().map(|d| DesiredState {
+            workloads: plan.effective(d, now_ms),
+            ..d.clone()
+        });
         let needs_kube = !inventory.is_empty()
-            || desired.as_ref().is_some_and(|d| {
+            || running.as_ref().is_some_and(|d| {
                 d.workloads
                     .iter()
                     .any(|w| matches!(w.workload.spec(), Some(WorkloadSpec::Kubernetes(_))))
@@ -158,7 +174,7 @@ impl Reconciler {
             by_workload.entry(e.workload.as_str()).or_default().push(e);
         }
         let now = Instant::now();
-        if let Some(doc) = &desired {
+        if let Some(doc) = &running {
             for w in &doc.workloads {
                 let name = w.workload.name.as_str();
                 let spec = fingerprint(&w.workload);
@@ -211,7 +227,7 @@ impl Reconciler {
             }
         }
         // Prune workloads that are no longer desired at all.
-        let desired_names: BTreeSet<&str> = desired
+        let desired_names: BTreeSet<&str> = running
             .iter()
             .flat_map(|d| d.workloads.iter().map(|w| w.workload.name.as_str()))
             .collect();
@@ -246,6 +262,25 @@ impl Reconciler {
                 "first reconcile pass done"
             );
             self.first_pass = false;
+        }
+        let statuses = match &desired {
+            Some(doc) => {
+                if plan.observe(doc, &statuses, edgefleet_protocol::now_ms()) {
+                    // Run the last good generation now, not at the next poll.
+                    shared.reconcile_wake.notify_one();
+                }
+                plan.report(doc, statuses)
+            }
+            None => statuses,
+        };
+        if plan != stored_plan {
+            let json = plan.to_json();
+            let saved = shared
+                .write_essential(move |s| s.kv_set(rollback::KEY, &json))
+                .await;
+            if let Err(e) = saved {
+                tracing::error!(error = %crate::error_chain(&e), "cannot store the device-rollback plan");
+            }
         }
         self.report(desired.as_ref(), statuses).await;
         out

@@ -209,7 +209,10 @@ impl Fleet {
             let healthy = in_sync && rows.iter().all(|r| r.health == Some(Health::Healthy));
             let failed = rows
                 .iter()
-                .any(|r| r.sync == Some(SyncState::Failed) || r.health == Some(Health::Degraded));
+                .any(|r| {
+                    matches!(r.sync, Some(SyncState::Failed | SyncState::RolledBack))
+                        || r.health == Some(Health::Degraded)
+                });
             out.counts.targeted += 1;
             out.counts.in_sync += usize::from(in_sync);
             out.counts.healthy += usize::from(healthy);

@@ -221,6 +221,11 @@ impl Store {
         let timeout_ms = spec.health_timeout.as_secs() * 1000;
         for m in members.iter_mut().filter(|m| m.outcome.is_none()) {
             let mut verdict = m.verdict();
+            // The health clock runs while the device is online: one that
+            // comes back gets the whole timeout to report.
+            if !m.online {
+                m.online_since = None;
+            }
             if verdict.is_none() && m.online {
                 let since = *m.online_since.get_or_insert(now);
                 if now.saturating_sub(since) > timeout_ms {
@@ -280,7 +285,9 @@ impl Store {
                 }
             }
             row.reason = Some(why);
-        } else if counts.undecided_online == 0 {
+        } else if counts.undecided_online == 0 && (counts.targeted == 0 || counts.healthy > 0) {
+            // Done on evidence: every online device decided, and at least
+            // one Healthy (a wave whose devices are all offline waits).
             if row.wave_healthy_ms.is_none() {
                 row.wave_healthy_ms = Some(now);
                 if let Some(t) = row.waves.get_mut(wave) {
