@@ -95,18 +95,8 @@ pub enum BackupError {
     Snapshot(#[source] rusqlite::Error),
     #[error("the snapshot failed SQLite's integrity check: {0}")]
     Integrity(String),
-    #[error("cannot read {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot write {path}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("the hub key")]
     Key(#[from] SecretError),
     #[error(
@@ -118,6 +108,38 @@ pub enum BackupError {
         sha256: String,
         path: PathBuf,
     },
+}
+
+/// A file a backup or restore could not read or write.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {op} {path}")]
+pub struct IoError {
+    op: &'static str,
+    path: PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
+impl IoError {
+    /// `map_err` for reading `path`.
+    pub fn read(path: &Path) -> impl FnOnce(std::io::Error) -> Self + use<> {
+        let path = path.to_owned();
+        move |source| Self {
+            op: "read",
+            path,
+            source,
+        }
+    }
+
+    /// `map_err` for writing `path`.
+    pub fn write(path: &Path) -> impl FnOnce(std::io::Error) -> Self + use<> {
+        let path = path.to_owned();
+        move |source| Self {
+            op: "write",
+            path,
+            source,
+        }
+    }
 }
 
 /// Options of one backup.
@@ -137,10 +159,7 @@ pub fn create(data: &Path, to: &Path, opts: Options) -> Result<Manifest, BackupE
     let partial = sibling(to, "partial");
     let snapshot = sibling(to, "snapshot.db");
     let result = write_archive(data, &db, &snapshot, &partial, opts).and_then(|manifest| {
-        std::fs::rename(&partial, to).map_err(|source| BackupError::Write {
-            path: to.to_owned(),
-            source,
-        })?;
+        std::fs::rename(&partial, to).map_err(IoError::write(to))?;
         sync_parent(to);
         Ok(manifest)
     });
@@ -197,10 +216,7 @@ fn write_archive(
             f.set_permissions(std::fs::Permissions::from_mode(SECRET_MODE))?;
             Ok(f)
         })
-        .map_err(|source| BackupError::Write {
-            path: partial.to_owned(),
-            source,
-        })?;
+        .map_err(IoError::write(partial))?;
     let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
     let mut parts = Vec::new();
     parts.push(append_file(&mut tar, snapshot, DB, partial)?);
@@ -240,18 +256,14 @@ fn write_archive(
         models_left_out,
     };
     let json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serializes");
-    let write_err = |source| BackupError::Write {
-        path: partial.to_owned(),
-        source,
-    };
     tar.append_data(&mut header(json.len() as u64), MANIFEST, json.as_slice())
-        .map_err(write_err)?;
+        .map_err(IoError::write(partial))?;
     let file = tar
         .into_inner()
-        .map_err(write_err)?
+        .map_err(IoError::write(partial))?
         .into_inner()
-        .map_err(|e| write_err(e.into_error()))?;
-    file.sync_all().map_err(write_err)?;
+        .map_err(|e| IoError::write(partial)(e.into_error()))?;
+    file.sync_all().map_err(IoError::write(partial))?;
     Ok(manifest)
 }
 
@@ -272,18 +284,11 @@ fn append_file<W: Write>(
     name: &str,
     archive: &Path,
 ) -> Result<Part, BackupError> {
-    let read_err = |source| BackupError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    let file = File::open(path).map_err(read_err)?;
-    let size = file.metadata().map_err(read_err)?.len();
+    let file = File::open(path).map_err(IoError::read(path))?;
+    let size = file.metadata().map_err(IoError::read(path))?.len();
     let mut reader = Hashing::new(file.take(size));
     tar.append_data(&mut header(size), name, &mut reader)
-        .map_err(|source| BackupError::Write {
-            path: archive.to_owned(),
-            source,
-        })?;
+        .map_err(IoError::write(archive))?;
     Ok(Part {
         path: name.to_owned(),
         size,

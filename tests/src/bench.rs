@@ -92,6 +92,27 @@ pub fn write_section(id: &str, title: &str, command: &str, body: &str) -> std::i
     Ok(path)
 }
 
+/// Prints `body` and writes it as section `id` of BENCHMARKS.md, under the
+/// `fleet-sim` command line `args`.
+pub fn write_fleet_sim_section(
+    id: &str,
+    title: &str,
+    args: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    println!("{body}");
+    let path = write_section(
+        id,
+        title,
+        &format!(
+            "cargo build --release -p cloudcore -p edge-agent -p edgefleet-tests && target/release/fleet-sim {args}"
+        ),
+        body,
+    )?;
+    eprintln!("fleet-sim: wrote {}", path.display());
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

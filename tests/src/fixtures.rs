@@ -45,6 +45,26 @@ pub fn configmaps(
     y
 }
 
+/// A deployment `name` on every simulated device (`fleet: sim`): one
+/// ConfigMap holding `value`. With `bake`, it is rolled out canary (`ring:
+/// canary`) / 10 % / the rest, at most 5 % failed once 10 are decided,
+/// 60 s to become Healthy.
+pub fn sim_deployment(name: &str, value: &str, bake: Option<&str>) -> String {
+    let rollout = bake.map_or(String::new(), |bake| {
+        format!(
+            "  rollout:\n    waves:\n      - {{name: canary, selector: {{matchLabels: {{ring: canary}}}}}}\n      \
+             - {{name: early, percent: 10}}\n      - {{name: rest, percent: 100}}\n    healthTimeout: 60s\n    \
+             bake: {bake}\n    maxFailures: 5%\n    minSample: 10\n"
+        )
+    });
+    format!(
+        "apiVersion: edgefleet.io/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  \
+         selector: {{matchLabels: {{fleet: sim}}}}\n{rollout}  workloads:\n    - name: config\n      \
+         kubernetes:\n        manifests:\n          - {{apiVersion: v1, kind: ConfigMap, metadata: \
+         {{name: {name}, namespace: sim}}, data: {{v: \"{value}\"}}}}\n"
+    )
+}
+
 /// A hub whose broker is a fresh mosquitto; `None` after a loud skip when
 /// mosquitto is not installed.
 pub async fn hub_on_mosquitto() -> Option<(Mosquitto, Hub)> {

@@ -16,6 +16,7 @@ pub mod mosquitto;
 pub mod netns;
 pub mod process;
 pub mod proxy;
+pub mod rollout_bench;
 pub mod sim;
 pub mod tmpfs;
 

@@ -316,6 +316,19 @@ impl Fleet {
         })
     }
 
+    /// [`Fleet::start`], then waits until every device is connected.
+    pub async fn start_connected(
+        api_url: &str,
+        bootstrap_token: &str,
+        opts: &SimOptions,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        raise_open_file_limit();
+        let fleet = Self::start(api_url, bootstrap_token, opts).await?;
+        fleet.wait_connected(timeout).await?;
+        Ok(fleet)
+    }
+
     pub fn len(&self) -> usize {
         self.devices.len()
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use edgefleet_tests::agent::Agent;
 use edgefleet_tests::eventually;
-use edgefleet_tests::fixtures::configmaps;
+use edgefleet_tests::fixtures::{configmaps, sim_deployment};
 use edgefleet_tests::hub::{Hub, HubOptions};
 use edgefleet_tests::sim::{Fleet, SimOptions};
 use serde_json::{Value, json};
@@ -268,23 +268,15 @@ fn printed_counts(out: &str) -> [u64; 4] {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backups_taken_during_a_1000_device_rollout_restore_consistent() {
     const DEVICES: usize = 1000;
-    edgefleet_tests::sim::raise_open_file_limit();
     let hub = Hub::start().await;
-    let fleet = Fleet::start(
-        hub.api_url(),
-        &hub.bootstrap_token(),
-        &SimOptions {
-            devices: DEVICES,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("enroll the simulated fleet");
-    fleet
-        .wait_connected(Duration::from_secs(120))
+    let opts = SimOptions {
+        devices: DEVICES,
+        ..Default::default()
+    };
+    let fleet = Fleet::start_connected(hub.api_url(), &hub.bootstrap_token(), &opts, T * 2)
         .await
-        .expect("every simulated device connects");
-    let sim = |v: &str| configmaps("sim", ("fleet", "sim"), "config", "sim", &[("sim", "v", v)]);
+        .expect("the simulated fleet enrolls and connects");
+    let sim = |v: &str| sim_deployment("sim", v, None);
     hub.deploy("sim", &sim("one")).await;
     fleet
         .wait_acked(1, Duration::from_secs(120))

@@ -42,13 +42,14 @@ async fn simulated_fleet_converges_with_signed_status() {
         sites: 5,
         ..Default::default()
     };
-    let fleet = Fleet::start(hub.api_url(), &hub.bootstrap_token(), &opts)
-        .await
-        .expect("enroll the simulated fleet");
-    fleet
-        .wait_connected(Duration::from_secs(30))
-        .await
-        .expect("every simulated device connects with its own credentials");
+    let fleet = Fleet::start_connected(
+        hub.api_url(),
+        &hub.bootstrap_token(),
+        &opts,
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("every simulated device enrolls and connects with its own credentials");
     edgefleet_tests::eventually(
         "hub sees every device online",
         Duration::from_secs(30),

@@ -3,97 +3,55 @@
 //! an early wave and rolls back by itself, reaching no device beyond the
 //! waves it reached; offline devices neither block a wave nor miss the
 //! generation; a hub SIGKILLed mid-rollout resumes without repeating a
-//! wave or issuing a revision twice; and `edgectl rollout` drives it.
+//! wave or issuing a revision twice; `edgectl rollout` drives it. And a real
+//! agent on a real Kubernetes control plane (controllers, scheduler, kwok
+//! nodes) reverts, with its uplink cut, a generation whose Deployment never
+//! becomes Available; back online, the hub shows why and rolls back.
 
 use std::time::{Duration, Instant};
 
 use edgefleet_api::{RolloutState, RolloutStatus};
+use edgefleet_tests::agent::{Agent, AgentOptions};
+use edgefleet_tests::control_plane::Shared;
+use edgefleet_tests::eventually;
+use edgefleet_tests::fixtures::sim_deployment;
 use edgefleet_tests::hub::Hub;
+use edgefleet_tests::rollout_bench;
 use edgefleet_tests::sim::{Counters, FailPlan, Fleet, SimOptions};
 
 const T: Duration = Duration::from_secs(120);
 const NAME: &str = "sim-config";
 
-/// A deployment on every simulated device, rolled out canary (`ring:
-/// canary`) / 10 % / the rest, judged at 5 % failures once 10 devices
-/// are decided.
 fn deployment(value: &str, bake: &str) -> String {
-    format!(
-        "apiVersion: edgefleet.io/v1
-kind: Deployment
-metadata: {{name: {NAME}}}
-spec:
-  selector: {{matchLabels: {{fleet: sim}}}}
-  rollout:
-    waves:
-      - {{name: canary, selector: {{matchLabels: {{ring: canary}}}}}}
-      - {{name: early, percent: 10}}
-      - {{name: rest, percent: 100}}
-    healthTimeout: 30s
-    bake: {bake}
-    maxFailures: 5%
-    minSample: 10
-  workloads:
-    - name: config
-      kubernetes:
-        manifests:
-          - {{apiVersion: v1, kind: ConfigMap, metadata: {{name: sim, namespace: sim}}, data: {{v: \"{value}\"}}}}
-"
-    )
+    sim_deployment(NAME, value, Some(bake))
 }
 
 async fn fleet(hub: &Hub, devices: usize, fail: Option<FailPlan>) -> Fleet {
-    edgefleet_tests::sim::raise_open_file_limit();
-    let fleet = Fleet::start(
-        hub.api_url(),
-        &hub.bootstrap_token(),
-        &SimOptions {
-            devices,
-            canary: 10,
-            fail,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("enroll the simulated fleet");
-    fleet
-        .wait_connected(T)
+    let opts = SimOptions {
+        devices,
+        canary: 10,
+        fail,
+        ..Default::default()
+    };
+    Fleet::start_connected(hub.api_url(), &hub.bootstrap_token(), &opts, T)
         .await
-        .expect("every simulated device connects");
-    fleet
+        .expect("the simulated fleet enrolls and connects")
 }
 
 async fn rollout(hub: &Hub) -> Option<RolloutStatus> {
     hub.client().rollout(NAME).await.ok()
 }
 
-/// Waits until the rollout of `generation` has ended; returns it.
 async fn ended(hub: &Hub, generation: u64) -> RolloutStatus {
-    edgefleet_tests::eventually(
-        &format!("the rollout of generation {generation} ends"),
-        T,
-        || async {
-            rollout(hub)
-                .await
-                .filter(|r| r.generation == generation && !r.state.is_active())
-        },
-    )
-    .await
+    rollout_bench::ended(hub, NAME, generation)
+        .await
+        .expect("the rollout ends")
 }
 
-/// Every device applied its current desired revision, at the hub.
 async fn all_applied(hub: &Hub, devices: usize) {
-    edgefleet_tests::eventually("every device applied its document", T, || async {
-        let (code, s) = hub.get(&format!("/deployments/{NAME}/status")).await;
-        let d = s["devices"].as_array()?;
-        let ok = code == 200
-            && d.len() == devices
-            && d.iter().all(|d| {
-                d["appliedRevision"].is_u64() && d["appliedRevision"] == d["desiredRevision"]
-            });
-        ok.then_some(())
-    })
-    .await;
+    rollout_bench::all_applied(hub, NAME, devices)
+        .await
+        .expect("every device applied its document");
 }
 
 /// `edgectl rollout status NAME --watch` until the rollout ends (off the
@@ -198,7 +156,7 @@ async fn offline_devices_do_not_block_and_converge_when_back() {
     for &i in &away {
         fleet.set_offline(i, true);
     }
-    edgefleet_tests::eventually("the hub sees them offline", T, || async {
+    eventually("the hub sees them offline", T, || async {
         let online = hub.metric("edgefleet_hub_devices_online").await;
         (online == (DEVICES - away.len()) as f64).then_some(())
     })
@@ -215,7 +173,7 @@ async fn offline_devices_do_not_block_and_converge_when_back() {
     for &i in &away {
         fleet.set_offline(i, false);
     }
-    edgefleet_tests::eventually("the offline devices converge", T, || async {
+    eventually("the offline devices converge", T, || async {
         (fleet.received(NAME, 2) == DEVICES).then_some(())
     })
     .await;
@@ -240,7 +198,7 @@ async fn a_hub_killed_in_wave_2_resumes_without_repeating_anything() {
 
     // Generation 2 bakes 3 s after each wave: kill the hub in wave 2's.
     hub.deploy(NAME, &deployment("two", "3s")).await;
-    edgefleet_tests::eventually("wave 2 running", T, || async {
+    eventually("wave 2 running", T, || async {
         rollout(&hub).await.filter(|r| r.current_wave == 1)
     })
     .await;
@@ -273,4 +231,148 @@ async fn a_hub_killed_in_wave_2_resumes_without_repeating_anything() {
     assert_eq!(Counters::get(&c.refused), 0);
     assert_eq!(fleet.received(NAME, 2), DEVICES);
     fleet.stop().await;
+}
+
+const NS: &str = "rollback";
+
+/// Deployment `cam`: one Kubernetes Deployment with `image`, scheduled by
+/// `node_selector`; rolled out with an on-device rollback after 20 s.
+fn cam(image: &str, node_selector: &str) -> String {
+    format!(
+        "apiVersion: edgefleet.io/v1
+kind: Deployment
+metadata: {{name: cam}}
+spec:
+  selector: {{matchLabels: {{site: plant-9}}}}
+  rollout:
+    waves: [{{name: all, percent: 100}}]
+    healthTimeout: 20s
+    maxFailures: 0
+    deviceRollback: true
+  workloads:
+    - name: web
+      kubernetes:
+        manifests:
+          - apiVersion: apps/v1
+            kind: Deployment
+            metadata: {{name: cam, namespace: {NS}}}
+            spec:
+              replicas: 1
+              selector: {{matchLabels: {{app: cam}}}}
+              template:
+                metadata: {{labels: {{app: cam}}}}
+                spec:
+                  nodeSelector: {node_selector}
+                  containers: [{{name: cam, image: \"{image}\"}}]
+"
+    )
+}
+
+/// The agent's own view of workload `cam.web` (sync, message).
+async fn local_status(agent: &Agent) -> Option<(String, String)> {
+    let s = agent.status().await;
+    let w = s["workloads"]
+        .as_array()?
+        .iter()
+        .find(|w| w["name"] == "cam.web")?
+        .clone();
+    Some((
+        w["sync"].as_str()?.to_owned(),
+        w["message"].as_str().unwrap_or_default().to_owned(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_reverts_a_generation_that_never_becomes_available_while_offline() {
+    let Some(cp) = Shared::get() else { return };
+    let admin = cp.admin().await;
+    let hub = Hub::start().await;
+    let (mut agent, uplink) = Agent::enroll_behind(
+        &hub,
+        &hub.broker_url(),
+        &[("site", "plant-9")],
+        AgentOptions {
+            device_id: Some("pi-cam".into()),
+            kubeconfig: Some(admin.agent_kubeconfig().await),
+            env: vec![("EDGEFLEET_RECONCILE_DRIFT_INTERVAL_SECS".into(), "2".into())],
+            ..Default::default()
+        },
+    )
+    .await;
+    agent.start().await;
+    agent.wait_uplink(true).await;
+
+    // Generation 1 runs on any node: Available, the rollout completes.
+    hub.deploy("cam", &cam("cam:1", "{}")).await;
+    eventually("generation 1 rolled out", T, || async {
+        let r = hub.client().rollout("cam").await.ok()?;
+        (r.generation == 1 && r.state == RolloutState::Complete).then_some(())
+    })
+    .await;
+
+    // Generation 2 can be scheduled nowhere. The agent takes it, then its
+    // uplink is cut.
+    let (_, d) = hub.get("/devices/pi-cam").await;
+    let before = d["desiredRevision"].as_u64().expect("a desired revision");
+    hub.deploy("cam", &cam("cam:2", "{edgefleet.io/nowhere: \"true\"}"))
+        .await;
+    eventually("the agent holds generation 2", T, || async {
+        let s = agent.status().await;
+        (s["desired"]["revision"].as_u64() > Some(before)).then_some(())
+    })
+    .await;
+    uplink.set_down(true);
+    agent.wait_uplink(false).await;
+
+    // Offline, the agent goes back to generation 1 by itself.
+    let (sync, why) = eventually("the agent rolls back by itself", T, || async {
+        local_status(&agent)
+            .await
+            .filter(|(sync, _)| sync == "RolledBack")
+    })
+    .await;
+    assert_eq!(sync, "RolledBack");
+    assert!(why.contains("generation 2 not Healthy within 20s"), "{why}");
+    assert!(why.contains("back on generation 1"), "{why}");
+    eventually(
+        "the Deployment runs generation 1 again, Available",
+        T,
+        || async {
+            let d = admin.get("apps/v1", "Deployment", Some(NS), "cam").await?;
+            let image = d["spec"]["template"]["spec"]["containers"][0]["image"].as_str()?;
+            let fresh = d["status"]["observedGeneration"] == d["metadata"]["generation"];
+            let ready =
+                d["status"]["updatedReplicas"] == 1 && d["status"]["availableReplicas"] == 1;
+            (image == "cam:1" && fresh && ready).then_some(())
+        },
+    )
+    .await;
+    // The hub has not heard of it yet: its one device is offline, and a
+    // wave with no device to judge waits.
+    let (_, d) = hub.get("/devices/pi-cam").await;
+    assert!(!d.to_string().contains("RolledBack"), "{d}");
+    let r = hub.client().rollout("cam").await.expect("rollout");
+    assert_eq!(r.state, RolloutState::Progressing, "{r:?}");
+    assert_eq!(r.waves[0].offline, 1, "{r:?}");
+
+    // Back online: the hub shows why, and rolls the deployment back.
+    uplink.set_down(false);
+    let r = eventually("the hub rolls back", T, || async {
+        let r = hub.client().rollout("cam").await.ok()?;
+        (r.generation == 2 && r.state == RolloutState::RolledBack).then_some(r)
+    })
+    .await;
+    let reason = r.reason.unwrap_or_default();
+    assert!(reason.contains("rolled back on the device"), "{reason}");
+    assert!(reason.contains("not Healthy within 20s"), "{reason}");
+    let (code, out, err) = hub.edgectl(&["describe", "device", "pi-cam"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("RolledBack") || out.contains("Synced"),
+        "{out}"
+    );
+    eprintln!("edgectl describe device pi-cam:\n{out}");
+    let (code, out, _) = hub.edgectl(&["rollout", "status", "cam"]);
+    assert_eq!(code, 1, "{out}");
+    eprintln!("edgectl rollout status cam:\n{out}");
 }

@@ -89,8 +89,10 @@ impl Plan {
     pub fn effective(&mut self, doc: &DesiredState, now_ms: u64) -> Vec<DesiredWorkload> {
         let gens = generations(doc);
         // Watches of deployments gone, or of generations the hub replaced.
-        self.watch
-            .retain(|d, w| gens.get(d.as_str()).is_some_and(|(g, _)| *g == w.generation));
+        self.watch.retain(|d, w| {
+            gens.get(d.as_str())
+                .is_some_and(|(g, _)| *g == w.generation)
+        });
         self.good.retain(|d, _| gens.contains_key(d.as_str()));
         for (d, (g, timeout)) in &gens {
             let good = self.good.get(*d).is_some_and(|x| x.generation == *g);
@@ -169,15 +171,12 @@ impl Plan {
                     )
                 })
                 .unwrap_or_else(|| "no status".into());
-            let back_to = self
-                .good
-                .get(d)
-                .map_or("nothing (no earlier generation was Healthy here)".into(), |x| {
-                    format!("generation {}", x.generation)
-                });
-            let why = format!(
-                "generation {g} not Healthy within {secs}s ({worst}); back on {back_to}"
+            let back_to = self.good.get(d).map_or(
+                "nothing (no earlier generation was Healthy here)".into(),
+                |x| format!("generation {}", x.generation),
             );
+            let why =
+                format!("generation {g} not Healthy within {secs}s ({worst}); back on {back_to}");
             tracing::warn!(deployment = d, "device rollback: {why}");
             w.rolled_back = Some(why);
             rolled = true;
@@ -274,7 +273,10 @@ mod tests {
         let three = doc(3, true);
         assert_eq!(p.effective(&three, 21_000), three.workloads);
         assert!(!p.observe(&three, &st(Health::Healthy), 22_000));
-        assert_eq!(p.report(&three, st(Health::Healthy))[0].sync, SyncState::Synced);
+        assert_eq!(
+            p.report(&three, st(Health::Healthy))[0].sync,
+            SyncState::Synced
+        );
     }
 
     #[test]

@@ -207,12 +207,10 @@ impl Fleet {
                 dev.desired_revision.is_some() && dev.applied_revision == dev.desired_revision;
             let in_sync = current && rows.iter().all(|r| r.sync == Some(SyncState::Synced));
             let healthy = in_sync && rows.iter().all(|r| r.health == Some(Health::Healthy));
-            let failed = rows
-                .iter()
-                .any(|r| {
-                    matches!(r.sync, Some(SyncState::Failed | SyncState::RolledBack))
-                        || r.health == Some(Health::Degraded)
-                });
+            let failed = rows.iter().any(|r| {
+                matches!(r.sync, Some(SyncState::Failed | SyncState::RolledBack))
+                    || r.health == Some(Health::Degraded)
+            });
             out.counts.targeted += 1;
             out.counts.in_sync += usize::from(in_sync);
             out.counts.healthy += usize::from(healthy);

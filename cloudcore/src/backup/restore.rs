@@ -24,19 +24,15 @@ use std::path::{Path, PathBuf};
 use edgefleet_daemon::lock::{DirLock, LOCK_FILE, LockError};
 use rusqlite::{Connection, params};
 
-use super::{BACKUPS, Counts, DB, FORMAT, Hashing, MANIFEST, MODELS, Manifest, SECRETS};
+use super::{BACKUPS, Counts, DB, FORMAT, Hashing, IoError, MANIFEST, MODELS, Manifest, SECRETS};
 
 /// A manifest larger than this is not one of ours.
 const MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
-    #[error("cannot read {path}")]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] IoError),
     #[error("the archive is damaged or truncated")]
     Damaged(#[source] std::io::Error),
     #[error("the archive has no manifest: it is truncated, or not a cloudcore backup")]
@@ -63,12 +59,6 @@ pub enum RestoreError {
     NotEmpty(PathBuf),
     #[error(transparent)]
     Lock(#[from] LockError),
-    #[error("cannot write {path}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// What a restore did.
@@ -87,17 +77,13 @@ pub fn restore(from: &Path, data: &Path, force: bool) -> Result<Restored, Restor
     if !occupied.is_empty() && !force {
         return Err(RestoreError::NotEmpty(data.to_owned()));
     }
-    let write_err = |path: &Path| {
-        let path = path.to_owned();
-        move |source| RestoreError::Write { path, source }
-    };
-    edgefleet_daemon::files::create_private_dir(data).map_err(write_err(data))?;
+    edgefleet_daemon::files::create_private_dir(data).map_err(IoError::write(data))?;
     // No hub may run on it meanwhile; held until the restore is done.
     let _lock = DirLock::acquire(data)?;
     let staging = beside(data, &format!("restore.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
     edgefleet_daemon::files::create_private_dir(&staging.join(MODELS))
-        .map_err(write_err(&staging))?;
+        .map_err(IoError::write(&staging))?;
     let result = unpack_and_check(from, &staging).and_then(|manifest| {
         let epoch = start_new_epoch(&staging.join(DB), manifest.hub_epoch)?;
         let moved_aside = if occupied.is_empty() {
@@ -123,19 +109,11 @@ fn contents(data: &Path) -> Result<Vec<PathBuf>, RestoreError> {
     let entries = match std::fs::read_dir(data) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(RestoreError::Open {
-                path: data.to_owned(),
-                source,
-            });
-        }
+        Err(e) => return Err(IoError::read(data)(e).into()),
     };
     let mut out = Vec::new();
     for e in entries {
-        let e = e.map_err(|source| RestoreError::Open {
-            path: data.to_owned(),
-            source,
-        })?;
+        let e = e.map_err(IoError::read(data))?;
         if e.file_name() != LOCK_FILE && e.file_name() != BACKUPS {
             out.push(e.path());
         }
@@ -162,10 +140,7 @@ fn allowed(path: &str) -> bool {
 
 /// Unpacks every part into `staging` and checks it against the manifest.
 fn unpack_and_check(from: &Path, staging: &Path) -> Result<Manifest, RestoreError> {
-    let file = std::fs::File::open(from).map_err(|source| RestoreError::Open {
-        path: from.to_owned(),
-        source,
-    })?;
+    let file = std::fs::File::open(from).map_err(IoError::read(from))?;
     let mut archive = tar::Archive::new(std::io::BufReader::new(file));
     let mut found: BTreeMap<String, (u64, String)> = BTreeMap::new();
     let mut manifest: Option<Vec<u8>> = None;
@@ -196,16 +171,10 @@ fn unpack_and_check(from: &Path, staging: &Path) -> Result<Manifest, RestoreErro
             .create_new(true)
             .mode(edgefleet_daemon::files::SECRET_MODE)
             .open(&target)
-            .map_err(|source| RestoreError::Write {
-                path: target.clone(),
-                source,
-            })?;
+            .map_err(IoError::write(&target))?;
         let mut reader = Hashing::new(&mut entry);
         let size = std::io::copy(&mut reader, &mut out).map_err(RestoreError::Damaged)?;
-        out.sync_all().map_err(|source| RestoreError::Write {
-            path: target.clone(),
-            source,
-        })?;
+        out.sync_all().map_err(IoError::write(&target))?;
         found.insert(path, (size, reader.finish()));
     }
     let manifest = manifest.ok_or(RestoreError::NoManifest)?;
@@ -277,10 +246,7 @@ fn check_store(db: &Path, manifest: &Manifest) -> Result<(), RestoreError> {
 
 /// The archived key is the one devices pinned, as the manifest says.
 fn check_key(key: &Path, manifest: &Manifest) -> Result<(), RestoreError> {
-    let pem = std::fs::read_to_string(key).map_err(|source| RestoreError::Open {
-        path: key.to_owned(),
-        source,
-    })?;
+    let pem = std::fs::read_to_string(key).map_err(IoError::read(key))?;
     let kid = edgefleet_protocol::Signer::from_pkcs8_pem(&pem)
         .map_err(|e| RestoreError::Inconsistent(format!("hub.key is not a valid key: {e}")))?
         .public()
@@ -328,16 +294,10 @@ fn move_aside(data: &Path, entries: &[PathBuf]) -> Result<PathBuf, RestoreError>
         "{name}.before-restore-{}",
         edgefleet_protocol::now_ms()
     ));
-    edgefleet_daemon::files::create_private_dir(&aside).map_err(|source| RestoreError::Write {
-        path: aside.clone(),
-        source,
-    })?;
+    edgefleet_daemon::files::create_private_dir(&aside).map_err(IoError::write(&aside))?;
     for e in entries {
         let to = aside.join(e.file_name().unwrap_or_default());
-        std::fs::rename(e, &to).map_err(|source| RestoreError::Write {
-            path: to.clone(),
-            source,
-        })?;
+        std::fs::rename(e, &to).map_err(IoError::write(&to))?;
     }
     Ok(aside)
 }
@@ -346,19 +306,12 @@ fn move_aside(data: &Path, entries: &[PathBuf]) -> Result<PathBuf, RestoreError>
 fn move_in(staging: &Path, data: &Path, manifest: &Manifest) -> Result<(), RestoreError> {
     let has_models = manifest.parts.iter().any(|p| p.path.starts_with(MODELS));
     if has_models || manifest.counts.models > 0 {
-        edgefleet_daemon::files::create_private_dir(&data.join(MODELS)).map_err(|source| {
-            RestoreError::Write {
-                path: data.join(MODELS),
-                source,
-            }
-        })?;
+        edgefleet_daemon::files::create_private_dir(&data.join(MODELS))
+            .map_err(IoError::write(&data.join(MODELS)))?;
     }
     for part in &manifest.parts {
         let (from, to) = (staging.join(&part.path), data.join(&part.path));
-        std::fs::rename(&from, &to).map_err(|source| RestoreError::Write {
-            path: to.clone(),
-            source,
-        })?;
+        std::fs::rename(&from, &to).map_err(IoError::write(&to))?;
         super::sync_parent(&to);
     }
     Ok(())

@@ -3,6 +3,7 @@
 //! ```text
 //! cargo build --release -p cloudcore -p edge-agent -p edgefleet-tests
 //! target/release/fleet-sim bench --devices 1000,10000 [--rollouts 3]
+//! target/release/fleet-sim rollout --devices 1000 [--runs 3]
 //! target/release/fleet-sim soak --devices 1000 --minutes 10
 //! target/release/fleet-sim run --devices 500 [--hub http://127.0.0.1:8080 --token BOOTSTRAP]
 //! ```
@@ -23,6 +24,7 @@ use reqwest::Method;
 
 const USAGE: &str = "usage:
   fleet-sim bench --devices 1000,10000 [--rollouts 3]
+  fleet-sim rollout --devices 1000 [--runs 3]
   fleet-sim soak --devices 1000 --minutes 10 [--reconnects-per-s 3]
   fleet-sim run --devices N [--hub URL --token BOOTSTRAP_TOKEN]";
 
@@ -67,6 +69,14 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
         "run" => run(num("--devices", 100)?, flag("--hub"), flag("--token")).await,
+        "rollout" => {
+            edgefleet_tests::rollout_bench::run(
+                num("--devices", 1000)?,
+                num("--runs", 3)?,
+                &args.join(" "),
+            )
+            .await
+        }
         _ => bail!("{USAGE}"),
     }
 }
@@ -216,16 +226,12 @@ async fn bench(sizes: &[usize], rollouts: usize, args: &str) -> anyhow::Result<(
         results.push(bench_one(n, rollouts.max(1)).await?);
     }
     let body = convergence_markdown(&results);
-    println!("{body}");
-    let path = edgefleet_tests::bench::write_section(
+    edgefleet_tests::bench::write_fleet_sim_section(
         "fleet-convergence",
         "Fleet convergence: deployment change to every device in sync",
-        &format!(
-            "cargo build --release -p cloudcore -p edge-agent -p edgefleet-tests && target/release/fleet-sim {args}"
-        ),
+        args,
         &body,
     )?;
-    eprintln!("fleet-sim: wrote {}", path.display());
     Ok(())
 }
 
@@ -706,16 +712,12 @@ async fn soak(n: usize, minutes: u64, reconnects_per_s: usize, args: &str) -> an
          commit logs filling to their caps (2 × 8 KiB per device filter); it was not broken \
          down further.\n",
     );
-    println!("{body}");
-    let path = edgefleet_tests::bench::write_section(
+    edgefleet_tests::bench::write_fleet_sim_section(
         "soak",
         "Soak: hub RSS under 1,000-device churn; idle agent RSS",
-        &format!(
-            "cargo build --release -p cloudcore -p edge-agent -p edgefleet-tests && target/release/fleet-sim {args}"
-        ),
+        args,
         &body,
     )?;
-    eprintln!("fleet-sim: wrote {}", path.display());
     agent.stop().await;
     fleet.stop().await;
     drop(hub);

@@ -182,16 +182,9 @@ fn serve(args: ServeArgs) -> i32 {
         broker_listen: args.broker_listen,
         broker_url: args.broker_url,
     };
-    let cfg = match Config::load(
-        args.config.as_deref(),
-        |k| std::env::var(k).ok(),
-        &overrides,
-    ) {
+    let cfg = match load_config("cloudcore", args.config.as_deref(), &overrides) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("cloudcore: bad configuration: {}", error_chain(&e));
-            return exit::CONFIG;
-        }
+        Err(code) => return code,
     };
     let Some(rt) = runtime() else {
         return exit::FAILURE;
@@ -213,21 +206,27 @@ fn serve(args: ServeArgs) -> i32 {
     })
 }
 
+/// The configuration from `file`, the environment and `overrides`; on an
+/// error, says why (as `who`) and gives the exit code.
+fn load_config(
+    who: &str,
+    file: Option<&std::path::Path>,
+    overrides: &Overrides,
+) -> Result<Config, i32> {
+    Config::load(file, |k| std::env::var(k).ok(), overrides).map_err(|e| {
+        eprintln!("{who}: bad configuration: {}", error_chain(&e));
+        exit::CONFIG
+    })
+}
+
 fn backup(args: BackupArgs) -> i32 {
     let overrides = Overrides {
         data_dir: args.data_dir,
         ..Default::default()
     };
-    let cfg = match Config::load(
-        args.config.as_deref(),
-        |k| std::env::var(k).ok(),
-        &overrides,
-    ) {
+    let cfg = match load_config("cloudcore backup", args.config.as_deref(), &overrides) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("cloudcore backup: bad configuration: {}", error_chain(&e));
-            return exit::CONFIG;
-        }
+        Err(code) => return code,
     };
     let opts = cloudcore::backup::Options {
         without_models: args.without_models,
