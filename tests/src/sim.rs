@@ -127,6 +127,8 @@ struct Shared {
     acks: Vec<Mutex<Option<Ack>>>,
     /// Every (deployment, generation) each device was given.
     received: Vec<Mutex<std::collections::BTreeSet<(String, u64)>>>,
+    /// Each device's generation of each deployment in its newest document.
+    current: Vec<Mutex<BTreeMap<String, u64>>>,
     connected: Vec<AtomicBool>,
     connect_gate: Semaphore,
 }
@@ -285,6 +287,7 @@ impl Fleet {
             counters: Counters::default(),
             acks: (0..opts.devices).map(|_| Mutex::new(None)).collect(),
             received: (0..opts.devices).map(|_| Mutex::default()).collect(),
+            current: (0..opts.devices).map(|_| Mutex::default()).collect(),
             connected: (0..opts.devices).map(|_| AtomicBool::new(false)).collect(),
             connect_gate: Semaphore::new(opts.connect_concurrency.max(1)),
         });
@@ -414,6 +417,41 @@ impl Fleet {
             .iter()
             .filter(|r| r.lock().is_ok_and(|r| r.contains(&key)))
             .count()
+    }
+
+    /// How many devices' newest verified document holds `generation` of
+    /// `deployment`.
+    pub fn running(&self, deployment: &str, generation: u64) -> usize {
+        self.shared
+            .current
+            .iter()
+            .filter(|c| {
+                c.lock()
+                    .is_ok_and(|c| c.get(deployment) == Some(&generation))
+            })
+            .count()
+    }
+
+    /// Waits until every device's newest document holds `generation` of
+    /// `deployment`; polls every 2 ms.
+    pub async fn wait_running(
+        &self,
+        deployment: &str,
+        generation: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while self.running(deployment, generation) < self.len() {
+            if Instant::now() > deadline {
+                bail!(
+                    "only {} of {} devices run {deployment} generation {generation} after {timeout:?}",
+                    self.running(deployment, generation),
+                    self.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(())
     }
 
     /// Takes device `idx` off the network (a clean disconnect: it says
@@ -654,9 +692,14 @@ impl DeviceTask {
             .verified
             .fetch_add(1, Ordering::Relaxed);
         self.current = Some(doc.version());
-        if let Ok(mut r) = self.shared.received[self.ident.idx].lock() {
+        if let (Ok(mut r), Ok(mut c)) = (
+            self.shared.received[self.ident.idx].lock(),
+            self.shared.current[self.ident.idx].lock(),
+        ) {
+            c.clear();
             for w in &doc.workloads {
                 r.insert((w.deployment.clone(), w.generation));
+                c.insert(w.deployment.clone(), w.generation);
             }
         }
         let failing = |w: &edgefleet_protocol::DesiredWorkload| {
