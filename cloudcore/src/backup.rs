@@ -9,8 +9,9 @@
 //! fails its hashes. Archives are written 0600 (they hold the signing key)
 //! and appear under their name only once complete.
 //!
-//! Taking a backup never writes to the data directory: it can run beside
-//! the hub that owns it.
+//! Taking a backup only reads the data directory (SQLite may checkpoint
+//! the store's WAL when no hub has it open) and takes no lock: it runs
+//! beside the hub that owns it.
 
 use std::fs::File;
 use std::io::{Read, Write};
