@@ -58,14 +58,16 @@ impl Member {
     /// The verdict its reports give, if any (without the timeout).
     fn verdict(&self) -> Option<(Outcome, Option<String>)> {
         let why = |w: &str, m: &Option<String>| format!("{w}: {}", m.as_deref().unwrap_or("-"));
+        // Only what it reported about the document with this generation
+        // counts (a RolledBack left from an earlier rollout does not).
+        if !self.updated {
+            return None;
+        }
         if let Some((w, _, _, m)) = self.statuses.iter().find(|s| s.1 == "RolledBack") {
             return Some((
                 Outcome::Failed,
                 Some(format!("rolled back on the device: {}", why(w, m))),
             ));
-        }
-        if !self.updated {
-            return None;
         }
         if let Some((w, s, h, m)) = self
             .statuses
