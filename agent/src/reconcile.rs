@@ -146,8 +146,8 @@ impl Reconciler {
         };
         // What runs: the hub's document, with any deployment the device
         // rolled back by itself on its last good generation.
-        let mut plan = rollback::Plan::parse(plan.as_deref());
-        let stored_plan = plan.clone();
+        let stored_plan = plan;
+        let mut plan = rollback::Plan::parse(stored_plan.as_deref());
         let now_ms = edgefleet_protocol::now_ms();
         let running = desired.as_ref().map(|d| DesiredState {
             workloads: plan.effective(d, now_ms),
@@ -273,8 +273,9 @@ impl Reconciler {
             }
             None => statuses,
         };
-        if plan != stored_plan {
-            let json = plan.to_json();
+        // Stored when it changed (or what was stored could not be read).
+        let json = plan.to_json();
+        if stored_plan.as_deref() != Some(json.as_str()) {
             let saved = shared
                 .write_essential(move |s| s.kv_set(rollback::KEY, &json))
                 .await;
