@@ -387,18 +387,15 @@ pub enum RolloutState {
     RolledBack,
     /// An operator stopped it; every device was given the last good generation.
     Aborted,
-    /// A newer generation took its place.
-    Superseded,
 }
 
 impl RolloutState {
-    pub const ALL: [RolloutState; 6] = [
+    pub const ALL: [RolloutState; 5] = [
         RolloutState::Progressing,
         RolloutState::Paused,
         RolloutState::Complete,
         RolloutState::RolledBack,
         RolloutState::Aborted,
-        RolloutState::Superseded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -408,7 +405,6 @@ impl RolloutState {
             RolloutState::Complete => "Complete",
             RolloutState::RolledBack => "RolledBack",
             RolloutState::Aborted => "Aborted",
-            RolloutState::Superseded => "Superseded",
         }
     }
 

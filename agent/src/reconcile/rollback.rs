@@ -104,14 +104,17 @@ impl Plan {
                 });
             }
         }
-        let mut out = Vec::new();
-        for (d, (g, _)) in &gens {
-            if self.rolled_back(d, *g).is_some() {
-                if let Some(good) = self.good.get(*d) {
-                    out.extend(good.workloads.iter().cloned());
-                }
-            } else {
-                out.extend(doc.workloads.iter().filter(|w| w.deployment == *d).cloned());
+        // In the document's order; a rolled-back deployment's last good
+        // workloads stand where its first workload was.
+        let mut out = Vec::with_capacity(doc.workloads.len());
+        let mut replaced = std::collections::BTreeSet::new();
+        for w in &doc.workloads {
+            if self.rolled_back(&w.deployment, w.generation).is_none() {
+                out.push(w.clone());
+            } else if replaced.insert(w.deployment.as_str())
+                && let Some(good) = self.good.get(&w.deployment)
+            {
+                out.extend(good.workloads.iter().cloned());
             }
         }
         out

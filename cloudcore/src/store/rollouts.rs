@@ -31,7 +31,7 @@ const EVENTS_KEPT: i64 = 100;
 const FAILURES_SHOWN: usize = 5;
 
 /// Start and end of one wave, stored as JSON beside the rollout.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct WaveTimes {
     started_ms: Option<u64>,
@@ -39,7 +39,7 @@ struct WaveTimes {
 }
 
 /// One stored rollout.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 struct Row {
     name: String,
     generation: u64,
@@ -52,6 +52,17 @@ struct Row {
     reason: Option<String>,
     started_ms: u64,
     updated_ms: u64,
+}
+
+impl Row {
+    /// The last good generation: the one rolled out when Complete, else
+    /// the one it started from.
+    fn stable(&self) -> Option<u64> {
+        match self.state {
+            RolloutState::Complete => Some(self.generation),
+            _ => self.from_generation,
+        }
+    }
 }
 
 /// What the publisher needs: each device's generation of each deployment
@@ -85,7 +96,7 @@ impl ActiveRollouts {
                 a.members.get(device).copied().unwrap_or(a.last_wave) <= a.wave
             }
             RolloutState::RolledBack | RolloutState::Aborted => false,
-            RolloutState::Complete | RolloutState::Superseded => true,
+            RolloutState::Complete => true,
         };
         if reached { Some(d) } else { a.from.as_ref() }
     }
@@ -145,8 +156,7 @@ impl Store {
         let now = edgefleet_protocol::now_ms();
         let prev = Self::rollout_row(tx, &rec.name)?;
         let stable = match &prev {
-            Some(p) if p.state == RolloutState::Complete => Some(p.generation),
-            Some(p) => p.from_generation,
+            Some(p) => p.stable(),
             None => (rec.generation > 1).then(|| rec.generation - 1),
         };
         if let Some(p) = &prev
@@ -320,32 +330,31 @@ impl Store {
         .transpose()
     }
 
+    /// Names of the rollouts whose state `keep` accepts.
     fn rollout_names(
         conn: &rusqlite::Connection,
-        state: Option<RolloutState>,
+        keep: impl Fn(RolloutState) -> bool,
     ) -> Result<Vec<String>, StoreError> {
         let mut stmt = conn.prepare("SELECT name, state FROM rollouts ORDER BY name")?;
         let rows = stmt.query_map([], |r| <(String, String)>::try_from(r))?;
         let mut out = Vec::new();
         for row in rows {
             let (name, s) = row?;
-            if state.is_none_or(|want| want.as_str() == s) {
+            let state = RolloutState::parse(&s)
+                .ok_or_else(|| StoreError::Corrupt(format!("rollout state {s:?}")))?;
+            if keep(state) {
                 out.push(name);
             }
         }
         Ok(out)
     }
 
-    /// The last good generation of `name` by its rollout: the one rolled
-    /// out when Complete, else the one it started from.
+    /// The last good generation of `name` by its rollout ([`Row::stable`]).
     pub(super) fn rollout_stable(
         conn: &rusqlite::Connection,
         name: &str,
     ) -> Result<Option<u64>, StoreError> {
-        Ok(Self::rollout_row(conn, name)?.and_then(|r| match r.state {
-            RolloutState::Complete => Some(r.generation),
-            _ => r.from_generation,
-        }))
+        Ok(Self::rollout_row(conn, name)?.and_then(|r| r.stable()))
     }
 
     /// The spec of `name` at `generation`, from its history.
@@ -378,13 +387,12 @@ impl Store {
     pub fn active_rollouts(&self) -> Result<ActiveRollouts, StoreError> {
         let conn = self.lock();
         let mut out = ActiveRollouts::default();
-        for name in Self::rollout_names(&conn, None)? {
+        // Complete ones are left out before their rows are read: every
+        // publisher pass comes here.
+        for name in Self::rollout_names(&conn, |s| s != RolloutState::Complete)? {
             let Some(row) = Self::rollout_row(&conn, &name)? else {
                 continue;
             };
-            if matches!(row.state, RolloutState::Complete | RolloutState::Superseded) {
-                continue;
-            }
             let from = match row.from_generation {
                 Some(g) => Self::generation_record(&conn, &name, g)?,
                 None => None,

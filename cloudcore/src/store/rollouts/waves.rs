@@ -186,7 +186,7 @@ impl Store {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         let mut step = RolloutStep::default();
-        for name in Self::rollout_names(&tx, Some(RolloutState::Progressing))? {
+        for name in Self::rollout_names(&tx, |s| s == RolloutState::Progressing)? {
             let Some(row) = Self::rollout_row(&tx, &name)? else {
                 continue;
             };
@@ -198,7 +198,6 @@ impl Store {
             };
             Self::step_one(&tx, row, &spec, now, &mut step)?;
         }
-        step.active = !Self::rollout_names(&tx, Some(RolloutState::Progressing))?.is_empty();
         let mut stmt = tx.prepare("SELECT state, count(*) FROM rollouts GROUP BY state")?;
         for r in stmt.query_map([], |r| <(String, i64)>::try_from(r))? {
             let (s, n) = r?;
@@ -208,6 +207,10 @@ impl Store {
         }
         drop(stmt);
         tx.commit()?;
+        step.active = step
+            .states
+            .iter()
+            .any(|(s, n)| *s == RolloutState::Progressing && *n > 0);
         Ok(step)
     }
 
@@ -219,9 +222,11 @@ impl Store {
         step: &mut RolloutStep,
     ) -> Result<(), StoreError> {
         let wave = row.wave;
+        let unchanged = row.clone();
         let mut members = Self::wave_members(tx, &row, wave)?;
         let timeout_ms = spec.health_timeout.as_secs() * 1000;
         for m in members.iter_mut().filter(|m| m.outcome.is_none()) {
+            let before = (m.online_since, m.outcome);
             let mut verdict = m.verdict();
             // The health clock runs while the device is online: one that
             // comes back gets the whole timeout to report.
@@ -240,6 +245,10 @@ impl Store {
             if let Some((o, why)) = verdict {
                 m.outcome = Some(o);
                 m.reason = why;
+            }
+            // Written only when it changed: this runs every 100 ms.
+            if (m.online_since, m.outcome) == before {
+                continue;
             }
             tx.execute(
                 "UPDATE rollout_devices SET online_since_ms = ?3, outcome = ?4, reason = ?5
@@ -311,6 +320,9 @@ impl Store {
             if baked {
                 Self::next_wave(tx, &mut row, spec, now, step)?;
             }
+        }
+        if row == unchanged {
+            return Ok(());
         }
         Self::save_row(tx, &row, now)
     }
