@@ -15,7 +15,6 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
@@ -161,7 +160,8 @@ pub fn create(data: &Path, to: &Path, opts: Options) -> Result<Manifest, BackupE
     let snapshot = sibling(to, "snapshot.db");
     let result = write_archive(data, &db, &snapshot, &partial, opts).and_then(|manifest| {
         std::fs::rename(&partial, to).map_err(IoError::write(to))?;
-        sync_parent(to);
+        // Best effort, as before: the archive is complete either way.
+        let _ = edgefleet_daemon::files::sync_parent(to);
         Ok(manifest)
     });
     let _ = std::fs::remove_file(&snapshot);
@@ -207,16 +207,7 @@ fn write_archive(
         .kid()
         .to_string();
 
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(SECRET_MODE)
-        .open(partial)
-        .and_then(|f| {
-            f.set_permissions(std::fs::Permissions::from_mode(SECRET_MODE))?;
-            Ok(f)
-        })
+    let file = edgefleet_daemon::files::create_with_mode(partial, SECRET_MODE)
         .map_err(IoError::write(partial))?;
     let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
     let mut parts = Vec::new();
@@ -415,17 +406,10 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
-/// fsyncs the directory holding `path`, so a rename into it is durable.
-pub(crate) fn sync_parent(path: &Path) {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && let Ok(d) = File::open(dir)
-    {
-        let _ = d.sync_all();
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::restore::{RestoreError, restore};
     use super::*;
     use crate::publisher::compute_pass;

@@ -12,17 +12,9 @@ use sha2::{Digest, Sha256};
 
 use crate::store::{ActiveRollouts, DeploymentRecord, Labels};
 
-/// Every workload of every deployment whose selector matches `labels`, in a
-/// stable order (deployment name, then manifest order).
-pub fn workloads_for(
-    labels: &BTreeMap<String, String>,
-    deployments: &[DeploymentRecord],
-) -> Vec<DesiredWorkload> {
-    workloads_for_device("", labels, deployments, &ActiveRollouts::default())
-}
-
-/// [`workloads_for`] device `id`, at the generation each deployment's
-/// rollout gives it.
+/// Every workload of every deployment whose selector matches device `id`'s
+/// `labels`, at the generation each deployment's rollout gives it, in a
+/// stable order (by workload id, `<deployment>.<workload>`).
 pub fn workloads_for_device(
     id: &str,
     labels: &BTreeMap<String, String>,
@@ -133,7 +125,7 @@ pub fn violations(
     out
 }
 
-/// Every workload of `deployments`, as [`workloads_for`] orders them.
+/// Every workload of `deployments`, ordered by workload id.
 fn matched_workloads<'a>(
     deployments: impl IntoIterator<Item = &'a DeploymentRecord>,
 ) -> Vec<DesiredWorkload> {
@@ -169,6 +161,14 @@ fn matched_workloads<'a>(
 mod tests {
     use super::*;
     use edgefleet_protocol::Deployment;
+
+    /// With no rollout: every matching deployment at its current generation.
+    fn workloads_for(
+        labels: &BTreeMap<String, String>,
+        deployments: &[DeploymentRecord],
+    ) -> Vec<DesiredWorkload> {
+        workloads_for_device("", labels, deployments, &ActiveRollouts::default())
+    }
 
     fn dep(name: &str, generation: u64, selector: &str) -> DeploymentRecord {
         let yaml = format!(

@@ -80,14 +80,7 @@ impl ServeError {
 /// A store SQLite calls corrupt becomes [`ServeError::Damaged`], naming the
 /// newest scheduled backup and the command that restores it.
 fn damaged(cfg: &Config, e: StoreError) -> ServeError {
-    let corrupt = matches!(
-        &e,
-        StoreError::Sqlite(s) if matches!(
-            s.sqlite_error_code(),
-            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
-        )
-    );
-    if !corrupt {
+    if !e.is_corrupt() {
         return ServeError::Store(e);
     }
     let data = &cfg.data_dir;

@@ -62,6 +62,17 @@ impl StoreError {
             StoreError::Sqlite(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
         )
     }
+
+    /// Whether SQLite found the database file damaged (or not a database).
+    pub fn is_corrupt(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Sqlite(e) if matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+            )
+        )
+    }
 }
 
 const MIGRATIONS: &[&str] = &[

@@ -45,15 +45,7 @@ pub enum SecretError {
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let written = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        // `mode` on open is masked by the umask; make it exact before any
-        // byte is written.
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        let mut f = create_with_mode(&tmp, mode)?;
         f.write_all(data)?;
         f.sync_all()
     })();
@@ -62,11 +54,30 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
         return Err(e);
     }
     std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        // The rename is durable once the directory is.
-        std::fs::File::open(dir)?.sync_all()?;
+    sync_parent(path)
+}
+
+/// Creates (or truncates) `path` for writing with exactly `mode`, set
+/// before any byte is written.
+pub fn create_with_mode(path: &Path, mode: u32) -> std::io::Result<std::fs::File> {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)?;
+    // `mode` on open is masked by the umask; make it exact.
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    Ok(f)
+}
+
+/// fsyncs the directory holding `path`: a rename into it is durable once
+/// the directory is.
+pub fn sync_parent(path: &Path) -> std::io::Result<()> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Writes a secret atomically with mode 0600.

@@ -21,6 +21,7 @@ pub mod mqtt;
 pub mod signal;
 pub mod sqlite;
 pub mod supervise;
+pub mod time;
 
 /// An error and its sources, `outer: inner: root`, for one log line or one
 /// message on stderr. A source whose text its parent already ends with

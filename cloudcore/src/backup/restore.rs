@@ -312,7 +312,7 @@ fn move_in(staging: &Path, data: &Path, manifest: &Manifest) -> Result<(), Resto
     for part in &manifest.parts {
         let (from, to) = (staging.join(&part.path), data.join(&part.path));
         std::fs::rename(&from, &to).map_err(IoError::write(&to))?;
-        super::sync_parent(&to);
+        let _ = edgefleet_daemon::files::sync_parent(&to);
     }
     Ok(())
 }

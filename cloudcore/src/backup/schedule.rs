@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use edgefleet_daemon::time::Utc;
 use tokio_util::sync::CancellationToken;
 
 use super::Options;
@@ -17,37 +18,23 @@ const SUFFIX: &str = ".tar";
 
 /// `cloudcore-backup-20261130T142035Z.tar` for a time in Unix milliseconds.
 pub fn file_name(at_ms: u64) -> String {
-    let (y, mo, d, h, mi, s) = utc(at_ms);
-    format!("{PREFIX}{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z{SUFFIX}")
+    let t = Utc::from_unix_ms(at_ms);
+    format!(
+        "{PREFIX}{:04}{:02}{:02}T{:02}{:02}{:02}Z{SUFFIX}",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
+    )
 }
 
 /// `2026-11-30 14:20:35 UTC` for a time in Unix milliseconds.
 pub fn utc_text(at_ms: u64) -> String {
-    let (y, mo, d, h, mi, s) = utc(at_ms);
-    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
-}
-
-/// (year, month, day, hour, minute, second) in UTC.
-fn utc(at_ms: u64) -> (i64, u32, u32, u64, u64, u64) {
-    let secs = at_ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil_from_days(days as i64);
-    (y, m, d, rem / 3600, rem / 60 % 60, rem % 60)
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
-/// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    let t = Utc::from_unix_ms(at_ms);
+    format!(
+        "{} {:02}:{:02}:{:02} UTC",
+        t.date(),
+        t.hour,
+        t.minute,
+        t.second
+    )
 }
 
 /// The scheduled archives in `dir`, newest first (their names sort by time).

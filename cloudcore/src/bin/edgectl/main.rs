@@ -217,7 +217,7 @@ fn failure(e: ClientError, has_token: bool) -> Failure {
     }
 }
 
-fn print_structured(v: &impl serde::Serialize, o: Output) -> Result<(), Failure> {
+fn print_structured<T: serde::Serialize + ?Sized>(v: &T, o: Output) -> Result<(), Failure> {
     let text = match o {
         Output::Yaml => serde_yaml::to_string(v).map_err(|e| fail(EXIT_API, e.to_string()))?,
         _ => serde_json::to_string_pretty(v).map_err(|e| fail(EXIT_API, e.to_string()))? + "\n",
@@ -226,16 +226,16 @@ fn print_structured(v: &impl serde::Serialize, o: Output) -> Result<(), Failure>
     Ok(())
 }
 
-/// `items` as JSON or YAML when asked, else as the table `table` makes.
-fn print_list<T: serde::Serialize>(
-    items: &[T],
+/// `value` as JSON or YAML when asked, else as the text `table` makes.
+fn print_as<T: serde::Serialize + ?Sized>(
+    value: &T,
     output: Option<Output>,
-    table: fn(&[T]) -> String,
+    table: fn(&T) -> String,
 ) -> Result<(), Failure> {
     match output {
-        Some(o @ (Output::Json | Output::Yaml)) => print_structured(&items, o),
+        Some(o @ (Output::Json | Output::Yaml)) => print_structured(value, o),
         _ => {
-            print!("{}", table(items));
+            print!("{}", table(value));
             Ok(())
         }
     }
@@ -412,7 +412,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     None => break,
                 }
             }
-            print_list(&all, output, text::events)?;
+            print_as(all.as_slice(), output, text::events)?;
         }
         Command::Rollout { command } => rollout(&client, command).await?,
         Command::Models {
@@ -433,13 +433,6 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 
 async fn rollout(client: &Client, command: RolloutCommand) -> Result<(), Failure> {
     let err = |e| failure(e, client.has_token());
-    let print = |r: &edgefleet_api::RolloutStatus, output: Option<Output>| match output {
-        Some(o @ (Output::Json | Output::Yaml)) => print_structured(r, o),
-        _ => {
-            print!("{}", text::rollout(r));
-            Ok(())
-        }
-    };
     match command {
         RolloutCommand::Status {
             name,
@@ -455,7 +448,7 @@ async fn rollout(client: &Client, command: RolloutCommand) -> Result<(), Failure
                         != (&r.state, &r.waves, &r.current_wave, &r.reason)
                 });
                 if changed {
-                    print(&r, output)?;
+                    print_as(&r, output, text::rollout)?;
                     if watch {
                         println!();
                     }
@@ -476,7 +469,7 @@ async fn rollout(client: &Client, command: RolloutCommand) -> Result<(), Failure
         }
         RolloutCommand::History { name, output } => {
             let items = client.deployment_history(&name).await.map_err(err)?;
-            print_list(&items, output, text::history)?;
+            print_as(items.as_slice(), output, text::history)?;
         }
         RolloutCommand::Pause { name } => act(client, &name, "pause", "paused").await?,
         RolloutCommand::Resume { name } => act(client, &name, "resume", "resumed").await?,
