@@ -26,13 +26,8 @@ fn numbers(v: &Value) -> Vec<f64> {
 
 fn request(shape: &[usize], data: Vec<f64>) -> InferRequest {
     InferRequest {
-        id: None,
-        inputs: vec![RequestTensor {
-            name: "input".into(),
-            shape: shape.to_vec(),
-            datatype: "FP32".into(),
-            data,
-        }],
+        inputs: vec![RequestTensor::numbers("input", shape, "FP32", &data)],
+        ..InferRequest::default()
     }
 }
 
@@ -59,7 +54,7 @@ fn argmax(v: &[f64]) -> usize {
 fn digits_match_onnxruntime_on_every_test_image() -> anyhow::Result<()> {
     let reference = reference("digits")?;
     let model = Model::load("digits", &models_dir().join("digits/digits.onnx"), None)?;
-    assert_eq!(model.inputs()[0].shape, vec![1, 1, 8, 8]);
+    assert_eq!(model.inputs()[0].shape, vec![-1, 1, 8, 8]);
     let cases = reference["cases"].as_array().cloned().unwrap_or_default();
     assert_eq!(cases.len(), 360);
     let mut correct = 0;
@@ -149,7 +144,7 @@ fn vibration_scores_match_onnxruntime() -> anyhow::Result<()> {
         &models_dir().join("vibration/vibration.onnx"),
         None,
     )?;
-    assert_eq!(model.inputs()[0].shape, vec![1, 64]);
+    assert_eq!(model.inputs()[0].shape, vec![-1, 64]);
     let threshold = reference["threshold"].as_f64().unwrap_or(0.8);
     let cases = reference["cases"].as_array().cloned().unwrap_or_default();
     assert_eq!(cases.len(), 200);
@@ -187,7 +182,7 @@ fn wrong_shape_or_dtype_names_the_expected_shape() -> anyhow::Result<()> {
     assert!(e.is_client_error());
     let msg = e.to_string();
     assert!(
-        msg.contains("expected shape [1, 64]") && msg.contains("[1, 63]"),
+        msg.contains("expected shape [-1, 64]") && msg.contains("[1, 63]"),
         "{msg}"
     );
 
@@ -195,7 +190,7 @@ fn wrong_shape_or_dtype_names_the_expected_shape() -> anyhow::Result<()> {
     req.inputs[0].datatype = "INT64".into();
     let msg = model.infer_blocking(&req).unwrap_err().to_string();
     assert!(
-        msg.contains("expected shape [1, 64] datatype FP32") && msg.contains("INT64"),
+        msg.contains("expected shape [-1, 64] datatype FP32") && msg.contains("INT64"),
         "{msg}"
     );
 
@@ -204,8 +199,40 @@ fn wrong_shape_or_dtype_names_the_expected_shape() -> anyhow::Result<()> {
         .unwrap_err()
         .to_string();
     assert!(
-        msg.contains("expected shape [1, 64]") && msg.contains("3 data"),
+        msg.contains("expected shape [-1, 64]") && msg.contains("3 data"),
         "{msg}"
     );
+    Ok(())
+}
+
+/// A dynamic batch stays dynamic: a batch of 8 reference images gives, row
+/// for row, onnxruntime's batch-1 outputs; each new batch size is planned
+/// once and at most `MAX_PLANS` plans are kept.
+#[test]
+fn digits_batches_match_onnxruntime_and_plans_are_bounded() -> anyhow::Result<()> {
+    let reference = reference("digits")?;
+    let model = Model::load("digits", &models_dir().join("digits/digits.onnx"), None)?;
+    let cases = reference["cases"].as_array().cloned().unwrap_or_default();
+    assert_eq!(model.plans_cached(), 1, "batch 1 is planned at load");
+    for batch in 1..=6usize {
+        let chunk = &cases[..batch];
+        let data: Vec<f64> = chunk.iter().flat_map(|c| numbers(&c["input"])).collect();
+        let out = model.infer_blocking(&request(&[batch, 1, 8, 8], data))?;
+        let logits = out
+            .iter()
+            .find(|t| t.name == "logits")
+            .ok_or_else(|| anyhow::anyhow!("no logits"))?;
+        assert_eq!(logits.shape, vec![batch, 10]);
+        let want: Vec<f64> = chunk.iter().flat_map(|c| numbers(&c["logits"])).collect();
+        assert_close(&format!("batch {batch} logits"), &logits.as_f64(), &want);
+        assert_eq!(
+            model.plans_cached(),
+            batch.min(edge_agent::inference::MAX_PLANS)
+        );
+    }
+    let e = model
+        .infer_blocking(&request(&[0, 1, 8, 8], vec![]))
+        .unwrap_err();
+    assert!(e.is_client_error() && e.to_string().contains("[-1, 1, 8, 8]"), "{e}");
     Ok(())
 }

@@ -206,10 +206,12 @@ impl InferenceWorkload {
                 "must be a non-empty MQTT topic name without wildcards",
             );
         }
-        if !self.output.upstream && self.output.topic.is_none() {
+        // Results of an `http` request go back to its caller; those of
+        // `mqtt` readings need somewhere to go.
+        if self.input.http.is_none() && !self.output.upstream && self.output.topic.is_none() {
             errs.push(
                 format!("{path}.output"),
-                "results would go nowhere: set `upstream: true`, `topic`, or both",
+                "results would go nowhere: set `upstream: true`, `topic`, or both (or add `input.http`, whose results go back to the caller)",
             );
         }
         if let Some(c) = self.concurrency
@@ -332,6 +334,29 @@ impl From<Condition> for String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn results_need_somewhere_to_go_unless_http_returns_them() {
+        let errors = |input: serde_json::Value, output: serde_json::Value| {
+            let w: InferenceWorkload = serde_json::from_value(serde_json::json!({
+                "model": {"name": "m", "sha256": "a".repeat(64)},
+                "input": input,
+                "output": output,
+            }))
+            .unwrap();
+            let mut errs = ValidationErrors::default();
+            w.validate_into("w", &mut errs);
+            errs.to_string()
+        };
+        let http = serde_json::json!({"http": {}});
+        let mqtt = serde_json::json!({"mqtt": {"topic": "t"}});
+        let nowhere = serde_json::json!({});
+        assert_eq!(errors(http.clone(), nowhere.clone()), "");
+        let both = serde_json::json!({"http": {}, "mqtt": {"topic": "t"}});
+        assert_eq!(errors(both, nowhere.clone()), "");
+        assert!(errors(mqtt.clone(), nowhere).contains("go nowhere"));
+        assert_eq!(errors(mqtt, serde_json::json!({"upstream": true})), "");
+    }
 
     #[test]
     fn conditions_parse_and_evaluate() {

@@ -225,6 +225,21 @@ impl Hub {
         body
     }
 
+    /// `POST /models?name=NAME` with `bytes` that must succeed; the sha256.
+    pub async fn push_model(&self, name: &str, bytes: Vec<u8>) -> String {
+        let resp = reqwest::Client::new()
+            .post(format!("{}/api/v1/models?name={name}", self.api_url()))
+            .bearer_auth(self.operator_token())
+            .header("content-type", "application/octet-stream")
+            .body(bytes)
+            .send()
+            .await
+            .expect("hub reachable");
+        assert!(resp.status().is_success(), "push model: {}", resp.status());
+        let rec: Value = resp.json().await.expect("model record");
+        rec["sha256"].as_str().expect("sha256").to_owned()
+    }
+
     /// Every event id the hub stored for `device`, in order, duplicates kept
     /// (follows the `continue` pages of `GET /devices/{id}/events`).
     pub async fn event_ids(&self, device: &str) -> Vec<String> {

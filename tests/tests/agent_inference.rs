@@ -18,20 +18,6 @@ fn models_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models")
 }
 
-async fn push_model(hub: &Hub, name: &str, bytes: Vec<u8>) -> String {
-    let resp = reqwest::Client::new()
-        .post(format!("{}/api/v1/models?name={name}", hub.api_url()))
-        .bearer_auth(hub.operator_token())
-        .header("content-type", "application/octet-stream")
-        .body(bytes)
-        .send()
-        .await
-        .expect("hub reachable");
-    assert!(resp.status().is_success(), "push model: {}", resp.status());
-    let rec: Value = resp.json().await.expect("model record");
-    rec["sha256"].as_str().expect("sha256").to_owned()
-}
-
 fn deployment(workload: &str, model: &str, sha256: &str) -> String {
     format!(
         r#"
@@ -67,7 +53,7 @@ async fn model_is_downloaded_served_and_corruption_fails() {
     let agent = Agent::enroll_and_start(&hub, "pi-infer", &[("site", "plant-9")]).await;
 
     let model = std::fs::read(models_dir().join("vibration/vibration.onnx")).expect("model");
-    let sha = push_model(&hub, "vibration", model).await;
+    let sha = hub.push_model("vibration", model).await;
     hub.deploy("anomaly", &deployment("anomaly", "vibration", &sha))
         .await;
 
@@ -120,7 +106,7 @@ async fn model_is_downloaded_served_and_corruption_fails() {
 
     // A blob corrupted on the hub is refused: Failed with the reason.
     let other = std::fs::read(models_dir().join("digits/digits.onnx")).expect("model");
-    let bad_sha = push_model(&hub, "digits", other).await;
+    let bad_sha = hub.push_model("digits", other).await;
     std::fs::write(
         hub.data_dir()
             .join("models")
@@ -166,7 +152,7 @@ async fn local_mqtt_readings_become_anomaly_events_at_the_hub() {
         Agent::enroll_behind(&hub, &hub.broker_url(), &[("site", "plant-9")], opts).await;
     agent.start().await;
     let model = std::fs::read(models_dir().join("vibration/vibration.onnx")).expect("model");
-    let sha = push_model(&hub, "vibration", model).await;
+    let sha = hub.push_model("vibration", model).await;
     let yaml = deployment("anomaly", "vibration", &sha).replace(
         "input: {http: {}}",
         "input: {mqtt: {topic: sensors/vibration}}",

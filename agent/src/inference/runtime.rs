@@ -182,8 +182,9 @@ impl InferenceRuntime {
         let name = workload.to_owned();
         let model_metrics = metrics.map(|m| m.model(workload));
         let concurrency = want.concurrency;
+        let version = Some(want.sha256.clone());
         let model = tokio::task::spawn_blocking(move || {
-            Model::load_with_metrics(&name, &path, concurrency, model_metrics)
+            Model::load_with_metrics(&name, &path, concurrency, version, model_metrics)
         })
         .await
         .map_err(|source| SyncError::LoadTask {

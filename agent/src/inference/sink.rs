@@ -24,6 +24,7 @@ pub fn field_value(outputs: &[ResponseTensor], field: &str) -> Option<f64> {
         .iter()
         .find(|t| t.name == name)?
         .data
+        .as_ref()?
         .get(index)?
         .as_f64()
 }
@@ -60,7 +61,9 @@ mod tests {
             name: name.into(),
             shape: vec![1, data.len()],
             datatype: "FP32".into(),
-            data: data.iter().map(|x| json!(x)).collect(),
+            parameters: serde_json::Map::new(),
+            data: Some(data.iter().map(|x| json!(x)).collect()),
+            raw: None,
         }
     }
 

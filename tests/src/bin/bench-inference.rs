@@ -207,13 +207,13 @@ fn tract_round(
 /// as `Model::infer_blocking` runs it for a KServe or MQTT request.
 fn request_round(model: &Model, shape: &[usize], input: &[f32], iters: usize) -> Vec<f64> {
     let req = InferRequest {
-        id: None,
-        inputs: vec![RequestTensor {
-            name: model.inputs()[0].name.clone(),
-            shape: shape.to_vec(),
-            datatype: "FP32".into(),
-            data: input.iter().map(|x| f64::from(*x)).collect(),
-        }],
+        inputs: vec![RequestTensor::numbers(
+            &model.inputs()[0].name,
+            shape,
+            "FP32",
+            input,
+        )],
+        ..InferRequest::default()
     };
     (0..iters)
         .filter_map(|_| {
@@ -243,7 +243,12 @@ fn bench(python: &Path, case: &Case, rounds: usize) -> anyhow::Result<Row> {
         "{}: one input expected",
         case.name
     );
-    let shape = model.inputs()[0].shape.clone();
+    // Batch 1: a dynamic dimension at 1.
+    let shape: Vec<usize> = model.inputs()[0]
+        .shape
+        .iter()
+        .map(|d| usize::try_from(*d).unwrap_or(1))
+        .collect();
     let n: usize = shape.iter().product();
     let input = weyl(n, 0, case.range.0, case.range.1);
     let tmp = tempfile::tempdir()?;
