@@ -233,6 +233,9 @@ fn digits_batches_match_onnxruntime_and_plans_are_bounded() -> anyhow::Result<()
     let e = model
         .infer_blocking(&request(&[0, 1, 8, 8], vec![]))
         .unwrap_err();
-    assert!(e.is_client_error() && e.to_string().contains("[-1, 1, 8, 8]"), "{e}");
+    assert!(
+        e.is_client_error() && e.to_string().contains("[-1, 1, 8, 8]"),
+        "{e}"
+    );
     Ok(())
 }

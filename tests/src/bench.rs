@@ -109,3 +109,83 @@ mod tests {
         assert!(d.as_str() >= "2024-01-01", "{d}");
     }
 }
+
+/// The workspace root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The "weyl-v1" input of models/bench_ort.py (float32 variant).
+pub fn weyl(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+    (0..n as u64)
+        .map(|i| {
+            let h = ((i + 1) * 2_654_435_761 + seed * 40_503) & 0xFFFF_FFFF;
+            #[allow(clippy::cast_precision_loss)]
+            let u = (h >> 8) as f32 / 16_777_216.0;
+            lo + (hi - lo) * u
+        })
+        .collect()
+}
+
+/// Nearest-rank percentile of sorted values (as bench_ort.py computes it).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let rank = ((p / 100.0 * sorted.len() as f64).ceil() as usize).max(1);
+    sorted[rank - 1]
+}
+
+/// p50 and p99 of some latencies.
+#[derive(Debug, Clone, Copy)]
+pub struct Latency {
+    pub p50: f64,
+    pub p99: f64,
+}
+
+pub fn latency(mut samples: Vec<f64>) -> Latency {
+    samples.sort_by(f64::total_cmp);
+    Latency {
+        p50: percentile(&samples, 50.0),
+        p99: percentile(&samples, 99.0),
+    }
+}
+
+/// The python of the repository's venv (`models/venv.sh` creates it).
+pub fn venv_python() -> anyhow::Result<PathBuf> {
+    let venv = repo().join("models/venv.sh");
+    let out = std::process::Command::new(&venv)
+        .output()
+        .map_err(|e| anyhow::anyhow!("run models/venv.sh: {e}"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "models/venv.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// Generates MobileNetV2 at `path` unless it is there (`dynamic`: a
+/// symbolic batch dimension).
+pub fn generate_mobilenet(python: &Path, path: &Path, dynamic: bool) -> anyhow::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    eprintln!("generating {}", path.display());
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut cmd = std::process::Command::new(python);
+    cmd.arg(repo().join("models/mobilenetv2/generate.py"))
+        .arg(path);
+    if dynamic {
+        cmd.arg("--dynamic-batch");
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| anyhow::anyhow!("run generate.py: {e}"))?;
+    anyhow::ensure!(status.success(), "generate.py failed ({status})");
+    Ok(())
+}

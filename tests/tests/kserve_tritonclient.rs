@@ -90,15 +90,9 @@ async fn tritonclient_against_the_agent_equals_onnxruntime() {
         &["types-model", types.to_str().expect("utf-8 path")],
     );
     let mobilenet = repo().join("models/mobilenetv2/mobilenetv2.onnx");
-    if !mobilenet.exists() {
-        // As .ci/run does before the tests (about 3 s).
-        let status = Command::new(&python)
-            .arg(repo().join("models/mobilenetv2/generate.py"))
-            .arg(&mobilenet)
-            .status()
-            .expect("run generate.py");
-        assert!(status.success(), "models/mobilenetv2/generate.py failed");
-    }
+    // As .ci/run does before the tests (about 3 s).
+    edgefleet_tests::bench::generate_mobilenet(&python, &mobilenet, false)
+        .expect("generate MobileNetV2");
     let models = [
         ("digits", repo().join("models/digits/digits.onnx")),
         ("vibration", repo().join("models/vibration/vibration.onnx")),

@@ -1,6 +1,6 @@
 //! The reference models through tract (the agent's own
-//! inference code, `edge_agent::inference::Model`: batch pinned to 1,
-//! `into_optimized`, one plan reused, 1 thread) and through onnxruntime
+//! inference code, `edge_agent::inference::Model`: batch 1, planned with the
+//! batch set to 1, `into_optimized`, one plan reused, 1 thread) and through onnxruntime
 //! (`models/bench_ort.py` in the venv of `models/venv.sh`: 1 intra-op and 1
 //! inter-op thread, sequential) on the same input tensor, in one invocation.
 //! Fails loudly when the outputs differ by more than 1e-4; writes latency
@@ -14,12 +14,13 @@
 //! ...) so that noise from other processes on this shared machine falls on
 //! both; the percentiles are over all timed runs of all rounds.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail, ensure};
 use edge_agent::inference::{InferRequest, Model, RequestTensor};
+use edgefleet_tests::bench::{Latency, generate_mobilenet, latency, repo, venv_python, weyl};
 use serde_json::Value;
 use tract_onnx::prelude::Tensor;
 
@@ -61,46 +62,6 @@ const CASES: &[Case] = &[
         warmup: 5,
     },
 ];
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The "weyl-v1" input of models/bench_ort.py (float32 variant).
-fn weyl(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
-    (0..n as u64)
-        .map(|i| {
-            let h = ((i + 1) * 2_654_435_761 + seed * 40_503) & 0xFFFF_FFFF;
-            #[allow(clippy::cast_precision_loss)]
-            let u = (h >> 8) as f32 / 16_777_216.0;
-            lo + (hi - lo) * u
-        })
-        .collect()
-}
-
-/// Nearest-rank percentile of sorted values (as bench_ort.py computes it).
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let rank = ((p / 100.0 * sorted.len() as f64).ceil() as usize).max(1);
-    sorted[rank - 1]
-}
-
-struct Latency {
-    p50: f64,
-    p99: f64,
-}
-
-fn latency(mut samples: Vec<f64>) -> Latency {
-    samples.sort_by(f64::total_cmp);
-    Latency {
-        p50: percentile(&samples, 50.0),
-        p99: percentile(&samples, 99.0),
-    }
-}
 
 /// One onnxruntime round: latencies (us) and every output value.
 struct OrtRound {
@@ -326,24 +287,12 @@ fn us(v: f64) -> String {
 fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let rounds = if quick { 1 } else { 3 };
-    let venv = repo().join("models/venv.sh");
-    let out = Command::new(&venv).output().context("run models/venv.sh")?;
-    ensure!(
-        out.status.success(),
-        "models/venv.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let python = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    let mobilenet = repo().join("models/mobilenetv2/mobilenetv2.onnx");
-    if !mobilenet.exists() {
-        eprintln!("bench-inference: generating {}", mobilenet.display());
-        let status = Command::new(&python)
-            .arg(repo().join("models/mobilenetv2/generate.py"))
-            .arg(&mobilenet)
-            .status()
-            .context("run models/mobilenetv2/generate.py")?;
-        ensure!(status.success(), "generate.py failed ({status})");
-    }
+    let python = venv_python()?;
+    generate_mobilenet(
+        &python,
+        &repo().join("models/mobilenetv2/mobilenetv2.onnx"),
+        false,
+    )?;
 
     let mut rows = Vec::new();
     for case in CASES {
@@ -354,7 +303,7 @@ fn main() -> anyhow::Result<()> {
     body.push_str(&format!(
         "Target (docs/ARCHITECTURE.md): tract ≤ 1.5× onnxruntime, same model, 1 thread; outputs equal \
          within {TOLERANCE:e}.\n\n\
-         tract-onnx {} through the agent's `Model` (batch pinned to 1, `into_optimized()`, \
+         tract-onnx {} through the agent's `Model` (batch 1, planned with the batch set to 1: `into_optimized()`, \
          one runnable plan and its run states reused; tract runs single-threaded) vs onnxruntime {} \
          (`intra_op_num_threads=1`, `inter_op_num_threads=1`, sequential, all graph \
          optimisations). Same input tensor for both (weyl-v1, seed 0, passed to onnxruntime \
@@ -415,8 +364,8 @@ fn notes() -> String {
         "\nNotes:\n\
          - Outputs are compared element by element on every round; the run fails when any \
          differs by more than the tolerance.\n\
-         - The agent already loads every model the way tract plans fastest: symbolic batch \
-         pinned to 1 *before* `into_optimized()` (declutter + codegen to tract's LIR ops), one \
+         - The agent already loads every model the way tract plans fastest: concrete input \
+         shapes set *before* `into_optimized()` (a dynamic batch gets one plan per batch size) (declutter + codegen to tract's LIR ops), one \
          `into_runnable()` plan built at load and reused for every request (per-request \
          planning would add the optimisation time, milliseconds, to each call), and run states \
          kept between requests, one per permit (a fresh state per run allocates every node's op \

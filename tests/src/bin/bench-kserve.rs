@@ -1,0 +1,452 @@
+//! Two inference figures for BENCHMARKS.md, in one invocation:
+//!
+//! - `kserve-batch`: every reference model through the agent's KServe v2
+//!   endpoint (`kserve::router` over loopback HTTP, the agent's own code),
+//!   binary tensors both ways, batch 1 against batch 8, per item. The models
+//!   have a dynamic batch (MobileNetV2 is generated with `--dynamic-batch`
+//!   for this). Batch 8 rows are checked against the batch 1 outputs of the
+//!   same items.
+//! - `mobilenetv2-profile`: where MobileNetV2's time goes in tract, node by
+//!   node (`SimpleState::run_plan_with_eval`, timing every node of the plan
+//!   the agent runs), by kind of layer (depthwise, pointwise, full conv, ...)
+//!   and by tract op, beside onnxruntime's own per-node profile of the same
+//!   model (`models/profile_ort.py`).
+//!
+//! ```text
+//! cargo run --release -p edgefleet-tests --bin bench-kserve [-- --quick]
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, ensure};
+use edge_agent::inference::{Model, ModelRegistry, kserve};
+use edgefleet_tests::bench::{generate_mobilenet, latency, repo, venv_python, weyl};
+use serde_json::{Value, json};
+use tract_onnx::prelude::{
+    Framework, InferenceModelExt, IntoRunnable, IntoTValue, Tensor, TractResult, tvec,
+};
+
+const COMMAND: &str = "cargo run --release -p edgefleet-tests --bin bench-kserve";
+
+struct Case {
+    name: &'static str,
+    path: PathBuf,
+    range: (f32, f32),
+    /// Timed requests per batch size.
+    iters: usize,
+}
+
+/// One binary KServe request of `batch` items (weyl-v1, item `i` with seed
+/// `i`): the body and its JSON header length.
+fn binary_request(model: &Model, batch: usize, range: (f32, f32)) -> (Vec<u8>, usize, Vec<f32>) {
+    let spec = &model.inputs()[0];
+    let mut shape: Vec<usize> = spec
+        .shape
+        .iter()
+        .map(|d| usize::try_from(*d).unwrap_or(1))
+        .collect();
+    shape[0] = batch;
+    let per_item: usize = shape[1..].iter().product();
+    let data: Vec<f32> = (0..batch as u64)
+        .flat_map(|seed| weyl(per_item, seed, range.0, range.1))
+        .collect();
+    let header = json!({
+        "inputs": [{
+            "name": spec.name, "shape": shape, "datatype": "FP32",
+            "parameters": {"binary_data_size": data.len() * 4},
+        }],
+        "parameters": {"binary_data_output": true},
+    });
+    let mut body = serde_json::to_vec(&header).unwrap_or_default();
+    let json_len = body.len();
+    for x in &data {
+        body.extend_from_slice(&x.to_le_bytes());
+    }
+    (body, json_len, data)
+}
+
+/// The first output of a binary response, as f32s.
+fn first_output(header_len: usize, body: &[u8]) -> anyhow::Result<(Vec<usize>, Vec<f32>)> {
+    let header: Value = serde_json::from_slice(&body[..header_len])?;
+    let out = &header["outputs"][0];
+    let shape: Vec<usize> = serde_json::from_value(out["shape"].clone())?;
+    let size = out["parameters"]["binary_data_size"]
+        .as_u64()
+        .context("binary_data_size")? as usize;
+    let bytes = &body[header_len..header_len + size];
+    let v = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok((shape, v))
+}
+
+struct BatchRow {
+    name: String,
+    item_shape: Vec<i64>,
+    b1: f64,
+    b8: f64,
+    bytes1: usize,
+    bytes8: usize,
+}
+
+async fn batch_row(http: &reqwest::Client, case: &Case) -> anyhow::Result<BatchRow> {
+    let model = Model::load(case.name, &case.path, Some(1))?;
+    let registry = ModelRegistry::new();
+    registry.insert(&[case.name], Arc::clone(&model));
+    // One server per model: the router holds the registry.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, kserve::router(registry)).await;
+    });
+    let url = format!("http://{addr}/v2/models/{}/infer", case.name);
+    let send = |body: Vec<u8>, header_len: usize| {
+        let http = http.clone();
+        let url = url.clone();
+        async move {
+            let r = http
+                .post(&url)
+                .header(kserve::HEADER_LENGTH, header_len)
+                .body(body)
+                .send()
+                .await?;
+            ensure!(r.status().is_success(), "infer: {}", r.status());
+            let len: usize = r
+                .headers()
+                .get(kserve::HEADER_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .context("response header length")?;
+            let bytes = r.bytes().await?;
+            first_output(len, &bytes)
+        }
+    };
+    let (body1, len1, _) = binary_request(&model, 1, case.range);
+    let (body8, len8, _) = binary_request(&model, 8, case.range);
+    // Batch 8's row i must equal batch 1 of item i (item 0 here).
+    let (_, one) = send(body1.clone(), len1).await?;
+    let (shape8, eight) = send(body8.clone(), len8).await?;
+    ensure!(shape8[0] == 8, "batch 8 answered shape {shape8:?}");
+    let diff = one
+        .iter()
+        .zip(&eight[..one.len()])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    ensure!(
+        diff <= 1e-4,
+        "{}: batch 8 row 0 differs from batch 1 by {diff}",
+        case.name
+    );
+    let mut s1 = Vec::new();
+    let mut s8 = Vec::new();
+    for _round in 0..2 {
+        for (body, len, out) in [(&body1, len1, &mut s1), (&body8, len8, &mut s8)] {
+            for i in 0..case.iters / 2 + 2 {
+                let started = Instant::now();
+                send(body.clone(), len).await?;
+                if i >= 2 {
+                    out.push(started.elapsed().as_secs_f64() * 1e6);
+                }
+            }
+        }
+    }
+    server.abort();
+    Ok(BatchRow {
+        name: case.name.to_owned(),
+        item_shape: model.inputs()[0].shape[1..].to_vec(),
+        b1: latency(s1).p50,
+        b8: latency(s8).p50,
+        bytes1: body1.len(),
+        bytes8: body8.len(),
+    })
+}
+
+fn us(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{:.2} ms", v / 1000.0)
+    } else {
+        format!("{v:.1} µs")
+    }
+}
+
+/// One node of tract's plan: its name, its op's name and µs per run.
+type NodeTime = (String, String, f64);
+
+/// Per node of tract's plan of `path`, and the whole run, µs per run.
+fn tract_profile(path: &Path, iters: usize) -> TractResult<(Vec<NodeTime>, f64)> {
+    let plan = tract_onnx::onnx()
+        .model_for_path(path)?
+        .into_optimized()?
+        .into_runnable()?;
+    let mut state = plan.spawn()?;
+    let shape: Vec<usize> = plan
+        .model()
+        .input_fact(0)?
+        .shape
+        .as_concrete()
+        .map_or_else(|| vec![1, 3, 224, 224], <[usize]>::to_vec);
+    let n: usize = shape.iter().product();
+    let input = Tensor::from_shape(&shape, &weyl(n, 0, -2.0, 2.0))?;
+    let nodes = plan.model().nodes().len();
+    let mut times = vec![0.0f64; nodes];
+    for _ in 0..3 {
+        state.run(tvec![input.clone().into_tvalue()])?;
+    }
+    let mut total = 0.0;
+    for _ in 0..iters {
+        let started = Instant::now();
+        state.run_plan_with_eval(
+            tvec![input.clone().into_tvalue()],
+            |session, op_state, node, inputs| {
+                let t = Instant::now();
+                let r = tract_onnx::tract_core::plan::eval(session, op_state, node, inputs);
+                times[node.id] += t.elapsed().as_secs_f64() * 1e6;
+                r
+            },
+        )?;
+        total += started.elapsed().as_secs_f64() * 1e6;
+    }
+    let rows = plan
+        .model()
+        .nodes()
+        .iter()
+        .map(|n| {
+            (
+                n.name.clone(),
+                n.op().name().to_string(),
+                times[n.id] / iters as f64,
+            )
+        })
+        .collect();
+    Ok((rows, total / iters as f64))
+}
+
+/// One node of the ONNX graph as profile_ort.py describes it.
+struct GraphNode {
+    name: String,
+    kind: String,
+    /// The kind of the node its first input comes from.
+    after: String,
+    macs: f64,
+}
+
+/// The layer kind of a tract node (that of the graph node whose name is the
+/// longest prefix of its name) and what was fused into it. tract fuses a
+/// conv's Clip or residual Add into the conv's matrix product and names the
+/// result after the Clip or Add: such a node counts with the conv, as
+/// onnxruntime's fused convs do.
+fn kind_of(name: &str, op: &str, graph: &[GraphNode]) -> (String, &'static str) {
+    let Some(g) = graph
+        .iter()
+        .filter(|g| !g.name.is_empty() && name.starts_with(g.name.as_str()))
+        .max_by_key(|g| g.name.len())
+    else {
+        return ("(tract's own: input, reshape, ...)".to_owned(), "");
+    };
+    let fused = match g.kind.as_str() {
+        "Clip" => "Clip",
+        "Add" => "residual Add",
+        _ => "",
+    };
+    if op.starts_with("OptMatMul") && !fused.is_empty() && g.after.contains("conv") {
+        (g.after.clone(), fused)
+    } else {
+        (g.kind.clone(), "")
+    }
+}
+
+fn profile_section(python: &Path, path: &Path, iters: usize) -> anyhow::Result<String> {
+    let out = std::process::Command::new(python)
+        .arg(repo().join("models/profile_ort.py"))
+        .arg(path)
+        .args(["--iters", &iters.to_string()])
+        .output()
+        .context("run models/profile_ort.py")?;
+    ensure!(
+        out.status.success(),
+        "profile_ort.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ort: Value = serde_json::from_slice(&out.stdout)?;
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    let graph: Vec<GraphNode> = ort["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| GraphNode {
+            name: text(&n["name"]),
+            kind: text(&n["kind"]),
+            after: text(&n["after"]),
+            macs: n["macs"].as_f64().unwrap_or(0.0),
+        })
+        .collect();
+    let (nodes, run_us) = tract_profile(path, iters)?;
+    let node_sum: f64 = nodes.iter().map(|n| n.2).sum();
+    let mut by_kind: BTreeMap<String, f64> = BTreeMap::new();
+    let mut by_op: BTreeMap<(String, String, &str), (usize, f64)> = BTreeMap::new();
+    for (name, op, t) in &nodes {
+        let (kind, fused) = kind_of(name, op, &graph);
+        *by_kind.entry(kind.clone()).or_default() += t;
+        let e = by_op.entry((kind, op.clone(), fused)).or_default();
+        e.0 += 1;
+        e.1 += t;
+    }
+    let ort_us = |k: &str| ort["ort_us"][k].as_f64().unwrap_or(0.0);
+    let ort_run = ort["ort_run_us"].as_f64().unwrap_or(0.0);
+    let mut kinds: Vec<&String> = by_kind.keys().collect();
+    kinds.sort_by(|a, b| by_kind[*b].total_cmp(&by_kind[*a]));
+    let mut s = format!(
+        "MobileNetV2 (models/mobilenetv2, batch 1, BN folded), 1 thread, {iters} timed runs each. \
+         tract-onnx: the plan the agent runs (`into_optimized()`), every node timed with \
+         `SimpleState::run_plan_with_eval`. onnxruntime {}: its own profiler \
+         (`enable_profiling`), node times mapped to graph nodes by name (it fuses Conv + Clip \
+         and the residual Adds into its NCHWc convolutions, so their time counts with the conv).\n\n\
+         Whole run: tract **{}**, onnxruntime **{}**: **{:.2}×**. Sum of tract's node times {} \
+         (the rest is the plan's own bookkeeping).\n\n\
+         | layer kind | multiply-adds | tract | share | tract GMAC/s | onnxruntime | share | ORT GMAC/s | tract/ORT |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+        ort["version"].as_str().unwrap_or("?"),
+        us(run_us),
+        us(ort_run),
+        run_us / ort_run.max(1e-9),
+        us(node_sum),
+    );
+    let ort_nodes = ort["ort_nodes_us"].as_f64().unwrap_or(1.0).max(1e-9);
+    let mut macs: BTreeMap<&str, f64> = BTreeMap::new();
+    for g in &graph {
+        *macs.entry(g.kind.as_str()).or_default() += g.macs;
+    }
+    let rate = |m: f64, t: f64| {
+        if m > 0.0 && t > 0.0 {
+            format!("{:.2}", m / t / 1e3)
+        } else {
+            "–".into()
+        }
+    };
+    for k in kinds {
+        let t = by_kind[k];
+        let o = ort_us(k);
+        let m = macs.get(k.as_str()).copied().unwrap_or(0.0);
+        s.push_str(&format!(
+            "| {k} | {} | {} | {:.1} % | {} | {} | {:.1} % | {} | {} |\n",
+            if m > 0.0 {
+                format!("{:.1} M", m / 1e6)
+            } else {
+                "–".into()
+            },
+            us(t),
+            100.0 * t / node_sum,
+            rate(m, t),
+            if o > 0.0 { us(o) } else { "(fused)".into() },
+            100.0 * o / ort_nodes,
+            rate(m, o),
+            if o > 0.0 {
+                format!("{:.2}×", t / o)
+            } else {
+                "–".into()
+            },
+        ));
+    }
+    s.push_str(
+        "\nBy tract op (what each layer kind became in tract's plan; ops under 1 µs left out):\n\n\
+         | layer kind | tract op | fused into it | nodes | time per run |\n|---|---|---|---|---|\n",
+    );
+    let mut ops: Vec<_> = by_op.into_iter().collect();
+    ops.sort_by(|a, b| b.1.1.total_cmp(&a.1.1));
+    for ((kind, op, fused), (count, t)) in ops.into_iter().filter(|o| o.1.1 >= 1.0) {
+        s.push_str(&format!(
+            "| {kind} | `{op}` | {fused} | {count} | {} |\n",
+            us(t)
+        ));
+    }
+    Ok(s)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let quick = std::env::args().any(|a| a == "--quick");
+    let python = venv_python()?;
+    let fixed = repo().join("models/mobilenetv2/mobilenetv2.onnx");
+    let dynamic = repo().join("target/bench-models/mobilenetv2-dynamic.onnx");
+    generate_mobilenet(&python, &fixed, false)?;
+    generate_mobilenet(&python, &dynamic, true)?;
+    let scale = if quick { 10 } else { 1 };
+    let cases = [
+        Case {
+            name: "digits",
+            path: repo().join("models/digits/digits.onnx"),
+            range: (0.0, 1.0),
+            iters: 2000 / scale,
+        },
+        Case {
+            name: "vibration",
+            path: repo().join("models/vibration/vibration.onnx"),
+            range: (-2.0, 2.0),
+            iters: 2000 / scale,
+        },
+        Case {
+            name: "mobilenetv2",
+            path: dynamic,
+            range: (-2.0, 2.0),
+            iters: 40 / scale,
+        },
+    ];
+    let http = reqwest::Client::new();
+    let mut rows = Vec::new();
+    for case in &cases {
+        eprintln!("bench-kserve: {}", case.name);
+        rows.push(batch_row(&http, case).await?);
+    }
+    let mut body = String::from(
+        "Every reference model served by the agent's KServe v2 router (`kserve::router`, the \
+         agent's own code) on loopback HTTP, one model instance (`concurrency: 1`), requests sent \
+         one after another by reqwest; inputs and outputs as binary tensors \
+         (`Inference-Header-Content-Length`, `binary_data_size`). Batch is the dynamic first \
+         dimension (MobileNetV2 generated with `--dynamic-batch`); each batch size has its own \
+         cached plan. p50 over 2 alternating rounds. Batch 8's first row is checked against \
+         batch 1 of the same item (≤ 1e-4).\n\n\
+         | model | item | batch 1: per item | batch 8: per request | batch 8: per item | \
+         per-item cost, batch 8 / batch 1 | request bytes (1 / 8) |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for r in &rows {
+        body.push_str(&format!(
+            "| {} | {:?} | {} | {} | {} | **{:.2}** | {} / {} |\n",
+            r.name,
+            r.item_shape,
+            us(r.b1),
+            us(r.b8),
+            us(r.b8 / 8.0),
+            r.b8 / 8.0 / r.b1,
+            r.bytes1,
+            r.bytes8,
+        ));
+    }
+    println!("{body}");
+    let path = edgefleet_tests::bench::write_section(
+        "kserve-batch",
+        "Inference serving: batch 1 vs batch 8 through the KServe endpoint",
+        COMMAND,
+        &body,
+    )?;
+    eprintln!(
+        "bench-kserve: wrote section `kserve-batch` of {}",
+        path.display()
+    );
+
+    let profile = profile_section(&python, &fixed, if quick { 5 } else { 30 })?;
+    println!("{profile}");
+    edgefleet_tests::bench::write_section(
+        "mobilenetv2-profile",
+        "MobileNetV2: where the time goes, tract vs onnxruntime, per layer kind",
+        COMMAND,
+        &profile,
+    )?;
+    eprintln!("bench-kserve: wrote section `mobilenetv2-profile`");
+    Ok(())
+}
