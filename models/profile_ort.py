@@ -6,8 +6,8 @@ tests/src/bin/bench-kserve.rs.
     python models/profile_ort.py MODEL.onnx [--iters 30] [--warmup 5]
 
 Prints one JSON document: version, iterations, `nodes` (every graph node:
-name, op_type, kind, and `after`, the kind of the node its first input comes
-from, and `macs`, the multiply-adds of a Conv or Gemm at batch 1) and `ort_us` (microseconds per run by kind). Kinds:
+name, op_type, kind, `desc` (a conv's weights, output and stride), and `after`, the kind of the node its first input comes
+from, and `macs`, the multiply-adds of a Conv or Gemm at batch 1) `ort_us` (microseconds per run by kind) and `ort_node_us` (by graph node). Kinds:
 "depthwise conv" (Conv with group = input channels), "pointwise conv" (1x1
 Conv), "full conv" (any other Conv), then the op type for everything else.
 onnxruntime fuses nodes (Conv + Clip, in its blocked NCHWc layout); a
@@ -53,11 +53,15 @@ def kinds(model: onnx.ModelProto) -> list[dict]:
         # the weights each one reads.
         macs = 0
         w = weights.get(n.input[1]) if len(n.input) > 1 else None
+        desc = ""
         if n.op_type == "Conv" and w is not None and n.output[0] in shapes:
             macs = int(np.prod(shapes[n.output[0]])) * int(np.prod(w[1:]))
+            stride = next((list(a.ints) for a in n.attribute if a.name == "strides"), [1, 1])
+            o = shapes[n.output[0]]
+            desc = f"{w[0]}x{w[1]}x{w[2]}x{w[3]} -> {o[1]}x{o[2]}x{o[3]}, stride {stride[0]}"
         elif n.op_type == "Gemm" and w is not None:
             macs = int(np.prod(w))
-        out.append({"name": n.name, "op_type": n.op_type, "kind": kind, "macs": macs, "input": n.input[0] if n.input else ""})
+        out.append({"name": n.name, "op_type": n.op_type, "kind": kind, "macs": macs, "desc": desc, "input": n.input[0] if n.input else ""})
     # `after`: the kind of the node whose output this one takes first (a
     # Clip or residual Add after a conv), for runtimes that fuse the two
     # and name the result after the second.
@@ -120,6 +124,7 @@ def main() -> int:
     timed = runs[-args.iters :]
     start = timed[0]["ts"] if timed else 0
     per_kind: dict[str, float] = {}
+    per_node: dict[str, float] = {}
     total = 0.0
     for e in events:
         if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time") or e["ts"] < start:
@@ -128,6 +133,8 @@ def main() -> int:
         n = owner(name, e.get("args", {}).get("op_name"), nodes)
         kind = n["kind"] if n else e.get("args", {}).get("op_name", "?")
         per_kind[kind] = per_kind.get(kind, 0.0) + e["dur"]
+        if n:
+            per_node[n["name"]] = per_node.get(n["name"], 0.0) + e["dur"]
         total += e["dur"]
     model_run = sum(r["dur"] for r in timed) / max(len(timed), 1)
     print(
@@ -137,6 +144,7 @@ def main() -> int:
                 "iterations": args.iters,
                 "nodes": nodes,
                 "ort_us": {k: v / args.iters for k, v in per_kind.items()},
+                "ort_node_us": {k: v / args.iters for k, v in per_node.items()},
                 "ort_nodes_us": total / args.iters,
                 "ort_run_us": model_run,
             }

@@ -327,6 +327,7 @@ async fn infer(
         Ok(r) => r,
         Err(e) => {
             m.record_error();
+            tracing::info!(model = %name, error = %e, "inference request refused");
             return error(StatusCode::BAD_REQUEST, e);
         }
     };
@@ -350,7 +351,10 @@ async fn infer(
             }
             r
         }
-        Err(e @ InferenceError::Invalid(_)) => error(StatusCode::BAD_REQUEST, e),
+        Err(e @ InferenceError::Invalid(_)) => {
+            tracing::info!(model = %name, error = %e, "inference request refused");
+            error(StatusCode::BAD_REQUEST, e)
+        }
         Err(e) => {
             tracing::warn!(model = %name, error = %crate::error_chain(&e), "inference failed");
             error(StatusCode::INTERNAL_SERVER_ERROR, crate::error_chain(&e))

@@ -26,8 +26,12 @@ use edge_agent::inference::{Model, ModelRegistry, kserve};
 use edgefleet_tests::bench::{generate_mobilenet, latency, repo, venv_python, weyl};
 use serde_json::{Value, json};
 use tract_onnx::prelude::{
-    Framework, InferenceModelExt, IntoRunnable, IntoTValue, Tensor, TractResult, tvec,
+    DatumExt, Framework, InferenceModelExt, IntoRunnable, IntoTValue, Tensor, TractResult,
+    TypedModel, tvec,
 };
+use tract_onnx::tract_core::model::SpecialOps;
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
+use tract_onnx::tract_core::ops::nn::DataFormat;
 
 const COMMAND: &str = "cargo run --release -p edgefleet-tests --bin bench-kserve";
 
@@ -232,6 +236,16 @@ struct GraphNode {
     /// The kind of the node its first input comes from.
     after: String,
     macs: f64,
+    desc: String,
+}
+
+/// The graph node whose name is the longest prefix of `name`.
+fn node_of<'a>(name: &str, graph: &'a [GraphNode]) -> Option<&'a str> {
+    graph
+        .iter()
+        .filter(|g| !g.name.is_empty() && name.starts_with(g.name.as_str()))
+        .max_by_key(|g| g.name.len())
+        .map(|g| g.name.as_str())
 }
 
 /// The layer kind of a tract node (that of the graph node whose name is the
@@ -240,11 +254,7 @@ struct GraphNode {
 /// result after the Clip or Add: such a node counts with the conv, as
 /// onnxruntime's fused convs do.
 fn kind_of(name: &str, op: &str, graph: &[GraphNode]) -> (String, &'static str) {
-    let Some(g) = graph
-        .iter()
-        .filter(|g| !g.name.is_empty() && name.starts_with(g.name.as_str()))
-        .max_by_key(|g| g.name.len())
-    else {
+    let Some(g) = node_of(name, graph).and_then(|n| graph.iter().find(|g| g.name == n)) else {
         return ("(tract's own: input, reshape, ...)".to_owned(), "");
     };
     let fused = match g.kind.as_str() {
@@ -257,6 +267,169 @@ fn kind_of(name: &str, op: &str, graph: &[GraphNode]) -> (String, &'static str) 
     } else {
         (g.kind.clone(), "")
     }
+}
+
+/// One 3x3 depthwise convolution (`channels`, `out` x `out` output,
+/// `stride`, zero padding 1) as a one-node tract model in `format`,
+/// optimised and planned the way the agent plans models: µs per run.
+fn depthwise_alone(
+    channels: usize,
+    out: usize,
+    stride: usize,
+    format: DataFormat,
+    iters: usize,
+) -> TractResult<f64> {
+    let side = out * stride;
+    let shape: Vec<usize> = if format == DataFormat::NHWC {
+        vec![1, side, side, channels]
+    } else {
+        vec![1, channels, side, side]
+    };
+    let mut model = TypedModel::default();
+    let x = model.add_source("x", f32::fact(&shape))?;
+    let k = model.add_const(
+        "k",
+        Tensor::from_shape(&[channels, 1, 3, 3], &weyl(channels * 9, 1, -1.0, 1.0))?,
+    )?;
+    let b = model.add_const("b", Tensor::zero::<f32>(&[channels])?)?;
+    let conv = Conv {
+        pool_spec: PoolSpec {
+            data_format: format,
+            kernel_shape: tvec![3, 3],
+            padding: PaddingSpec::Explicit(tvec![1, 1], tvec![1, 1]),
+            dilations: None,
+            strides: Some(tvec![stride, stride]),
+            input_channels: channels,
+            output_channels: channels,
+        },
+        kernel_fmt: KernelFormat::OIHW,
+        group: channels,
+        q_params: None,
+    };
+    let y = model.wire_node("dw", conv, &[x, k, b])?;
+    model.select_output_outlets(&y)?;
+    let plan = model.into_optimized()?.into_runnable()?;
+    let n: usize = shape.iter().product();
+    let input = Tensor::from_shape(&shape, &weyl(n, 0, -2.0, 2.0))?;
+    let mut state = plan.spawn()?;
+    for _ in 0..3 {
+        state.run(tvec![input.clone().into_tvalue()])?;
+    }
+    let mut samples = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let started = Instant::now();
+        state.run(tvec![input.clone().into_tvalue()])?;
+        samples.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(latency(samples).p50)
+}
+
+/// MobileNetV2's depthwise shapes run alone by tract in NCHW (what the
+/// ONNX model gives tract) and in NHWC (the layout tract's depthwise kernel
+/// walks channel-contiguously).
+fn layout_experiment(graph: &[GraphNode], iters: usize) -> anyhow::Result<String> {
+    let mut s = String::from(
+        "\nExperiment: each depthwise shape above as a one-node tract model (tract's own `Conv` \
+         op, optimised into `DepthWiseConv`), in NCHW, the layout ONNX gives it, and in NHWC. \
+         p50 of the runs:\n\n\
+         | shape (channels, output, stride) | NCHW | NHWC | NCHW/NHWC |\n|---|---|---|---|\n",
+    );
+    let mut seen = Vec::new();
+    let (mut total_nchw, mut total_nhwc) = (0.0, 0.0);
+    for g in graph.iter().filter(|g| g.kind == "depthwise conv") {
+        // desc: "CxIxKxK -> CxHxW, stride S"
+        let nums: Vec<usize> = g
+            .desc
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|t| t.parse().ok())
+            .collect();
+        let [c, _, _, _, _, h, _, stride] = nums[..] else {
+            continue;
+        };
+        let key = (c, h, stride);
+        let (nchw, nhwc) = (
+            depthwise_alone(c, h, stride, DataFormat::NCHW, iters)?,
+            depthwise_alone(c, h, stride, DataFormat::NHWC, iters)?,
+        );
+        total_nchw += nchw;
+        total_nhwc += nhwc;
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key);
+        s.push_str(&format!(
+            "| {c}, {h}x{h}, {stride} | {} | {} | {:.2}× |\n",
+            us(nchw),
+            us(nhwc),
+            nchw / nhwc
+        ));
+    }
+    s.push_str(&format!(
+        "| **all 17, summed** | **{}** | **{}** | **{:.2}×** |\n",
+        us(total_nchw),
+        us(total_nhwc),
+        total_nchw / total_nhwc
+    ));
+    Ok(s)
+}
+
+/// The whole model fed an NHWC input through a transpose (which tract's
+/// optimiser folds into the first convolution): how far the layout goes,
+/// and what it does to a run.
+fn nhwc_input_experiment(path: &Path, iters: usize) -> anyhow::Result<String> {
+    let typed = tract_onnx::onnx().model_for_path(path)?.into_typed()?;
+    let nchw_plan = typed.clone().into_optimized()?.into_runnable()?;
+    let nhwc_model = nhwc(typed)?;
+    let (mut channels_last, mut depthwise) = (0, 0);
+    for n in nhwc_model.nodes() {
+        if n.op().name().starts_with("DepthWise") {
+            depthwise += 1;
+            let shape = &nhwc_model.outlet_fact(n.inputs[0])?.shape;
+            // [N, H, W, C] with H = W: channels last.
+            if shape.rank() == 4 && shape[1] == shape[2] {
+                channels_last += 1;
+            }
+        }
+    }
+    let nhwc_plan = nhwc_model.into_runnable()?;
+    let nchw_in = Tensor::from_shape(&[1, 3, 224, 224], &weyl(150_528, 0, -2.0, 2.0))?;
+    let nhwc_in = nchw_in.clone().permute_axes(&[0, 2, 3, 1])?;
+    let mut a = nchw_plan.spawn()?;
+    let mut b = nhwc_plan.spawn()?;
+    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    let mut diff = 0.0f32;
+    for i in 0..iters + 3 {
+        let started = Instant::now();
+        let oa = a.run(tvec![nchw_in.clone().into_tvalue()])?;
+        let mid = Instant::now();
+        let ob = b.run(tvec![nhwc_in.clone().into_tvalue()])?;
+        let end = Instant::now();
+        if i >= 3 {
+            ta.push((mid - started).as_secs_f64() * 1e6);
+            tb.push((end - mid).as_secs_f64() * 1e6);
+        }
+        let (va, vb) = (
+            oa[0].to_plain_array_view::<f32>()?,
+            ob[0].to_plain_array_view::<f32>()?,
+        );
+        diff = va
+            .iter()
+            .zip(vb.iter())
+            .map(|(x, y)| (x - y).abs())
+            .fold(diff, f32::max);
+    }
+    ensure!(diff <= 1e-4, "NHWC-input plan differs by {diff}");
+    let (pa, pb) = (latency(ta).p50, latency(tb).p50);
+    Ok(format!(
+        "\nExperiment: the whole model fed an NHWC input through a transpose, which tract's \
+         optimiser folds into the first convolution. The layout reaches {channels_last} of the \
+         {depthwise} depthwise convolutions: tract turns the activations back to channel-first at \
+         the next pointwise convolution (a matrix product). Run p50: NCHW {}, NHWC input {} \
+         ({:.2}×), outputs equal within {diff:.1e}.\n",
+        us(pa),
+        us(pb),
+        pa / pb
+    ))
 }
 
 fn profile_section(python: &Path, path: &Path, iters: usize) -> anyhow::Result<String> {
@@ -282,6 +455,7 @@ fn profile_section(python: &Path, path: &Path, iters: usize) -> anyhow::Result<S
             kind: text(&n["kind"]),
             after: text(&n["after"]),
             macs: n["macs"].as_f64().unwrap_or(0.0),
+            desc: text(&n["desc"]),
         })
         .collect();
     let (nodes, run_us) = tract_profile(path, iters)?;
@@ -351,6 +525,40 @@ fn profile_section(python: &Path, path: &Path, iters: usize) -> anyhow::Result<S
             },
         ));
     }
+    // Every depthwise conv node: the figures an upstream report needs.
+    s.push_str(
+        "\nEvery depthwise convolution (tract op `DepthWiseConv`, NCHW; onnxruntime's NCHWc \
+         kernel with its Clip fused):\n\n\
+         | node | weights -> output, stride | multiply-adds | tract | tract GMAC/s | onnxruntime | ORT GMAC/s | tract/ORT |\n\
+         |---|---|---|---|---|---|---|---|\n",
+    );
+    for g in graph.iter().filter(|g| g.kind == "depthwise conv") {
+        let t: f64 = nodes
+            .iter()
+            .filter(|(n, op, _)| {
+                op.starts_with("DepthWise") && node_of(n, &graph) == Some(g.name.as_str())
+            })
+            .map(|n| n.2)
+            .sum();
+        let o = ort["ort_node_us"][&g.name].as_f64().unwrap_or(0.0);
+        s.push_str(&format!(
+            "| {} | {} | {:.2} M | {} | {} | {} | {} | {} |\n",
+            g.name,
+            g.desc,
+            g.macs / 1e6,
+            us(t),
+            rate(g.macs, t),
+            us(o),
+            rate(g.macs, o),
+            if o > 0.0 {
+                format!("{:.1}×", t / o)
+            } else {
+                "–".into()
+            },
+        ));
+    }
+    s.push_str(&layout_experiment(&graph, iters)?);
+    s.push_str(&nhwc_input_experiment(path, iters)?);
     s.push_str(
         "\nBy tract op (what each layer kind became in tract's plan; ops under 1 µs left out):\n\n\
          | layer kind | tract op | fused into it | nodes | time per run |\n|---|---|---|---|---|\n",
@@ -449,4 +657,29 @@ async fn main() -> anyhow::Result<()> {
     )?;
     eprintln!("bench-kserve: wrote section `mobilenetv2-profile`");
     Ok(())
+}
+
+/// `model` (one NCHW input) fed through an NHWC source and a transpose, so
+/// that tract's optimiser may carry the NHWC layout into the convolutions.
+fn nhwc(model: TypedModel) -> TractResult<TypedModel> {
+    use tract_onnx::tract_core::ops::change_axes::AxisOp;
+    let mut model = model.into_decluttered()?;
+    let input = model.input_outlets()?[0];
+    let fact = model.outlet_fact(input)?.clone();
+    let shape: Vec<usize> = fact
+        .shape
+        .as_concrete()
+        .map(<[usize]>::to_vec)
+        .unwrap_or_default();
+    let succs = model.node(input.node).outputs[0].successors.clone();
+    let src = model.add_source(
+        "input_nhwc",
+        f32::fact([shape[0], shape[2], shape[3], shape[1]]),
+    )?;
+    let moved = model.wire_node("input_nchw", AxisOp::Move(3, 1), &[src])?[0];
+    for inlet in succs {
+        model.add_edge(moved, inlet)?;
+    }
+    model.set_input_outlets(&[src])?;
+    model.into_optimized()
 }
