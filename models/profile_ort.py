@@ -3,7 +3,7 @@
 every node of the graph, for the per-op comparison with tract in
 tests/src/bin/bench-kserve.rs.
 
-    python models/profile_ort.py MODEL.onnx [--iters 30] [--warmup 5]
+    python models/profile_ort.py MODEL.onnx [--iters 30] [--warmup 5] [--batch 1]
 
 Prints one JSON document: version, iterations, `nodes` (every graph node:
 name, op_type, kind, `desc` (a conv's weights, output and stride), and `after`, the kind of the node its first input comes
@@ -93,12 +93,13 @@ def main() -> int:
     ap.add_argument("model")
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=1, help="size of a symbolic first dimension")
     args = ap.parse_args()
 
     model = onnx.load(args.model)
     nodes = kinds(model)
     inp = model.graph.input[0]
-    shape = [d.dim_value if d.dim_value > 0 else 1 for d in inp.type.tensor_type.shape.dim]
+    shape = [d.dim_value if d.dim_value > 0 else args.batch for d in inp.type.tensor_type.shape.dim]
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
 
     opts = ort.SessionOptions()

@@ -230,6 +230,13 @@ pub(super) fn build_tensor(
             }
             from_json(spec.dtype, shape, &flat).map_err(invalid)?
         }
+        (None, None) if given.parameters.contains_key("binary_data_size") => {
+            return Err(invalid(
+                "got binary_data_size where binary data cannot travel (only HTTP requests \
+                 carry it; MQTT payloads carry JSON `data`)"
+                    .to_owned(),
+            ));
+        }
         (None, None) => {
             return Err(invalid(
                 "got neither `data` nor `parameters.binary_data_size`".to_owned(),

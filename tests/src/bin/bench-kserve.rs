@@ -180,19 +180,16 @@ fn us(v: f64) -> String {
 /// One node of tract's plan: its name, its op's name and µs per run.
 type NodeTime = (String, String, f64);
 
-/// Per node of tract's plan of `path`, and the whole run, µs per run.
-fn tract_profile(path: &Path, iters: usize) -> TractResult<(Vec<NodeTime>, f64)> {
+/// Per node of tract's plan of `path` (MobileNetV2) planned for `batch`,
+/// and the whole run, µs per run.
+fn tract_profile(path: &Path, iters: usize, batch: usize) -> TractResult<(Vec<NodeTime>, f64)> {
+    let shape = vec![batch, 3, 224, 224];
     let plan = tract_onnx::onnx()
         .model_for_path(path)?
+        .with_input_fact(0, f32::fact(&shape).into())?
         .into_optimized()?
         .into_runnable()?;
     let mut state = plan.spawn()?;
-    let shape: Vec<usize> = plan
-        .model()
-        .input_fact(0)?
-        .shape
-        .as_concrete()
-        .map_or_else(|| vec![1, 3, 224, 224], <[usize]>::to_vec);
     let n: usize = shape.iter().product();
     let input = Tensor::from_shape(&shape, &weyl(n, 0, -2.0, 2.0))?;
     let nodes = plan.model().nodes().len();
@@ -432,11 +429,12 @@ fn nhwc_input_experiment(path: &Path, iters: usize) -> anyhow::Result<String> {
     ))
 }
 
-fn profile_section(python: &Path, path: &Path, iters: usize) -> anyhow::Result<String> {
+/// onnxruntime's profile of `path` at `batch` (models/profile_ort.py).
+fn ort_profile(python: &Path, path: &Path, iters: usize, batch: usize) -> anyhow::Result<Value> {
     let out = std::process::Command::new(python)
         .arg(repo().join("models/profile_ort.py"))
         .arg(path)
-        .args(["--iters", &iters.to_string()])
+        .args(["--iters", &iters.to_string(), "--batch", &batch.to_string()])
         .output()
         .context("run models/profile_ort.py")?;
     ensure!(
@@ -444,7 +442,79 @@ fn profile_section(python: &Path, path: &Path, iters: usize) -> anyhow::Result<S
         "profile_ort.py failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let ort: Value = serde_json::from_slice(&out.stdout)?;
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// tract's node times summed by layer kind.
+fn tract_by_kind(nodes: &[NodeTime], graph: &[GraphNode]) -> BTreeMap<String, f64> {
+    let mut by_kind = BTreeMap::new();
+    for (name, op, t) in nodes {
+        *by_kind.entry(kind_of(name, op, graph).0).or_default() += t;
+    }
+    by_kind
+}
+
+/// Per layer kind, batch 8 per item against batch 1, in tract and in
+/// onnxruntime (the dynamic-batch MobileNetV2 planned for batch 8).
+fn batch_kinds(
+    python: &Path,
+    dynamic: &Path,
+    iters: usize,
+    graph: &[GraphNode],
+    b1_tract: &BTreeMap<String, f64>,
+    b1_ort: &Value,
+) -> anyhow::Result<String> {
+    let ort8 = ort_profile(python, dynamic, iters.div_ceil(4), 8)?;
+    let (nodes8, _) = tract_profile(dynamic, iters.div_ceil(4), 8)?;
+    let tract8 = tract_by_kind(&nodes8, graph);
+    let run8: f64 = nodes8.iter().map(|n| n.2).sum();
+    let b1_run: f64 = b1_tract.values().sum();
+    let mut s = format!(
+        "\nBatch 8 (the `--dynamic-batch` model planned for 8), per item, against batch 1 above. \
+         Sum of node times per item: tract {} ({:.2}× its batch 1), onnxruntime {} ({:.2}× \
+         its batch 1).\n\n\
+         | layer kind | tract, per item | tract batch 8 / batch 1 | onnxruntime, per item | ORT batch 8 / batch 1 |\n\
+         |---|---|---|---|---|\n",
+        us(run8 / 8.0),
+        run8 / 8.0 / b1_run.max(1e-9),
+        us(ort8["ort_run_us"].as_f64().unwrap_or(0.0) / 8.0),
+        ort8["ort_run_us"].as_f64().unwrap_or(0.0)
+            / 8.0
+            / b1_ort["ort_run_us"].as_f64().unwrap_or(1.0),
+    );
+    let mut kinds: Vec<&String> = tract8.keys().collect();
+    kinds.sort_by(|a, b| tract8[*b].total_cmp(&tract8[*a]));
+    for k in kinds.into_iter().filter(|k| tract8[*k] >= 8.0) {
+        let t = tract8[k] / 8.0;
+        let o = ort8["ort_us"][k.as_str()].as_f64().unwrap_or(0.0) / 8.0;
+        let o1 = b1_ort["ort_us"][k.as_str()].as_f64().unwrap_or(0.0);
+        let t1 = b1_tract.get(k).copied().unwrap_or(0.0);
+        s.push_str(&format!(
+            "| {k} | {} | {} | {} | {} |\n",
+            us(t),
+            if t1 > 0.0 {
+                format!("{:.2}×", t / t1)
+            } else {
+                "–".into()
+            },
+            if o > 0.0 { us(o) } else { "(fused)".into() },
+            if o > 0.0 && o1 > 0.0 {
+                format!("{:.2}×", o / o1)
+            } else {
+                "–".into()
+            },
+        ));
+    }
+    Ok(s)
+}
+
+fn profile_section(
+    python: &Path,
+    path: &Path,
+    dynamic: &Path,
+    iters: usize,
+) -> anyhow::Result<String> {
+    let ort = ort_profile(python, path, iters, 1)?;
     let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
     let graph: Vec<GraphNode> = ort["nodes"]
         .as_array()
@@ -458,13 +528,12 @@ fn profile_section(python: &Path, path: &Path, iters: usize) -> anyhow::Result<S
             desc: text(&n["desc"]),
         })
         .collect();
-    let (nodes, run_us) = tract_profile(path, iters)?;
+    let (nodes, run_us) = tract_profile(path, iters, 1)?;
     let node_sum: f64 = nodes.iter().map(|n| n.2).sum();
-    let mut by_kind: BTreeMap<String, f64> = BTreeMap::new();
+    let by_kind = tract_by_kind(&nodes, &graph);
     let mut by_op: BTreeMap<(String, String, &str), (usize, f64)> = BTreeMap::new();
     for (name, op, t) in &nodes {
         let (kind, fused) = kind_of(name, op, &graph);
-        *by_kind.entry(kind.clone()).or_default() += t;
         let e = by_op.entry((kind, op.clone(), fused)).or_default();
         e.0 += 1;
         e.1 += t;
@@ -559,6 +628,9 @@ fn profile_section(python: &Path, path: &Path, iters: usize) -> anyhow::Result<S
     }
     s.push_str(&layout_experiment(&graph, iters)?);
     s.push_str(&nhwc_input_experiment(path, iters)?);
+    s.push_str(&batch_kinds(
+        python, dynamic, iters, &graph, &by_kind, &ort,
+    )?);
     s.push_str(
         "\nBy tract op (what each layer kind became in tract's plan; ops under 1 µs left out):\n\n\
          | layer kind | tract op | fused into it | nodes | time per run |\n|---|---|---|---|---|\n",
@@ -580,9 +652,9 @@ async fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let python = venv_python()?;
     let fixed = repo().join("models/mobilenetv2/mobilenetv2.onnx");
-    let dynamic = repo().join("target/bench-models/mobilenetv2-dynamic.onnx");
+    let mobilenet_dynamic = repo().join("target/bench-models/mobilenetv2-dynamic.onnx");
     generate_mobilenet(&python, &fixed, false)?;
-    generate_mobilenet(&python, &dynamic, true)?;
+    generate_mobilenet(&python, &mobilenet_dynamic, true)?;
     let scale = if quick { 10 } else { 1 };
     let cases = [
         Case {
@@ -599,7 +671,7 @@ async fn main() -> anyhow::Result<()> {
         },
         Case {
             name: "mobilenetv2",
-            path: dynamic,
+            path: mobilenet_dynamic.clone(),
             range: (-2.0, 2.0),
             iters: 40 / scale,
         },
@@ -647,7 +719,12 @@ async fn main() -> anyhow::Result<()> {
         path.display()
     );
 
-    let profile = profile_section(&python, &fixed, if quick { 5 } else { 30 })?;
+    let profile = profile_section(
+        &python,
+        &fixed,
+        &mobilenet_dynamic,
+        if quick { 5 } else { 30 },
+    )?;
     println!("{profile}");
     edgefleet_tests::bench::write_section(
         "mobilenetv2-profile",
