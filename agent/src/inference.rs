@@ -461,16 +461,23 @@ impl Model {
             Plans::Fixed(plan) => return Ok(Arc::clone(plan)),
             Plans::Dynamic { source, cache } => (source, cache),
         };
-        let key: Shapes = inputs.iter().map(|t| t.shape().to_vec()).collect();
+        let same = |k: &Shapes| {
+            k.len() == inputs.len() && k.iter().zip(inputs).all(|(k, t)| k.as_slice() == t.shape())
+        };
         {
+            // Requests of one shape in a row (the common case) find their
+            // plan last and move nothing.
             let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(pos) = cache.iter().position(|(k, _)| *k == key) {
-                let hit = cache.remove(pos);
-                let plan = Arc::clone(&hit.1);
-                cache.push(hit);
+            if let Some(pos) = cache.iter().rposition(|(k, _)| same(k)) {
+                let plan = Arc::clone(&cache[pos].1);
+                if pos + 1 != cache.len() {
+                    let hit = cache.remove(pos);
+                    cache.push(hit);
+                }
                 return Ok(plan);
             }
         }
+        let key: Shapes = inputs.iter().map(|t| t.shape().to_vec()).collect();
         let started = Instant::now();
         let typed = plan_for_shapes(source, &self.inputs, &key)?;
         let plan = Plan::new(tract_onnx::prelude::IntoRunnable::into_runnable(typed)?);

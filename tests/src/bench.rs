@@ -100,16 +100,6 @@ pub fn write_fleet_sim_section(
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn today_is_a_plausible_date() {
-        let d = super::today();
-        assert_eq!(d.len(), 10, "{d}");
-        assert!(d.as_str() >= "2024-01-01", "{d}");
-    }
-}
-
 /// The workspace root.
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -188,4 +178,14 @@ pub fn generate_mobilenet(python: &Path, path: &Path, dynamic: bool) -> anyhow::
         .map_err(|e| anyhow::anyhow!("run generate.py: {e}"))?;
     anyhow::ensure!(status.success(), "generate.py failed ({status})");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn today_is_a_plausible_date() {
+        let d = super::today();
+        assert_eq!(d.len(), 10, "{d}");
+        assert!(d.as_str() >= "2024-01-01", "{d}");
+    }
 }

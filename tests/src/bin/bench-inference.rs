@@ -377,8 +377,8 @@ fn notes() -> String {
          `TRACT_CPU_ISA=-avx512f` (AVX2 kernels): 2.3–2.9× in every case, inside the noise of \
          this shared 2-core box, so the agent keeps tract's defaults. f16 was not tried: \
          this CPU has no f16 arithmetic (F16C only converts); int8 needs a quantised model \
-         with calibration data, which random weights do not give meaningfully. Not done \
-         yet: a per-op profile (the `tract` CLI's `--profile`) to see whether the depthwise \
-         3×3 or the 1×1 convolutions carry the gap; no tract setting found here moves it.\n",
+         with calibration data, which random weights do not give meaningfully. Where the time \
+         goes, layer by layer against onnxruntime's own profile, and what else was tried: \
+         section `mobilenetv2-profile` (`bench-kserve`).\n",
     )
 }

@@ -33,6 +33,41 @@ use tract_onnx::tract_core::model::SpecialOps;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
+/// What the profile shows, what was tried and what moved the number (kept
+/// with the code that measures it; the figures are in the tables above).
+const PROFILE_NOTES: &str = "
+What it shows:
+- **Pointwise (1x1) convolutions** are the largest share in tract and the largest absolute gap: \
+tract lowers them to `OptMatMul` (the next Clip or residual Add fused in) and reaches less than half \
+of onnxruntime's GMAC/s, whose NCHWc convolutions keep the activations in blocked channel layout \
+between layers.
+- **Depthwise convolutions** are the largest ratio. On x86_64, tract's `DepthWiseConv` is \
+generic Rust: `tract-core-0.23.9/src/ops/cnn/conv/depth_wise.rs`, `eval_t_generic` -> \
+`process_zone_*`, one spatial zone walk per channel in NCHW; tract-linalg has no SIMD depthwise \
+kernel for x86_64 (its only special path is aarch64 f16). It is slowest on stride-2 layers and on \
+the 7x7 planes with 576-960 channels, where per-channel loop overhead dominates a 49-element plane. \
+Its Clip is a separate pass (`OptBinChain(Max+Min)`); onnxruntime fuses it.
+- **The stem** (3x3, 3 input channels) runs as `LazyIm2col` + `OptMatMul` with a reduction of 27: \
+a matrix product far too thin for the kernel.
+- **Batch 8** makes MobileNetV2 slower per item in tract (onnxruntime stays level): the pointwise \
+products grow more than 8-fold, and Clip and the residual Adds are no longer fused into them. The \
+small models gain from batching because the request's fixed cost is shared (section above).
+
+Tried, and what moved the number:
+- Kernel selection (`TRACT_AVX512_FMA_UNITS=1|2`, `TRACT_CPU_ISA=-avx512f`), earlier: no change \
+beyond noise (section `inference`).
+- NHWC for the depthwise layers, which tract's kernel walks channel-contiguously: as one-node \
+models the same shapes run faster in NHWC in sum (table above; most on the small, wide planes, \
+slower on the 32-channel 112x112 one). Reaching it from an ONNX model does not work: fed NHWC \
+through a transpose, tract's optimiser folds the transpose into the first convolution and turns \
+back to channel-first at the next pointwise convolution, so one depthwise layer of 17 sees NHWC \
+and the run is unchanged. Forcing it needs a layout pass in tract that keeps NHWC through the \
+pointwise convolutions (as products over [H*W, C]).
+- Batching: moves the small models (per-item cost down to about a fifth) and not MobileNetV2.
+- Nothing tried in the agent moved MobileNetV2's ratio: the gap is in tract's kernels and layout \
+choices, in the three places above, with the per-layer figures an upstream report needs.
+";
+
 const COMMAND: &str = "cargo run --release -p edgefleet-tests --bin bench-kserve";
 
 struct Case {
@@ -95,6 +130,9 @@ struct BatchRow {
     b8: f64,
     bytes1: usize,
     bytes8: usize,
+    /// p50 of `GET /v2/models/{name}/ready` on the same connection: the
+    /// HTTP round trip without the model.
+    rtt: f64,
 }
 
 async fn batch_row(http: &reqwest::Client, case: &Case) -> anyhow::Result<BatchRow> {
@@ -158,8 +196,18 @@ async fn batch_row(http: &reqwest::Client, case: &Case) -> anyhow::Result<BatchR
             }
         }
     }
+    let ready = format!("http://{addr}/v2/models/{}/ready", case.name);
+    let mut rtt = Vec::new();
+    for _ in 0..500 {
+        let started = Instant::now();
+        let r = http.get(&ready).send().await?;
+        ensure!(r.status().is_success(), "ready: {}", r.status());
+        r.bytes().await?;
+        rtt.push(started.elapsed().as_secs_f64() * 1e6);
+    }
     server.abort();
     Ok(BatchRow {
+        rtt: latency(rtt).p50,
         name: case.name.to_owned(),
         item_shape: model.inputs()[0].shape[1..].to_vec(),
         b1: latency(s1).p50,
@@ -643,6 +691,7 @@ fn profile_section(
             us(t)
         ));
     }
+    s.push_str(PROFILE_NOTES);
     Ok(s)
 }
 
@@ -689,14 +738,15 @@ async fn main() -> anyhow::Result<()> {
          (`Inference-Header-Content-Length`, `binary_data_size`). Batch is the dynamic first \
          dimension (MobileNetV2 generated with `--dynamic-batch`); each batch size has its own \
          cached plan. p50 over 2 alternating rounds. Batch 8's first row is checked against \
-         batch 1 of the same item (≤ 1e-4).\n\n\
+         batch 1 of the same item (≤ 1e-4). \"HTTP round trip alone\" is `GET \
+         /v2/models/{name}/ready` on the same client and server: the fixed cost a batch shares.\n\n\
          | model | item | batch 1: per item | batch 8: per request | batch 8: per item | \
-         per-item cost, batch 8 / batch 1 | request bytes (1 / 8) |\n\
-         |---|---|---|---|---|---|---|\n",
+         per-item cost, batch 8 / batch 1 | request bytes (1 / 8) | HTTP round trip alone |\n\
+         |---|---|---|---|---|---|---|---|\n",
     );
     for r in &rows {
         body.push_str(&format!(
-            "| {} | {:?} | {} | {} | {} | **{:.2}** | {} / {} |\n",
+            "| {} | {:?} | {} | {} | {} | **{:.2}** | {} / {} | {} |\n",
             r.name,
             r.item_shape,
             us(r.b1),
@@ -705,6 +755,7 @@ async fn main() -> anyhow::Result<()> {
             r.b8 / 8.0 / r.b1,
             r.bytes1,
             r.bytes8,
+            us(r.rtt),
         ));
     }
     println!("{body}");
