@@ -37,21 +37,22 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 /// with the code that measures it; the figures are in the tables above).
 const PROFILE_NOTES: &str = "
 What it shows:
-- **Pointwise (1x1) convolutions** are the largest share in tract and the largest absolute gap: \
-tract lowers them to `OptMatMul` (the next Clip or residual Add fused in) and reaches less than half \
-of onnxruntime's GMAC/s, whose NCHWc convolutions keep the activations in blocked channel layout \
-between layers.
-- **Depthwise convolutions** are the largest ratio. On x86_64, tract's `DepthWiseConv` is \
-generic Rust: `tract-core-0.23.9/src/ops/cnn/conv/depth_wise.rs`, `eval_t_generic` -> \
-`process_zone_*`, one spatial zone walk per channel in NCHW; tract-linalg has no SIMD depthwise \
-kernel for x86_64 (its only special path is aarch64 f16). It is slowest on stride-2 layers and on \
-the 7x7 planes with 576-960 channels, where per-channel loop overhead dominates a 49-element plane. \
-Its Clip is a separate pass (`OptBinChain(Max+Min)`); onnxruntime fuses it.
+- **Pointwise (1x1) convolutions** take about half of tract's time. tract lowers them to \
+`OptMatMul` (the next Clip or residual Add fused in) and reaches a fraction of onnxruntime's \
+GMAC/s, whose NCHWc convolutions keep the activations in a blocked channel layout between layers.
+- **Depthwise convolutions** take about a third of tract's time for 7 % of the multiply-adds. On \
+x86_64, tract's `DepthWiseConv` is generic Rust: `tract-core-0.23.9/src/ops/cnn/conv/depth_wise.rs`, \
+`eval_t_generic` -> `process_zone_*`, one spatial zone walk per channel in NCHW; tract-linalg has no \
+SIMD depthwise kernel for x86_64 (its only special path is aarch64 f16). It is slowest on the \
+stride-2 layers and on the 7x7 planes with 576-960 channels, where per-channel loop overhead \
+dominates a 49-element plane. Its Clip is a separate pass (`OptBinChain(Max+Min)`); onnxruntime \
+fuses it.
 - **The stem** (3x3, 3 input channels) runs as `LazyIm2col` + `OptMatMul` with a reduction of 27: \
-a matrix product far too thin for the kernel.
-- **Batch 8** makes MobileNetV2 slower per item in tract (onnxruntime stays level): the pointwise \
-products grow more than 8-fold, and Clip and the residual Adds are no longer fused into them. The \
-small models gain from batching because the request's fixed cost is shared (section above).
+a matrix product far too thin for the kernel, several times onnxruntime's time.
+- **Batch 8** makes MobileNetV2 slower per item in tract (onnxruntime stays about level): the \
+pointwise products cost more per item, and Clip and the residual Adds are no longer fused into \
+them. The small models gain from batching because the request's fixed cost is shared (section \
+above).
 
 Tried, and what moved the number:
 - Kernel selection (`TRACT_AVX512_FMA_UNITS=1|2`, `TRACT_CPU_ISA=-avx512f`), earlier: no change \
