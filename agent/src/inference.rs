@@ -84,8 +84,9 @@ impl InferenceError {
 
 /// The most plans a model with dynamic dimensions keeps, one per set of
 /// concrete input shapes, least recently used dropped first. Each plan holds
-/// its own optimised copy of the weights, so this bounds a model's memory at
-/// about `MAX_PLANS` times its weights plus one set of activations per kept
+/// its own optimised copy of the weights, and the unplanned model is kept to
+/// plan new shapes, so this bounds a dynamic model's memory at about
+/// `MAX_PLANS + 1` times its weights plus one set of activations per kept
 /// run state.
 pub const MAX_PLANS: usize = 4;
 

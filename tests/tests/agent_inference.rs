@@ -90,7 +90,9 @@ async fn model_is_downloaded_served_and_corruption_fails() {
     assert_eq!(resp.status(), 400);
     let err: Value = resp.json().await.expect("error JSON");
     assert!(
-        err["error"].as_str().is_some_and(|m| m.contains("[-1, 64]")),
+        err["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("[-1, 64]")),
         "{err}"
     );
     // Per-model metrics, labelled with the workload's full name.
