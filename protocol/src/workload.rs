@@ -208,10 +208,10 @@ impl InferenceWorkload {
         }
         // Results of an `http` request go back to its caller; those of
         // `mqtt` readings need somewhere to go.
-        if self.input.mqtt.is_some() && !self.output.upstream && self.output.topic.is_none() {
+        if self.input.http.is_none() && !self.output.upstream && self.output.topic.is_none() {
             errs.push(
                 format!("{path}.output"),
-                "results of `input.mqtt` would go nowhere: set `upstream: true`, `topic`, or both",
+                "results would go nowhere: set `upstream: true`, `topic`, or both (or add `input.http`, whose results go back to the caller)",
             );
         }
         if let Some(c) = self.concurrency
@@ -353,7 +353,7 @@ mod tests {
         let nowhere = serde_json::json!({});
         assert_eq!(errors(http.clone(), nowhere.clone()), "");
         let both = serde_json::json!({"http": {}, "mqtt": {"topic": "t"}});
-        assert!(errors(both, nowhere.clone()).contains("go nowhere"));
+        assert_eq!(errors(both, nowhere.clone()), "");
         assert!(errors(mqtt.clone(), nowhere).contains("go nowhere"));
         assert_eq!(errors(mqtt, serde_json::json!({"upstream": true})), "");
     }
