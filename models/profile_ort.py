@@ -6,7 +6,8 @@ tests/src/bin/bench-kserve.rs.
     python models/profile_ort.py MODEL.onnx [--iters 30] [--warmup 5] [--batch 1]
 
 Prints one JSON document: version, iterations, `nodes` (every graph node:
-name, op_type, kind, `desc` (a conv's weights, output and stride), and `after`, the kind of the node its first input comes
+name, op_type, kind, `desc` (a conv's weights, output and stride), `conv` (a conv's output channels,
+output side and stride, as numbers), and `after`, the kind of the node its first input comes
 from, and `macs`, the multiply-adds of a Conv or Gemm at batch 1) `ort_us` (microseconds per run by kind) and `ort_node_us` (by graph node). Kinds:
 "depthwise conv" (Conv with group = input channels), "pointwise conv" (1x1
 Conv), "full conv" (any other Conv), then the op type for everything else.
@@ -53,15 +54,16 @@ def kinds(model: onnx.ModelProto) -> list[dict]:
         # the weights each one reads.
         macs = 0
         w = weights.get(n.input[1]) if len(n.input) > 1 else None
-        desc = ""
+        desc, conv = "", None
         if n.op_type == "Conv" and w is not None and n.output[0] in shapes:
             macs = int(np.prod(shapes[n.output[0]])) * int(np.prod(w[1:]))
             stride = next((list(a.ints) for a in n.attribute if a.name == "strides"), [1, 1])
             o = shapes[n.output[0]]
             desc = f"{w[0]}x{w[1]}x{w[2]}x{w[3]} -> {o[1]}x{o[2]}x{o[3]}, stride {stride[0]}"
+            conv = {"channels": o[1], "out": o[2], "stride": stride[0]}
         elif n.op_type == "Gemm" and w is not None:
             macs = int(np.prod(w))
-        out.append({"name": n.name, "op_type": n.op_type, "kind": kind, "macs": macs, "desc": desc, "input": n.input[0] if n.input else ""})
+        out.append({"name": n.name, "op_type": n.op_type, "kind": kind, "macs": macs, "desc": desc, "conv": conv, "input": n.input[0] if n.input else ""})
     # `after`: the kind of the node whose output this one takes first (a
     # Clip or residual Add after a conv), for runtimes that fuse the two
     # and name the result after the second.

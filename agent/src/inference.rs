@@ -378,7 +378,7 @@ impl Model {
     /// Checks a request against the model's inputs, matched by name, and
     /// builds the tensors in model input order.
     pub fn validate(&self, req: &InferRequest) -> Result<Vec<Tensor>, InferenceError> {
-        let takes = || format!("model `{}` takes {}", self.name, self.describe_inputs());
+        let takes = || format!("model `{}` takes {}", self.name, describe(&self.inputs));
         for (i, given) in req.inputs.iter().enumerate() {
             if !self.inputs.iter().any(|s| s.name == given.name) {
                 return Err(InferenceError::Invalid(format!(
@@ -435,10 +435,6 @@ impl Model {
                 Ok((ix, kserve::wants_binary(req, &o.name)))
             })
             .collect()
-    }
-
-    fn describe_inputs(&self) -> String {
-        describe(&self.inputs)
     }
 
     /// Runs input tensors (in model input order, of shapes the model takes)

@@ -16,30 +16,17 @@ use std::process::Command;
 use std::time::Duration;
 
 use edgefleet_tests::agent::Agent;
+use edgefleet_tests::bench::{generate_mobilenet, repo, venv_python};
 use edgefleet_tests::hub::Hub;
 use edgefleet_tests::{eventually, skip};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// The venv's python when it has tritonclient; with the requirement set,
 /// `models/venv.sh` makes it.
 fn python() -> Result<PathBuf, String> {
-    let venv_python = repo().join(".venv/bin/python");
     let python = if edgefleet_tests::required("tritonclient") {
-        let out = Command::new(repo().join("models/venv.sh"))
-            .output()
-            .map_err(|e| format!("models/venv.sh: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "models/venv.sh failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        venv_python().map_err(|e| format!("{e:#}"))?
     } else {
-        venv_python
+        repo().join(".venv/bin/python")
     };
     let ok = Command::new(&python)
         .args(["-c", "import tritonclient.http, onnxruntime"])
@@ -91,8 +78,7 @@ async fn tritonclient_against_the_agent_equals_onnxruntime() {
     );
     let mobilenet = repo().join("models/mobilenetv2/mobilenetv2.onnx");
     // As .ci/run does before the tests (about 3 s).
-    edgefleet_tests::bench::generate_mobilenet(&python, &mobilenet, false)
-        .expect("generate MobileNetV2");
+    generate_mobilenet(&python, &mobilenet, false).expect("generate MobileNetV2");
     let models = [
         ("digits", repo().join("models/digits/digits.onnx")),
         ("vibration", repo().join("models/vibration/vibration.onnx")),

@@ -81,7 +81,7 @@ struct Case {
 
 /// One binary KServe request of `batch` items (weyl-v1, item `i` with seed
 /// `i`): the body and its JSON header length.
-fn binary_request(model: &Model, batch: usize, range: (f32, f32)) -> (Vec<u8>, usize, Vec<f32>) {
+fn binary_request(model: &Model, batch: usize, range: (f32, f32)) -> (Vec<u8>, usize) {
     let spec = &model.inputs()[0];
     let mut shape: Vec<usize> = spec
         .shape
@@ -105,7 +105,7 @@ fn binary_request(model: &Model, batch: usize, range: (f32, f32)) -> (Vec<u8>, u
     for x in &data {
         body.extend_from_slice(&x.to_le_bytes());
     }
-    (body, json_len, data)
+    (body, json_len)
 }
 
 /// The first output of a binary response, as f32s.
@@ -168,8 +168,8 @@ async fn batch_row(http: &reqwest::Client, case: &Case) -> anyhow::Result<BatchR
             first_output(len, &bytes)
         }
     };
-    let (body1, len1, _) = binary_request(&model, 1, case.range);
-    let (body8, len8, _) = binary_request(&model, 8, case.range);
+    let (body1, len1) = binary_request(&model, 1, case.range);
+    let (body8, len8) = binary_request(&model, 8, case.range);
     // Batch 8's row i must equal batch 1 of item i (item 0 here).
     let (_, one) = send(body1.clone(), len1).await?;
     let (shape8, eight) = send(body8.clone(), len8).await?;
@@ -275,6 +275,14 @@ fn tract_profile(path: &Path, iters: usize, batch: usize) -> TractResult<(Vec<No
     Ok((rows, total / iters as f64))
 }
 
+/// A conv's shape as profile_ort.py gives it.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+struct ConvShape {
+    channels: usize,
+    out: usize,
+    stride: usize,
+}
+
 /// One node of the ONNX graph as profile_ort.py describes it.
 struct GraphNode {
     name: String,
@@ -283,15 +291,15 @@ struct GraphNode {
     after: String,
     macs: f64,
     desc: String,
+    conv: Option<ConvShape>,
 }
 
 /// The graph node whose name is the longest prefix of `name`.
-fn node_of<'a>(name: &str, graph: &'a [GraphNode]) -> Option<&'a str> {
+fn node_of<'a>(name: &str, graph: &'a [GraphNode]) -> Option<&'a GraphNode> {
     graph
         .iter()
         .filter(|g| !g.name.is_empty() && name.starts_with(g.name.as_str()))
         .max_by_key(|g| g.name.len())
-        .map(|g| g.name.as_str())
 }
 
 /// The layer kind of a tract node (that of the graph node whose name is the
@@ -300,7 +308,7 @@ fn node_of<'a>(name: &str, graph: &'a [GraphNode]) -> Option<&'a str> {
 /// result after the Clip or Add: such a node counts with the conv, as
 /// onnxruntime's fused convs do.
 fn kind_of(name: &str, op: &str, graph: &[GraphNode]) -> (String, &'static str) {
-    let Some(g) = node_of(name, graph).and_then(|n| graph.iter().find(|g| g.name == n)) else {
+    let Some(g) = node_of(name, graph) else {
         return ("(tract's own: input, reshape, ...)".to_owned(), "");
     };
     let fused = match g.kind.as_str() {
@@ -380,29 +388,33 @@ fn layout_experiment(graph: &[GraphNode], iters: usize) -> anyhow::Result<String
          p50 of the runs:\n\n\
          | shape (channels, output, stride) | NCHW | NHWC | NCHW/NHWC |\n|---|---|---|---|\n",
     );
-    let mut seen = Vec::new();
-    let (mut total_nchw, mut total_nhwc) = (0.0, 0.0);
-    for g in graph.iter().filter(|g| g.kind == "depthwise conv") {
-        // desc: "CxIxKxK -> CxHxW, stride S"
-        let nums: Vec<usize> = g
-            .desc
-            .split(|c: char| !c.is_ascii_digit())
-            .filter_map(|t| t.parse().ok())
-            .collect();
-        let [c, _, _, _, _, h, _, stride] = nums[..] else {
-            continue;
-        };
-        let key = (c, h, stride);
-        let (nchw, nhwc) = (
-            depthwise_alone(c, h, stride, DataFormat::NCHW, iters)?,
-            depthwise_alone(c, h, stride, DataFormat::NHWC, iters)?,
-        );
-        total_nchw += nchw;
-        total_nhwc += nhwc;
-        if seen.contains(&key) {
-            continue;
+    // Each shape is measured once and counted as often as the model has it.
+    let mut shapes: Vec<(ConvShape, usize)> = Vec::new();
+    for shape in graph
+        .iter()
+        .filter(|g| g.kind == "depthwise conv")
+        .filter_map(|g| g.conv)
+    {
+        match shapes.iter_mut().find(|(s, _)| *s == shape) {
+            Some((_, count)) => *count += 1,
+            None => shapes.push((shape, 1)),
         }
-        seen.push(key);
+    }
+    let (mut total_nchw, mut total_nhwc, mut layers) = (0.0, 0.0, 0);
+    for &(
+        ConvShape {
+            channels: c,
+            out: h,
+            stride,
+        },
+        count,
+    ) in &shapes
+    {
+        let nchw = depthwise_alone(c, h, stride, DataFormat::NCHW, iters)?;
+        let nhwc = depthwise_alone(c, h, stride, DataFormat::NHWC, iters)?;
+        total_nchw += nchw * count as f64;
+        total_nhwc += nhwc * count as f64;
+        layers += count;
         s.push_str(&format!(
             "| {c}, {h}x{h}, {stride} | {} | {} | {:.2}× |\n",
             us(nchw),
@@ -411,7 +423,7 @@ fn layout_experiment(graph: &[GraphNode], iters: usize) -> anyhow::Result<String
         ));
     }
     s.push_str(&format!(
-        "| **all 17, summed** | **{}** | **{}** | **{:.2}×** |\n",
+        "| **all {layers}, summed** | **{}** | **{}** | **{:.2}×** |\n",
         us(total_nchw),
         us(total_nhwc),
         total_nchw / total_nhwc
@@ -575,6 +587,7 @@ fn profile_section(
             after: text(&n["after"]),
             macs: n["macs"].as_f64().unwrap_or(0.0),
             desc: text(&n["desc"]),
+            conv: serde_json::from_value(n["conv"].clone()).ok(),
         })
         .collect();
     let (nodes, run_us) = tract_profile(path, iters, 1)?;
@@ -654,7 +667,7 @@ fn profile_section(
         let t: f64 = nodes
             .iter()
             .filter(|(n, op, _)| {
-                op.starts_with("DepthWise") && node_of(n, &graph) == Some(g.name.as_str())
+                op.starts_with("DepthWise") && node_of(n, &graph).is_some_and(|o| o.name == g.name)
             })
             .map(|n| n.2)
             .sum();
