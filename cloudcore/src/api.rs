@@ -56,6 +56,10 @@ pub struct AppState {
     pub fleet_changes: tokio::sync::Mutex<()>,
     /// Wakes the rollout engine (a new generation, a resume).
     pub rollout_wake: Arc<tokio::sync::Notify>,
+    /// Provisions device credentials and ACLs into an external mosquitto.
+    pub dynsec: Option<crate::dynsec::Dynsec>,
+    /// The hub's user on an external broker (no device may be named so).
+    pub broker_username: String,
 }
 
 pub type Shared = Arc<AppState>;

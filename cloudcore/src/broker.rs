@@ -25,9 +25,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use edgefleet_protocol::limits::MAX_PAYLOAD_BYTES;
-use edgefleet_protocol::{Channel, DeviceId};
+use edgefleet_protocol::{Channel, DeviceId, Topic};
 use rumqttd::{
-    Broker, Config, ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings, TlsConfig,
+    AclAction, AclHandler, AclRequest, Broker, Config, ConnectionSettings, RouterConfig,
+    SegmentConfig, ServerSettings, TlsConfig,
 };
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -107,6 +108,53 @@ impl Credentials {
     }
 }
 
+/// The broker ACL: the hub's own user may do anything. A device may
+/// subscribe only to its own hub-to-device topics, with no wildcard, publish
+/// only to its own device-to-hub topics, and retain only its presence.
+pub fn acl_allows(username: &str, action: AclAction, topic: &str) -> bool {
+    if username == HUB_USERNAME {
+        return true;
+    }
+    let Ok(t) = Topic::parse(topic) else {
+        return false;
+    };
+    t.device.as_str() == username
+        && match action {
+            AclAction::Subscribe => t.channel.device_subscribes(),
+            AclAction::Publish => t.channel.device_publishes(),
+            AclAction::Retain => t.channel.device_publishes() && t.channel.device_retains(),
+        }
+}
+
+/// The broker ACL as rumqttd calls it: every denial is counted, and the
+/// first of a connection's streak of denials is logged.
+fn acl_handler(metrics: Arc<Metrics>) -> AclHandler {
+    Arc::new(move |req: &AclRequest<'_>| {
+        let allowed = acl_allows(req.username, req.action, req.topic);
+        if !allowed {
+            let action = match req.action {
+                AclAction::Subscribe => "subscribe",
+                AclAction::Publish => "publish",
+                AclAction::Retain => "retain",
+            };
+            metrics
+                .broker_acl_denials
+                .get_or_create(&vec![("action", action.to_owned())])
+                .inc();
+            if req.denied_streak == 0 {
+                tracing::warn!(
+                    client_id = req.client_id,
+                    action,
+                    topic = req.topic,
+                    "broker refused a device request: not its topic or channel \
+                     (further denials in a row are counted, not logged)"
+                );
+            }
+        }
+        allowed
+    })
+}
+
 /// Every device connection is a socket: raises the soft `RLIMIT_NOFILE` to
 /// the hard limit (often 1,024 soft by default), and warns when even that
 /// cannot hold `max_connections` plus the hub's own files.
@@ -158,9 +206,21 @@ pub fn start(
         auth: None,
         external_auth: None,
         dynamic_filters: true,
+        acl: Some(acl_handler(metrics.clone())),
     };
     connections.set_auth_handler(
         move |client_id: String, username: String, password: String| {
+            // Credentials first: a wrong password is refused and counted
+            // whether or not the hub has subscribed yet.
+            if !creds.check(&client_id, &username, &password) {
+                metrics.broker_auth_failures.inc();
+                tracing::warn!(
+                    client_id,
+                    username,
+                    "broker refused a connection: bad credentials"
+                );
+                return std::future::ready(false);
+            }
             if creds.device_too_early(&username) {
                 tracing::info!(
                     client_id,
@@ -168,16 +228,7 @@ pub fn start(
                 );
                 return std::future::ready(false);
             }
-            let ok = creds.check(&client_id, &username, &password);
-            if !ok {
-                metrics.broker_auth_failures.inc();
-                tracing::warn!(
-                    client_id,
-                    username,
-                    "broker refused a connection: bad credentials"
-                );
-            }
-            std::future::ready(ok)
+            std::future::ready(true)
         },
     );
     let mut servers = HashMap::new();
@@ -265,6 +316,42 @@ pub fn run_in_thread(thread: &str, config: Config) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_device_reads_and_writes_only_its_own_topics_in_their_direction() {
+        use AclAction::{Publish, Retain, Subscribe};
+        let t = |c: &str| format!("edgefleet/v1/devices/pi-1/{c}");
+        for c in ["desired", "commands", "acks"] {
+            assert!(acl_allows("pi-1", Subscribe, &t(c)), "{c}");
+            assert!(!acl_allows("pi-1", Publish, &t(c)), "{c}");
+            assert!(!acl_allows("pi-1", Retain, &t(c)), "{c}");
+        }
+        for c in ["status", "events", "heartbeat", "presence"] {
+            assert!(acl_allows("pi-1", Publish, &t(c)), "{c}");
+            assert!(!acl_allows("pi-1", Subscribe, &t(c)), "{c}");
+        }
+        assert!(acl_allows("pi-1", Retain, &t("presence")));
+        assert!(!acl_allows("pi-1", Retain, &t("status")));
+        // Someone else's, wildcards, other trees, malformed.
+        for topic in [
+            "edgefleet/v1/devices/pi-2/desired",
+            "edgefleet/v1/devices/+/desired",
+            "edgefleet/v1/devices/pi-1/#",
+            "edgefleet/v1/devices/pi-1/+",
+            "#",
+            "$SYS/#",
+            "edgefleet/v1/devices/pi-1/desired/x",
+            "edgefleet/v1/devices/pi-1/nope",
+        ] {
+            for a in [Subscribe, Publish, Retain] {
+                assert!(!acl_allows("pi-1", a, topic), "{a:?} {topic}");
+            }
+        }
+        // The hub may do anything.
+        for a in [Subscribe, Publish, Retain] {
+            assert!(acl_allows(HUB_USERNAME, a, "#"));
+        }
+    }
 
     #[test]
     fn only_enrolled_devices_and_the_hub_get_in() {

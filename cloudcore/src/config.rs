@@ -87,6 +87,20 @@ pub struct BrokerConfig {
     pub tls_listen: Option<SocketAddr>,
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
+    /// External broker: how device credentials and topic ACLs get there
+    /// (env `CLOUDCORE_BROKER_PROVISION`). `none`: the broker's own
+    /// configuration is trusted as it is. `mosquitto-dynsec`: the hub
+    /// drives mosquitto's dynamic-security plugin (see docs/SECURITY.md).
+    pub provision: Provision,
+}
+
+/// Who gives an external broker its device credentials and ACLs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Provision {
+    #[default]
+    None,
+    MosquittoDynsec,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -185,6 +199,7 @@ impl Default for BrokerConfig {
             tls_listen: None,
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
+            provision: Provision::None,
         }
     }
 }
@@ -247,6 +262,17 @@ impl Config {
         }
         if let Some(v) = env("CLOUDCORE_BROKER_URL") {
             self.broker.url = v;
+        }
+        if let Some(v) = env("CLOUDCORE_BROKER_PROVISION") {
+            self.broker.provision = match v.as_str() {
+                "none" => Provision::None,
+                "mosquitto-dynsec" => Provision::MosquittoDynsec,
+                other => {
+                    return Err(ConfigError::Invalid(format!(
+                        "CLOUDCORE_BROKER_PROVISION={other:?}: expected none or mosquitto-dynsec"
+                    )));
+                }
+            };
         }
         if let Some(v) = env("CLOUDCORE_BROKER_USERNAME") {
             self.broker.username = v;
@@ -339,6 +365,15 @@ impl Config {
         if self.broker.max_connections == 0 {
             return Err(ConfigError::Invalid(
                 "broker.max_connections must be positive".into(),
+            ));
+        }
+        if self.broker.provision == Provision::MosquittoDynsec
+            && (self.embedded_broker() || self.broker.username.is_empty())
+        {
+            return Err(ConfigError::Invalid(
+                "broker.provision = mosquitto-dynsec needs broker.url (an external mosquitto) \
+                 and broker.username/password of a dynamic-security admin"
+                    .into(),
             ));
         }
         if self.broker.tls_listen.is_some() {

@@ -14,6 +14,7 @@ pub mod backup;
 pub mod broker;
 pub mod config;
 pub mod desired;
+pub mod dynsec;
 pub mod ingest;
 pub mod keys;
 pub mod metrics;

@@ -39,6 +39,12 @@ edgefleet_daemon::declare_metrics! {
         pub enrollments: Family<Labels, Counter>,
         /// Embedded broker connections refused for bad credentials
         pub broker_auth_failures: Counter,
+        /// Device requests the embedded broker refused by its topic ACL, by
+        /// action (subscribe, publish, retain)
+        pub broker_acl_denials: Family<Labels, Counter>,
+        /// Device credentials the hub could not create in or delete from an
+        /// external broker (`broker.provision`)
+        pub broker_provision_failures: Counter,
         /// REST API request latency, by method, route and status
         #[name = "api_request_duration"]
         #[unit = Seconds]

@@ -220,6 +220,17 @@ pub async fn serve_with(
         dropped_tx,
         &sup,
     );
+    let dynsec = (cfg.broker.provision == crate::config::Provision::MosquittoDynsec).then(|| {
+        let d = crate::dynsec::Dynsec::start(mqtt::options(&cfg, &hub_password)?);
+        sup.spawn(crate::dynsec::set_up_until_done(
+            d.clone(),
+            cfg.broker.username.clone(),
+            metrics.clone(),
+            tasks.clone(),
+        ));
+        Ok::<_, ConfigError>(d)
+    });
+    let dynsec = dynsec.transpose()?;
     // Publishes the session had to drop: the device gets the condition.
     {
         let (store, metrics) = (store.clone(), metrics.clone());
@@ -317,6 +328,8 @@ pub async fn serve_with(
         check_limits: !cfg.unchecked_limits.api,
         fleet_changes: tokio::sync::Mutex::new(()),
         rollout_wake,
+        dynsec,
+        broker_username: cfg.broker.username.clone(),
     });
     let listener = tokio::net::TcpListener::bind(cfg.api.listen)
         .await

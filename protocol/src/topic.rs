@@ -70,6 +70,23 @@ impl Channel {
         }
     }
 
+    /// Whether a device may subscribe to its own topic on this channel
+    /// (the broker ACL: it reads only what the hub sends it).
+    pub fn device_subscribes(self) -> bool {
+        self.direction() == Direction::HubToDevice
+    }
+
+    /// Whether a device may publish on its own topic on this channel.
+    pub fn device_publishes(self) -> bool {
+        self.direction() == Direction::DeviceToHub
+    }
+
+    /// Whether a device may publish retained on its own topic on this
+    /// channel: only its presence (the will that says it went offline).
+    pub fn device_retains(self) -> bool {
+        self == Channel::Presence
+    }
+
     /// Subscription filter for this channel of every device: `edgefleet/v1/devices/+/status`.
     pub fn filter_all_devices(self) -> String {
         format!("{PREFIX}/+/{}", self.as_str())

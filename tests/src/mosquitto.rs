@@ -54,6 +54,44 @@ impl Mosquitto {
         Self::launch_new(&[], Some(tls)).await
     }
 
+    /// Like [`Mosquitto::start`], but with no anonymous access: its
+    /// dynamic-security plugin holds every client, starting with one admin
+    /// (`DYNSEC_ADMIN`, password `admin_password`) made by
+    /// `mosquitto_ctrl dynsec init`, as its documentation sets it up.
+    pub async fn start_dynsec(admin_password: &str) -> Option<Self> {
+        let m = Self::launch_new(&[], None).await?;
+        let Some(plugin) = dynsec_plugin() else {
+            crate::skip(
+                "mosquitto",
+                "mosquitto's dynamic-security plugin (mosquitto_dynamic_security.so) is not installed",
+            );
+            return None;
+        };
+        let mut m = m;
+        m.stop().await;
+        let file = m.dir.path().join("dynamic-security.json");
+        let out = std::process::Command::new("mosquitto_ctrl")
+            .args(["dynsec", "init"])
+            .arg(&file)
+            .args([DYNSEC_ADMIN, admin_password])
+            .output()
+            .expect("run mosquitto_ctrl");
+        assert!(out.status.success(), "mosquitto_ctrl dynsec init: {out:?}");
+        let conf_path = m.dir.path().join("mosquitto.conf");
+        let conf = std::fs::read_to_string(&conf_path).expect("read mosquitto.conf");
+        let conf = conf.replace(
+            "allow_anonymous true\n",
+            &format!(
+                "allow_anonymous false\nplugin {}\nplugin_opt_config_file {}\n",
+                plugin.display(),
+                file.display()
+            ),
+        );
+        std::fs::write(&conf_path, conf).expect("write mosquitto.conf");
+        m.start_again().await;
+        Some(m)
+    }
+
     async fn launch_new(extra: &[std::net::IpAddr], tls: Option<&TlsFiles>) -> Option<Self> {
         let Some(_) = binary() else {
             crate::skip(
@@ -140,6 +178,17 @@ impl Mosquitto {
     pub async fn start_again(&mut self) {
         self.launch().await;
     }
+}
+
+/// The admin user [`Mosquitto::start_dynsec`] creates.
+pub const DYNSEC_ADMIN: &str = "admin";
+
+fn dynsec_plugin() -> Option<PathBuf> {
+    let dirs = std::fs::read_dir("/usr/lib").ok()?;
+    std::iter::once(PathBuf::from("/usr/lib"))
+        .chain(dirs.flatten().map(|d| d.path()))
+        .map(|d| d.join("mosquitto_dynamic_security.so"))
+        .find(|p| p.exists())
 }
 
 /// Run mosquitto as whoever runs the test: as root it would otherwise switch

@@ -190,8 +190,9 @@ async fn forged_and_misdirected_status_is_rejected_and_counted() {
     // Forged: signed with a key that is not pi-1's.
     d1.publish(&pi1_status, Signer::generate().seal(&status("pi-1")))
         .await;
-    // Another device's genuine status, published on pi-1's topic.
-    d2.publish(&pi1_status, k2.seal(&status("pi-2"))).await;
+    // Another device's genuine status, replayed on pi-1's topic (pi-2
+    // itself may not publish there: the broker's ACL refuses it, below).
+    d1.publish(&pi1_status, k2.seal(&status("pi-2"))).await;
     // pi-1's key, but naming another device.
     d1.publish(&pi1_status, k1.seal(&status("pi-2"))).await;
     // Garbage.
@@ -202,6 +203,18 @@ async fn forged_and_misdirected_status_is_rejected_and_counted() {
         let v = |r: &str| edgefleet_tests::hub::metric_value(&m, &rejected(r));
         (v("unknown_key") == 2.0 && v("wrong_device") == 1.0 && v("malformed") == 1.0).then_some(())
     })
+    .await;
+    d2.publish(&pi1_status, k2.seal(&status("pi-2"))).await;
+    edgefleet_tests::eventually(
+        "the broker's refusal counted",
+        Duration::from_secs(10),
+        || async {
+            let v = hub
+                .metric("edgefleet_hub_broker_acl_denials_total{action=\"publish\"}")
+                .await;
+            (v == 1.0).then_some(())
+        },
+    )
     .await;
     let (_, d) = hub.get("/devices/pi-1").await;
     assert_eq!(

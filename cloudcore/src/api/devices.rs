@@ -113,6 +113,20 @@ pub async fn patch(
 }
 
 pub async fn delete(State(st): State<Shared>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    // The broker forgets the device first: a device deleted here must not
+    // keep a login there.
+    if let (Some(d), Ok(dev)) = (&st.dynsec, DeviceId::new(&id))
+        && st.registry.get(&dev).is_some()
+        && let Err(e) = d.remove_device(&dev).await
+    {
+        st.metrics.broker_provision_failures.inc();
+        tracing::warn!(device = %dev, error = %e, "device not deleted: cannot remove it from the broker");
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "broker_unavailable",
+            format!("the broker could not delete this device's credentials ({e}); retry"),
+        ));
+    }
     let id2 = id.clone();
     if !st.store.run(move |s| s.delete_device(&id2)).await? {
         return Err(ApiError::not_found(format_args!("device {id:?}")));

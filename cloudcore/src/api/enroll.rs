@@ -47,6 +47,19 @@ pub async fn enroll(
         result("invalid");
         ApiError::bad_request(e.to_string())
     })?;
+    // The hub's own broker identities: a device under one of those names
+    // could take over the hub's sessions (same client id) or, provisioned
+    // into mosquitto, replace the hub's broker user.
+    if let Some(id) = &req.device_id
+        && (id.as_str().starts_with(crate::broker::HUB_USERNAME)
+            || (!st.broker_username.is_empty() && id.as_str() == st.broker_username))
+    {
+        result("invalid");
+        return Err(ApiError::bad_request(format!(
+            "device id {:?} is reserved for the hub's own broker sessions",
+            id.as_str()
+        )));
+    }
     let public_key = key.to_base64();
     let derived = derived_id(&public_key);
     let password = random_token();
@@ -89,6 +102,19 @@ pub async fn enroll(
             ));
         }
     };
+    // An external mosquitto learns the password before the device does.
+    if let Some(d) = &st.dynsec
+        && let Err(e) = d.provision_device(&id, &password).await
+    {
+        result("broker_unavailable");
+        st.metrics.broker_provision_failures.inc();
+        tracing::warn!(device = %id, error = %e, "enrollment failed: cannot provision the broker");
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "broker_unavailable",
+            format!("the broker could not be given this device's credentials ({e}); retry"),
+        ));
+    }
     st.registry.insert(
         id.clone(),
         DeviceEntry {

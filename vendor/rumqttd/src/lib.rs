@@ -51,6 +51,37 @@ pub type AuthHandler = Arc<
         + Sync,
 >;
 
+/// edgefleet: what a client asks the broker to let it do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AclAction {
+    /// Subscribe to a filter (wildcards included, as sent).
+    Subscribe,
+    /// Publish to a topic, not retained.
+    Publish,
+    /// Publish to a topic, retained (a will counts as a publish).
+    Retain,
+}
+
+/// edgefleet: one access check, made by the router for an authenticated
+/// connection before it routes a publish, adds a subscription or keeps a
+/// will.
+#[derive(Debug)]
+pub struct AclRequest<'a> {
+    pub client_id: &'a str,
+    /// The username the connection authenticated with ("" without one).
+    pub username: &'a str,
+    pub action: AclAction,
+    /// The topic, or the filter of a subscription.
+    pub topic: &'a str,
+    /// How many requests of this connection were denied in a row before
+    /// this one (0: the first of a streak, worth a log line).
+    pub denied_streak: u64,
+}
+
+/// edgefleet: decides an [`AclRequest`]; `true` allows it. Called on the
+/// router thread for every publish and subscribe: keep it cheap.
+pub type AclHandler = Arc<dyn Fn(&AclRequest<'_>) -> bool + Send + Sync>;
+
 #[derive(Debug, Default, Serialize, Deserialize, Clone)]
 pub struct Config {
     pub id: usize,
@@ -152,6 +183,10 @@ pub struct ConnectionSettings {
     pub external_auth: Option<AuthHandler>,
     #[serde(default)]
     pub dynamic_filters: bool,
+    /// edgefleet: per-topic access control for this server's clients
+    /// (none: everything allowed, as upstream).
+    #[serde(skip)]
+    pub acl: Option<AclHandler>,
 }
 
 impl ConnectionSettings {
@@ -177,6 +212,7 @@ impl fmt::Debug for ConnectionSettings {
             .field("auth", &self.auth)
             .field("external_auth", &self.external_auth.is_some())
             .field("dynamic_filters", &self.dynamic_filters)
+            .field("acl", &self.acl.is_some())
             .finish()
     }
 }

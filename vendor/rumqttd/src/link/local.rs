@@ -7,7 +7,8 @@ use crate::router::{
     iobufs::{Incoming, Outgoing},
     Connection, Event, Notification, ShadowRequest,
 };
-use crate::ConnectionId;
+use crate::router::ConnectionAcl;
+use crate::{AclHandler, ConnectionId};
 use bytes::Bytes;
 use flume::{Receiver, RecvError, RecvTimeoutError, SendError, Sender, TrySendError};
 use parking_lot::lock_api::MutexGuard;
@@ -49,6 +50,8 @@ pub struct LinkBuilder<'a> {
     dynamic_filters: bool,
     // default to 0, indicating to not use topic alias
     topic_alias_max: u16,
+    // edgefleet: access control, with the username it applies to
+    acl: Option<(String, AclHandler)>,
 }
 
 impl<'a> LinkBuilder<'a> {
@@ -62,7 +65,15 @@ impl<'a> LinkBuilder<'a> {
             last_will_properties: None,
             dynamic_filters: false,
             topic_alias_max: 0,
+            acl: None,
         }
+    }
+
+    /// edgefleet: checks every publish, subscribe and will of this link
+    /// with `handler`, as `username`.
+    pub fn acl(mut self, acl: Option<(String, AclHandler)>) -> Self {
+        self.acl = acl;
+        self
     }
 
     pub fn tenant_id(mut self, tenant_id: Option<String>) -> Self {
@@ -111,6 +122,11 @@ impl<'a> LinkBuilder<'a> {
         connection
             .last_will(self.last_will, self.last_will_properties)
             .topic_alias_max(self.topic_alias_max);
+        connection.acl = self.acl.map(|(username, handler)| ConnectionAcl {
+            username,
+            handler,
+            denied_streak: 0,
+        });
         let incoming = Incoming::new(connection.client_id.to_owned());
         let (outgoing, link_rx) = Outgoing::new(connection.client_id.to_owned());
         let outgoing_data_buffer = outgoing.buffer();

@@ -1,7 +1,7 @@
 use slab::Slab;
 
 use crate::protocol::LastWillProperties;
-use crate::Filter;
+use crate::{AclAction, AclHandler, AclRequest, Filter};
 use crate::{protocol::LastWill, Topic};
 use std::collections::{HashMap, HashSet};
 
@@ -33,6 +33,25 @@ pub struct Connection {
     pub(crate) broker_topic_aliases: Option<BrokerAliases>,
     /// subscription IDs for a connection
     pub(crate) subscription_ids: HashMap<Filter, usize>,
+    /// edgefleet: access control of a remote connection, if its server has one
+    pub(crate) acl: Option<ConnectionAcl>,
+}
+
+/// edgefleet: the access control bound to one connection: who it
+/// authenticated as, and how many of its requests were denied in a row.
+pub struct ConnectionAcl {
+    pub username: String,
+    pub handler: AclHandler,
+    pub denied_streak: u64,
+}
+
+impl std::fmt::Debug for ConnectionAcl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionAcl")
+            .field("username", &self.username)
+            .field("denied_streak", &self.denied_streak)
+            .finish()
+    }
 }
 
 impl Connection {
@@ -66,7 +85,25 @@ impl Connection {
             topic_aliases: HashMap::new(),
             broker_topic_aliases: None,
             subscription_ids: HashMap::new(),
+            acl: None,
         }
+    }
+
+    /// edgefleet: whether this connection may do `action` on `topic`
+    /// (always, without an ACL).
+    pub fn allows(&mut self, action: AclAction, topic: &str) -> bool {
+        let Some(acl) = &mut self.acl else {
+            return true;
+        };
+        let allowed = (acl.handler)(&AclRequest {
+            client_id: &self.client_id,
+            username: &acl.username,
+            action,
+            topic,
+            denied_streak: acl.denied_streak,
+        });
+        acl.denied_streak = if allowed { 0 } else { acl.denied_streak + 1 };
+        allowed
     }
 
     pub fn topic_alias_max(&mut self, max: u16) -> &mut Connection {

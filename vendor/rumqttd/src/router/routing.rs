@@ -397,6 +397,21 @@ impl Router {
             connection.events.events.pop_front();
         }
 
+        // edgefleet: a will is a publish, checked now (its topic and
+        // retain flag are fixed): a denied will is dropped.
+        if let Some(will) = &connection.last_will {
+            let action = if will.retain {
+                AclAction::Retain
+            } else {
+                AclAction::Publish
+            };
+            let topic = String::from_utf8_lossy(&will.topic).into_owned();
+            if !connection.allows(action, &topic) {
+                connection.last_will = None;
+                connection.last_will_properties = None;
+            }
+        }
+
         if let Some(will) = connection.last_will.take() {
             self.last_wills.insert(
                 client_id.clone(),
@@ -614,6 +629,37 @@ impl Router {
                     let qos = publish.qos;
                     let pkid = publish.pkid;
 
+                    // edgefleet: access control before anything is routed.
+                    // A denied publish is acknowledged and dropped, as
+                    // mosquitto does (MQTT 3.1.1 has no negative PubAck); a
+                    // denied QoS 2 publish disconnects (its PubRec would
+                    // keep it for routing on PubRel).
+                    let action = if publish.retain {
+                        AclAction::Retain
+                    } else {
+                        AclAction::Publish
+                    };
+                    let connection = self.connections.get_mut(id).unwrap();
+                    if !connection.allows(action, &String::from_utf8_lossy(&publish.topic)) {
+                        match qos {
+                            QoS::AtLeastOnce => {
+                                let ackslog = self.ackslog.get_mut(id).unwrap();
+                                ackslog.puback(PubAck {
+                                    pkid,
+                                    reason: PubAckReason::NotAuthorized,
+                                });
+                                force_ack = true;
+                            }
+                            QoS::ExactlyOnce => {
+                                disconnect = true;
+                                disconnect_reason = Some(DisconnectReasonCode::NotAuthorized);
+                                break;
+                            }
+                            QoS::AtMostOnce => {}
+                        }
+                        continue;
+                    }
+
                     // Prepare acks for the above publish
                     // If any of the publish in the batch results in force flush,
                     // set global force flush flag. Force flush is triggered when the
@@ -713,6 +759,13 @@ impl Router {
 
                             disconnect = true;
                             break;
+                        }
+
+                        // edgefleet: a denied filter gets a failure return
+                        // code (0x80, valid in v4 and v5) and no subscription.
+                        if !connection.allows(AclAction::Subscribe, &f.path) {
+                            return_codes.push(SubscribeReasonCode::Failure);
+                            continue;
                         }
 
                         let mut filter = f.path.clone();

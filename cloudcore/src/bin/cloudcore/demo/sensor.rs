@@ -46,6 +46,7 @@ pub fn start_broker() -> Result<SocketAddr, SensorError> {
             auth: None,
             external_auth: None,
             dynamic_filters: true,
+            acl: None,
         },
     };
     let router = RouterConfig {
