@@ -1,8 +1,9 @@
 //! Verifying and storing desired-state documents from the hub. Nothing is
-//! stored unless [`edgefleet_protocol::open`] accepts it with the pinned hub
-//! key, this device's id and a version strictly newer than the stored one.
+//! stored unless [`edgefleet_protocol::open_for`] accepts it with the pinned
+//! hub key, this device's id and a version strictly newer than the stored
+//! one, and its workloads decrypt with this device's key.
 
-use edgefleet_protocol::{DesiredState, DeviceId, Expect, PublicKey, Rejection, open};
+use edgefleet_protocol::{DesiredState, DeviceId, Expect, PublicKey, Rejection, Signer, open_for};
 
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
@@ -26,6 +27,7 @@ pub fn handle(
     payload: &[u8],
     device: &DeviceId,
     hub_key: &PublicKey,
+    me: &Signer,
     metrics: &Metrics,
 ) -> Outcome {
     let current = match store.desired_version() {
@@ -36,7 +38,7 @@ pub fn handle(
         }
     };
     let expect = Expect::device(device).newer_than(current);
-    match open::<DesiredState>(payload, hub_key, &expect) {
+    match open_for::<DesiredState>(payload, hub_key, &expect, me) {
         Ok(doc) => match store.replace_desired(&doc) {
             Ok(()) => {
                 metrics.desired_accepted.inc();
@@ -88,10 +90,11 @@ mod tests {
         let other = Signer::from_seed(&[2; 32]);
         let dev = DeviceId::new("pi-1").unwrap();
         let m = Metrics::new();
-        let h = |s: &mut Store, bytes: &[u8]| handle(s, bytes, &dev, hub.public(), &m);
+        let me = Signer::from_seed(&[3; 32]);
+        let h = |s: &mut Store, bytes: &[u8]| handle(s, bytes, &dev, hub.public(), &me, &m);
 
         assert!(matches!(
-            h(&mut s, &hub.seal(&doc("pi-1", 2))),
+            h(&mut s, &hub.seal_for(&doc("pi-1", 2), me.public())),
             Outcome::Accepted(_)
         ));
         assert!(matches!(
@@ -105,6 +108,12 @@ mod tests {
         assert_eq!(r(h(&mut s, &hub.seal(&doc("pi-1", 1)))), "stale_revision");
         assert_eq!(r(h(&mut s, &other.seal(&doc("pi-1", 5)))), "unknown_key");
         assert_eq!(r(h(&mut s, &hub.seal(&doc("pi-2", 5)))), "wrong_device");
+        // Sealed to another device's key.
+        let stranger = Signer::from_seed(&[4; 32]);
+        assert_eq!(
+            r(h(&mut s, &hub.seal_for(&doc("pi-1", 5), stranger.public()))),
+            "undecryptable"
+        );
         let mut forged = hub.seal(&doc("pi-1", 6));
         let n = forged.len();
         forged[n - 5] ^= 1;

@@ -405,6 +405,7 @@ impl Session {
                     &payload,
                     &shared.device,
                     &shared.identity.hub_key,
+                    &shared.identity.signer,
                     &shared.metrics,
                 )
             })

@@ -150,15 +150,21 @@ impl Shared {
         }
     }
 
-    /// A hub-signed message for this device, verified; `None` (counted and
-    /// logged as `what` rejected) when it is not.
+    /// A hub-signed message for this device, verified and, if sealed,
+    /// decrypted; `None` (counted and logged as `what` rejected) when it is
+    /// not.
     pub fn open_from_hub<M: edgefleet_protocol::sign::Message>(
         &self,
         payload: &[u8],
         what: &str,
     ) -> Option<M> {
         let expect = edgefleet_protocol::Expect::device(&self.device);
-        match edgefleet_protocol::open::<M>(payload, &self.identity.hub_key, &expect) {
+        match edgefleet_protocol::open_for::<M>(
+            payload,
+            &self.identity.hub_key,
+            &expect,
+            &self.identity.signer,
+        ) {
             Ok(m) => Some(m),
             Err(r) => {
                 self.metrics.reject(r.reason());

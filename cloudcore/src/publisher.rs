@@ -73,6 +73,7 @@ pub fn compute_pass(
     let deployments = store.list_deployments()?;
     let rollouts = store.active_rollouts()?;
     let devices = store.device_labels()?;
+    let auth = store.device_auth()?;
     let current = store.desired_hashes()?;
     let now = edgefleet_protocol::now_ms();
     let mut batch = Vec::new();
@@ -104,12 +105,20 @@ pub fn compute_pass(
             withheld.push((id, why));
             continue;
         }
+        // Sealed to the device's key: the broker sees no manifest.
+        let Some(key) = auth
+            .get(&id)
+            .and_then(|a| edgefleet_protocol::PublicKey::from_base64(&a.public_key).ok())
+        else {
+            tracing::error!(device = %id, "no usable public key stored for the device; document not issued");
+            continue;
+        };
         batch.push(NewDesired {
             device_id: id,
             revision,
             content_hash: hash,
             workloads_json: json,
-            envelope: signer.seal(&doc),
+            envelope: signer.seal_for(&doc, &key),
             issued_ms: now,
         });
     }
@@ -248,8 +257,8 @@ impl Publisher {
 mod tests {
     use super::*;
     use crate::store::ConditionType;
-    use crate::testing::{deployment, enroll, id, labels, store};
-    use edgefleet_protocol::{Expect, open};
+    use crate::testing::{deployment, device_key, enroll, id, labels, store};
+    use edgefleet_protocol::{Expect, open_for};
 
     /// A store with `pi-1` (site=a) and deployment `web` (workload `app`)
     /// selecting it, and a hub key.
@@ -267,7 +276,13 @@ mod tests {
     /// The workloads of a published envelope, checked with the hub key.
     fn workloads(signer: &Signer, envelope: &[u8], device: &str) -> Vec<String> {
         let device = id(device);
-        let doc: DesiredState = open(envelope, signer.public(), &Expect::device(&device)).unwrap();
+        let doc: DesiredState = open_for(
+            envelope,
+            signer.public(),
+            &Expect::device(&device),
+            &device_key(device.as_str()),
+        )
+        .unwrap();
         doc.workloads
             .iter()
             .map(|w| w.workload.name.clone())
@@ -367,8 +382,16 @@ mod tests {
     fn documents_carry_the_stores_epoch() {
         let (s, hub) = one_device_one_deployment();
         let p = pass(&s, &hub);
-        let doc: DesiredState =
-            open(&p.docs[0].2, hub.public(), &Expect::device(&id("pi-1"))).unwrap();
+        let doc: DesiredState = open_for(
+            &p.docs[0].2,
+            hub.public(),
+            &Expect::device(&id("pi-1")),
+            &device_key("pi-1"),
+        )
+        .unwrap();
+        // Sealed: the manifest is not in what the broker carries.
+        let payload = edgefleet_protocol::sign::own_payload(&p.docs[0].2).unwrap();
+        assert!(!String::from_utf8_lossy(&payload).contains("ConfigMap"));
         assert_eq!(doc.hub_epoch, s.epoch().unwrap());
         assert_eq!(doc.revision, 1);
     }

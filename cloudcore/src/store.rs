@@ -195,6 +195,12 @@ const MIGRATIONS: &[&str] = &[
         message TEXT NOT NULL
     );
     "#,
+    // 5: desired documents are sealed to each device's key from now on:
+    // every document is issued again (a new revision) so that what the
+    // broker keeps retained is ciphertext.
+    r#"
+    UPDATE desired SET content_hash = '', published_ms = NULL;
+    "#,
 ];
 
 pub type Labels = BTreeMap<String, String>;

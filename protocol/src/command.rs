@@ -31,6 +31,8 @@ pub enum CommandAction {
 
 impl Message for Command {
     const KIND: MessageKind = MessageKind::Command;
+    /// What to do (and to which workload); id and expiry stay readable.
+    const PRIVATE: &'static [&'static str] = &["action"];
 
     fn device_id(&self) -> &DeviceId {
         &self.device_id

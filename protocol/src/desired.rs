@@ -88,8 +88,7 @@ impl DesiredState {
                 max: MAX_WORKLOADS,
             });
         }
-        // Serialising our own types cannot fail.
-        let payload = serde_json::to_vec(self).map_or(usize::MAX / 2, |v| v.len());
+        let payload = crate::encrypt::sealed_payload_len(self);
         let bytes = crate::sign::sealed_len(MessageKind::Desired, payload);
         let max = MessageKind::Desired.max_bytes();
         if bytes > max {
@@ -108,6 +107,11 @@ impl DesiredState {
 
 impl Message for DesiredState {
     const KIND: MessageKind = MessageKind::Desired;
+    /// Manifests and model references: only the device reads them. The
+    /// device id, epoch, revision and issue time stay readable: the device
+    /// checks them before it decrypts, and the topic already names the
+    /// device.
+    const PRIVATE: &'static [&'static str] = &["workloads"];
 
     fn device_id(&self) -> &DeviceId {
         &self.device_id

@@ -94,6 +94,9 @@ pub trait Message: Serialize + DeserializeOwned {
     fn validate(&self) -> Result<(), ValidationErrors> {
         Ok(())
     }
+    /// Fields that travel encrypted to the device ([`Signer::seal_for`]);
+    /// none for device → hub messages.
+    const PRIVATE: &'static [&'static str] = &[];
 }
 
 /// Identifies a public key: the first 8 bytes of its SHA-256, in hex.
@@ -153,6 +156,10 @@ impl PublicKey {
     pub fn kid(&self) -> &KeyId {
         &self.kid
     }
+
+    pub(crate) fn verifying_key(&self) -> &VerifyingKey {
+        &self.key
+    }
 }
 
 /// A private signing key. Its `Debug` shows only the key id.
@@ -207,6 +214,10 @@ impl Signer {
 
     pub fn public(&self) -> &PublicKey {
         &self.public
+    }
+
+    pub(crate) fn signing_key(&self) -> &SigningKey {
+        &self.key
     }
 
     /// Serialises `msg` and wraps it in a signed envelope.
@@ -323,6 +334,8 @@ pub enum Rejection {
     StaleRevision { got: Version, current: Version },
     #[error("expired at {expires_at_ms}, now is {now_ms}")]
     Expired { expires_at_ms: u64, now_ms: u64 },
+    #[error("the sealed part does not open: {0}")]
+    Undecryptable(#[source] crate::encrypt::SealError),
 }
 
 impl Rejection {
@@ -342,11 +355,12 @@ impl Rejection {
             Rejection::WrongDevice { .. } => "wrong_device",
             Rejection::StaleRevision { .. } => "stale_revision",
             Rejection::Expired { .. } => "expired",
+            Rejection::Undecryptable(_) => "undecryptable",
         }
     }
 
     /// Every label `reason()` can return, for pre-registering metrics.
-    pub const REASONS: [&'static str; 9] = [
+    pub const REASONS: [&'static str; 10] = [
         "too_large",
         "malformed",
         "wrong_type",
@@ -356,6 +370,7 @@ impl Rejection {
         "wrong_device",
         "stale_revision",
         "expired",
+        "undecryptable",
     ];
 }
 
@@ -369,7 +384,41 @@ pub fn open<M: Message>(
     expect: &Expect<'_>,
 ) -> Result<M, Rejection> {
     let payload = verified_payload(bytes, M::KIND, key)?;
-    let msg: M = serde_json::from_slice(&payload).map_err(Rejection::MalformedPayload)?;
+    checked(&payload, expect)
+}
+
+/// [`open`] for a message that may travel sealed to this device
+/// ([`Signer::seal_for`]): checks the signature, then that it is for
+/// `expect.device`, then decrypts its private fields with `recipient` (this
+/// device's key), then everything [`open`] checks. A message without a
+/// sealed part opens as with [`open`] (signed by the hub all the same).
+pub fn open_for<M: Message>(
+    bytes: &[u8],
+    key: &PublicKey,
+    expect: &Expect<'_>,
+    recipient: &Signer,
+) -> Result<M, Rejection> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct For {
+        device_id: DeviceId,
+    }
+    let payload = verified_payload(bytes, M::KIND, key)?;
+    // Another device's document is "wrong device", not "undecryptable".
+    let head: For = serde_json::from_slice(&payload).map_err(Rejection::MalformedPayload)?;
+    if &head.device_id != expect.device {
+        return Err(Rejection::WrongDevice {
+            expected: expect.device.clone(),
+            got: head.device_id,
+        });
+    }
+    let payload = crate::encrypt::unseal(M::KIND, payload, expect.device, recipient, M::PRIVATE)?;
+    checked(&payload, expect)
+}
+
+/// Parses a verified (and unsealed) payload and applies every rule.
+fn checked<M: Message>(payload: &[u8], expect: &Expect<'_>) -> Result<M, Rejection> {
+    let msg: M = serde_json::from_slice(payload).map_err(Rejection::MalformedPayload)?;
     msg.validate().map_err(Rejection::Invalid)?;
     if msg.device_id() != expect.device {
         return Err(Rejection::WrongDevice {

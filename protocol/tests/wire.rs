@@ -262,6 +262,113 @@ fn golden_signed_envelope() {
     golden("envelope.json", &(String::from_utf8(env).unwrap() + "\n"));
 }
 
+/// The signed payload of a desired document and of a command sealed to the
+/// device, with a fixed random source (HPKE's ephemeral key) so that they
+/// are pinned like the rest.
+#[test]
+fn golden_sealed_payloads() {
+    use rand::SeedableRng;
+    for (name, bytes) in [
+        (
+            "desired-sealed.json",
+            hub_key().seal_for_with_rng(
+                &desired(),
+                device_key().public(),
+                &mut rand::rngs::StdRng::seed_from_u64(7),
+            ),
+        ),
+        (
+            "command-sealed.json",
+            hub_key().seal_for_with_rng(
+                &command(),
+                device_key().public(),
+                &mut rand::rngs::StdRng::seed_from_u64(8),
+            ),
+        ),
+    ] {
+        let payload = sign::own_payload(&bytes).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        golden(name, &(serde_json::to_string_pretty(&v).unwrap() + "\n"));
+    }
+}
+
+#[test]
+fn sealed_messages_hide_their_private_fields_and_open_only_on_their_device() {
+    let d = dev("pi-line3-01");
+    let exp = Expect::device(&d).at(1_764_000_300_000);
+    let hub = hub_key();
+    let me = device_key();
+    let doc = hub.seal_for(&desired(), me.public());
+    let text = String::from_utf8(sign::own_payload(&doc).unwrap()).unwrap();
+    for secret in [
+        "web-config",
+        "greeting",
+        "vibration-ae",
+        SHA,
+        "sensors/vibration",
+    ] {
+        assert!(!text.contains(secret), "{secret} readable in {text}");
+    }
+    // What stays readable: whose, which version, when.
+    for public in [
+        "\"deviceId\":\"pi-line3-01\"",
+        "\"revision\":4",
+        "\"hubEpoch\"",
+        "\"issuedAtMs\"",
+    ] {
+        assert!(text.contains(public), "{public} not in {text}");
+    }
+    let back: DesiredState = open_for(&doc, hub.public(), &exp, &me).unwrap();
+    assert_eq!(back, desired());
+    let cmd = hub.seal_for(&command(), me.public());
+    let back: Command = open_for(&cmd, hub.public(), &exp, &me).unwrap();
+    assert_eq!(back, command());
+
+    // Sealed to another key: undecryptable here.
+    let stranger = Signer::from_seed(&[11; 32]);
+    let to_other = hub.seal_for(&desired(), stranger.public());
+    assert_eq!(
+        reason(open_for::<DesiredState>(&to_other, hub.public(), &exp, &me)),
+        "undecryptable"
+    );
+    // Another device's document: wrong device, before any decryption.
+    let other_doc = DesiredState {
+        device_id: dev("pi-other"),
+        ..desired()
+    };
+    let theirs = hub.seal_for(&other_doc, stranger.public());
+    assert_eq!(
+        reason(open_for::<DesiredState>(&theirs, hub.public(), &exp, &me)),
+        "wrong_device"
+    );
+    // The signature covers the ciphertext: changing it breaks the signature.
+    let mut payload = sign::own_payload(&doc).unwrap();
+    let at = String::from_utf8_lossy(&payload).find("\"ct\":\"").unwrap() + 6;
+    payload[at] = if payload[at] == b'A' { b'B' } else { b'A' };
+    let relabelled = Signer::from_seed(&[12; 32]).seal_bytes(MessageKind::Desired, &payload);
+    assert_eq!(
+        reason(open_for::<DesiredState>(
+            &relabelled,
+            hub.public(),
+            &exp,
+            &me
+        )),
+        "unknown_key"
+    );
+    // Plain (unsealed) documents from the hub still open: hubs that do not
+    // seal yet; the signature is what makes a document authentic.
+    let plain = hub.seal(&desired());
+    assert!(open_for::<DesiredState>(&plain, hub.public(), &exp, &me).is_ok());
+    // The hub's size estimate is exact.
+    assert_eq!(
+        sign::sealed_len(
+            MessageKind::Desired,
+            encrypt::sealed_payload_len(&desired())
+        ),
+        doc.len()
+    );
+}
+
 fn presence_for_envelope() -> Presence {
     Presence {
         state: PresenceState::Offline,

@@ -18,7 +18,7 @@ use anyhow::{Context, bail};
 use edgefleet_protocol::{
     Channel, DesiredState, DeviceId, EnrollRequest, EnrollResponse, Expect, Health, Heartbeat,
     Presence, PresenceState, PublicKey, Rejection, Signer, StatusReport, SyncState, Topic, Version,
-    WorkloadStatus, open,
+    WorkloadStatus, open_for,
 };
 use rand::Rng;
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
@@ -675,7 +675,7 @@ impl DeviceTask {
     /// new, reports every workload Synced and Healthy.
     fn on_desired(&mut self, client: &AsyncClient, payload: &[u8]) {
         let expect = Expect::device(&self.ident.id).newer_than(self.current);
-        let doc: DesiredState = match open(payload, &self.hub_key, &expect) {
+        let doc: DesiredState = match open_for(payload, &self.hub_key, &expect, &self.ident.key) {
             Ok(d) => d,
             Err(Rejection::StaleRevision { .. }) => return,
             Err(e) => {

@@ -160,6 +160,20 @@ async fn retained_desired(enrolled: &EnrollResponse) -> Vec<u8> {
     .await
 }
 
+/// A desired document as the broker holds it: the hub's signature over
+/// ciphertext, with no trace of the manifest it carries.
+fn assert_ciphertext(doc: &[u8]) {
+    let payload = edgefleet_protocol::sign::own_payload(doc).expect("an envelope");
+    let text = String::from_utf8_lossy(&payload);
+    for plain in ["acl-marker", "ConfigMap", "namespace"] {
+        assert!(
+            !text.contains(plain),
+            "{plain:?} readable on the broker: {text}"
+        );
+    }
+    assert!(text.contains("\"sealed\""), "{text}");
+}
+
 fn is_failure(c: SubscribeReasonCode) -> bool {
     matches!(c, SubscribeReasonCode::Failure)
 }
@@ -171,6 +185,7 @@ async fn attack(attacker: &EnrollResponse, victim: &EnrollResponse, refuses_own_
     let v = &victim.device_id;
     let before = retained_desired(victim).await;
     assert!(!before.is_empty(), "the victim has a desired document");
+    assert_ciphertext(&before);
 
     let mut raw = Raw::connect(
         &attacker.broker.url,
@@ -333,9 +348,27 @@ async fn a_mosquitto_provisioned_by_the_hub_refuses_the_same() {
     // on the device's own status topic is not refused there.
     attack(&attacker, &victim, false).await;
 
-    // A real agent works under the provisioned ACLs.
+    // A real agent works under the provisioned ACLs, and applies what it
+    // alone can read.
     let agent = Agent::enroll_and_start(&hub, "real", &[("fleet", "acl")]).await;
     applied(&hub, &agent).await;
+
+    // The hub's own user reads everything on the broker: every retained
+    // desired document it finds is ciphertext.
+    let mut watcher =
+        Raw::connect(&broker.url(), "watcher", DYNSEC_ADMIN, ADMIN_PASSWORD, None).await;
+    assert!(!is_failure(
+        watcher
+            .subscribe(&Channel::Desired.filter_all_devices())
+            .await
+    ));
+    let docs = watcher.publishes(Duration::from_secs(2)).await;
+    assert_eq!(docs.len(), 3, "attacker, victim and real: {docs:?}");
+    for d in &docs {
+        assert!(d.retain);
+        assert_ciphertext(&d.payload);
+    }
+    watcher.vanish();
 
     // No device may be named after the hub's broker identities: it would
     // replace the admin user, or take over the hub's sessions.

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use edgefleet_protocol::sign::Expect;
-use edgefleet_protocol::{Channel, DesiredState, PublicKey, Signer, open};
+use edgefleet_protocol::{Channel, DesiredState, PublicKey, Signer, open_for};
 use edgefleet_tests::device::MqttDevice;
 use edgefleet_tests::fixtures::configmaps;
 use edgefleet_tests::hub::{Hub, HubOptions};
@@ -30,7 +30,7 @@ async fn hub_key(hub: &Hub) -> PublicKey {
 }
 
 /// Waits for the next desired document and verifies it with the hub key.
-async fn next_desired(dev: &mut MqttDevice, key: &PublicKey) -> (DesiredState, bool) {
+async fn next_desired(dev: &mut MqttDevice, key: &PublicKey, me: &Signer) -> (DesiredState, bool) {
     loop {
         let msg = dev
             .next(Duration::from_secs(15))
@@ -39,7 +39,7 @@ async fn next_desired(dev: &mut MqttDevice, key: &PublicKey) -> (DesiredState, b
         if msg.topic != dev.topic(Channel::Desired) || msg.payload.is_empty() {
             continue;
         }
-        let doc: DesiredState = open(&msg.payload, key, &Expect::device(&dev.id))
+        let doc: DesiredState = open_for(&msg.payload, key, &Expect::device(&dev.id), me)
             .unwrap_or_else(|e| panic!("desired document does not verify: {e}"));
         return (doc, msg.retain);
     }
@@ -65,28 +65,28 @@ async fn hub_and_device(
 }
 
 async fn desired_flow(external: Option<&Mosquitto>) {
-    let (mut hub, key, _device_key, enrolled) = hub_and_device(external, "pi-1").await;
+    let (mut hub, key, device_key, enrolled) = hub_and_device(external, "pi-1").await;
     assert_eq!(enrolled.device_id.as_str(), "pi-1");
     assert_eq!(enrolled.hub_public_key, key.to_base64());
     let mut dev = MqttDevice::connect(&enrolled).await;
 
     let (code, body) = hub.put_deployment("line-3", &deployment()).await;
     assert_eq!(code, 201, "{body}");
-    let (doc, _) = next_desired(&mut dev, &key).await;
+    let (doc, _) = next_desired(&mut dev, &key, &device_key).await;
     assert_eq!(doc.revision, 1);
     assert_eq!(doc.workloads.len(), 1);
     assert_eq!(doc.workloads[0].workload.name, "line-3.web");
 
     // Retained: a client connecting now gets it immediately, flagged retained.
     let mut late = MqttDevice::connect(&enrolled).await;
-    let (doc_again, retained) = next_desired(&mut late, &key).await;
+    let (doc_again, retained) = next_desired(&mut late, &key, &device_key).await;
     assert!(retained, "desired state must be published retained");
     assert_eq!(doc_again.revision, 1);
     drop(late);
     // The late client took over the session (same client id); reconnect ours.
     drop(dev);
     let mut dev = MqttDevice::connect(&enrolled).await;
-    let (doc, _) = next_desired(&mut dev, &key).await;
+    let (doc, _) = next_desired(&mut dev, &key, &device_key).await;
     assert_eq!(doc.revision, 1);
 
     // Applying the same manifest again changes nothing.
@@ -105,7 +105,7 @@ async fn desired_flow(external: Option<&Mosquitto>) {
         )
         .await;
     assert_eq!(code, 200, "{body}");
-    let (doc, _) = next_desired(&mut dev, &key).await;
+    let (doc, _) = next_desired(&mut dev, &key, &device_key).await;
     assert_eq!(
         doc.revision, 2,
         "same content must not be re-issued; relabel must be"
@@ -121,7 +121,8 @@ async fn desired_flow(external: Option<&Mosquitto>) {
             break;
         };
         if msg.topic == dev.topic(Channel::Desired) && !msg.payload.is_empty() {
-            let d: DesiredState = open(&msg.payload, &key, &Expect::device(&dev.id)).unwrap();
+            let d: DesiredState =
+                open_for(&msg.payload, &key, &Expect::device(&dev.id), &device_key).unwrap();
             assert_eq!(d.revision, 2, "a hub restart must not issue a new revision");
         }
     }
@@ -293,6 +294,6 @@ async fn event_burst_larger_than_the_hub_queues_mosquitto() {
     );
     let (code, body) = hub.put_deployment("line-3", &deployment()).await;
     assert_eq!(code, 201, "{body}");
-    let (doc, _) = next_desired(&mut dev, &key).await;
+    let (doc, _) = next_desired(&mut dev, &key, &device_key).await;
     assert_eq!(doc.revision, 1, "the hub publishes after the burst");
 }
