@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::handler::Handler as _;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -78,6 +79,15 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+        }
+    }
+
+    /// A refused JSON body: 413 when it is over the size limit, else 400.
+    pub fn json(e: &axum::extract::rejection::JsonRejection) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.body_text())
+        } else {
+            Self::bad_request(e.body_text())
         }
     }
 
@@ -297,7 +307,9 @@ async fn not_found() -> ApiError {
 }
 
 /// The whole HTTP surface.
-pub fn router(st: Shared, max_body: usize) -> Router {
+/// The REST API. Request bodies are limited to `max_body` bytes, a model
+/// upload to `max_model` (413 beyond).
+pub fn router(st: Shared, max_body: usize, max_model: usize) -> Router {
     let operator = Router::new()
         .route("/devices", get(devices::list))
         .route(
@@ -319,7 +331,10 @@ pub fn router(st: Shared, max_body: usize) -> Router {
         .route("/deployments/{name}/rollout", get(rollouts::status))
         .route("/deployments/{name}/rollout/{action}", post(rollouts::act))
         .route("/deployments/{name}/rollback", post(rollouts::rollback))
-        .route("/models", post(models::upload).get(models::list))
+        .route(
+            "/models",
+            post(models::upload.layer(DefaultBodyLimit::max(max_model))).get(models::list),
+        )
         .route_layer(middleware::from_fn_with_state(st.clone(), require_operator));
     let open = Router::new()
         .route("/enroll", post(enroll::enroll))

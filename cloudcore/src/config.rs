@@ -33,6 +33,7 @@ pub struct Config {
     pub broker: BrokerConfig,
     pub auth: AuthConfig,
     pub store: StoreConfig,
+    pub ingest: IngestConfig,
     pub backup: BackupConfig,
     /// Test-only: the size checks to leave out, so a test can show the next
     /// layer holds by itself. Never in a config file; set by the
@@ -56,8 +57,12 @@ pub struct UncheckedLimits {
 pub struct ApiConfig {
     /// REST API listen address (port 0 picks a free port).
     pub listen: SocketAddr,
-    /// Largest request body (model uploads included).
+    /// Largest request body except a model upload: deployments, labels,
+    /// enrollment (env `CLOUDCORE_API_MAX_BODY_BYTES`).
     pub max_body_bytes: usize,
+    /// Largest model upload (`POST /api/v1/models`; env
+    /// `CLOUDCORE_API_MAX_MODEL_BYTES`). It is held in memory while hashed.
+    pub max_model_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,7 +108,7 @@ pub enum Provision {
     MosquittoDynsec,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// Bytes the hub keeps free on the data directory's filesystem: below
@@ -111,6 +116,47 @@ pub struct StoreConfig {
     /// while desired state and the API keep being served. 0: 5 % of the
     /// filesystem or 256 MiB, whichever is smaller.
     pub disk_reserve_bytes: u64,
+    /// Events kept per device, newest first (env
+    /// `CLOUDCORE_STORE_EVENTS_PER_DEVICE`; 0: no limit). Enforced in the
+    /// transaction that stores them, so no device holds more, ever.
+    pub events_per_device: u64,
+    /// Events older than this (by arrival) are removed, once a minute (env
+    /// `CLOUDCORE_STORE_EVENTS_MAX_AGE`; `0`: kept until the count limit).
+    pub events_max_age: edgefleet_protocol::Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            disk_reserve_bytes: 0,
+            events_per_device: 10_000,
+            events_max_age: edgefleet_protocol::Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// What one device may make the hub verify and store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Messages per second each device may send, on average (env
+    /// `CLOUDCORE_INGEST_RATE_PER_DEVICE`; 0: no limit). Beyond it
+    /// messages are dropped unverified and counted; events and status are
+    /// not acknowledged, so the device keeps them and sends them again.
+    pub rate_per_device: u32,
+    /// Messages a device may send at once above the rate (env
+    /// `CLOUDCORE_INGEST_BURST_PER_DEVICE`): room for an outbox flush after
+    /// a long outage.
+    pub burst_per_device: u32,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            rate_per_device: 1_000,
+            burst_per_device: 20_000,
+        }
+    }
 }
 
 /// Scheduled backups (`cloudcore backup` is the same, on demand).
@@ -171,6 +217,7 @@ impl Default for Config {
             broker: BrokerConfig::default(),
             auth: AuthConfig::default(),
             store: StoreConfig::default(),
+            ingest: IngestConfig::default(),
             backup: BackupConfig::default(),
             unchecked_limits: UncheckedLimits::default(),
         }
@@ -181,7 +228,10 @@ impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            max_body_bytes: 256 * 1024 * 1024,
+            // A deployment may carry up to a desired document's worth of
+            // manifests (1 MiB) as YAML: room for that, not for more.
+            max_body_bytes: 4 * 1024 * 1024,
+            max_model_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -306,6 +356,36 @@ impl Config {
             self.store.disk_reserve_bytes =
                 env_parse_as("CLOUDCORE_STORE_DISK_RESERVE_BYTES", &v, expected)?;
         }
+        if let Some(v) = env("CLOUDCORE_STORE_EVENTS_PER_DEVICE") {
+            let expected = "expected a number of events (0: no limit)";
+            self.store.events_per_device =
+                env_parse_as("CLOUDCORE_STORE_EVENTS_PER_DEVICE", &v, expected)?;
+        }
+        if let Some(v) = env("CLOUDCORE_STORE_EVENTS_MAX_AGE") {
+            self.store.events_max_age =
+                v.parse()
+                    .map_err(|e: edgefleet_protocol::duration::DurationError| {
+                        env_error("CLOUDCORE_STORE_EVENTS_MAX_AGE", &v, e.to_string())
+                    })?;
+        }
+        if let Some(v) = env("CLOUDCORE_INGEST_RATE_PER_DEVICE") {
+            let expected = "expected messages per second (0: no limit)";
+            self.ingest.rate_per_device =
+                env_parse_as("CLOUDCORE_INGEST_RATE_PER_DEVICE", &v, expected)?;
+        }
+        if let Some(v) = env("CLOUDCORE_INGEST_BURST_PER_DEVICE") {
+            let expected = "expected a number of messages";
+            self.ingest.burst_per_device =
+                env_parse_as("CLOUDCORE_INGEST_BURST_PER_DEVICE", &v, expected)?;
+        }
+        if let Some(v) = env("CLOUDCORE_API_MAX_BODY_BYTES") {
+            let expected = "expected a number of bytes";
+            self.api.max_body_bytes = env_parse_as("CLOUDCORE_API_MAX_BODY_BYTES", &v, expected)?;
+        }
+        if let Some(v) = env("CLOUDCORE_API_MAX_MODEL_BYTES") {
+            let expected = "expected a number of bytes";
+            self.api.max_model_bytes = env_parse_as("CLOUDCORE_API_MAX_MODEL_BYTES", &v, expected)?;
+        }
         if let Some(v) = env("CLOUDCORE_BACKUP_INTERVAL") {
             self.backup.interval =
                 v.parse()
@@ -360,6 +440,11 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "backup.keep must be at least 1 (or backup.interval 0: no scheduled backups)"
                     .into(),
+            ));
+        }
+        if self.ingest.rate_per_device > 0 && self.ingest.burst_per_device == 0 {
+            return Err(ConfigError::Invalid(
+                "ingest.burst_per_device must be at least 1 with a rate limit".into(),
             ));
         }
         if self.broker.max_connections == 0 {

@@ -8,7 +8,7 @@
 //! a device delete an outbox row. The broker's own message is acknowledged
 //! (PUBACK) after the commit too, as flow control.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,6 +22,7 @@ use rumqttc::{AsyncClient, Publish, QoS};
 use rusqlite::Connection;
 use tokio::sync::mpsc;
 
+use crate::config::IngestConfig;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::{Ingested, Store, StoreError};
@@ -140,16 +141,120 @@ pub fn ack_messages(acks: Acks, signer: &Signer, now_ms: u64) -> Vec<(String, Ve
     out
 }
 
+/// What one device may make the hub verify and keep: a message rate (a
+/// token bucket per device) and a number of stored events.
+#[derive(Debug, Default)]
+pub struct Limits {
+    /// Messages per second; 0: no limit.
+    rate: f64,
+    burst: f64,
+    /// Events kept per device; 0: no limit.
+    events_per_device: u64,
+    /// Only enrolled devices get a bucket (see [`Limits::admit`]).
+    buckets: std::sync::Mutex<HashMap<DeviceId, Bucket>>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Limits {
+    pub fn new(ingest: &IngestConfig, events_per_device: u64) -> Self {
+        Self {
+            rate: f64::from(ingest.rate_per_device),
+            burst: f64::from(ingest.burst_per_device),
+            events_per_device,
+            buckets: Default::default(),
+        }
+    }
+
+    /// Takes one message's worth from `device`'s bucket; false when it is
+    /// empty. Presence is never limited: an `offline` will dropped would
+    /// leave the device shown online.
+    fn admit(&self, device: &DeviceId, channel: Channel, now: Instant) -> bool {
+        if self.rate <= 0.0 || channel == Channel::Presence {
+            return true;
+        }
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let b = buckets.entry(device.clone()).or_insert(Bucket {
+            tokens: self.burst,
+            at: now,
+        });
+        let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * self.rate).min(self.burst);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Retention by age: once a minute, removes the events that arrived longer
+/// than `max_age` ago (a thousand at a time, so ingest is not held up).
+pub async fn prune_by_age(
+    store: Store,
+    max_age: edgefleet_protocol::Duration,
+    metrics: Arc<Metrics>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    const CHUNK: u64 = 1_000;
+    if max_age.is_zero() {
+        return;
+    }
+    loop {
+        let cutoff = edgefleet_protocol::now_ms().saturating_sub(max_age.as_secs() * 1000);
+        loop {
+            match store
+                .run(move |s| s.prune_events_before(cutoff, CHUNK))
+                .await
+            {
+                Ok(n) => {
+                    if n > 0 {
+                        metrics.events_pruned("age", n);
+                    }
+                    if n < CHUNK {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot remove old events; trying again in a minute");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+        }
+    }
+}
+
 /// Verifies and commits one batch; returns what to acknowledge to devices.
 /// Other outcomes go to metrics and logs.
 fn process(
     store: &Store,
     registry: &Registry,
     metrics: &Metrics,
+    limits: &Limits,
     batch: &[Publish],
 ) -> Result<Acks, StoreError> {
     let mut verified = Vec::with_capacity(batch.len());
+    let now = Instant::now();
     for p in batch {
+        // Over its rate, a device's message is dropped before the cost of
+        // verifying it (unacknowledged: the device sends it again later).
+        if let Ok(t) = Topic::parse(&p.topic)
+            && registry.get(&t.device).is_some()
+            && !limits.admit(&t.device, t.channel, now)
+        {
+            metrics.throttled(t.channel.as_str());
+            continue;
+        }
         let (channel, r) = verify(registry, p);
         metrics.received(&channel);
         match r {
@@ -161,12 +266,32 @@ fn process(
             }
         }
     }
-    let outcomes = store.transaction(|tx| {
-        verified
+    let (outcomes, pruned) = store.transaction(|tx| {
+        let outcomes = verified
             .iter()
             .map(|(_, m)| store_one(tx, m))
-            .collect::<Result<Vec<_>, _>>()
+            .collect::<Result<Vec<_>, _>>()?;
+        // Retention by count, in the same transaction: no device ever holds
+        // more than its limit, whatever it sends.
+        let mut pruned = 0;
+        if limits.events_per_device > 0 {
+            let devices: std::collections::BTreeSet<&DeviceId> = verified
+                .iter()
+                .zip(&outcomes)
+                .filter_map(|((_, m), o)| match (m, o) {
+                    (Verified::Event(e), Ingested::Stored) => Some(&e.device_id),
+                    _ => None,
+                })
+                .collect();
+            for d in devices {
+                pruned += Store::trim_events(tx, d, limits.events_per_device)?;
+            }
+        }
+        Ok::<_, StoreError>((outcomes, pruned))
     })?;
+    if pruned > 0 {
+        metrics.events_pruned("count", pruned);
+    }
     let mut acks = Acks::new();
     for ((channel, m), outcome) in verified.iter().zip(outcomes) {
         match (m, outcome) {
@@ -221,7 +346,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     signer: Arc<Signer>,
     client: AsyncClient,
-    disk: Disk,
+    (disk, limits): (Disk, Arc<Limits>),
     mut rx: mpsc::UnboundedReceiver<Publish>,
 ) {
     let mut backlog_warned = false;
@@ -270,9 +395,14 @@ pub async fn run(
             disk_full_warned = false;
         }
         let started = Instant::now();
-        let (s, r, m) = (store.clone(), registry.clone(), metrics.clone());
+        let (s, r, m, limits) = (
+            store.clone(),
+            registry.clone(),
+            metrics.clone(),
+            limits.clone(),
+        );
         let result = tokio::task::spawn_blocking(move || {
-            let res = process(&s, &r, &m, &batch);
+            let res = process(&s, &r, &m, &limits, &batch);
             (res, batch)
         })
         .await;
@@ -383,6 +513,96 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_device_over_its_rate_is_dropped_unacknowledged_and_counted() {
+        let (s, reg, m, a, b) = hub();
+        let limits = Limits::new(
+            &IngestConfig {
+                rate_per_device: 1,
+                burst_per_device: 3,
+            },
+            0,
+        );
+        let mut batch: Vec<Publish> = (1..=5)
+            .map(|i| {
+                publish(
+                    "pi-1",
+                    Channel::Events,
+                    a.seal(&event("pi-1", &format!("e-{i}"))),
+                )
+            })
+            .collect();
+        batch.push(publish(
+            "pi-2",
+            Channel::Events,
+            b.seal(&event("pi-2", "x")),
+        ));
+        let acks = process(&s, &reg, &m, &limits, &batch).unwrap();
+        // Three of pi-1's (its burst), none beyond; pi-2 is not held back.
+        assert_eq!(acks[&id("pi-1")].events, ["e-1", "e-2", "e-3"]);
+        assert_eq!(acks[&id("pi-2")].events, ["x"]);
+        assert_eq!(
+            metric(
+                &m,
+                "edgefleet_hub_ingest_throttled_total{channel=\"events\"}"
+            ),
+            2.0
+        );
+        assert_eq!(s.events("pi-1", 0, 100).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn retention_keeps_each_devices_newest_events_in_the_same_transaction() {
+        let (s, reg, m, a, b) = hub();
+        let limits = Limits::new(
+            &IngestConfig {
+                rate_per_device: 0,
+                burst_per_device: 0,
+            },
+            3,
+        );
+        for round in 0..2 {
+            let batch: Vec<Publish> = (1..=4)
+                .map(|i| {
+                    let e = format!("e-{round}-{i}");
+                    publish("pi-1", Channel::Events, a.seal(&event("pi-1", &e)))
+                })
+                .chain([publish(
+                    "pi-2",
+                    Channel::Events,
+                    b.seal(&event("pi-2", &format!("x-{round}"))),
+                )])
+                .collect();
+            let acks = process(&s, &reg, &m, &limits, &batch).unwrap();
+            // Everything stored is acknowledged, pruned or not.
+            assert_eq!(acks[&id("pi-1")].events.len(), 4);
+        }
+        let kept: Vec<String> = s
+            .events("pi-1", 0, 100)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(kept, ["e-1-2", "e-1-3", "e-1-4"]);
+        // The other device's events are its own count.
+        assert_eq!(s.events("pi-2", 0, 100).unwrap().len(), 2);
+        assert_eq!(
+            metric(&m, "edgefleet_hub_events_pruned_total{reason=\"count\"}"),
+            5.0
+        );
+        // By age: everything arrived before "now + 1 s".
+        assert_eq!(
+            s.prune_events_before(edgefleet_protocol::now_ms() + 1000, 2)
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            s.prune_events_before(edgefleet_protocol::now_ms() + 1000, 10)
+                .unwrap(),
+            3
+        );
+    }
+
     fn rejected(m: &Metrics, channel: &str, reason: &str) -> f64 {
         metric(
             m,
@@ -400,10 +620,10 @@ mod tests {
             publish("pi-1", Channel::Events, e.clone()),
             publish("pi-1", Channel::Events, e.clone()),
         ];
-        let acks = process(&s, &reg, &m, &batch).unwrap();
+        let acks = process(&s, &reg, &m, &Limits::default(), &batch).unwrap();
         assert_eq!(acks[&id("pi-1")].events, ["e-1", "e-1"]);
         // Redelivered in a later batch (the device never saw the Ack).
-        let acks = process(&s, &reg, &m, &batch[..1]).unwrap();
+        let acks = process(&s, &reg, &m, &Limits::default(), &batch[..1]).unwrap();
         assert_eq!(acks[&id("pi-1")].events, ["e-1"]);
         assert_eq!(s.events("pi-1", 0, 10).unwrap().len(), 1, "stored once");
         assert_eq!(m.events_stored.get(), 1);
@@ -419,7 +639,7 @@ mod tests {
             Channel::Events,
             forger.seal(&event("pi-1", "e-1")),
         )];
-        let acks = process(&s, &reg, &m, &batch).unwrap();
+        let acks = process(&s, &reg, &m, &Limits::default(), &batch).unwrap();
         assert!(acks.is_empty(), "nothing acknowledged");
         assert!(s.events("pi-1", 0, 10).unwrap().is_empty());
         let reasons = m.render();
@@ -436,7 +656,14 @@ mod tests {
         let on_other_topic = publish("pi-2", Channel::Events, a.seal(&event("pi-2", "x")));
         // pi-2's own key, on its own topic, but naming pi-1 inside.
         let naming_other = publish("pi-2", Channel::Events, b.seal(&event("pi-1", "y")));
-        let acks = process(&s, &reg, &m, &[on_other_topic, naming_other]).unwrap();
+        let acks = process(
+            &s,
+            &reg,
+            &m,
+            &Limits::default(),
+            &[on_other_topic, naming_other],
+        )
+        .unwrap();
         assert!(acks.is_empty());
         for dev in ["pi-1", "pi-2"] {
             assert!(s.events(dev, 0, 10).unwrap().is_empty(), "{dev}");
@@ -452,7 +679,11 @@ mod tests {
             Publish::new("not/an/edgefleet/topic", QoS::AtLeastOnce, b"x".to_vec()),
             publish("pi-1", Channel::Desired, a.seal(&event("pi-1", "e"))),
         ];
-        assert!(process(&s, &reg, &m, &batch).unwrap().is_empty());
+        assert!(
+            process(&s, &reg, &m, &Limits::default(), &batch)
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(rejected(&m, "events", "unknown_device"), 1.0);
         assert_eq!(rejected(&m, "unknown", "bad_topic"), 1.0);
         assert_eq!(rejected(&m, "desired", "wrong_direction"), 1.0);
@@ -472,7 +703,7 @@ mod tests {
             Channel::Status,
             a.seal(&status("pi-1", now - 1000, Health::Degraded)),
         );
-        let acks = process(&s, &reg, &m, &[newer, older]).unwrap();
+        let acks = process(&s, &reg, &m, &Limits::default(), &[newer, older]).unwrap();
         assert_eq!(acks[&id("pi-1")].status_reported_at_ms, Some(now));
         let w = s.workload_status(Some("pi-1")).unwrap();
         assert_eq!(w[0].health, Health::Healthy, "the older report lost");
@@ -494,13 +725,34 @@ mod tests {
                 }),
             )
         };
-        process(&s, &reg, &m, &[presence(PresenceState::Online, 2)]).unwrap();
+        process(
+            &s,
+            &reg,
+            &m,
+            &Limits::default(),
+            &[presence(PresenceState::Online, 2)],
+        )
+        .unwrap();
         // The will of the replaced session 1 arrives late.
-        process(&s, &reg, &m, &[presence(PresenceState::Offline, 1)]).unwrap();
+        process(
+            &s,
+            &reg,
+            &m,
+            &Limits::default(),
+            &[presence(PresenceState::Offline, 1)],
+        )
+        .unwrap();
         let dev = s.get_device("pi-1").unwrap().unwrap();
         assert_eq!(dev.presence, crate::store::Presence::Online);
         assert!(dev.last_seen_ms.is_some());
-        process(&s, &reg, &m, &[presence(PresenceState::Offline, 2)]).unwrap();
+        process(
+            &s,
+            &reg,
+            &m,
+            &Limits::default(),
+            &[presence(PresenceState::Offline, 2)],
+        )
+        .unwrap();
         let dev = s.get_device("pi-1").unwrap().unwrap();
         assert_eq!(dev.presence, crate::store::Presence::Offline);
         assert_eq!(s.count_devices().unwrap(), (2, 0));
@@ -532,14 +784,14 @@ mod tests {
                 }),
             )
         };
-        process(&s, &reg, &m, &[heartbeat(true)]).unwrap();
+        process(&s, &reg, &m, &Limits::default(), &[heartbeat(true)]).unwrap();
         let dev = s.get_device("pi-1").unwrap().unwrap();
         assert_eq!(
             dev.conditions[0].kind,
             crate::store::ConditionType::DiskPressure
         );
         assert_eq!(dev.heartbeat_summary().unwrap().disk_used_bytes, 99);
-        process(&s, &reg, &m, &[heartbeat(false)]).unwrap();
+        process(&s, &reg, &m, &Limits::default(), &[heartbeat(false)]).unwrap();
         assert!(s.get_device("pi-1").unwrap().unwrap().conditions.is_empty());
     }
 

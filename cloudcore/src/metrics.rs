@@ -28,6 +28,13 @@ edgefleet_daemon::declare_metrics! {
         /// Device messages received, by channel
         #[name = "messages_received"]
         pub received: Family<Labels, Counter>,
+        /// Device messages dropped unverified because the device was over
+        /// its ingest rate, by channel
+        #[name = "ingest_throttled"]
+        pub throttled: Family<Labels, Counter>,
+        /// Stored events removed by retention, by reason (count, age)
+        #[name = "events_pruned"]
+        pub pruned: Family<Labels, Counter>,
         /// Device messages rejected, by channel and reason
         #[name = "messages_rejected"]
         pub rejected: Family<Labels, Counter>,
@@ -104,6 +111,18 @@ impl Metrics {
                 ("reason", reason.to_owned()),
             ])
             .inc();
+    }
+
+    pub fn throttled(&self, channel: &str) {
+        self.throttled
+            .get_or_create(&vec![("channel", channel.to_owned())])
+            .inc();
+    }
+
+    pub fn events_pruned(&self, reason: &str, n: u64) {
+        self.pruned
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc_by(n);
     }
 
     pub fn received(&self, channel: &str) {

@@ -267,12 +267,24 @@ pub async fn serve_with(
         metrics.clone(),
         signer.clone(),
         session.client.clone(),
-        ingest::Disk {
-            dir: data.clone(),
-            reserve,
-        },
+        (
+            ingest::Disk {
+                dir: data.clone(),
+                reserve,
+            },
+            Arc::new(ingest::Limits::new(
+                &cfg.ingest,
+                cfg.store.events_per_device,
+            )),
+        ),
         ingest_rx,
     );
+    sup.spawn(crate::ingest::prune_by_age(
+        store.clone(),
+        cfg.store.events_max_age,
+        metrics.clone(),
+        tasks.clone(),
+    ));
     sup.critical("ingest", async move {
         ingest.await;
         Ok(())
@@ -341,7 +353,7 @@ pub async fn serve_with(
         addr: cfg.api.listen,
         source,
     })?;
-    let app = api::router(state, cfg.api.max_body_bytes);
+    let app = api::router(state, cfg.api.max_body_bytes, cfg.api.max_model_bytes);
     let stop = tasks.clone();
     sup.critical("REST API server", async move {
         axum::serve(listener, app)

@@ -201,6 +201,12 @@ const MIGRATIONS: &[&str] = &[
     r#"
     UPDATE desired SET content_hash = '', published_ms = NULL;
     "#,
+    // 6: event retention (store/reports.rs): each device's newest events,
+    // and arrival time for the age limit.
+    r#"
+    CREATE INDEX IF NOT EXISTS events_device_seq ON events(device_id, seq);
+    CREATE INDEX IF NOT EXISTS events_received ON events(received_ms);
+    "#,
 ];
 
 pub type Labels = BTreeMap<String, String>;

@@ -59,7 +59,7 @@ pub async fn patch(
     Path(id): Path<String>,
     body: Result<Json<DevicePatch>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<DeviceRecord>> {
-    let Json(p) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Json(p) = body.map_err(|e| ApiError::json(&e))?;
     for (k, v) in &p.labels {
         check_label_key(k).map_err(|e| ApiError::bad_request(format!("labels: {e}")))?;
         if let Some(v) = v {

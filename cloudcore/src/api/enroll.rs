@@ -32,7 +32,7 @@ pub async fn enroll(
     };
     let Json(req) = body.map_err(|e| {
         result("invalid");
-        ApiError::bad_request(e.body_text())
+        ApiError::json(&e)
     })?;
     if !token_ok(&req.token, &st.bootstrap_token) {
         result("bad_token");

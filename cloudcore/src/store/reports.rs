@@ -129,6 +129,32 @@ impl Store {
         })
     }
 
+    /// Removes `device`'s events beyond its newest `keep`; returns how many.
+    pub fn trim_events(tx: &Connection, device: &DeviceId, keep: u64) -> Result<u64, StoreError> {
+        let n = tx
+            .prepare_cached(
+                "DELETE FROM events WHERE device_id = ?1 AND seq <= (
+                   SELECT seq FROM events WHERE device_id = ?1
+                   ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
+            )?
+            .execute(params![device.as_str(), sql_i64(keep)])?;
+        Ok(n as u64)
+    }
+
+    /// Removes events that arrived before `cutoff_ms`, at most `limit` at a
+    /// time (the caller repeats while it gets `limit`): one long delete
+    /// would hold the store's lock against ingest. Returns how many.
+    pub fn prune_events_before(&self, cutoff_ms: u64, limit: u64) -> Result<u64, StoreError> {
+        let conn = self.lock();
+        let n = conn
+            .prepare_cached(
+                "DELETE FROM events WHERE seq IN (
+                   SELECT seq FROM events WHERE received_ms < ?1 LIMIT ?2)",
+            )?
+            .execute(params![sql_i64(cutoff_ms), sql_i64(limit)])?;
+        Ok(n as u64)
+    }
+
     /// Presence: `online` always wins; `offline` only for the current session.
     pub fn ingest_presence(
         tx: &Connection,
