@@ -15,6 +15,9 @@
 # Environment:
 #   EDGEFLEET_HUB                     hub REST URL (enroll when set with the token)
 #   EDGEFLEET_TOKEN                   bootstrap token from the hub
+#   EDGEFLEET_HUB_CA_FILE             CA bundle (PEM) the hub's HTTPS certificate chains
+#                                     to; copied to /etc/edgefleet/hub-ca.pem and kept
+#                                     as hub.ca_file (default: the system's roots)
 #   EDGEFLEET_LABELS                  device labels, comma separated: site=lab,line=3
 #   EDGEFLEET_DEVICE_ID               requested device id (default: chosen by the hub)
 #   INSTALL_EDGEFLEET_VERSION         release to download (default: latest)
@@ -271,6 +274,17 @@ enroll() {
         return
     fi
     set -- enroll --hub "$EDGEFLEET_HUB" --config "$CONFIG_DIR/agent.toml" --state-dir "$STATE_DIR"
+    if [ -n "${EDGEFLEET_HUB_CA_FILE:-}" ]; then
+        [ -r "$EDGEFLEET_HUB_CA_FILE" ] || fatal "EDGEFLEET_HUB_CA_FILE $EDGEFLEET_HUB_CA_FILE: cannot read it"
+        grep -q -- '-----BEGIN CERTIFICATE-----' "$EDGEFLEET_HUB_CA_FILE" ||
+            fatal "EDGEFLEET_HUB_CA_FILE $EDGEFLEET_HUB_CA_FILE: no PEM CERTIFICATE in it"
+        $SUDO mkdir -p "$CONFIG_DIR"
+        $SUDO cp "$EDGEFLEET_HUB_CA_FILE" "$CONFIG_DIR/hub-ca.pem"
+        $SUDO chmod 0644 "$CONFIG_DIR/hub-ca.pem"
+        # The agent verifies the hub's certificate against it, from
+        # enrollment on (hub.ca_file in agent.toml).
+        set -- "$@" --hub-ca-file "$CONFIG_DIR/hub-ca.pem"
+    fi
     if [ -n "${EDGEFLEET_DEVICE_ID:-}" ]; then
         set -- "$@" --device-id "$EDGEFLEET_DEVICE_ID"
     fi

@@ -82,6 +82,10 @@ pub struct HubConfig {
     pub url: String,
     /// Timeout of each REST request to the hub.
     pub request_timeout_ms: u64,
+    /// CA bundle (PEM) the hub's HTTPS certificate must chain to (env
+    /// `EDGEFLEET_HUB_CA_FILE`; `edge-agent enroll --hub-ca-file`). Empty:
+    /// the system's roots.
+    pub ca_file: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -219,6 +223,7 @@ impl Default for HubConfig {
         Self {
             url: String::new(),
             request_timeout_ms: 10_000,
+            ca_file: PathBuf::new(),
         }
     }
 }
@@ -344,6 +349,9 @@ impl Config {
         if let Some(v) = env("EDGEFLEET_BROKER_URL") {
             self.broker.url = v;
         }
+        if let Some(v) = env("EDGEFLEET_HUB_CA_FILE") {
+            self.hub.ca_file = PathBuf::from(v);
+        }
         if let Some(v) = env("EDGEFLEET_BROKER_CA_FILE") {
             self.broker.ca_file = PathBuf::from(v);
         }
@@ -423,6 +431,12 @@ impl Config {
         }
         if self.state_dir.as_os_str().is_empty() {
             errs.push("state_dir: must not be empty".to_owned());
+        }
+        if !self.hub.ca_file.as_os_str().is_empty()
+            && let Err(e) =
+                edgefleet_daemon::mqtt::read_pem("hub.ca_file", &self.hub.ca_file, "CERTIFICATE")
+        {
+            errs.push(e.to_string());
         }
         if !self.broker.url.is_empty()
             && let Err(e) = BrokerUrl::parse(&self.broker.url)

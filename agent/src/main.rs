@@ -38,6 +38,10 @@ enum Command {
         /// Hub REST URL, e.g. https://hub.example:8080.
         #[arg(long)]
         hub: String,
+        /// CA bundle (PEM) the hub's HTTPS certificate chains to, kept in
+        /// the config as hub.ca_file (default: the system's roots).
+        #[arg(long, env = "EDGEFLEET_HUB_CA_FILE")]
+        hub_ca_file: Option<PathBuf>,
         /// Bootstrap token from the hub (URL-safe base64: may start with `-`).
         #[arg(
             long,
@@ -173,12 +177,21 @@ fn main() {
         Command::Enroll {
             common,
             hub,
+            hub_ca_file,
             token,
             labels,
             device_id,
         } => {
             init_logging("warn");
-            cmd_enroll(&common, hub, token, labels, device_id).unwrap_or_else(|c| c)
+            let args = enroll::EnrollArgs {
+                hub,
+                hub_ca_file,
+                token,
+                labels,
+                device_id,
+                config_path: common.config.clone(),
+            };
+            cmd_enroll(&common, args).unwrap_or_else(|c| c)
         }
         Command::Run {
             common,
@@ -208,21 +221,8 @@ fn main() {
     std::process::exit(code);
 }
 
-fn cmd_enroll(
-    common: &Common,
-    hub: String,
-    token: String,
-    labels: Vec<String>,
-    device_id: Option<DeviceId>,
-) -> Result<i32, i32> {
+fn cmd_enroll(common: &Common, args: enroll::EnrollArgs) -> Result<i32, i32> {
     let cfg = load(common, false, Overrides::default())?;
-    let args = enroll::EnrollArgs {
-        hub,
-        token,
-        labels,
-        device_id,
-        config_path: common.config.clone(),
-    };
     let rt = runtime(1)?;
     match rt.block_on(enroll::enroll(cfg, args)) {
         Ok(enroll::Enrolled {

@@ -41,6 +41,8 @@ pub enum ClientError {
     },
     #[error("cannot build the HTTP client")]
     Build(#[source] reqwest::Error),
+    #[error("certificate authority {path}: {reason}")]
+    Ca { path: String, reason: String },
 }
 
 impl ClientError {
@@ -81,11 +83,33 @@ impl Client {
     /// `server` is the hub's base URL (`http://127.0.0.1:8080`); `token` the
     /// operator token (`None`: unauthenticated requests).
     pub fn new(server: &str, token: Option<String>) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
+        Self::trusting(server, token, None)
+    }
+
+    /// Like [`Client::new`]; with `ca_file`, an `https://` hub's certificate
+    /// must chain to one of the CAs in it (PEM), and only those.
+    pub fn trusting(
+        server: &str,
+        token: Option<String>,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, ClientError> {
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(300))
-            .build()
-            .map_err(ClientError::Build)?;
+            .timeout(Duration::from_secs(300));
+        if let Some(path) = ca_file {
+            let ca = |reason: String| ClientError::Ca {
+                path: path.display().to_string(),
+                reason,
+            };
+            let pem = std::fs::read(path).map_err(|e| ca(e.to_string()))?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(ca("no PEM CERTIFICATE in it".into()));
+            }
+            builder = builder.tls_certs_only(certs);
+        }
+        let http = builder.build().map_err(ClientError::Build)?;
         Ok(Self::with_http(http, server, token))
     }
 

@@ -63,6 +63,11 @@ pub struct ApiConfig {
     /// Largest model upload (`POST /api/v1/models`; env
     /// `CLOUDCORE_API_MAX_MODEL_BYTES`). It is held in memory while hashed.
     pub max_model_bytes: usize,
+    /// HTTPS: the certificate chain and its key (PEM files; env
+    /// `CLOUDCORE_API_TLS_CERT`, `CLOUDCORE_API_TLS_KEY`). Both or neither;
+    /// neither: plain HTTP (put it behind a TLS proxy, or on loopback).
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,7 +134,9 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             disk_reserve_bytes: 0,
-            events_per_device: 10_000,
+            // What one full agent outbox holds (outbox.max_messages): a
+            // device's longest outage arrives whole.
+            events_per_device: 100_000,
             events_max_age: edgefleet_protocol::Duration::from_secs(30 * 24 * 3600),
         }
     }
@@ -145,8 +152,8 @@ pub struct IngestConfig {
     /// not acknowledged, so the device keeps them and sends them again.
     pub rate_per_device: u32,
     /// Messages a device may send at once above the rate (env
-    /// `CLOUDCORE_INGEST_BURST_PER_DEVICE`): room for an outbox flush after
-    /// a long outage.
+    /// `CLOUDCORE_INGEST_BURST_PER_DEVICE`): room for a full outbox flush
+    /// after a long outage, and its resend after a hub restart.
     pub burst_per_device: u32,
 }
 
@@ -154,7 +161,7 @@ impl Default for IngestConfig {
     fn default() -> Self {
         Self {
             rate_per_device: 1_000,
-            burst_per_device: 20_000,
+            burst_per_device: 200_000,
         }
     }
 }
@@ -232,6 +239,8 @@ impl Default for ApiConfig {
             // manifests (1 MiB) as YAML: room for that, not for more.
             max_body_bytes: 4 * 1024 * 1024,
             max_model_bytes: 256 * 1024 * 1024,
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
         }
     }
 }
@@ -338,6 +347,12 @@ impl Config {
         }
         if let Some(v) = env("CLOUDCORE_BROKER_TLS_LISTEN") {
             self.broker.tls_listen = Some(addr("CLOUDCORE_BROKER_TLS_LISTEN", v)?);
+        }
+        if let Some(v) = env("CLOUDCORE_API_TLS_CERT") {
+            self.api.tls_cert = v.into();
+        }
+        if let Some(v) = env("CLOUDCORE_API_TLS_KEY") {
+            self.api.tls_key = v.into();
         }
         if let Some(v) = env("CLOUDCORE_BROKER_TLS_CERT") {
             self.broker.tls_cert = v.into();
@@ -461,6 +476,21 @@ impl Config {
                     .into(),
             ));
         }
+        match (
+            self.api.tls_cert.as_os_str().is_empty(),
+            self.api.tls_key.as_os_str().is_empty(),
+        ) {
+            (true, true) => {}
+            (false, false) => {
+                read_pem("api.tls_cert", &self.api.tls_cert, "CERTIFICATE")?;
+                read_pem("api.tls_key", &self.api.tls_key, "PRIVATE KEY")?;
+            }
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "api.tls_cert and api.tls_key go together (HTTPS needs both)".into(),
+                ));
+            }
+        }
         if self.broker.tls_listen.is_some() {
             if !self.embedded_broker() {
                 return Err(ConfigError::Invalid(
@@ -476,6 +506,11 @@ impl Config {
     }
 
     /// Whether the hub runs its own broker.
+    /// Whether the REST API speaks HTTPS.
+    pub fn api_tls(&self) -> bool {
+        !self.api.tls_cert.as_os_str().is_empty()
+    }
+
     pub fn embedded_broker(&self) -> bool {
         self.broker.url.is_empty()
     }

@@ -26,5 +26,6 @@ pub mod serve;
 pub mod store;
 #[cfg(test)]
 mod testing;
+pub mod tls;
 
 pub use edgefleet_daemon::{error_chain, exit};

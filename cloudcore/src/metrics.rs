@@ -52,6 +52,8 @@ edgefleet_daemon::declare_metrics! {
         /// Device credentials the hub could not create in or delete from an
         /// external broker (`broker.provision`)
         pub broker_provision_failures: Counter,
+        /// REST API connections whose TLS handshake failed or timed out
+        pub api_tls_failures: Counter,
         /// REST API request latency, by method, route and status
         #[name = "api_request_duration"]
         #[unit = Seconds]

@@ -39,6 +39,8 @@ pub enum ServeError {
     Keys(#[from] SecretError),
     #[error("embedded broker")]
     Broker(#[from] broker::BrokerError),
+    #[error("REST API TLS")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot listen on {addr}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -67,6 +69,7 @@ impl ServeError {
     pub fn exit_code(&self) -> i32 {
         match self {
             ServeError::Config(_)
+            | ServeError::Tls(_)
             | ServeError::Lock(edgefleet_daemon::lock::LockError::Held { .. }) => exit::CONFIG,
             ServeError::Lock(_) => exit::STORE,
             ServeError::Store(_) | ServeError::Damaged { .. } | ServeError::Keys(_) => exit::STORE,
@@ -325,6 +328,7 @@ pub async fn serve_with(
             Ok(())
         });
     }
+    let api_metrics = metrics.clone();
     let state = Arc::new(AppState {
         store,
         metrics,
@@ -355,14 +359,33 @@ pub async fn serve_with(
     })?;
     let app = api::router(state, cfg.api.max_body_bytes, cfg.api.max_model_bytes);
     let stop = tasks.clone();
+    let tls = if cfg.api_tls() {
+        Some(crate::tls::server_config(
+            &cfg.api.tls_cert,
+            &cfg.api.tls_key,
+        )?)
+    } else {
+        None
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     sup.critical("REST API server", async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "REST API server failed");
-                TaskError::from(e)
-            })
+        let served = match tls {
+            Some(config) => {
+                let listener = crate::tls::TlsListener::new(listener, config, api_metrics);
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            }
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            }
+        };
+        served.map_err(|e| {
+            tracing::error!(error = %e, "REST API server failed");
+            TaskError::from(e)
+        })
     });
     match started {
         Some(tx) => {
@@ -372,7 +395,7 @@ pub async fn serve_with(
             });
         }
         None => {
-            println!("cloudcore: REST API on http://{addr}");
+            println!("cloudcore: REST API on {scheme}://{addr}");
             println!(
                 "cloudcore: data in {} (operator token: {}, bootstrap token: {})",
                 data.display(),

@@ -166,6 +166,12 @@ pub enum PemError {
         path: std::path::PathBuf,
         label: &'static str,
     },
+    #[error("{what} {path}: {reason}")]
+    Unusable {
+        what: &'static str,
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 /// Reads a PEM file that must hold at least one `label` block (e.g.

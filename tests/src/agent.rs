@@ -91,6 +91,9 @@ impl Agent {
         if let Some(id) = &opts.device_id {
             cmd.arg("--device-id").arg(id);
         }
+        if let Some(ca) = hub.api_ca() {
+            cmd.arg("--hub-ca-file").arg(ca);
+        }
         let out = cmd.output().await.expect("run edge-agent enroll");
         assert!(
             out.status.success(),

@@ -24,6 +24,17 @@ pub struct HubOptions {
     /// The (REST API, broker) ports of another hub, e.g. one restored in
     /// its place on the same address; `None`: free ones.
     pub ports: Option<(u16, u16)>,
+    /// HTTPS on the REST API with this certificate and key; the test's
+    /// clients (and agents it enrolls) trust `ca`.
+    pub api_tls: Option<ApiTls>,
+}
+
+/// The REST API's certificate, key, and the CA clients trust for it.
+#[derive(Debug, Clone)]
+pub struct ApiTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
 }
 
 /// A running hub.
@@ -61,7 +72,7 @@ impl Hub {
             api_port: opts.ports.map_or(0, |p| p.0),
             broker_port: opts.ports.map_or_else(crate::free_port, |p| p.1),
             api_url: String::new(),
-            http: reqwest::Client::new(),
+            http: http_client(opts.api_tls.as_ref()),
             opts,
         };
         hub.launch().await;
@@ -81,13 +92,17 @@ impl Hub {
         if let Some(url) = &self.opts.external_broker {
             cmd.arg("--broker-url").arg(url);
         }
+        if let Some(t) = &self.opts.api_tls {
+            cmd.env("CLOUDCORE_API_TLS_CERT", &t.cert)
+                .env("CLOUDCORE_API_TLS_KEY", &t.key);
+        }
         for (k, v) in &self.opts.env {
             cmd.env(k, v);
         }
         self.proc = Proc::spawn("cloudcore", cmd);
         let line = self
             .proc
-            .wait_for_line("REST API on http://", Duration::from_secs(20))
+            .wait_for_line("REST API on ", Duration::from_secs(20))
             .await;
         let url = crate::word_after(&line, "REST API on ");
         self.api_port = url
@@ -147,7 +162,13 @@ impl Hub {
 
     /// The typed REST client edgectl uses, as the operator.
     pub fn client(&self) -> edgefleet_api::Client {
-        edgefleet_api::Client::new(&self.api_url, Some(self.operator_token())).expect("REST client")
+        edgefleet_api::Client::trusting(&self.api_url, Some(self.operator_token()), self.api_ca())
+            .expect("REST client")
+    }
+
+    /// The CA the REST API's certificate chains to, when it speaks HTTPS.
+    pub fn api_ca(&self) -> Option<&Path> {
+        self.opts.api_tls.as_ref().map(|t| t.ca.as_path())
     }
 
     pub fn bootstrap_token(&self) -> String {
@@ -266,6 +287,9 @@ impl Hub {
         c.args(args)
             .env("EDGECTL_SERVER", self.api_url())
             .env_remove("EDGECTL_TOKEN");
+        if let Some(ca) = self.api_ca() {
+            c.env("EDGECTL_CERTIFICATE_AUTHORITY", ca);
+        }
         if let Some(t) = token {
             c.env("EDGECTL_TOKEN", t);
         }
@@ -334,6 +358,19 @@ impl Hub {
         );
         resp.json().await.expect("enroll response")
     }
+}
+
+/// The test's HTTP client for the hub: trusting only `tls.ca` when given.
+fn http_client(tls: Option<&ApiTls>) -> reqwest::Client {
+    let Some(t) = tls else {
+        return reqwest::Client::new();
+    };
+    let pem = std::fs::read(&t.ca).expect("read the API CA");
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).expect("PEM CA");
+    reqwest::Client::builder()
+        .tls_certs_only(certs)
+        .build()
+        .expect("HTTPS client")
 }
 
 /// Reads `name{labels} value` from a Prometheus exposition.

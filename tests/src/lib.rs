@@ -14,6 +14,7 @@ pub mod fixtures;
 pub mod hub;
 pub mod mosquitto;
 pub mod netns;
+pub mod pki;
 pub mod process;
 pub mod proxy;
 pub mod rollout_bench;

@@ -149,7 +149,10 @@ async fn check_hub(cfg: &Config) -> Vec<Line> {
         return vec![line(Verdict::Fail, "hub", "hub.url is not set")];
     }
     let url = format!("{}/api/v1/hub/key", cfg.hub.url);
-    let client = super::enroll::http_client(Duration::from_secs(5));
+    let client = match super::enroll::http_client(&cfg.hub, Duration::from_secs(5)) {
+        Ok(c) => c,
+        Err(e) => return vec![line(Verdict::Fail, "hub", e.to_string())],
+    };
     let sent = edgefleet_protocol::now_ms();
     let resp = match client.get(&url).send().await {
         Ok(r) => r,

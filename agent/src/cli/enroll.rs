@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use edgefleet_protocol::{DeviceId, EnrollRequest, EnrollResponse, PublicKey};
 
-use crate::config::{Config, ConfigError};
+use edgefleet_daemon::mqtt::{PemError, read_pem};
+
+use crate::config::{Config, ConfigError, HubConfig};
 use crate::exit;
 use crate::identity::{self, IdentityError};
 use crate::telemetry::AGENT_VERSION;
@@ -47,6 +49,8 @@ pub enum EnrollError {
     BadResponse(#[source] reqwest::Error),
     #[error("the hub's public key is invalid")]
     HubKey(#[source] edgefleet_protocol::sign::KeyError),
+    #[error(transparent)]
+    HubCa(#[from] PemError),
     #[error(
         "the hub key {got} differs from the pinned key {pinned}; remove {path} to enroll with another hub"
     )]
@@ -72,6 +76,8 @@ impl EnrollError {
 #[derive(Debug, Clone)]
 pub struct EnrollArgs {
     pub hub: String,
+    /// CA bundle for the hub's HTTPS certificate (kept as `hub.ca_file`).
+    pub hub_ca_file: Option<PathBuf>,
     pub token: String,
     pub labels: Vec<String>,
     pub device_id: Option<DeviceId>,
@@ -103,6 +109,9 @@ pub async fn enroll(mut cfg: Config, args: EnrollArgs) -> Result<Enrolled, Enrol
         labels.insert(k.to_owned(), v.to_owned());
     }
     cfg.hub.url = args.hub.trim_end_matches('/').to_owned();
+    if let Some(ca) = &args.hub_ca_file {
+        cfg.hub.ca_file = std::path::absolute(ca).unwrap_or_else(|_| ca.clone());
+    }
     cfg.validate()?;
     let dir = cfg.state_dir.clone();
     create_state_dir(&dir)?;
@@ -120,7 +129,7 @@ pub async fn enroll(mut cfg: Config, args: EnrollArgs) -> Result<Enrolled, Enrol
         agent_version: AGENT_VERSION.to_owned(),
     };
     let url = format!("{}/api/v1/enroll", cfg.hub.url);
-    let client = http_client(Duration::from_millis(cfg.hub.request_timeout_ms));
+    let client = http_client(&cfg.hub, Duration::from_millis(cfg.hub.request_timeout_ms))?;
     let resp = client
         .post(&url)
         .json(&req)
@@ -249,13 +258,36 @@ fn hostname() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-/// A reqwest client with the given timeout (rustls on ring).
-pub fn http_client(timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
+/// A client for the hub's REST API with the given timeout (rustls on ring),
+/// trusting only the CAs in `hub.ca_file` when it is set, else the system's.
+pub fn http_client(hub: &HubConfig, timeout: Duration) -> Result<reqwest::Client, PemError> {
+    let builder = reqwest::Client::builder()
         .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .connect_timeout(timeout.min(Duration::from_secs(5)));
+    hub_tls(builder, hub)?
         .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
+        .map_err(|e| PemError::Unusable {
+            what: "hub.ca_file",
+            path: hub.ca_file.clone(),
+            reason: e.to_string(),
+        })
+}
+
+/// `builder` trusting `hub.ca_file` (if set) for the hub's certificate.
+pub fn hub_tls(
+    builder: reqwest::ClientBuilder,
+    hub: &HubConfig,
+) -> Result<reqwest::ClientBuilder, PemError> {
+    if hub.ca_file.as_os_str().is_empty() {
+        return Ok(builder);
+    }
+    let pem = read_pem("hub.ca_file", &hub.ca_file, "CERTIFICATE")?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| PemError::Unusable {
+        what: "hub.ca_file",
+        path: hub.ca_file.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(builder.tls_certs_only(certs))
 }
 
 #[cfg(test)]

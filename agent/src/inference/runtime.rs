@@ -112,9 +112,15 @@ impl InferenceRuntime {
             shared.db.clone(),
         )
         .with_disk(Arc::clone(&shared.disk));
-        let client = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .read_timeout(Duration::from_millis(cfg.hub.request_timeout_ms.max(1)))
+            .read_timeout(Duration::from_millis(cfg.hub.request_timeout_ms.max(1)));
+        // hub.ca_file was read when the config was validated at start.
+        let client = crate::cli::enroll::hub_tls(builder, &cfg.hub)
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "hub.ca_file unusable: model downloads use the system's roots");
+                reqwest::Client::builder()
+            })
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
         let username = if cfg.broker.username.is_empty() {

@@ -39,6 +39,10 @@ struct Cli {
         allow_hyphen_values = true
     )]
     token: Option<String>,
+    /// CA bundle (PEM) an https:// hub's certificate must chain to
+    /// (default: the system's roots).
+    #[arg(long, global = true, env = "EDGECTL_CERTIFICATE_AUTHORITY")]
+    certificate_authority: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -210,6 +214,7 @@ fn failure(e: ClientError, has_token: bool) -> Failure {
             )
         }
         ClientError::Api { .. } => fail(EXIT_API, format!("error: {e}")),
+        ClientError::Ca { .. } => fail(EXIT_API, format!("error: {e}")),
         ClientError::Decode { .. } | ClientError::Build(_) => fail(
             EXIT_API,
             format!("error: {}", edgefleet_daemon::error_chain(&e)),
@@ -319,7 +324,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             .map(|t| t.trim().to_owned())
     });
     let has_token = token.is_some();
-    let client = Client::new(&cli.server, token).map_err(|e| failure(e, has_token))?;
+    let client = Client::trusting(&cli.server, token, cli.certificate_authority.as_deref())
+        .map_err(|e| failure(e, has_token))?;
     let err = |e| failure(e, has_token);
     match cli.command {
         Command::Get { resource, output } => {
