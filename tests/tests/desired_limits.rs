@@ -125,11 +125,11 @@ async fn started(hub: &Hub, id: &str, labels: &[(&str, &str)]) -> Agent {
     a
 }
 
-/// Applies `big1` and `big2` (one workload of 3 × 200 KiB each): each fits
+/// Applies `big1` and `big2` (one workload of 3 × 140 KB each): each fits
 /// a device, both together do not.
 async fn put_big_pair(hub: &Hub) {
     for name in ["big1", "big2"] {
-        hub.deploy(name, &deployment(name, "{site: plant-3}", 1, 3, 200))
+        hub.deploy(name, &deployment(name, "{site: plant-3}", 1, 3, 140))
             .await;
     }
 }
@@ -210,12 +210,12 @@ async fn an_oversized_combination_is_refused_at_apply(mosquitto: bool) {
     let ready = ReadyWatch::start(&hub);
 
     let (code, body) = hub
-        .put_deployment("big1", &deployment("big1", "{site: plant-3}", 1, 3, 200))
+        .put_deployment("big1", &deployment("big1", "{site: plant-3}", 1, 3, 140))
         .await;
     assert_eq!(code, 201, "big1 alone is fine: {body}");
     agent_at_hub_revision(&hub, &big).await;
     let (code, body) = hub
-        .put_deployment("big2", &deployment("big2", "{site: plant-3}", 1, 3, 200))
+        .put_deployment("big2", &deployment("big2", "{site: plant-3}", 1, 3, 140))
         .await;
     assert_eq!(code, 409, "{body}");
     let msg = body["error"]["message"].as_str().unwrap_or_default();
@@ -228,7 +228,7 @@ async fn an_oversized_combination_is_refused_at_apply(mosquitto: bool) {
     // edgectl says the same and fails.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("big2.yaml");
-    std::fs::write(&file, deployment("big2", "{site: plant-3}", 1, 3, 200)).unwrap();
+    std::fs::write(&file, deployment("big2", "{site: plant-3}", 1, 3, 140)).unwrap();
     let (code, _, err) = hub.edgectl(&["apply", "-f", file.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(err.contains("device pi-big would receive"), "{err}");
