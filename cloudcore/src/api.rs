@@ -91,6 +91,15 @@ impl ApiError {
         }
     }
 
+    /// An external broker could not be changed for a device (provisioning).
+    pub fn broker_unavailable(what: &str, e: &dyn std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "broker_unavailable",
+            format!("the broker could not {what} ({e}); retry"),
+        )
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid", message)
     }

@@ -253,6 +253,26 @@ impl Agent {
         (code, resp.json().await.unwrap_or(Value::Null))
     }
 
+    /// `edge-agent check` with `env` set: (exit code, its line about
+    /// `what`, e.g. `hub` or `broker`).
+    pub async fn check_line(&self, what: &str, env: (&str, &Path)) -> (Option<i32>, String) {
+        let out = Command::new(bin("edge-agent"))
+            .arg("check")
+            .arg("--config")
+            .arg(&self.config)
+            .env(env.0, env.1)
+            .output()
+            .await
+            .expect("run edge-agent check");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = text
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(what))
+            .unwrap_or_else(|| panic!("no {what} line in:\n{text}"))
+            .to_owned();
+        (out.status.code(), line)
+    }
+
     /// `edge-agent status --json` (reads the store while the daemon runs).
     pub async fn status(&self) -> Value {
         let out = Command::new(bin("edge-agent"))

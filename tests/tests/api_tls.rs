@@ -19,21 +19,8 @@ kubernetes:\n        manifests:\n          - {apiVersion: v1, kind: ConfigMap, m
 {name: tls, namespace: tls}, data: {v: \"1\"}}\n";
 
 /// `edge-agent check` with `ca` as hub.ca_file: (exit code, the hub line).
-fn check_hub(agent: &Agent, ca: &std::path::Path) -> (Option<i32>, String) {
-    let out = std::process::Command::new(bin("edge-agent"))
-        .arg("check")
-        .arg("--config")
-        .arg(agent.config_path())
-        .env("EDGEFLEET_HUB_CA_FILE", ca)
-        .output()
-        .expect("run edge-agent check");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let hub = text
-        .lines()
-        .find(|l| l.split_whitespace().nth(1) == Some("hub"))
-        .unwrap_or_else(|| panic!("no hub line in:\n{text}"))
-        .to_owned();
-    (out.status.code(), hub)
+async fn check_hub(agent: &Agent, ca: &std::path::Path) -> (Option<i32>, String) {
+    agent.check_line("hub", ("EDGEFLEET_HUB_CA_FILE", ca)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,12 +54,12 @@ async fn agents_and_operators_reach_the_hub_over_https_with_a_private_ca() {
 
     // edge-agent check makes the handshake: fine with the hub's CA, a
     // failure naming the certificate with someone else's.
-    let (code, line) = check_hub(&agent, &pki.ca);
+    let (code, line) = check_hub(&agent, &pki.ca).await;
     assert!(
         line.starts_with("ok") || line.contains("reachable"),
         "{line} (exit {code:?})"
     );
-    let (code, line) = check_hub(&agent, &pki.other_ca);
+    let (code, line) = check_hub(&agent, &pki.other_ca).await;
     assert_ne!(code, Some(0), "{line}");
     assert!(line.to_lowercase().contains("certificate"), "{line}");
 

@@ -24,21 +24,9 @@ const T: Duration = Duration::from_secs(30);
 /// `edge-agent check` for `agent` with its CA; returns (exit code, the
 /// broker line).
 async fn check_broker(agent: &Agent, ca: &Path) -> (Option<i32>, String) {
-    let out = tokio::process::Command::new(bin("edge-agent"))
-        .arg("check")
-        .arg("--config")
-        .arg(agent.config_path())
-        .env("EDGEFLEET_BROKER_CA_FILE", ca)
-        .output()
+    agent
+        .check_line("broker", ("EDGEFLEET_BROKER_CA_FILE", ca))
         .await
-        .expect("run edge-agent check");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let broker = text
-        .lines()
-        .find(|l| l.split_whitespace().nth(1) == Some("broker"))
-        .unwrap_or_else(|| panic!("no broker line in:\n{text}"))
-        .to_owned();
-    (out.status.code(), broker)
 }
 
 /// Enrolls and starts a device that trusts `ca`, then: a deployment's

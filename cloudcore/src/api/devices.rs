@@ -121,10 +121,9 @@ pub async fn delete(State(st): State<Shared>, Path(id): Path<String>) -> ApiResu
     {
         st.metrics.broker_provision_failures.inc();
         tracing::warn!(device = %dev, error = %e, "device not deleted: cannot remove it from the broker");
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "broker_unavailable",
-            format!("the broker could not delete this device's credentials ({e}); retry"),
+        return Err(ApiError::broker_unavailable(
+            "delete this device's credentials",
+            &e,
         ));
     }
     let id2 = id.clone();

@@ -109,10 +109,9 @@ pub async fn enroll(
         result("broker_unavailable");
         st.metrics.broker_provision_failures.inc();
         tracing::warn!(device = %id, error = %e, "enrollment failed: cannot provision the broker");
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "broker_unavailable",
-            format!("the broker could not be given this device's credentials ({e}); retry"),
+        return Err(ApiError::broker_unavailable(
+            "be given this device's credentials",
+            &e,
         ));
     }
     st.registry.insert(
