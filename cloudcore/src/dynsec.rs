@@ -186,6 +186,9 @@ impl Dynsec {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(id.clone(), tx);
+        // Forgotten however this call ends: answered, failed, or dropped by
+        // `call`'s timeout (an answer that never comes must not stay here).
+        let _forget = Forget(&self.pending, &id);
         let sent = self
             .client
             .publish(
@@ -196,13 +199,7 @@ impl Dynsec {
                     .unwrap_or_else(|_| unreachable!("JSON values serialize")),
             )
             .await;
-        if let Err(e) = sent {
-            self.pending
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(&id);
-            return Err(e.into());
-        }
+        sent?;
         let Ok(responses) = rx.await else {
             return Err(DynsecError::Timeout(CALL_TIMEOUT));
         };
@@ -381,6 +378,18 @@ pub async fn set_up_until_done(
             () = tokio::time::sleep(wait) => {}
         }
         wait = (wait * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Removes a call's entry from the pending map when dropped.
+struct Forget<'a>(&'a Pending, &'a str);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(self.1);
     }
 }
 
