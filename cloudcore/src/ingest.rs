@@ -39,6 +39,8 @@ enum Refusal {
     Topic,
     UnknownDevice,
     WrongDirection,
+    /// Over the device's ingest rate: dropped unverified, counted apart.
+    Throttled,
     Protocol(Rejection),
 }
 
@@ -48,6 +50,7 @@ impl Refusal {
             Refusal::Topic => "bad_topic",
             Refusal::UnknownDevice => "unknown_device",
             Refusal::WrongDirection => "wrong_direction",
+            Refusal::Throttled => "throttled",
             Refusal::Protocol(r) => r.reason(),
         }
     }
@@ -61,7 +64,14 @@ enum Verified {
     Heartbeat(Heartbeat),
 }
 
-fn verify(registry: &Registry, p: &Publish) -> (String, Result<Verified, Refusal>) {
+/// Checks one publish: its topic, its device, the device's rate (before the
+/// cost of verifying the signature), then the message.
+fn verify(
+    registry: &Registry,
+    limits: &Limits,
+    now: Instant,
+    p: &Publish,
+) -> (String, Result<Verified, Refusal>) {
     let Ok(topic) = Topic::parse(&p.topic) else {
         return ("unknown".into(), Err(Refusal::Topic));
     };
@@ -69,6 +79,9 @@ fn verify(registry: &Registry, p: &Publish) -> (String, Result<Verified, Refusal
     let Some(dev) = registry.get(&topic.device) else {
         return (channel, Err(Refusal::UnknownDevice));
     };
+    if !limits.admit(&topic.device, topic.channel, now) {
+        return (channel, Err(Refusal::Throttled));
+    }
     let expect = Expect::device(&topic.device);
     fn v<M: Message>(
         p: &Publish,
@@ -246,16 +259,12 @@ fn process(
     let mut verified = Vec::with_capacity(batch.len());
     let now = Instant::now();
     for p in batch {
-        // Over its rate, a device's message is dropped before the cost of
-        // verifying it (unacknowledged: the device sends it again later).
-        if let Ok(t) = Topic::parse(&p.topic)
-            && registry.get(&t.device).is_some()
-            && !limits.admit(&t.device, t.channel, now)
-        {
-            metrics.throttled(t.channel.as_str());
+        let (channel, r) = verify(registry, limits, now, p);
+        if matches!(r, Err(Refusal::Throttled)) {
+            // Unacknowledged: the device sends it again later.
+            metrics.throttled(&channel);
             continue;
         }
-        let (channel, r) = verify(registry, p);
         metrics.received(&channel);
         match r {
             Ok(m) => verified.push((channel, m)),
