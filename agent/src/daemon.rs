@@ -34,6 +34,19 @@ pub enum DaemonError {
 pub async fn run(shared: Arc<Shared>) -> Result<(), DaemonError> {
     let stop = CancellationToken::new();
     edgefleet_daemon::signal::cancel_on_stop(stop.clone()).map_err(DaemonError::Signals)?;
+    // `edge-agent rotate-key` installed a new device key: sign with it.
+    let reloading = shared.clone();
+    edgefleet_daemon::signal::on_reload(stop.clone(), move || {
+        match reloading.identity.reload_signer() {
+            Ok(true) => {
+                tracing::info!(key_id = %reloading.identity.signer().public().kid(), "device key rotated: signing with the new key");
+                reloading.request_report();
+            }
+            Ok(false) => tracing::info!("device key unchanged"),
+            Err(e) => tracing::error!(error = %crate::error_chain(&e), "cannot reload the device key; still signing with the old one"),
+        }
+    })
+    .map_err(DaemonError::Signals)?;
     let sup = Supervisor::<DaemonError>::new();
     let cancel = sup.cancel_token();
     // The first reconcile pass starts before anything touches the network.

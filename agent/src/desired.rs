@@ -3,7 +3,9 @@
 //! hub key, this device's id and a version strictly newer than the stored
 //! one, and its workloads decrypt with this device's key.
 
-use edgefleet_protocol::{DesiredState, DeviceId, Expect, PublicKey, Rejection, Signer, open_for};
+use std::sync::Arc;
+
+use edgefleet_protocol::{DesiredState, DeviceId, Expect, PublicKey, Rejection, Signer};
 
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
@@ -27,7 +29,7 @@ pub fn handle(
     payload: &[u8],
     device: &DeviceId,
     hub_key: &PublicKey,
-    me: &Signer,
+    me: &[Arc<Signer>],
     metrics: &Metrics,
 ) -> Outcome {
     let current = match store.desired_version() {
@@ -38,7 +40,7 @@ pub fn handle(
         }
     };
     let expect = Expect::device(device).newer_than(current);
-    match open_for::<DesiredState>(payload, hub_key, &expect, me) {
+    match crate::identity::open_sealed::<DesiredState>(payload, hub_key, &expect, me) {
         Ok(doc) => match store.replace_desired(&doc) {
             Ok(()) => {
                 metrics.desired_accepted.inc();
@@ -90,11 +92,11 @@ mod tests {
         let other = Signer::from_seed(&[2; 32]);
         let dev = DeviceId::new("pi-1").unwrap();
         let m = Metrics::new();
-        let me = Signer::from_seed(&[3; 32]);
+        let me = [Arc::new(Signer::from_seed(&[3; 32]))];
         let h = |s: &mut Store, bytes: &[u8]| handle(s, bytes, &dev, hub.public(), &me, &m);
 
         assert!(matches!(
-            h(&mut s, &hub.seal_for(&doc("pi-1", 2), me.public())),
+            h(&mut s, &hub.seal_for(&doc("pi-1", 2), me[0].public())),
             Outcome::Accepted(_)
         ));
         assert!(matches!(

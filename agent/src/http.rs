@@ -187,7 +187,7 @@ async fn post_events(State(shared): State<Arc<Shared>>, body: Bytes) -> Response
                 format_args!("event [{i}]: {e}"),
             );
         }
-        sealed.push((event.id.clone(), shared.identity.signer.seal(&event)));
+        sealed.push((event.id.clone(), shared.identity.signer().seal(&event)));
         ids.push(event.id);
     }
     let n = sealed.len() as u64;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use edge_agent::cli::{check, enroll, status};
+use edge_agent::cli::{check, enroll, rotate, status};
 use edge_agent::config::{Config, DEFAULT_CONFIG_PATH, Overrides};
 use edge_agent::db::Db;
 use edge_agent::exit;
@@ -56,6 +56,13 @@ enum Command {
         /// Requested device id (default: derived by the hub).
         #[arg(long)]
         device_id: Option<DeviceId>,
+    },
+    /// Replace this device's key without enrolling again: the hub accepts
+    /// the new key on a request signed by the old one, and a running agent
+    /// switches to it. Safe to run again if interrupted.
+    RotateKey {
+        #[command(flatten)]
+        common: Common,
     },
     /// Run the daemon.
     Run {
@@ -209,6 +216,10 @@ fn main() {
             )
             .unwrap_or_else(|c| c)
         }
+        Command::RotateKey { common } => {
+            init_logging("warn");
+            cmd_rotate(&common).unwrap_or_else(|c| c)
+        }
         Command::Status { common, json } => {
             init_logging("warn");
             cmd_status(&common, json).unwrap_or_else(|c| c)
@@ -242,6 +253,28 @@ fn cmd_enroll(common: &Common, args: enroll::EnrollArgs) -> Result<i32, i32> {
         }
         Err(e) => {
             eprintln!("edge-agent enroll: {}", edge_agent::error_chain(&e));
+            Err(e.exit_code())
+        }
+    }
+}
+
+fn cmd_rotate(common: &Common) -> Result<i32, i32> {
+    let cfg = load(common, true, Overrides::default())?;
+    let rt = runtime(1)?;
+    match rt.block_on(rotate::rotate_key(&cfg)) {
+        Ok(r) => {
+            println!(
+                "device key {} replaced by {}; the hub accepts the old key until {} (Unix ms)",
+                r.previous, r.answer.key_id, r.answer.previous_key_valid_until_ms
+            );
+            match r.reloaded {
+                Some(pid) => println!("the running agent (pid {pid}) signs with the new key now"),
+                None => println!("the agent uses the new key from its next start"),
+            }
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            eprintln!("edge-agent rotate-key: {}", edge_agent::error_chain(&e));
             Err(e.exit_code())
         }
     }

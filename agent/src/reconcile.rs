@@ -363,8 +363,9 @@ impl Reconciler {
             k3s_version: shared.k3s_version(),
             desired_rejected: rejected.clone(),
             unstored: false,
+            hub_key_id: Some(shared.identity.hub_key().kid().0.clone()),
         };
-        let sealed = shared.identity.signer.seal(&report);
+        let sealed = shared.identity.signer().seal(&report);
         let limits = shared.outbox_limits();
         let res = shared
             .write_essential(move |s| {
@@ -395,7 +396,7 @@ impl Reconciler {
                     .unstored_status
                     .lock()
                     .unwrap_or_else(|p| p.into_inner()) =
-                    Some(shared.identity.signer.seal(&report));
+                    Some(shared.identity.signer().seal(&report));
                 shared.metrics.status_unstored.inc();
                 tracing::warn!("disk full: status report sent from memory, not stored");
                 shared.outbox_wake.notify_one();

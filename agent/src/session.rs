@@ -96,7 +96,7 @@ fn options(shared: &Shared) -> Result<MqttOptions, SessionError> {
 }
 
 fn presence(shared: &Shared, state: PresenceState, session: u64, at_ms: u64) -> Vec<u8> {
-    shared.identity.signer.seal(&Presence {
+    shared.identity.signer().seal(&Presence {
         device_id: shared.device.clone(),
         state,
         session,
@@ -359,7 +359,10 @@ impl Session {
                             edgefleet_protocol::Rejection::StaleRevision { got, .. } => Some(*got),
                             _ => edgefleet_protocol::sign::signed_version(
                                 &p.payload,
-                                &shared.identity.hub_key,
+                                &shared.identity.follow_hub_key(
+                                    &p.payload,
+                                    edgefleet_protocol::MessageKind::Desired,
+                                ),
                             ),
                         };
                         shared.set_desired_rejected(Some(edgefleet_protocol::DesiredRejection {
@@ -397,6 +400,10 @@ impl Session {
     async fn store_desired(&self, payload: &bytes::Bytes) -> crate::desired::Outcome {
         let shared = self.shared.clone();
         let payload = payload.clone();
+        // A rotated hub key is pinned as soon as its announcement verifies.
+        let hub_key = shared
+            .identity
+            .follow_hub_key(&payload, edgefleet_protocol::MessageKind::Desired);
         self.shared
             .db
             .call(move |s| {
@@ -404,8 +411,8 @@ impl Session {
                     s,
                     &payload,
                     &shared.device,
-                    &shared.identity.hub_key,
-                    &shared.identity.signer,
+                    &hub_key,
+                    &shared.identity.recipients(),
                     &shared.metrics,
                 )
             })
@@ -464,7 +471,7 @@ impl Session {
             return;
         }
         let hb = self.telemetry.heartbeat(&self.shared).await;
-        let payload = self.shared.identity.signer.seal(&hb);
+        let payload = self.shared.identity.signer().seal(&hb);
         self.publish(Channel::Heartbeat, payload, Tag::Other);
     }
 

@@ -159,11 +159,12 @@ impl Shared {
         what: &str,
     ) -> Option<M> {
         let expect = edgefleet_protocol::Expect::device(&self.device);
-        match edgefleet_protocol::open_for::<M>(
+        let hub_key = self.identity.follow_hub_key(payload, M::KIND);
+        match crate::identity::open_sealed::<M>(
             payload,
-            &self.identity.hub_key,
+            &hub_key,
             &expect,
-            &self.identity.signer,
+            &self.identity.recipients(),
         ) {
             Ok(m) => Some(m),
             Err(r) => {
@@ -172,6 +173,12 @@ impl Shared {
                 None
             }
         }
+    }
+
+    /// Asks the reconciler for a status report soon.
+    pub fn request_report(&self) {
+        self.report_wanted.store(true, Ordering::Relaxed);
+        self.reconcile_wake.notify_one();
     }
 
     pub fn k3s_version(&self) -> Option<String> {
@@ -199,8 +206,7 @@ impl Shared {
             .desired_rejected
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = r;
-        self.report_wanted.store(true, Ordering::Relaxed);
-        self.reconcile_wake.notify_one();
+        self.request_report();
     }
 }
 

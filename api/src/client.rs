@@ -11,8 +11,8 @@ use serde::de::DeserializeOwned;
 
 use crate::types::{
     Applied, DeploymentGeneration, DeploymentRecord, DeploymentStatus, DeploymentSummary,
-    DeviceDetail, DevicePatch, DeviceRecord, ErrorBody, EventRecord, HubKey, ModelRecord, Page,
-    RollbackRequest, RolloutStatus,
+    DeviceDetail, DevicePatch, DeviceRecord, ErrorBody, EventRecord, HubKey, HubKeyRotation,
+    ModelRecord, Page, RollbackRequest, RolloutStatus,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -337,5 +337,10 @@ impl Client {
 
     pub async fn hub_key(&self) -> Result<HubKey, ClientError> {
         self.get("/hub/key").await
+    }
+
+    /// Replaces the hub's signing key (devices follow by themselves).
+    pub async fn rotate_hub_key(&self) -> Result<HubKeyRotation, ClientError> {
+        self.call(Method::POST, "/hub/key/rotate", Body::None).await
     }
 }

@@ -372,6 +372,51 @@ pub struct ModelRecord {
 pub struct HubKey {
     pub public_key: String,
     pub key_id: String,
+    /// Every key the hub has signed with, oldest first (after a rotation).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<HubKeyInfo>,
+}
+
+/// One of the hub's keys, current or replaced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HubKeyInfo {
+    pub key_id: String,
+    pub public_key: String,
+    pub created_ms: u64,
+    /// When a newer key replaced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_ms: Option<u64>,
+    /// When the hub stopped announcing its successor to devices pinned to
+    /// it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_ms: Option<u64>,
+    /// Why: every device acknowledged the newer key (`all_acknowledged`),
+    /// the grace period ended (`grace_period`), or the chain was full
+    /// (`chain_full`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_reason: Option<String>,
+    /// Devices whose last status names this key.
+    pub devices: u64,
+}
+
+/// `POST /hub/key/rotate`: what a rotation did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HubKeyRotation {
+    pub previous_key_id: String,
+    pub key_id: String,
+    pub public_key: String,
+}
+
+/// `POST /devices/{id}/key`: a device's key, rotated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceKeyRotated {
+    pub device_id: String,
+    pub key_id: String,
+    /// Until when (Unix ms) the hub still accepts the previous key.
+    pub previous_key_valid_until_ms: u64,
 }
 
 /// Where a deployment's rollout is.

@@ -8,6 +8,7 @@
 mod deployments;
 mod devices;
 mod enroll;
+mod keys;
 mod models;
 mod rollouts;
 
@@ -24,8 +25,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 pub use edgefleet_api::Page;
-use edgefleet_api::{ErrorBody, ErrorDetail, HubKey};
-use edgefleet_protocol::{DeviceId, PublicKey};
+use edgefleet_api::{ErrorBody, ErrorDetail};
+use edgefleet_protocol::DeviceId;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
@@ -43,7 +44,10 @@ pub struct AppState {
     pub registry: Registry,
     pub publish: Trigger,
     pub session: Session,
-    pub hub_key: PublicKey,
+    /// The hub's signing key (rotated in place).
+    pub hub_keys: Arc<crate::keys::HubKeys>,
+    /// How long a device's replaced key is still accepted (keys.rotation_grace).
+    pub rotation_grace_ms: u64,
     pub operator_token: String,
     pub bootstrap_token: String,
     pub device_broker_url: String,
@@ -293,6 +297,14 @@ async fn metrics(State(st): State<Shared>) -> Response {
         st.metrics.devices.set(total as i64);
         st.metrics.devices_online.set(online as i64);
     }
+    let current = st.hub_keys.public().kid().0.clone();
+    if let Ok(n) = st
+        .store
+        .run(move |s| s.devices_behind_hub_key(&current))
+        .await
+    {
+        st.metrics.hub_key_devices_behind.set(n as i64);
+    }
     if let Ok(counts) = st.store.run(|s| s.condition_counts()).await {
         for (kind, n) in counts {
             st.metrics
@@ -302,13 +314,6 @@ async fn metrics(State(st): State<Shared>) -> Response {
         }
     }
     edgefleet_daemon::metrics::response(st.metrics.registry())
-}
-
-async fn hub_key(State(st): State<Shared>) -> Json<HubKey> {
-    Json(HubKey {
-        public_key: st.hub_key.to_base64(),
-        key_id: st.hub_key.kid().to_string(),
-    })
 }
 
 async fn not_found() -> ApiError {
@@ -344,10 +349,12 @@ pub fn router(st: Shared, max_body: usize, max_model: usize) -> Router {
             "/models",
             post(models::upload.layer(DefaultBodyLimit::max(max_model))).get(models::list),
         )
+        .route("/hub/key/rotate", post(keys::rotate))
         .route_layer(middleware::from_fn_with_state(st.clone(), require_operator));
     let open = Router::new()
         .route("/enroll", post(enroll::enroll))
-        .route("/hub/key", get(hub_key))
+        .route("/hub/key", get(keys::hub_key))
+        .route("/devices/{id}/key", post(keys::rotate_device))
         .route("/models/{sha256}/blob", get(models::blob));
     Router::new()
         .nest("/api/v1", operator.merge(open))

@@ -100,6 +100,10 @@ pub enum BackupError {
     #[error("the hub key")]
     Key(#[from] SecretError),
     #[error(
+        "the hub key was rotated while the backup ran (store {store}, key file {file}); run it again"
+    )]
+    KeyRotated { store: String, file: String },
+    #[error(
         "model {name} ({sha256}) is in the store but its blob {path} is missing; \
          back up with --without-models, or upload the model again"
     )]
@@ -195,6 +199,14 @@ fn write_archive(
     let counts = Counts::of(&snap).map_err(BackupError::Snapshot)?;
     let (schema_version, hub_epoch) = schema_and_epoch(&snap).map_err(BackupError::Snapshot)?;
     let models = models_of(&snap).map_err(BackupError::Snapshot)?;
+    // The key the snapshot says is current (none before key rotation).
+    let snap_kid: Option<String> = snap
+        .query_row(
+            "SELECT kid FROM hub_keys WHERE rotated_ms IS NULL ORDER BY created_ms DESC, rowid DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .ok();
     drop(snap);
 
     let key_pem = edgefleet_daemon::files::require_secret(&data.join(SECRETS[0]))?;
@@ -206,6 +218,14 @@ fn write_archive(
         .public()
         .kid()
         .to_string();
+    if let Some(kid) = snap_kid
+        && kid != hub_key_id
+    {
+        return Err(BackupError::KeyRotated {
+            store: kid,
+            file: hub_key_id,
+        });
+    }
 
     let file = edgefleet_daemon::files::create_with_mode(partial, SECRET_MODE)
         .map_err(IoError::write(partial))?;

@@ -361,6 +361,7 @@ mod tests {
             crate::registry::DeviceEntry {
                 key: edgefleet_protocol::Signer::generate().public().clone(),
                 password_hash: password_hash("device-secret"),
+                previous: None,
             },
         );
         let c = Credentials::new("hub-secret", devices, Arc::new(AtomicBool::new(true)));

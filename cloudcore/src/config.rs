@@ -35,6 +35,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub ingest: IngestConfig,
     pub backup: BackupConfig,
+    pub keys: KeysConfig,
     /// Test-only: the size checks to leave out, so a test can show the next
     /// layer holds by itself. Never in a config file; set by the
     /// `CLOUDCORE_TEST_UNCHECKED_LIMITS` variable (`api`, `publisher`, both
@@ -128,6 +129,26 @@ pub struct StoreConfig {
     /// Events older than this (by arrival) are removed, once a minute (env
     /// `CLOUDCORE_STORE_EVENTS_MAX_AGE`; `0`: kept until the count limit).
     pub events_max_age: edgefleet_protocol::Duration,
+}
+
+/// Key rotation (`cloudcore keys rotate`, `edge-agent rotate-key`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeysConfig {
+    /// How long a replaced key keeps working (env
+    /// `CLOUDCORE_KEYS_ROTATION_GRACE`). An old hub key is announced to
+    /// devices still pinned to it until every device reports the new one,
+    /// or this long; a device offline longer must enroll again. A device's
+    /// old key is accepted this long for what its outbox signed before.
+    pub rotation_grace: edgefleet_protocol::Duration,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self {
+            rotation_grace: edgefleet_protocol::Duration::from_secs(30 * 24 * 3600),
+        }
+    }
 }
 
 impl Default for StoreConfig {
@@ -226,6 +247,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             ingest: IngestConfig::default(),
             backup: BackupConfig::default(),
+            keys: KeysConfig::default(),
             unchecked_limits: UncheckedLimits::default(),
         }
     }
@@ -381,6 +403,13 @@ impl Config {
                 v.parse()
                     .map_err(|e: edgefleet_protocol::duration::DurationError| {
                         env_error("CLOUDCORE_STORE_EVENTS_MAX_AGE", &v, e.to_string())
+                    })?;
+        }
+        if let Some(v) = env("CLOUDCORE_KEYS_ROTATION_GRACE") {
+            self.keys.rotation_grace =
+                v.parse()
+                    .map_err(|e: edgefleet_protocol::duration::DurationError| {
+                        env_error("CLOUDCORE_KEYS_ROTATION_GRACE", &v, e.to_string())
                     })?;
         }
         if let Some(v) = env("CLOUDCORE_INGEST_RATE_PER_DEVICE") {

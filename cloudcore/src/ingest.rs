@@ -83,18 +83,27 @@ fn verify(
         return (channel, Err(Refusal::Throttled));
     }
     let expect = Expect::device(&topic.device);
+    // Signed with the device's key, or, for a while after it rotated, with
+    // the one before (what its outbox held then).
     fn v<M: Message>(
         p: &Publish,
-        key: &edgefleet_protocol::PublicKey,
+        dev: &crate::registry::DeviceEntry,
         e: &Expect<'_>,
     ) -> Result<M, Refusal> {
-        open::<M>(&p.payload, key, e).map_err(Refusal::Protocol)
+        match (
+            open::<M>(&p.payload, &dev.key, e),
+            dev.previous_at(e.now_ms),
+        ) {
+            (Err(Rejection::UnknownKey { .. }), Some(prev)) => open::<M>(&p.payload, prev, e),
+            (r, _) => r,
+        }
+        .map_err(Refusal::Protocol)
     }
     let r = match topic.channel {
-        Channel::Status => v(p, &dev.key, &expect).map(Verified::Status),
-        Channel::Events => v(p, &dev.key, &expect).map(Verified::Event),
-        Channel::Presence => v(p, &dev.key, &expect).map(Verified::Presence),
-        Channel::Heartbeat => v(p, &dev.key, &expect).map(Verified::Heartbeat),
+        Channel::Status => v(p, &dev, &expect).map(Verified::Status),
+        Channel::Events => v(p, &dev, &expect).map(Verified::Event),
+        Channel::Presence => v(p, &dev, &expect).map(Verified::Presence),
+        Channel::Heartbeat => v(p, &dev, &expect).map(Verified::Heartbeat),
         Channel::Desired | Channel::Commands | Channel::Acks => Err(Refusal::WrongDirection),
     };
     (channel, r)
@@ -353,7 +362,7 @@ pub async fn run(
     store: Store,
     registry: Registry,
     metrics: Arc<Metrics>,
-    signer: Arc<Signer>,
+    keys: Arc<crate::keys::HubKeys>,
     client: AsyncClient,
     (disk, limits): (Disk, Arc<Limits>),
     mut rx: mpsc::UnboundedReceiver<Publish>,
@@ -424,7 +433,7 @@ pub async fn run(
             .observe(started.elapsed().as_secs_f64());
         match res {
             Ok(acks) => {
-                let (s2, n) = (signer.clone(), acks.len());
+                let (s2, n) = (keys.signer(), acks.len());
                 let messages = tokio::task::spawn_blocking(move || {
                     ack_messages(acks, &s2, edgefleet_protocol::now_ms())
                 })
@@ -519,6 +528,7 @@ mod tests {
             k3s_version: None,
             desired_rejected: None,
             unstored: false,
+            hub_key_id: None,
         }
     }
 

@@ -91,6 +91,17 @@ edgefleet_daemon::declare_metrics! {
         /// Seconds since the last scheduled backup was written (-1: none since start)
         #[name = "backup_age_seconds"]
         pub backup_age: Gauge,
+        /// Hub signing-key rotations (`cloudcore keys rotate`)
+        #[name = "key_rotations"]
+        pub hub_key_rotations: Counter,
+        /// Old hub keys no longer announced, by reason (all_acknowledged, grace_period, chain_full)
+        #[name = "keys_retired"]
+        pub hub_keys_retired: Family<Labels, Counter>,
+        /// Devices whose last status names a hub key other than the current one (or none)
+        #[name = "key_devices_behind"]
+        pub hub_key_devices_behind: Gauge,
+        /// Device key rotations requested, by result (rotated, repeated, refused)
+        pub device_key_rotations: Family<Labels, Counter>,
     }
 }
 
@@ -112,6 +123,12 @@ impl Metrics {
                 ("channel", channel.to_owned()),
                 ("reason", reason.to_owned()),
             ])
+            .inc();
+    }
+
+    pub fn device_key_rotation(&self, result: &str) {
+        self.device_key_rotations
+            .get_or_create(&vec![("result", result.to_owned())])
             .inc();
     }
 

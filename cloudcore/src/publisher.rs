@@ -53,7 +53,9 @@ impl Trigger {
 #[derive(Debug)]
 pub struct Publisher {
     pub store: Store,
-    pub signer: Arc<Signer>,
+    /// The hub's key, read at each pass: a rotation re-issues every
+    /// document signed with the new key.
+    pub keys: Arc<crate::keys::HubKeys>,
     pub epoch: u64,
     pub client: AsyncClient,
     pub metrics: Arc<Metrics>,
@@ -80,7 +82,17 @@ pub fn compute_pass(
     let mut withheld = Vec::new();
     for (id, labels) in devices {
         let workloads = workloads_for_device(id.as_str(), &labels, &deployments, &rollouts);
+        let Some(key) = auth
+            .get(&id)
+            .and_then(|a| edgefleet_protocol::PublicKey::from_base64(&a.public_key).ok())
+        else {
+            tracing::error!(device = %id, "no usable public key stored for the device; document not issued");
+            continue;
+        };
         let (json, hash) = content_hash(&workloads)?;
+        // A new hub key or a new device key makes a new document too:
+        // signed and sealed anew.
+        let hash = keyed_hash(&hash, signer.public(), &key);
         let prev = current.get(&id);
         // A device with nothing to run and nothing issued yet gets no
         // document: revision 1 is its first real assignment.
@@ -106,13 +118,6 @@ pub fn compute_pass(
             continue;
         }
         // Sealed to the device's key: the broker sees no manifest.
-        let Some(key) = auth
-            .get(&id)
-            .and_then(|a| edgefleet_protocol::PublicKey::from_base64(&a.public_key).ok())
-        else {
-            tracing::error!(device = %id, "no usable public key stored for the device; document not issued");
-            continue;
-        };
         batch.push(NewDesired {
             device_id: id,
             revision,
@@ -130,6 +135,22 @@ pub fn compute_pass(
             .collect(),
         withheld,
     })
+}
+
+/// A document's content hash bound to the keys it is signed with and
+/// sealed to.
+fn keyed_hash(
+    content: &str,
+    hub: &edgefleet_protocol::PublicKey,
+    device: &edgefleet_protocol::PublicKey,
+) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for part in [content, &hub.kid().0, &device.kid().0] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
 }
 
 impl Publisher {
@@ -178,7 +199,7 @@ impl Publisher {
     /// retried).
     pub async fn pass(&self) -> bool {
         let started = Instant::now();
-        let (signer, epoch, check) = (self.signer.clone(), self.epoch, self.check_limits);
+        let (signer, epoch, check) = (self.keys.signer(), self.epoch, self.check_limits);
         match self
             .store
             .run(move |s| compute_pass(s, &signer, epoch, check))

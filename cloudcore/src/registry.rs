@@ -14,6 +14,19 @@ use crate::store::{Store, StoreError};
 pub struct DeviceEntry {
     pub key: PublicKey,
     pub password_hash: [u8; 32],
+    /// The key a rotation replaced and until when (Unix ms) it is still
+    /// accepted: what the device's outbox signed before it rotated.
+    pub previous: Option<(PublicKey, u64)>,
+}
+
+impl DeviceEntry {
+    /// The previous key, if its grace period has not ended at `now_ms`.
+    pub fn previous_at(&self, now_ms: u64) -> Option<&PublicKey> {
+        self.previous
+            .as_ref()
+            .filter(|(_, until)| now_ms < *until)
+            .map(|(k, _)| k)
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -26,11 +39,15 @@ impl Registry {
         for (id, auth) in store.device_auth()? {
             match PublicKey::from_base64(&auth.public_key) {
                 Ok(key) => {
+                    let previous = auth
+                        .previous_key
+                        .and_then(|(k, until)| PublicKey::from_base64(&k).ok().map(|k| (k, until)));
                     map.insert(
                         id,
                         DeviceEntry {
                             key,
                             password_hash: auth.password_hash,
+                            previous,
                         },
                     );
                 }

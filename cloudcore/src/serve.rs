@@ -37,6 +37,8 @@ pub enum ServeError {
     Lock(#[from] edgefleet_daemon::lock::LockError),
     #[error("cannot load or create the hub's secrets")]
     Keys(#[from] SecretError),
+    #[error("cannot load the hub's signing key")]
+    HubKey(#[from] crate::keys::HubKeyError),
     #[error("embedded broker")]
     Broker(#[from] broker::BrokerError),
     #[error("REST API TLS")]
@@ -72,7 +74,10 @@ impl ServeError {
             | ServeError::Tls(_)
             | ServeError::Lock(edgefleet_daemon::lock::LockError::Held { .. }) => exit::CONFIG,
             ServeError::Lock(_) => exit::STORE,
-            ServeError::Store(_) | ServeError::Damaged { .. } | ServeError::Keys(_) => exit::STORE,
+            ServeError::Store(_)
+            | ServeError::Damaged { .. }
+            | ServeError::Keys(_)
+            | ServeError::HubKey(_) => exit::STORE,
             ServeError::Broker(_) | ServeError::Listen { .. } | ServeError::TaskDied(_) => {
                 exit::UNAVAILABLE
             }
@@ -147,10 +152,11 @@ pub async fn serve_with(
     let _lock = edgefleet_daemon::lock::DirLock::acquire(&data)?;
     let store = Store::open(&data).map_err(|e| damaged(&cfg, e))?;
     let epoch = store.epoch()?;
-    let (signer, created) = keys::load_or_create_signer(&data)?;
+    let (hub_keys, created) = keys::HubKeys::load(&data, &store)?;
     if created {
-        tracing::info!(key_id = %signer.public().kid(), "created the hub signing key");
+        tracing::info!(key_id = %hub_keys.public().kid(), "created the hub signing key");
     }
+    let hub_keys = Arc::new(hub_keys);
     let operator_token =
         keys::load_or_create_token(&data, "operator-token", &cfg.auth.operator_token)?;
     let bootstrap_token =
@@ -263,12 +269,11 @@ pub async fn serve_with(
             }
         });
     }
-    let signer = Arc::new(signer);
     let ingest = ingest::run(
         store.clone(),
         registry.clone(),
         metrics.clone(),
-        signer.clone(),
+        hub_keys.clone(),
         session.client.clone(),
         (
             ingest::Disk {
@@ -293,16 +298,22 @@ pub async fn serve_with(
         Ok(())
     });
     let trigger = Trigger::default();
+    sup.spawn(keys::retire_old(
+        store.clone(),
+        hub_keys.clone(),
+        cfg.keys.rotation_grace,
+        metrics.clone(),
+        tasks.clone(),
+    ));
     let publisher = Publisher {
         store: store.clone(),
-        signer,
+        keys: hub_keys.clone(),
         epoch,
         client: session.client.clone(),
         metrics: metrics.clone(),
         check_limits: !cfg.unchecked_limits.publisher,
     };
-    let hub_key = publisher.signer.public().clone();
-    let kid = hub_key.kid().clone();
+    let kid = hub_keys.public().kid().clone();
     let publish = publisher.run(
         trigger.clone(),
         reconnected,
@@ -335,7 +346,8 @@ pub async fn serve_with(
         registry,
         publish: trigger,
         session,
-        hub_key,
+        hub_keys,
+        rotation_grace_ms: cfg.keys.rotation_grace.as_secs().saturating_mul(1000),
         operator_token,
         bootstrap_token,
         device_broker_url: cfg.device_broker_url(),

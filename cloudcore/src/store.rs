@@ -19,6 +19,7 @@ mod conditions;
 mod deployments;
 mod desired;
 mod devices;
+mod keys;
 mod models;
 mod reports;
 mod rollouts;
@@ -31,6 +32,7 @@ pub use edgefleet_api::{
     Condition, ConditionType, DEPLOYMENT_HISTORY, DeploymentGeneration, DeploymentRecord,
     DeviceRecord, EventRecord, ModelRecord, Presence, WorkloadStatusRecord,
 };
+pub use keys::HubKeyRecord;
 pub use reports::Ingested;
 pub use rollouts::{ActiveRollouts, RolloutAction, RolloutStep};
 
@@ -207,6 +209,23 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX IF NOT EXISTS events_device_seq ON events(device_id, seq);
     CREATE INDEX IF NOT EXISTS events_received ON events(received_ms);
     "#,
+    // 7: key rotation (store/keys.rs): the hub's keys, each with the
+    // announcement of its successor; the hub key each device reports; a
+    // device's previous key, accepted until its grace period ends.
+    r#"
+    CREATE TABLE hub_keys (
+        kid TEXT PRIMARY KEY,
+        public_key TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        next_announcement TEXT,
+        rotated_ms INTEGER,
+        retired_ms INTEGER,
+        retired_reason TEXT
+    );
+    ALTER TABLE devices ADD COLUMN hub_key_id TEXT;
+    ALTER TABLE devices ADD COLUMN previous_key TEXT;
+    ALTER TABLE devices ADD COLUMN previous_key_until_ms INTEGER;
+    "#,
 ];
 
 pub type Labels = BTreeMap<String, String>;
@@ -381,7 +400,11 @@ mod tests {
             let conn = s.lock();
             conn.execute_batch(
                 "DROP TABLE rollout_events; DROP TABLE rollout_devices; DROP TABLE rollouts;
-                 DROP TABLE deployment_generations; PRAGMA user_version = 2;",
+                 DROP TABLE deployment_generations; DROP TABLE hub_keys;
+                 ALTER TABLE devices DROP COLUMN hub_key_id;
+                 ALTER TABLE devices DROP COLUMN previous_key;
+                 ALTER TABLE devices DROP COLUMN previous_key_until_ms;
+                 PRAGMA user_version = 2;",
             )
             .unwrap();
         }

@@ -28,6 +28,7 @@ fn start_broker() -> SocketAddr {
         DeviceEntry {
             key: Signer::generate().public().clone(),
             password_hash: password_hash("device-secret"),
+            previous: None,
         },
     );
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();

@@ -1,6 +1,7 @@
 //! Stop signals: SIGTERM (systemd, `kill`) and SIGINT (Ctrl-C) cancel one
-//! token that every task of the process watches. This is the only place
-//! either daemon handles signals.
+//! token that every task of the process watches; SIGHUP (`systemctl
+//! reload`) asks for files to be read again ([`on_reload`]). This is the
+//! only place either daemon handles signals.
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -21,6 +22,40 @@ pub fn cancel_on_stop(cancel: CancellationToken) -> std::io::Result<()> {
         cancel.cancel();
     });
     Ok(())
+}
+
+/// Installs a SIGHUP handler now and calls `reload` on each SIGHUP until
+/// `cancel`. Must be called inside a tokio runtime.
+pub fn on_reload(
+    cancel: CancellationToken,
+    reload: impl Fn() + Send + 'static,
+) -> std::io::Result<()> {
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                got = hup.recv() => {
+                    if got.is_none() {
+                        return;
+                    }
+                    tracing::info!(signal = "SIGHUP", "reloading");
+                    reload();
+                }
+                () = cancel.cancelled() => return,
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Sends SIGHUP to `pid` (a running daemon, named by its lock file): the
+/// other side of [`on_reload`].
+pub fn ask_reload(pid: u32) -> std::io::Result<()> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).map_err(Into::into)
 }
 
 #[cfg(test)]

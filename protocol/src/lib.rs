@@ -23,6 +23,7 @@ pub mod limits;
 pub mod name;
 pub mod presence;
 pub mod rollout;
+pub mod rotation;
 pub mod selector;
 pub mod sign;
 pub mod status;

@@ -37,6 +37,10 @@ pub enum MessageKind {
     Heartbeat,
     Command,
     Ack,
+    /// A new hub key, signed by the one it replaces ([`crate::rotation`]).
+    HubKey,
+    /// A device's new key, signed by the one it replaces.
+    DeviceKey,
 }
 
 impl MessageKind {
@@ -49,18 +53,23 @@ impl MessageKind {
             MessageKind::Heartbeat => "heartbeat",
             MessageKind::Command => "command",
             MessageKind::Ack => "ack",
+            MessageKind::HubKey => "hubKey",
+            MessageKind::DeviceKey => "deviceKey",
         }
     }
 
-    pub fn channel(self) -> Channel {
+    /// The MQTT channel it travels on; key announcements travel inside
+    /// other envelopes or over HTTPS, on none.
+    pub fn channel(self) -> Option<Channel> {
         match self {
-            MessageKind::Desired => Channel::Desired,
-            MessageKind::Status => Channel::Status,
-            MessageKind::Presence => Channel::Presence,
-            MessageKind::Event => Channel::Events,
-            MessageKind::Heartbeat => Channel::Heartbeat,
-            MessageKind::Command => Channel::Commands,
-            MessageKind::Ack => Channel::Acks,
+            MessageKind::Desired => Some(Channel::Desired),
+            MessageKind::Status => Some(Channel::Status),
+            MessageKind::Presence => Some(Channel::Presence),
+            MessageKind::Event => Some(Channel::Events),
+            MessageKind::Heartbeat => Some(Channel::Heartbeat),
+            MessageKind::Command => Some(Channel::Commands),
+            MessageKind::Ack => Some(Channel::Acks),
+            MessageKind::HubKey | MessageKind::DeviceKey => None,
         }
     }
 
@@ -72,7 +81,11 @@ impl MessageKind {
             MessageKind::Event => 128 * 1024,
             // MAX_ACK_IDS ids of at most 64 characters, base64 in the envelope.
             MessageKind::Ack => 128 * 1024,
-            MessageKind::Presence | MessageKind::Heartbeat | MessageKind::Command => 16 * 1024,
+            MessageKind::Presence
+            | MessageKind::Heartbeat
+            | MessageKind::Command
+            | MessageKind::HubKey
+            | MessageKind::DeviceKey => 16 * 1024,
         }
     }
 }
@@ -166,6 +179,9 @@ impl PublicKey {
 pub struct Signer {
     key: SigningKey,
     public: PublicKey,
+    /// Key announcements every envelope carries (a rotated hub key: the
+    /// chain from keys devices may still pin to this one).
+    announcements: Vec<String>,
 }
 
 impl std::fmt::Debug for Signer {
@@ -185,7 +201,29 @@ impl Signer {
                 key: vk,
             },
             key,
+            announcements: Vec::new(),
         }
+    }
+
+    /// This key, carrying `announcements` (oldest first, at most
+    /// [`crate::rotation::MAX_CHAIN`]) in every envelope it seals, so a
+    /// device pinned to an older key can follow the chain to it.
+    pub fn with_announcements(mut self, mut announcements: Vec<String>) -> Self {
+        let extra = announcements
+            .len()
+            .saturating_sub(crate::rotation::MAX_CHAIN);
+        announcements.drain(..extra);
+        self.announcements = announcements;
+        self
+    }
+
+    /// The same key, without its announcements.
+    pub fn bare(&self) -> Self {
+        Self::from_key(self.key.clone())
+    }
+
+    pub fn announcements(&self) -> &[String] {
+        &self.announcements
     }
 
     /// A fresh key from the OS random source.
@@ -234,6 +272,7 @@ impl Signer {
             v: ENVELOPE_VERSION,
             typ: kind.as_str().to_owned(),
             kid: self.public.kid.0.clone(),
+            keys: self.announcements.clone(),
             payload: URL_SAFE_NO_PAD.encode(payload),
             sig: URL_SAFE_NO_PAD.encode(sig.to_bytes()),
         };
@@ -260,10 +299,14 @@ fn signed_bytes(typ: &str, payload: &[u8]) -> Vec<u8> {
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Envelope {
+pub(crate) struct Envelope {
     v: u8,
-    typ: String,
-    kid: String,
+    pub(crate) typ: String,
+    pub(crate) kid: String,
+    /// Announcements of the signing key, oldest first
+    /// ([`crate::rotation`]); outside the signature, each signed itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) keys: Vec<String>,
     payload: String,
     sig: String,
 }
@@ -444,7 +487,7 @@ fn checked<M: Message>(payload: &[u8], expect: &Expect<'_>) -> Result<M, Rejecti
 
 /// The first steps of [`open`]: size, canonical envelope, type, key id and
 /// signature; returns the signed payload bytes, not yet parsed.
-fn verified_payload(
+pub(crate) fn verified_payload(
     bytes: &[u8],
     kind: MessageKind,
     key: &PublicKey,
@@ -514,14 +557,22 @@ pub fn signed_version(bytes: &[u8], key: &PublicKey) -> Option<Version> {
     })
 }
 
-/// The exact size of the envelope [`Signer::seal`] makes of a payload of
-/// `payload_len` bytes: lets the hub check a document against the limits
-/// before it is issued.
+/// The largest envelope [`Signer::seal`] makes of a payload of
+/// `payload_len` bytes: exact for a key without announcements, and
+/// [`crate::rotation::CHAIN_RESERVE`] more to leave room for a rotated hub
+/// key's. Lets the hub check a document against the limits before it is
+/// issued.
 pub fn sealed_len(kind: MessageKind, payload_len: usize) -> usize {
+    envelope_len(kind, payload_len) + crate::rotation::CHAIN_RESERVE
+}
+
+/// The exact size of an envelope without announcements.
+fn envelope_len(kind: MessageKind, payload_len: usize) -> usize {
     let empty = Envelope {
         v: ENVELOPE_VERSION,
         typ: kind.as_str().to_owned(),
         kid: "0".repeat(16),
+        keys: Vec::new(),
         payload: String::new(),
         sig: URL_SAFE_NO_PAD.encode([0u8; 64]),
     };
@@ -541,7 +592,7 @@ mod tests {
             let payload = vec![b'x'; n];
             assert_eq!(
                 s.seal_bytes(MessageKind::Desired, &payload).len(),
-                sealed_len(MessageKind::Desired, n),
+                envelope_len(MessageKind::Desired, n),
                 "payload of {n} bytes"
             );
         }

@@ -131,6 +131,10 @@ pub struct StatusReport {
     /// was sent from memory.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unstored: bool,
+    /// The hub key this device pins (its id): how the hub learns that a
+    /// rotated key has reached it ([`crate::rotation`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub_key_id: Option<String>,
 }
 
 /// A desired document the device refused.

@@ -116,6 +116,7 @@ fn status() -> StatusReport {
         k3s_version: Some("v1.31.4+k3s1".into()),
         desired_rejected: None,
         unstored: false,
+        hub_key_id: None,
     }
 }
 

@@ -105,6 +105,8 @@ pub struct Counters {
     /// Desired documents refused by `protocol::open` for anything but
     /// staleness (a redelivered retained document is stale, not refused).
     pub refused: AtomicU64,
+    /// Hub keys pinned by following a rotation's announcements.
+    pub hub_keys_followed: AtomicU64,
 }
 
 impl Counters {
@@ -675,6 +677,19 @@ impl DeviceTask {
     /// new, reports every workload Synced and Healthy.
     fn on_desired(&mut self, client: &AsyncClient, payload: &[u8]) {
         let expect = Expect::device(&self.ident.id).newer_than(self.current);
+        // A rotated hub key, announced by the pinned one: pinned, as the
+        // agent does.
+        if let Ok(Some(next)) = edgefleet_protocol::rotation::signing_key(
+            payload,
+            edgefleet_protocol::MessageKind::Desired,
+            &self.hub_key,
+        ) {
+            self.hub_key = next;
+            self.shared
+                .counters
+                .hub_keys_followed
+                .fetch_add(1, Ordering::Relaxed);
+        }
         let doc: DesiredState = match open_for(payload, &self.hub_key, &expect, &self.ident.key) {
             Ok(d) => d,
             Err(Rejection::StaleRevision { .. }) => return,
@@ -746,6 +761,7 @@ impl DeviceTask {
             k3s_version: None,
             desired_rejected: None,
             unstored: false,
+            hub_key_id: Some(self.hub_key.kid().0.clone()),
         };
         let sealed = self.ident.key.seal(&report);
         self.last_report = Some(sealed.clone());

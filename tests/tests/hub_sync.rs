@@ -156,6 +156,7 @@ fn status(device: &str) -> edgefleet_protocol::StatusReport {
         k3s_version: None,
         desired_rejected: None,
         unstored: false,
+        hub_key_id: None,
     }
 }
 

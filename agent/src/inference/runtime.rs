@@ -279,7 +279,7 @@ async fn outbox_writer(
             tracing::warn!(error = %e, "inference result is not a valid event; dropped");
             continue;
         }
-        let sealed = vec![(event.id.clone(), shared.identity.signer.seal(&event))];
+        let sealed = vec![(event.id.clone(), shared.identity.signer().seal(&event))];
         if let Err(e) = shared.queue_events(sealed).await {
             shared.metrics.store_errors.inc();
             tracing::error!(error = %crate::error_chain(&e), "cannot queue inference result; dropped");

@@ -114,11 +114,14 @@ pub async fn enroll(
             &e,
         ));
     }
+    // A re-enrollment keeps a rotation's grace period for the old key.
+    let previous = st.registry.get(&id).and_then(|e| e.previous);
     st.registry.insert(
         id.clone(),
         DeviceEntry {
             key,
             password_hash: hash,
+            previous,
         },
     );
     result(if new { "enrolled" } else { "re_enrolled" });
@@ -126,6 +129,7 @@ pub async fn enroll(
     if new {
         st.publish.changed();
     }
+    let hub_key = st.hub_keys.public();
     Ok(Json(EnrollResponse {
         device_id: id.clone(),
         broker: BrokerCredentials {
@@ -133,7 +137,7 @@ pub async fn enroll(
             username: id.to_string(),
             password,
         },
-        hub_public_key: st.hub_key.to_base64(),
-        hub_key_id: st.hub_key.kid().to_string(),
+        hub_public_key: hub_key.to_base64(),
+        hub_key_id: hub_key.kid().to_string(),
     }))
 }

@@ -13,6 +13,8 @@ use super::{DeviceRecord, Labels, Presence, Store, StoreError, ms, sql_i64};
 pub struct DeviceAuth {
     pub public_key: String,
     pub password_hash: [u8; 32],
+    /// The key a rotation replaced, accepted until the time beside it.
+    pub previous_key: Option<(String, u64)>,
 }
 
 /// Result of [`Store::enroll_device`].
@@ -89,16 +91,20 @@ impl Store {
     /// Every device's key and broker password hash (for the auth cache).
     pub fn device_auth(&self) -> Result<HashMap<DeviceId, DeviceAuth>, StoreError> {
         let conn = self.lock();
-        let mut stmt = conn.prepare("SELECT id, public_key, password_hash FROM devices")?;
+        let mut stmt = conn.prepare(
+            "SELECT id, public_key, password_hash, previous_key, previous_key_until_ms FROM devices",
+        )?;
         let rows = stmt.query_map([], |r| {
             let id: String = r.get(0)?;
             let pk: String = r.get(1)?;
             let hash: Vec<u8> = r.get(2)?;
-            Ok((id, pk, hash))
+            let prev: Option<String> = r.get(3)?;
+            let until: Option<i64> = r.get(4)?;
+            Ok((id, pk, hash, prev.zip(until.map(ms))))
         })?;
         let mut out = HashMap::new();
         for row in rows {
-            let (id, public_key, hash) = row?;
+            let (id, public_key, hash, previous_key) = row?;
             let (Ok(id), Ok(password_hash)) = (DeviceId::new(id), <[u8; 32]>::try_from(hash))
             else {
                 continue;
@@ -108,6 +114,7 @@ impl Store {
                 DeviceAuth {
                     public_key,
                     password_hash,
+                    previous_key,
                 },
             );
         }

@@ -36,7 +36,8 @@ impl Store {
         let now = sql_i64(edgefleet_protocol::now_ms());
         tx.execute(
             "UPDATE devices SET applied_epoch = ?2, applied_revision = ?3, last_report_ms = ?4,
-               report_message = ?5, k3s_version = COALESCE(?6, k3s_version), agent_version = ?7, last_seen_ms = ?8
+               report_message = ?5, k3s_version = COALESCE(?6, k3s_version), agent_version = ?7, last_seen_ms = ?8,
+               hub_key_id = COALESCE(?9, hub_key_id)
              WHERE id = ?1",
             params![
                 r.device_id.as_str(),
@@ -46,7 +47,8 @@ impl Store {
                 r.message,
                 r.k3s_version,
                 r.agent_version,
-                now
+                now,
+                r.hub_key_id
             ],
         )?;
         tx.execute(
@@ -357,6 +359,7 @@ mod tests {
                 at_ms: 9,
             }),
             unstored: false,
+            hub_key_id: None,
         };
         s.transaction(|tx| Store::ingest_status(tx, &report(10, true)))
             .unwrap();

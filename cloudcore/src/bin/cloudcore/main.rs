@@ -44,6 +44,11 @@ enum Command {
     /// Restore a backup archive into a data directory (a new machine, or
     /// over a damaged store with --force). Devices need no re-enrollment.
     Restore(RestoreArgs),
+    /// Signing-key operations on a running hub.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
@@ -116,6 +121,31 @@ struct DemoArgs {
 }
 
 #[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Replace the hub's signing key. The new key is announced to devices
+    /// in a message signed by the old one; they verify it and pin the new
+    /// key, those offline when they return. The old key is retired once
+    /// every device reports the new one, or after keys.rotation_grace.
+    Rotate(RotateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RotateArgs {
+    /// TOML config file (for data_dir, api.listen and the operator token).
+    #[arg(long, env = "CLOUDCORE_CONFIG")]
+    config: Option<PathBuf>,
+    /// The hub's data directory (its operator-token file).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// The hub's REST API (default: from api.listen, https when TLS is configured).
+    #[arg(long)]
+    server: Option<String>,
+    /// PEM CA bundle the hub's certificate must chain to (an https hub).
+    #[arg(long)]
+    certificate_authority: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
 enum ConfigCommand {
     /// Print the default configuration as TOML.
     Defaults,
@@ -167,6 +197,9 @@ fn main() {
         }
         Command::Serve(args) => serve(args),
         Command::Backup(args) => backup(args),
+        Command::Keys {
+            command: KeysCommand::Rotate(args),
+        } => rotate_key(args),
         Command::Restore(args) => restore(args),
         Command::Demo(args) => demo(args),
     };
@@ -247,6 +280,73 @@ fn backup(args: BackupArgs) -> i32 {
         Err(e) => {
             eprintln!("cloudcore backup: {}", error_chain(&e));
             exit::FAILURE
+        }
+    }
+}
+
+fn rotate_key(args: RotateArgs) -> i32 {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let overrides = Overrides {
+        data_dir: args.data_dir,
+        ..Default::default()
+    };
+    let cfg = match load_config("cloudcore keys rotate", args.config.as_deref(), &overrides) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let server = args.server.unwrap_or_else(|| {
+        let mut addr = cfg.api.listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let scheme = if cfg.api_tls() { "https" } else { "http" };
+        format!("{scheme}://{addr}")
+    });
+    let token = if cfg.auth.operator_token.is_empty() {
+        let path = cfg.data_dir.join("operator-token");
+        match edgefleet_daemon::files::read_secret(&path) {
+            Ok(Some(t)) => t.to_string(),
+            Ok(None) => {
+                eprintln!(
+                    "cloudcore keys rotate: no operator token at {} (is this the hub's data directory? --data-dir)",
+                    path.display()
+                );
+                return exit::CONFIG;
+            }
+            Err(e) => {
+                eprintln!("cloudcore keys rotate: {}", error_chain(&e));
+                return exit::CONFIG;
+            }
+        }
+    } else {
+        cfg.auth.operator_token.clone()
+    };
+    let client = match edgefleet_api::Client::trusting(
+        &server,
+        Some(token),
+        args.certificate_authority.as_deref(),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cloudcore keys rotate: {}", error_chain(&e));
+            return exit::CONFIG;
+        }
+    };
+    let Some(rt) = runtime() else {
+        return exit::FAILURE;
+    };
+    match rt.block_on(client.rotate_hub_key()) {
+        Ok(r) => {
+            println!(
+                "cloudcore keys rotate: hub key {} replaced by {}; every device's desired state is being re-issued",
+                r.previous_key_id, r.key_id
+            );
+            println!("  public key {}", r.public_key);
+            0
+        }
+        Err(e) => {
+            eprintln!("cloudcore keys rotate: {} ({server})", error_chain(&e));
+            exit::UNAVAILABLE
         }
     }
 }
