@@ -44,7 +44,7 @@ pub enum HttpError {
 /// An event as an app posts it; the agent fills in what is missing.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct EventIn {
+pub struct EventIn {
     /// Unique id for dedup at the hub; default: a fresh UUIDv7.
     #[serde(default)]
     id: Option<String>,
@@ -125,8 +125,9 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     edgefleet_daemon::metrics::response(shared.metrics.registry())
 }
 
-/// Parses a body holding one event object or an array of them.
-fn parse_events(body: &[u8]) -> Result<Vec<EventIn>, String> {
+/// Parses a body holding one event object or an array of them (public for
+/// the fuzz targets).
+pub fn parse_events(body: &[u8]) -> Result<Vec<EventIn>, String> {
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}"))?;
     let items = match value {

@@ -1,0 +1,8 @@
+//! The body an app posts to the agent's local `POST /v1/events`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = edge_agent::http::parse_events(data);
+});
