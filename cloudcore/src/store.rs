@@ -32,7 +32,7 @@ pub use edgefleet_api::{
     Condition, ConditionType, DEPLOYMENT_HISTORY, DeploymentGeneration, DeploymentRecord,
     DeviceRecord, EventRecord, ModelRecord, Presence, WorkloadStatusRecord,
 };
-pub use keys::HubKeyRecord;
+pub use keys::{HubKeyRecord, KeySwap};
 pub use reports::Ingested;
 pub use rollouts::{ActiveRollouts, RolloutAction, RolloutStep};
 

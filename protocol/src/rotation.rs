@@ -24,7 +24,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::name::DeviceId;
-use crate::sign::{Envelope, Message, MessageKind, PublicKey, Rejection, Signer, verified_payload};
+use crate::sign::{
+    Envelope, Message, MessageKind, PublicKey, Rejection, Signer, verified_payload, within_limit,
+};
 use crate::validate::ValidationErrors;
 
 /// Most announcements an envelope carries.
@@ -133,14 +135,7 @@ pub fn signing_key(
     kind: MessageKind,
     pinned: &PublicKey,
 ) -> Result<Option<PublicKey>, Rejection> {
-    let max = kind.max_bytes();
-    if bytes.len() > max {
-        return Err(Rejection::TooLarge {
-            kind: kind.as_str(),
-            size: bytes.len(),
-            max,
-        });
-    }
+    within_limit(bytes, kind)?;
     let env: Envelope = serde_json::from_slice(bytes).map_err(Rejection::MalformedEnvelope)?;
     if env.kid == pinned.kid().0 {
         return Ok(None);

@@ -485,13 +485,8 @@ fn checked<M: Message>(payload: &[u8], expect: &Expect<'_>) -> Result<M, Rejecti
     Ok(msg)
 }
 
-/// The first steps of [`open`]: size, canonical envelope, type, key id and
-/// signature; returns the signed payload bytes, not yet parsed.
-pub(crate) fn verified_payload(
-    bytes: &[u8],
-    kind: MessageKind,
-    key: &PublicKey,
-) -> Result<Vec<u8>, Rejection> {
+/// `TooLarge` when `bytes` exceed the limit for `kind`.
+pub(crate) fn within_limit(bytes: &[u8], kind: MessageKind) -> Result<(), Rejection> {
     let max = kind.max_bytes();
     if bytes.len() > max {
         return Err(Rejection::TooLarge {
@@ -500,6 +495,17 @@ pub(crate) fn verified_payload(
             max,
         });
     }
+    Ok(())
+}
+
+/// The first steps of [`open`]: size, canonical envelope, type, key id and
+/// signature; returns the signed payload bytes, not yet parsed.
+pub(crate) fn verified_payload(
+    bytes: &[u8],
+    kind: MessageKind,
+    key: &PublicKey,
+) -> Result<Vec<u8>, Rejection> {
+    within_limit(bytes, kind)?;
     let env: Envelope = serde_json::from_slice(bytes).map_err(Rejection::MalformedEnvelope)?;
     // Byte-exact envelopes: what was received must be exactly what a signer
     // emits, so no change to the bytes, not even whitespace, goes unnoticed.

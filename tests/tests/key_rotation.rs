@@ -52,6 +52,18 @@ async fn rotate(hub: &Hub) -> String {
     kid
 }
 
+/// `edge-agent rotate-key` for `agent` (off the runtime); what it printed.
+async fn rotate_device_key(agent: &Agent) -> String {
+    let mut cmd = std::process::Command::new(bin("edge-agent"));
+    cmd.args(["rotate-key", "--config"])
+        .arg(agent.config_path());
+    let (code, out, err) = tokio::task::spawn_blocking(move || output(cmd))
+        .await
+        .expect("edge-agent rotate-key");
+    assert_eq!(code, 0, "edge-agent rotate-key failed: {out}{err}");
+    out
+}
+
 async fn device(hub: &Hub, id: &str) -> Value {
     hub.get(&format!("/devices/{id}")).await.1
 }
@@ -98,6 +110,7 @@ async fn a_rotated_hub_key_reaches_an_online_fleet_and_an_agent_that_was_away() 
 
     // The agent goes away; the hub key is rotated twice behind its back.
     agent.kill().await;
+    let started = std::time::Instant::now();
     let second = rotate(&hub).await;
     eventually(
         "every simulated device follows the first rotation",
@@ -107,6 +120,10 @@ async fn a_rotated_hub_key_reaches_an_online_fleet_and_an_agent_that_was_away() 
         },
     )
     .await;
+    eprintln!(
+        "key_rotation: all {DEVICES} simulated devices pinned the new key {:?} after `cloudcore keys rotate` started",
+        started.elapsed()
+    );
     let third = rotate(&hub).await;
     assert!(first != second && second != third && first != third);
     eventually(
@@ -203,13 +220,7 @@ async fn an_agent_rotates_its_own_key_while_it_runs() {
         1.0
     );
 
-    let mut cmd = std::process::Command::new(bin("edge-agent"));
-    cmd.args(["rotate-key", "--config"])
-        .arg(agent.config_path());
-    let (code, out, err) = tokio::task::spawn_blocking(move || output(cmd))
-        .await
-        .unwrap();
-    assert_eq!(code, 0, "{out}{err}");
+    let out = rotate_device_key(&agent).await;
     assert!(out.contains("signs with the new key now"), "{out}");
     let after = device(&hub, "pi-rekey").await["publicKey"].clone();
     assert_ne!(before, after, "the hub holds the new key");
@@ -258,13 +269,7 @@ async fn an_agent_rotates_its_own_key_while_it_runs() {
         0.0
     );
     // Running it again rotates again (a fresh key each time).
-    let mut cmd = std::process::Command::new(bin("edge-agent"));
-    cmd.args(["rotate-key", "--config"])
-        .arg(agent.config_path());
-    let (code, out, err) = tokio::task::spawn_blocking(move || output(cmd))
-        .await
-        .unwrap();
-    assert_eq!(code, 0, "{out}{err}");
+    rotate_device_key(&agent).await;
     assert_ne!(device(&hub, "pi-rekey").await["publicKey"], after);
     assert_eq!(
         hub.metric("edgefleet_hub_device_key_rotations_total{result=\"rotated\"}")

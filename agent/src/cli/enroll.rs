@@ -139,18 +139,9 @@ pub async fn enroll(mut cfg: Config, args: EnrollArgs) -> Result<Enrolled, Enrol
             url: url.clone(),
             source,
         })?;
-    let status = resp.status();
-    if !status.is_success() {
-        let body = resp.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-            .unwrap_or(body);
-        return Err(EnrollError::Refused {
-            status: status.as_u16(),
-            message,
-        });
-    }
+    let resp = success(resp)
+        .await
+        .map_err(|(status, message)| EnrollError::Refused { status, message })?;
     let answer: EnrollResponse = resp.json().await.map_err(EnrollError::BadResponse)?;
     let hub_key = PublicKey::from_base64(&answer.hub_public_key).map_err(EnrollError::HubKey)?;
     if let Ok(pinned) = identity::load_hub_key(&dir)
@@ -256,6 +247,21 @@ fn hostname() -> Option<String> {
         .ok()
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
+}
+
+/// The hub's answer when it is a success; else its status and the error
+/// message it gave (the raw body when it gave none).
+pub async fn success(resp: reqwest::Response) -> Result<reqwest::Response, (u16, String)> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let body = resp.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .unwrap_or(body);
+    Err((status.as_u16(), message))
 }
 
 /// A client for the hub's REST API with the given timeout (rustls on ring),

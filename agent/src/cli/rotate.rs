@@ -111,18 +111,9 @@ pub async fn rotate_key(cfg: &Config) -> Result<Rotated, RotateError> {
             url: url.clone(),
             source,
         })?;
-    let status = resp.status();
-    if !status.is_success() {
-        let body = resp.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-            .unwrap_or(body);
-        return Err(RotateError::Refused {
-            status: status.as_u16(),
-            message,
-        });
-    }
+    let resp = crate::cli::enroll::success(resp)
+        .await
+        .map_err(|(status, message)| RotateError::Refused { status, message })?;
     let answer: DeviceKeyRotated = resp.json().await.map_err(RotateError::BadResponse)?;
     install(dir)?;
     crate::cli::enroll::hand_over(dir, &[DEVICE_KEY_FILE]).ok();

@@ -11,6 +11,7 @@ use edgefleet_protocol::{DeviceId, Expect, Rejection, open};
 
 use super::{ApiError, ApiResult, Shared};
 use crate::registry::DeviceEntry;
+use crate::store::KeySwap;
 
 /// How far a device's rotation request may be from the hub's clock.
 const ROTATION_SKEW_MS: u64 = 15 * 60 * 1000;
@@ -145,16 +146,26 @@ pub async fn rotate_device(
     }
     let until = now.saturating_add(st.rotation_grace_ms);
     let (d, old, n) = (device.clone(), entry.key.clone(), new.clone());
-    let swapped = st
+    let swap = st
         .store
         .run(move |s| s.rotate_device_key(&d, &old, &n, until))
         .await?;
-    if !swapped {
-        return Err(refused(
-            StatusCode::CONFLICT,
-            "conflict",
-            "the device's key changed meanwhile; try again".into(),
-        ));
+    match swap {
+        KeySwap::Swapped => {}
+        KeySwap::Changed => {
+            return Err(refused(
+                StatusCode::CONFLICT,
+                "conflict",
+                "the device's key changed meanwhile; try again".into(),
+            ));
+        }
+        KeySwap::KeyTaken => {
+            return Err(refused(
+                StatusCode::CONFLICT,
+                "conflict",
+                "that key belongs to another device".into(),
+            ));
+        }
     }
     let entry = DeviceEntry {
         key: new,

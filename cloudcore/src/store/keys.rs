@@ -191,16 +191,27 @@ impl Store {
     }
 
     /// Replaces a device's key with `new` if it is still `old`, keeping
-    /// `old` as its previous key until `previous_until_ms`. False when the
-    /// device's key is not `old` (already rotated, or deleted).
+    /// `old` as its previous key until `previous_until_ms`.
     pub fn rotate_device_key(
         &self,
         id: &DeviceId,
         old: &PublicKey,
         new: &PublicKey,
         previous_until_ms: u64,
-    ) -> Result<bool, StoreError> {
-        let n = self.lock().execute(
+    ) -> Result<KeySwap, StoreError> {
+        let conn = self.lock();
+        let taken = conn
+            .query_row(
+                "SELECT 1 FROM devices WHERE public_key = ?1 OR previous_key = ?1",
+                params![new.to_base64()],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if taken {
+            return Ok(KeySwap::KeyTaken);
+        }
+        let n = conn.execute(
             "UPDATE devices SET previous_key = public_key, previous_key_until_ms = ?4, public_key = ?3
              WHERE id = ?1 AND public_key = ?2",
             params![
@@ -210,8 +221,23 @@ impl Store {
                 sql_i64(previous_until_ms)
             ],
         )?;
-        Ok(n == 1)
+        Ok(if n == 1 {
+            KeySwap::Swapped
+        } else {
+            KeySwap::Changed
+        })
     }
+}
+
+/// What [`Store::rotate_device_key`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySwap {
+    Swapped,
+    /// The device's key is no longer the old one (rotated meanwhile, or
+    /// the device was deleted).
+    Changed,
+    /// Another device has (or just had) that key.
+    KeyTaken,
 }
 
 #[cfg(test)]
@@ -292,16 +318,36 @@ mod tests {
         enroll(&s, "a", &[]);
         let id = DeviceId::new("a").unwrap();
         let new = Signer::from_seed(&[8; 32]);
-        assert!(
-            !s.rotate_device_key(&id, new.public(), new.public(), 5)
-                .unwrap()
+        assert_eq!(
+            s.rotate_device_key(&id, new.public(), new.public(), 5)
+                .unwrap(),
+            KeySwap::Changed
         );
-        assert!(
+        assert_eq!(
             s.rotate_device_key(&id, old.public(), new.public(), 5)
-                .unwrap()
+                .unwrap(),
+            KeySwap::Swapped
         );
         let auth = s.device_auth().unwrap().remove(&id).unwrap();
         assert_eq!(auth.public_key, new.public().to_base64());
         assert_eq!(auth.previous_key, Some((old.public().to_base64(), 5)));
+        // Another device's key, or a key just replaced, is refused.
+        let b = enroll(&s, "b", &[]);
+        let newer = Signer::from_seed(&[9; 32]);
+        assert_eq!(
+            s.rotate_device_key(&id, new.public(), b.public(), 5)
+                .unwrap(),
+            KeySwap::KeyTaken
+        );
+        assert_eq!(
+            s.rotate_device_key(&DeviceId::new("b").unwrap(), b.public(), old.public(), 5)
+                .unwrap(),
+            KeySwap::KeyTaken
+        );
+        assert_eq!(
+            s.rotate_device_key(&id, new.public(), newer.public(), 5)
+                .unwrap(),
+            KeySwap::Swapped
+        );
     }
 }
