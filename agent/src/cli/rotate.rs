@@ -116,7 +116,13 @@ pub async fn rotate_key(cfg: &Config) -> Result<Rotated, RotateError> {
         .map_err(|(status, message)| RotateError::Refused { status, message })?;
     let answer: DeviceKeyRotated = resp.json().await.map_err(RotateError::BadResponse)?;
     install(dir)?;
-    crate::cli::enroll::hand_over(dir, &[DEVICE_KEY_FILE]).ok();
+    // Run as root on the service user's directory: the service must read it.
+    if let Err(e) = crate::cli::enroll::hand_over(dir, &[DEVICE_KEY_FILE]) {
+        eprintln!(
+            "edge-agent rotate-key: warning: {}; the agent may not be able to read its new key",
+            crate::error_chain(&e)
+        );
+    }
     let reloaded = daemon.filter(|pid| match edgefleet_daemon::signal::ask_reload(*pid) {
         Ok(()) => true,
         Err(e) => {
