@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Checks the units as systemd would load them: `systemd-analyze verify` on a
-# throwaway root holding the system's own units plus our binaries (verify
+# throwaway root holding the system's own units plus our binaries and
+# /bin/sh (verify
 # refuses an ExecStart that does not exist), then holds the
 # `systemd-analyze security` exposure score at or below THRESHOLD.
 #   systemd/verify.sh target/debug        (directory with edge-agent and cloudcore)
@@ -12,9 +13,11 @@ bins=${1:?usage: systemd/verify.sh DIR-WITH-BINARIES}
 THRESHOLD=${THRESHOLD:-2.0}
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
-mkdir -p "$root/usr/bin" "$root/etc/systemd/system" "$root/usr/lib/systemd"
+mkdir -p "$root/usr/bin" "$root/bin" "$root/etc/systemd/system" "$root/usr/lib/systemd"
 cp -a /usr/lib/systemd/system "$root/usr/lib/systemd/"
 cp "$bins/edge-agent" "$bins/cloudcore" "$root/usr/bin/"
+# ExecReload's shell, as every system has it.
+cp -L /bin/sh "$root/bin/sh"
 cp "$here/edge-agent.service" "$here/cloudcore.service" "$root/etc/systemd/system/"
 status=0
 for unit in edge-agent.service cloudcore.service; do
