@@ -328,6 +328,9 @@ ConditionPathExists=/var/lib/edgefleet/hub-key.pub
 Type=notify
 NotifyAccess=main
 ExecStart=$BIN run --config /etc/edgefleet/agent.toml
+# Re-reads the device key (edge-agent rotate-key does this by itself). The
+# shell's kill: procps' /bin/kill is not on every image.
+ExecReload=/bin/sh -c 'kill -HUP "\$MAINPID"'
 EnvironmentFile=-/etc/edgefleet/agent.env
 # The agent pings the watchdog from its main loop; a hung agent is restarted.
 WatchdogSec=30s
