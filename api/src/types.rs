@@ -11,7 +11,7 @@ use edgefleet_protocol::{DeviceId, Health, SyncState};
 use serde::{Deserialize, Serialize};
 
 /// A page of a list: `{"items": [...], "continue": "<token>"}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
     /// Pass as `?continue=` for the next page; absent on the last one.
@@ -30,12 +30,12 @@ impl<T> Page<T> {
 }
 
 /// Every error response: `{"error": {"code": "not_found", "message": "…"}}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable: `invalid`, `unauthorized`, `not_found`, `conflict`,
     /// `limit_exceeded`, `disk_full`, `internal`, …
@@ -44,7 +44,7 @@ pub struct ErrorDetail {
 }
 
 /// Whether a device is connected, as its last presence message said.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Presence {
     Online,
@@ -76,7 +76,7 @@ impl std::fmt::Display for Presence {
 }
 
 /// An enrolled device.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceRecord {
     pub id: DeviceId,
@@ -128,7 +128,7 @@ pub struct HeartbeatSummary {
 }
 
 /// The kinds of condition the hub records on a device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum ConditionType {
     /// The hub did not issue the device's document: the device would refuse
     /// it (too many workloads, too many bytes).
@@ -160,7 +160,7 @@ impl ConditionType {
 }
 
 /// One standing condition of a device, kept until its cause goes away.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     #[serde(rename = "type")]
@@ -172,7 +172,7 @@ pub struct Condition {
 }
 
 /// One workload's reported state on one device.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadStatusRecord {
     pub device_id: DeviceId,
@@ -184,7 +184,7 @@ pub struct WorkloadStatusRecord {
 }
 
 /// `GET /devices/{id}`: a device with what it should run and what it reports.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceDetail {
     #[serde(flatten)]
@@ -196,7 +196,7 @@ pub struct DeviceDetail {
 
 /// `PATCH /devices/{id}`: a merge-patch of labels; `None` (JSON `null`)
 /// removes one.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DevicePatch {
     #[serde(default)]
@@ -204,7 +204,7 @@ pub struct DevicePatch {
 }
 
 /// A stored event, with the hub's receive time and sequence number.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventRecord {
     /// Increasing per hub; `?continue=` takes the last one seen.
@@ -221,7 +221,7 @@ pub struct EventRecord {
 /// A stored deployment.
 /// One generation of a deployment's spec, as the hub keeps it (the last
 /// [`DEPLOYMENT_HISTORY`] generations of each deployment).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeploymentGeneration {
     pub generation: u64,
@@ -233,7 +233,7 @@ pub struct DeploymentGeneration {
 /// How many generations of each deployment the hub keeps.
 pub const DEPLOYMENT_HISTORY: u64 = 10;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeploymentRecord {
     pub name: String,
@@ -245,7 +245,7 @@ pub struct DeploymentRecord {
 }
 
 /// What `PUT /deployments/{name}` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ApplyResult {
     /// New deployment (HTTP 201).
@@ -267,7 +267,7 @@ impl ApplyResult {
 }
 
 /// `PUT /deployments/{name}`'s answer: the stored record and what changed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Applied {
     #[serde(flatten)]
@@ -276,7 +276,7 @@ pub struct Applied {
 }
 
 /// Rollout counts across the devices a deployment targets.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Counts {
     /// Devices the selector matches.
@@ -306,7 +306,7 @@ impl Counts {
 }
 
 /// `GET /deployments`: one line per deployment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeploymentSummary {
     pub name: String,
@@ -318,7 +318,7 @@ pub struct DeploymentSummary {
 }
 
 /// One targeted device in a deployment's rollout.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceRollout {
     pub device: String,
@@ -336,7 +336,7 @@ pub struct DeviceRollout {
 }
 
 /// One of a deployment's workloads on one device (`None`: not reported yet).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadRow {
     pub name: String,
@@ -346,7 +346,7 @@ pub struct WorkloadRow {
 }
 
 /// `GET /deployments/{name}/status`: the rollout across targeted devices.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeploymentStatus {
     pub name: String,
@@ -357,7 +357,7 @@ pub struct DeploymentStatus {
 }
 
 /// A model blob in the hub's registry (content-addressed).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ModelRecord {
     pub sha256: String,
@@ -367,7 +367,7 @@ pub struct ModelRecord {
 }
 
 /// `GET /hub/key`: the key devices pin at enrollment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HubKey {
     pub public_key: String,
@@ -378,7 +378,7 @@ pub struct HubKey {
 }
 
 /// One of the hub's keys, current or replaced.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HubKeyInfo {
     pub key_id: String,
@@ -401,7 +401,7 @@ pub struct HubKeyInfo {
 }
 
 /// `POST /hub/key/rotate`: what a rotation did.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HubKeyRotation {
     pub previous_key_id: String,
@@ -410,7 +410,7 @@ pub struct HubKeyRotation {
 }
 
 /// `POST /devices/{id}/key`: a device's key, rotated.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceKeyRotated {
     pub device_id: String,
@@ -420,7 +420,7 @@ pub struct DeviceKeyRotated {
 }
 
 /// Where a deployment's rollout is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum RolloutState {
     /// Waves are going out.
     Progressing,
@@ -469,7 +469,7 @@ impl RolloutState {
 }
 
 /// `GET /api/v1/deployments/{name}/rollout`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutStatus {
     pub name: String,
@@ -490,7 +490,7 @@ pub struct RolloutStatus {
     pub events: Vec<RolloutEvent>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WaveStatus {
     pub name: String,
@@ -508,7 +508,7 @@ pub struct WaveStatus {
     pub failures: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutEvent {
     pub at_ms: u64,
@@ -517,7 +517,7 @@ pub struct RolloutEvent {
 
 /// `POST /api/v1/deployments/{name}/rollback` (`toGeneration` optional:
 /// the generation before the current one).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RollbackRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]

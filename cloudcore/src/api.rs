@@ -10,6 +10,7 @@ mod devices;
 mod enroll;
 mod keys;
 mod models;
+mod openapi;
 mod rollouts;
 
 use std::path::PathBuf;
@@ -17,11 +18,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::handler::Handler as _;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine;
 pub use edgefleet_api::Page;
@@ -29,6 +29,8 @@ use edgefleet_api::{ErrorBody, ErrorDetail};
 use edgefleet_protocol::DeviceId;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::metrics::Metrics;
 use crate::mqtt::Session;
@@ -172,9 +174,13 @@ pub fn page<T>(mut items: Vec<T>, limit: usize, key: impl Fn(&T) -> String) -> J
 }
 
 /// `?limit=&continue=` on list endpoints.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// At most this many items (default 500, at most 5000).
+    #[param(minimum = 1)]
     pub limit: Option<usize>,
+    /// The `continue` of the previous page.
     #[serde(rename = "continue")]
     pub continue_token: Option<String>,
 }
@@ -272,10 +278,18 @@ async fn track_latency(State(st): State<Shared>, req: Request, next: Next) -> Re
     resp
 }
 
+#[utoipa::path(get, path = "/livez", tag = "health",
+    responses((status = OK, description = "The process answers", body = String, content_type = "text/plain")))]
 async fn livez() -> &'static str {
     "ok\n"
 }
 
+/// Ready when the store answers and the hub is connected to its broker.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses(
+        (status = OK, description = "Ready", body = String, content_type = "text/plain"),
+        (status = SERVICE_UNAVAILABLE, description = "The store or the broker is not available", body = String, content_type = "text/plain"),
+    ))]
 async fn readyz(State(st): State<Shared>) -> Response {
     let store = st.store.run(|s| s.ping()).await.is_ok();
     let broker = st.session.is_connected();
@@ -292,6 +306,8 @@ async fn readyz(State(st): State<Shared>) -> Response {
     (status, body).into_response()
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = OK, description = "OpenMetrics text", body = String, content_type = "application/openmetrics-text")))]
 async fn metrics(State(st): State<Shared>) -> Response {
     if let Ok((total, online)) = st.store.run(|s| s.count_devices()).await {
         st.metrics.devices.set(total as i64);
@@ -320,49 +336,129 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route")
 }
 
+/// The operator's routes (bearer token). A model upload may be up to
+/// `max_model` bytes.
+fn operator_routes(max_model: usize) -> OpenApiRouter<Shared> {
+    let models = OpenApiRouter::new()
+        .routes(routes!(models::upload, models::list))
+        .layer(DefaultBodyLimit::max(max_model));
+    OpenApiRouter::new()
+        .routes(routes!(devices::list))
+        .routes(routes!(devices::get_one, devices::patch, devices::delete))
+        .routes(routes!(devices::events))
+        .routes(routes!(deployments::list))
+        .routes(routes!(
+            deployments::get_one,
+            deployments::put,
+            deployments::delete
+        ))
+        .routes(routes!(deployments::status))
+        .routes(routes!(deployments::history))
+        .routes(routes!(rollouts::status))
+        .routes(routes!(rollouts::act))
+        .routes(routes!(rollouts::rollback))
+        .routes(routes!(keys::rotate))
+        .merge(models)
+}
+
+/// Routes with their own authentication: the bootstrap token, a device's
+/// signature or credentials, none for the hub's public key.
+fn open_routes() -> OpenApiRouter<Shared> {
+    OpenApiRouter::new()
+        .routes(routes!(enroll::enroll))
+        .routes(routes!(keys::hub_key))
+        .routes(routes!(keys::rotate_device))
+        .routes(routes!(models::blob))
+}
+
+/// The whole surface and its document, from the same routes.
+fn assemble(
+    mut operator: OpenApiRouter<Shared>,
+    open: OpenApiRouter<Shared>,
+) -> (Router<Shared>, utoipa::openapi::OpenApi) {
+    openapi::require(operator.get_openapi_mut(), openapi::OPERATOR);
+    let (router, api) = OpenApiRouter::with_openapi(openapi::base())
+        .nest("/api/v1", operator.merge(open))
+        .routes(routes!(livez))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .split_for_parts();
+    (router, openapi::finish(api))
+}
+
+/// The REST API's OpenAPI document (what `/api/v1/openapi.json` serves).
+pub fn document() -> utoipa::openapi::OpenApi {
+    assemble(operator_routes(0), open_routes()).1
+}
+
 /// The whole HTTP surface.
 /// The REST API. Request bodies are limited to `max_body` bytes, a model
 /// upload to `max_model` (413 beyond).
 pub fn router(st: Shared, max_body: usize, max_model: usize) -> Router {
-    let operator = Router::new()
-        .route("/devices", get(devices::list))
-        .route(
-            "/devices/{id}",
-            get(devices::get_one)
-                .patch(devices::patch)
-                .delete(devices::delete),
-        )
-        .route("/devices/{id}/events", get(devices::events))
-        .route("/deployments", get(deployments::list))
-        .route(
-            "/deployments/{name}",
-            get(deployments::get_one)
-                .put(deployments::put)
-                .delete(deployments::delete),
-        )
-        .route("/deployments/{name}/status", get(deployments::status))
-        .route("/deployments/{name}/history", get(deployments::history))
-        .route("/deployments/{name}/rollout", get(rollouts::status))
-        .route("/deployments/{name}/rollout/{action}", post(rollouts::act))
-        .route("/deployments/{name}/rollback", post(rollouts::rollback))
-        .route(
-            "/models",
-            post(models::upload.layer(DefaultBodyLimit::max(max_model))).get(models::list),
-        )
-        .route("/hub/key/rotate", post(keys::rotate))
+    let operator = operator_routes(max_model)
         .route_layer(middleware::from_fn_with_state(st.clone(), require_operator));
-    let open = Router::new()
-        .route("/enroll", post(enroll::enroll))
-        .route("/hub/key", get(keys::hub_key))
-        .route("/devices/{id}/key", post(keys::rotate_device))
-        .route("/models/{sha256}/blob", get(models::blob));
-    Router::new()
-        .nest("/api/v1", operator.merge(open))
-        .route("/livez", get(livez))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+    let (router, api) = assemble(operator, open_routes());
+    let doc: Arc<str> = api
+        .to_pretty_json()
+        .expect("the OpenAPI document serialises")
+        .into();
+    router
+        .route(
+            "/api/v1/openapi.json",
+            get(move || async move {
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    doc.to_string(),
+                )
+            }),
+        )
         .fallback(not_found)
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(st.clone(), track_latency))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(st)
+}
+
+/// Answers axum's own refusals (a path, query or body its extractors could
+/// not read, an oversized body, a method a route does not have) in the API's
+/// one error shape, as the handlers' own errors are.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let api = req.uri().path().starts_with("/api/");
+    let resp = next.run(req).await;
+    if !api {
+        return resp;
+    }
+    let status = resp.status();
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    // A refusal's text is a line or two; the limit only bounds the read.
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_server_error() => "internal",
+        _ => "invalid",
+    };
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("refused").to_owned()
+    } else {
+        text
+    };
+    let mut out = ApiError::new(status, code, message).into_response();
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        out.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    out
 }

@@ -21,28 +21,38 @@ pub const KIND: &str = "Deployment";
 pub const MAX_WORKLOAD_ID_LEN: usize = 63;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Deployment {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^edgefleet\.io/v1$"))]
     pub api_version: String,
+    #[cfg_attr(feature = "openapi", schema(pattern = "^Deployment$"))]
     pub kind: String,
     pub metadata: Metadata,
     pub spec: DeploymentSpec,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Metadata {
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 61)
+    )]
     pub name: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeploymentSpec {
     #[serde(default)]
     pub selector: LabelSelector,
     #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_WORKLOADS>")]
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 64))]
     pub workloads: Vec<Workload>,
     /// How a new generation reaches the devices; none: all at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]

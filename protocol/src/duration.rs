@@ -102,6 +102,24 @@ impl fmt::Display for Duration {
     }
 }
 
+/// In OpenAPI: the text form, e.g. `90s` or `1h30m`.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Duration {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "A number and a unit (s, m, h, d), several in a row allowed: 90s, 10m, 1h30m",
+            ))
+            .examples(["10m"])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Duration {}
+
 impl Serialize for Duration {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)

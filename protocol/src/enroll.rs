@@ -11,6 +11,7 @@ use crate::sign::PublicKey;
 use crate::validate::ValidationErrors;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EnrollRequest {
     /// The bootstrap token configured on the hub.
@@ -55,6 +56,7 @@ impl EnrollRequest {
 
 /// Credentials for the device's own MQTT connection.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BrokerCredentials {
     /// `mqtt://host:port` or `mqtts://host:port`.
@@ -74,6 +76,7 @@ impl std::fmt::Debug for BrokerCredentials {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EnrollResponse {
     pub device_id: DeviceId,

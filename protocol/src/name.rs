@@ -33,6 +33,25 @@ pub enum NameError {
 #[serde(try_from = "String", into = "String")]
 pub struct DeviceId(String);
 
+/// The pattern of a DNS label (a device id, a model name), for OpenAPI.
+pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for DeviceId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(DNS_LABEL_PATTERN))
+            .max_length(Some(MAX_DEVICE_ID_LEN))
+            .examples(["sensor-1"])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for DeviceId {}
+
 impl DeviceId {
     /// Validates and wraps a device id.
     pub fn new(id: impl Into<String>) -> Result<Self, NameError> {

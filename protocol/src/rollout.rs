@@ -29,9 +29,11 @@ use crate::validate::ValidationErrors;
 pub const MAX_WAVES: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RolloutSpec {
     /// In order; a device is in the first wave that takes it.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 16))]
     pub waves: Vec<Wave>,
     /// A device not Healthy on the new generation this long after it was
     /// online in its wave has failed.
@@ -67,6 +69,7 @@ fn default_min_sample() -> u32 {
 /// One wave: the devices a selector picks, or a share or number of those
 /// not yet in a wave.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Wave {
     pub name: String,
@@ -81,6 +84,7 @@ pub struct Wave {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub enum OnFailure {
     /// Every device that got the new generation gets the last good one back.
@@ -139,6 +143,32 @@ impl FromStr for Threshold {
         }
     }
 }
+
+/// In OpenAPI: a count (an integer) or a percentage (a string ending in `%`).
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Threshold {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0)),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some("^[0-9]+%$")),
+            )
+            .description(Some(
+                "A count of devices (2) or a percentage of the wave (\"5%\")",
+            ))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Threshold {}
 
 impl Serialize for Threshold {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {

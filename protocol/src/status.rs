@@ -12,6 +12,7 @@ use crate::validate::ValidationErrors;
 
 /// Whether the device applied the workload as desired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "PascalCase")]
 pub enum SyncState {
     /// Applied exactly as in the applied revision.
@@ -27,6 +28,7 @@ pub enum SyncState {
 
 /// Whether the workload works.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "PascalCase")]
 pub enum Health {
     Healthy,

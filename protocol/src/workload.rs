@@ -12,8 +12,13 @@ use crate::validate::{ValidationErrors, is_sha256_hex};
 
 /// A named workload of exactly one kind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Workload {
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 63)
+    )]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubernetesWorkload>,
@@ -57,6 +62,7 @@ impl Workload {
 
 /// Kubernetes objects applied to the device's K3s with server-side apply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KubernetesWorkload {
     #[serde(deserialize_with = "crate::bounded::vec::<_, _, MAX_MANIFESTS>")]
@@ -119,6 +125,7 @@ impl KubernetesWorkload {
 
 /// An ONNX model run next to the data source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct InferenceWorkload {
     pub model: ModelRef,
@@ -133,6 +140,7 @@ pub struct InferenceWorkload {
 /// A model by name and content hash; the hash is what the device fetches
 /// and verifies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ModelRef {
     pub name: String,
@@ -142,6 +150,7 @@ pub struct ModelRef {
 /// Where inputs come from: the device-local MQTT broker and/or the agent's
 /// local KServe v2 HTTP endpoint.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct InferenceInput {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -151,6 +160,7 @@ pub struct InferenceInput {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MqttInput {
     pub topic: String,
@@ -158,11 +168,13 @@ pub struct MqttInput {
 
 /// Serve the model on the agent's local KServe v2 endpoint.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpInput {}
 
 /// Where results go.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct InferenceOutput {
     /// Send results to the hub through the outbox as events.
@@ -173,6 +185,7 @@ pub struct InferenceOutput {
     pub topic: Option<String>,
     /// Only emit results for which this holds, e.g. `score > 0.8`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>))]
     pub when: Option<Condition>,
 }
 

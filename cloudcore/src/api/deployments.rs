@@ -8,14 +8,17 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use edgefleet_api::{
     Applied, ApplyResult, Counts, DeploymentGeneration, DeploymentStatus, DeploymentSummary,
-    DeviceRollout, WorkloadRow,
+    DeviceRollout, ErrorBody, Page, WorkloadRow,
 };
 use edgefleet_protocol::{Deployment, Health, SyncState};
 
 use super::{ApiError, ApiResult, Shared};
 use crate::store::DeploymentRecord;
 
-pub async fn list(State(st): State<Shared>) -> ApiResult<Json<super::Page<DeploymentSummary>>> {
+/// Every deployment, with how many devices it targets and how they are doing.
+#[utoipa::path(get, path = "/deployments", tag = "deployments",
+    responses((status = OK, body = Page<DeploymentSummary>)))]
+pub async fn list(State(st): State<Shared>) -> ApiResult<Json<Page<DeploymentSummary>>> {
     let (deps, rows) = st
         .store
         .run(|s| {
@@ -39,6 +42,9 @@ pub async fn list(State(st): State<Shared>) -> ApiResult<Json<super::Page<Deploy
     Ok(Json(super::Page::whole(items)))
 }
 
+/// One deployment: its current generation's manifest.
+#[utoipa::path(get, path = "/deployments/{name}", tag = "deployments", params(("name" = String, Path, description = "The deployment's metadata.name", example = "demo")),
+    responses((status = OK, body = DeploymentRecord), (status = NOT_FOUND, body = ErrorBody)))]
 pub async fn get_one(
     State(st): State<Shared>,
     Path(name): Path<String>,
@@ -54,6 +60,17 @@ pub async fn get_one(
 /// Applies a manifest (YAML or JSON; JSON is YAML). Created → 201,
 /// changed → 200, unchanged → 200 without a new generation; the body says
 /// which (`result`).
+#[utoipa::path(put, path = "/deployments/{name}", tag = "deployments", params(("name" = String, Path, description = "The deployment's metadata.name", example = "demo")),
+    request_body(description = "The manifest, as YAML or JSON", content(
+        (Deployment = "application/json"),
+        (Deployment = "application/yaml"),
+    )),
+    responses(
+        (status = OK, description = "Configured, or unchanged (no new generation)", body = Applied),
+        (status = CREATED, description = "Created", body = Applied),
+        (status = BAD_REQUEST, description = "Not a valid manifest, or its name is not the URL's", body = ErrorBody),
+        (status = CONFLICT, description = "A device would refuse its desired document (limit_exceeded)", body = ErrorBody),
+    ))]
 pub async fn put(
     State(st): State<Shared>,
     Path(name): Path<String>,
@@ -126,6 +143,9 @@ fn violations_with(
     ))
 }
 
+/// Deletes a deployment; its workloads leave every device.
+#[utoipa::path(delete, path = "/deployments/{name}", tag = "deployments", params(("name" = String, Path, description = "The deployment's metadata.name", example = "demo")),
+    responses((status = NO_CONTENT, description = "Deleted"), (status = NOT_FOUND, body = ErrorBody)))]
 pub async fn delete(State(st): State<Shared>, Path(name): Path<String>) -> ApiResult<StatusCode> {
     let n = name.clone();
     if !st.store.run(move |s| s.delete_deployment(&n)).await? {
@@ -231,6 +251,9 @@ impl Fleet {
     }
 }
 
+/// Where the deployment's current generation is, device by device.
+#[utoipa::path(get, path = "/deployments/{name}/status", tag = "deployments", params(("name" = String, Path, description = "The deployment's metadata.name", example = "demo")),
+    responses((status = OK, body = DeploymentStatus), (status = NOT_FOUND, body = ErrorBody)))]
 pub async fn status(
     State(st): State<Shared>,
     Path(name): Path<String>,
@@ -247,10 +270,12 @@ pub async fn status(
 }
 
 /// The generations the hub keeps of a deployment, newest first.
+#[utoipa::path(get, path = "/deployments/{name}/history", tag = "deployments", params(("name" = String, Path, description = "The deployment's metadata.name", example = "demo")),
+    responses((status = OK, body = Page<DeploymentGeneration>), (status = NOT_FOUND, body = ErrorBody)))]
 pub async fn history(
     State(st): State<Shared>,
     Path(name): Path<String>,
-) -> ApiResult<Json<super::Page<DeploymentGeneration>>> {
+) -> ApiResult<Json<Page<DeploymentGeneration>>> {
     let n = name.clone();
     let items = st
         .store

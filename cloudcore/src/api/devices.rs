@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use edgefleet_api::{DeviceDetail, DevicePatch};
+use edgefleet_api::{DeviceDetail, DevicePatch, ErrorBody};
 use edgefleet_protocol::name::{check_label_key, check_label_value};
 use edgefleet_protocol::{Channel, DeviceId, Topic};
 use rumqttc::QoS;
@@ -12,6 +12,9 @@ use serde::Deserialize;
 use super::{ApiError, ApiResult, Page, PageQuery, Shared};
 use crate::store::{DeviceRecord, EventRecord};
 
+/// Enrolled devices, a page at a time, in id order.
+#[utoipa::path(get, path = "/devices", tag = "devices", params(PageQuery),
+    responses((status = OK, body = Page<DeviceRecord>)))]
 pub async fn list(
     State(st): State<Shared>,
     Query(q): Query<PageQuery>,
@@ -25,6 +28,9 @@ pub async fn list(
     Ok(super::page(items, limit, |d| d.id.to_string()))
 }
 
+/// One device, with the workloads it should run and what it reported of them.
+#[utoipa::path(get, path = "/devices/{id}", tag = "devices", params(("id" = String, Path, description = "The device id", example = "sensor-1", pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 63)),
+    responses((status = OK, body = DeviceDetail), (status = NOT_FOUND, body = ErrorBody)))]
 pub async fn get_one(
     State(st): State<Shared>,
     Path(id): Path<String>,
@@ -54,6 +60,14 @@ pub async fn get_one(
     }))
 }
 
+/// Sets (a string) or removes (null) a device's labels.
+#[utoipa::path(patch, path = "/devices/{id}", tag = "devices", params(("id" = String, Path, description = "The device id", example = "sensor-1", pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 63)),
+    request_body = DevicePatch,
+    responses(
+        (status = OK, body = DeviceRecord),
+        (status = NOT_FOUND, body = ErrorBody),
+        (status = CONFLICT, description = "The device would refuse its new desired document (limit_exceeded)", body = ErrorBody),
+    ))]
 pub async fn patch(
     State(st): State<Shared>,
     Path(id): Path<String>,
@@ -112,6 +126,13 @@ pub async fn patch(
     }
 }
 
+/// Forgets a device: its credentials stop working and its topics are cleared.
+#[utoipa::path(delete, path = "/devices/{id}", tag = "devices", params(("id" = String, Path, description = "The device id", example = "sensor-1", pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 63)),
+    responses(
+        (status = NO_CONTENT, description = "Deleted"),
+        (status = NOT_FOUND, body = ErrorBody),
+        (status = SERVICE_UNAVAILABLE, description = "The external broker could not be changed; retry", body = ErrorBody),
+    ))]
 pub async fn delete(State(st): State<Shared>, Path(id): Path<String>) -> ApiResult<StatusCode> {
     // The broker forgets the device first: a device deleted here must not
     // keep a login there.
@@ -146,15 +167,22 @@ pub async fn delete(State(st): State<Shared>, Path(id): Path<String>) -> ApiResu
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventQuery {
     /// Return events with a sequence number above this (the `continue` of
     /// the previous page).
     #[serde(rename = "continue")]
+    #[param(pattern = "^[0-9]*$")]
     continue_token: Option<String>,
+    /// At most this many events (default 500, at most 5000).
+    #[param(minimum = 1)]
     limit: Option<usize>,
 }
 
+/// A device's events (and inference results), oldest first.
+#[utoipa::path(get, path = "/devices/{id}/events", tag = "devices", params(("id" = String, Path, description = "The device id", example = "sensor-1", pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 63), EventQuery),
+    responses((status = OK, body = Page<EventRecord>), (status = NOT_FOUND, body = ErrorBody)))]
 pub async fn events(
     State(st): State<Shared>,
     Path(id): Path<String>,

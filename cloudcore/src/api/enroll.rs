@@ -4,6 +4,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use edgefleet_api::ErrorBody;
 use edgefleet_protocol::{BrokerCredentials, DeviceId, EnrollRequest, EnrollResponse};
 use sha2::{Digest, Sha256};
 
@@ -20,6 +21,15 @@ fn derived_id(public_key_b64: &str) -> DeviceId {
         .unwrap_or_else(|_| unreachable!("dev-<hex> is a valid DNS label"))
 }
 
+/// Enrolls a device with the bootstrap token; answers its broker
+/// credentials and the hub's key.
+#[utoipa::path(post, path = "/enroll", tag = "enrollment", request_body = EnrollRequest,
+    responses(
+        (status = OK, body = EnrollResponse),
+        (status = UNAUTHORIZED, description = "Wrong bootstrap token", body = ErrorBody),
+        (status = CONFLICT, description = "The id is enrolled with another key", body = ErrorBody),
+        (status = SERVICE_UNAVAILABLE, description = "The external broker could not be changed; retry", body = ErrorBody),
+    ))]
 pub async fn enroll(
     State(st): State<Shared>,
     body: Result<Json<EnrollRequest>, axum::extract::rejection::JsonRejection>,

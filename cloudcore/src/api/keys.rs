@@ -5,7 +5,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use edgefleet_api::{DeviceKeyRotated, HubKey, HubKeyInfo, HubKeyRotation};
+use edgefleet_api::{DeviceKeyRotated, ErrorBody, HubKey, HubKeyInfo, HubKeyRotation};
 use edgefleet_protocol::rotation::DeviceKeyRotation;
 use edgefleet_protocol::{DeviceId, Expect, Rejection, open};
 
@@ -17,6 +17,8 @@ use crate::store::KeySwap;
 const ROTATION_SKEW_MS: u64 = 15 * 60 * 1000;
 
 /// The key devices pin at enrollment, and every key the hub has had.
+#[utoipa::path(get, path = "/hub/key", tag = "keys",
+    responses((status = OK, body = HubKey)))]
 pub async fn hub_key(State(st): State<Shared>) -> ApiResult<Json<HubKey>> {
     let current = st.hub_keys.public();
     let keys = st.store.run(|s| s.hub_keys()).await?;
@@ -40,6 +42,8 @@ pub async fn hub_key(State(st): State<Shared>) -> ApiResult<Json<HubKey>> {
 
 /// Replaces the hub's signing key; every device's document is issued again,
 /// signed with the new key and carrying its announcement.
+#[utoipa::path(post, path = "/hub/key/rotate", tag = "keys",
+    responses((status = OK, body = HubKeyRotation)))]
 pub async fn rotate(State(st): State<Shared>) -> ApiResult<Json<HubKeyRotation>> {
     // Not while a deployment change is between its check and its write.
     let _one = st.fleet_changes.lock().await;
@@ -74,6 +78,16 @@ pub async fn rotate(State(st): State<Shared>) -> ApiResult<Json<HubKeyRotation>>
 /// A device replaces its key: the body is a `deviceKey` envelope signed by
 /// its current key. No token: the signature is the authentication. A
 /// repeated request (the answer was lost) succeeds again.
+#[utoipa::path(post, path = "/devices/{id}/key", tag = "keys", params(("id" = String, Path, description = "The device id", example = "sensor-1", pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 63)),
+    request_body(description = "A `deviceKey` envelope (PROTOCOL.md, \"Key rotation\")",
+        content = Object, content_type = "application/json"),
+    responses(
+        (status = OK, body = DeviceKeyRotated),
+        (status = BAD_REQUEST, body = ErrorBody),
+        (status = FORBIDDEN, description = "Not signed by the device's current key", body = ErrorBody),
+        (status = NOT_FOUND, body = ErrorBody),
+        (status = CONFLICT, description = "The key is another device's, or a rotation is pending", body = ErrorBody),
+    ))]
 pub async fn rotate_device(
     State(st): State<Shared>,
     Path(id): Path<String>,

@@ -14,15 +14,24 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+use super::openapi::OnnxFile;
 use super::{ApiError, ApiResult, Page, Shared, operator_or_device};
 use crate::store::ModelRecord;
+use edgefleet_api::ErrorBody;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct UploadQuery {
+    /// The model's name (a DNS label); required.
+    #[param(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 63)]
     name: Option<String>,
 }
 
-/// `POST /api/v1/models?name=NAME` with the ONNX file as the body.
+/// Uploads an ONNX model (the body) as `name`; the answer's sha256 is what
+/// workloads name.
+#[utoipa::path(post, path = "/models", tag = "models", params(UploadQuery),
+    request_body(description = "The ONNX file", content = OnnxFile, content_type = "application/octet-stream"),
+    responses((status = CREATED, body = ModelRecord)))]
 pub async fn upload(
     State(st): State<Shared>,
     Query(q): Query<UploadQuery>,
@@ -80,6 +89,9 @@ pub async fn upload(
     Ok((StatusCode::CREATED, Json(rec)))
 }
 
+/// The models the hub holds.
+#[utoipa::path(get, path = "/models", tag = "models",
+    responses((status = OK, body = Page<ModelRecord>)))]
 pub async fn list(State(st): State<Shared>) -> ApiResult<Json<Page<ModelRecord>>> {
     let items = st.store.run(|s| s.list_models()).await?;
     Ok(Json(Page::whole(items)))
@@ -106,7 +118,21 @@ fn parse_range(h: &str, size: u64) -> Option<(u64, u64)> {
     (start <= end && start < size).then_some((start, end))
 }
 
-/// `GET /api/v1/models/{sha256}/blob`, with `Range` support.
+/// Downloads a model, with `Range` support. The operator token, or a
+/// device's broker credentials as Basic auth.
+#[utoipa::path(get, path = "/models/{sha256}/blob", tag = "models",
+    params(
+        ("sha256" = String, Path, description = "The model's sha256, 64 lower-case hex characters", pattern = r"^[0-9a-f]{64}$"),
+        ("Range" = Option<String>, Header, description = "One range: `bytes=N-`, `bytes=N-M` or `bytes=-N`", pattern = "^bytes=([0-9]+-[0-9]*|-[0-9]+)$"),
+    ),
+    security(("operator" = []), ("device" = [])),
+    responses(
+        (status = OK, body = OnnxFile, content_type = "application/octet-stream"),
+        (status = PARTIAL_CONTENT, body = OnnxFile, content_type = "application/octet-stream"),
+        (status = UNAUTHORIZED, body = ErrorBody),
+        (status = NOT_FOUND, body = ErrorBody),
+        (status = RANGE_NOT_SATISFIABLE, body = ErrorBody),
+    ))]
 pub async fn blob(
     State(st): State<Shared>,
     Path(sha256): Path<String>,

@@ -5,7 +5,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use edgefleet_api::{RollbackRequest, RolloutStatus};
+use edgefleet_api::{ErrorBody, RollbackRequest, RolloutStatus};
 
 use super::{ApiError, ApiResult, Shared};
 use crate::store::RolloutAction;
@@ -14,7 +14,9 @@ fn conflict(why: String) -> ApiError {
     ApiError::new(StatusCode::CONFLICT, "conflict", why)
 }
 
-/// `GET /deployments/{name}/rollout`.
+/// The rollout of the deployment's current generation: state, waves, events.
+#[utoipa::path(get, path = "/deployments/{name}/rollout", tag = "rollouts", params(("name" = String, Path, description = "The deployment's metadata.name", example = "demo")),
+    responses((status = OK, body = RolloutStatus), (status = NOT_FOUND, body = ErrorBody)))]
 pub async fn status(
     State(st): State<Shared>,
     Path(name): Path<String>,
@@ -27,7 +29,17 @@ pub async fn status(
         .ok_or_else(|| ApiError::not_found(format_args!("rollout of deployment {name:?}")))
 }
 
-/// `POST /deployments/{name}/rollout/{pause|resume|abort}`.
+/// Pauses, resumes or aborts the deployment's rollout.
+#[utoipa::path(post, path = "/deployments/{name}/rollout/{action}", tag = "rollouts",
+    params(
+        ("name" = String, Path, description = "The deployment's metadata.name", example = "demo"),
+        ("action" = String, Path, description = "pause, resume or abort", example = "pause"),
+    ),
+    responses(
+        (status = OK, body = RolloutStatus),
+        (status = NOT_FOUND, description = "No such deployment, rollout or action", body = ErrorBody),
+        (status = CONFLICT, description = "The rollout is not in a state that allows it", body = ErrorBody),
+    ))]
 pub async fn act(
     State(st): State<Shared>,
     Path((name, action)): Path<(String, String)>,
@@ -51,14 +63,27 @@ pub async fn act(
     status(State(st), Path(name)).await
 }
 
-/// `POST /deployments/{name}/rollback` (`{"toGeneration": N}` optional): a
+/// Rolls back (`{"toGeneration": N}` optional, default the previous one): a
 /// new generation with generation N's spec, to every device at once.
+#[utoipa::path(post, path = "/deployments/{name}/rollback", tag = "rollouts", params(("name" = String, Path, description = "The deployment's metadata.name", example = "demo")),
+    request_body(content = Option<RollbackRequest>, content_type = "application/json"),
+    responses(
+        (status = OK, body = RolloutStatus),
+        (status = NOT_FOUND, body = ErrorBody),
+        (status = CONFLICT, description = "No generation to go back to", body = ErrorBody),
+    ))]
 pub async fn rollback(
     State(st): State<Shared>,
     Path(name): Path<String>,
-    body: Option<Json<RollbackRequest>>,
+    body: axum::body::Bytes,
 ) -> ApiResult<Json<RolloutStatus>> {
-    let to = body.and_then(|Json(b)| b.to_generation);
+    // No body, or `null`: the previous generation.
+    let req: Option<RollbackRequest> = if body.is_empty() {
+        None
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?
+    };
+    let to = req.and_then(|b| b.to_generation);
     let n = name.clone();
     let rec = {
         let _fleet = st.fleet_changes.lock().await;

@@ -49,6 +49,9 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Print the REST API's OpenAPI document (JSON), as a running hub
+    /// serves it at /api/v1/openapi.json.
+    Openapi,
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
@@ -195,6 +198,16 @@ fn main() {
             print!("{}", Config::defaults_toml());
             0
         }
+        Command::Openapi => match cloudcore::api::document().to_pretty_json() {
+            Ok(json) => {
+                println!("{json}");
+                0
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::FAILURE
+            }
+        },
         Command::Serve(args) => serve(args),
         Command::Backup(args) => backup(args),
         Command::Keys {

@@ -1,0 +1,117 @@
+//! The hub's REST API against its own OpenAPI document, with schemathesis
+//! (PyPI), a property-based API tester we did not write. It reads the
+//! document the hub serves at `/api/v1/openapi.json`, generates requests for
+//! every operation (valid ones, invalid ones, boundary values) and checks
+//! every answer:
+//! - no 5xx (`not_a_server_error`);
+//! - the status code, the content type and the body are the ones the
+//!   document gives for that operation (`status_code_conformance`,
+//!   `content_type_conformance`, `response_schema_conformance`).
+//!
+//! The hub holds a device, a deployment and a model first, so the examples
+//! in the document reach real objects, not only 404s. Needs the venv of
+//! `models/venv.sh` (schemathesis): skipped loudly without it unless
+//! `EDGEFLEET_REQUIRE_SCHEMATHESIS` is set.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use edgefleet_protocol::Signer;
+use edgefleet_tests::bench::{repo, venv_python};
+use edgefleet_tests::hub::Hub;
+use edgefleet_tests::skip;
+
+/// The checks that make "no 5xx and no response outside the spec".
+const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance";
+
+/// The venv's `schemathesis` when it is installed; with the requirement
+/// set, `models/venv.sh` makes it.
+fn schemathesis() -> Result<PathBuf, String> {
+    let python = if edgefleet_tests::required("schemathesis") {
+        venv_python().map_err(|e| format!("{e:#}"))?
+    } else {
+        repo().join(".venv/bin/python")
+    };
+    let bin = python.with_file_name("schemathesis");
+    let ok = Command::new(&bin)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "{} does not run (run models/venv.sh)",
+            bin.display()
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_5xx_and_no_answer_outside_the_spec() {
+    let bin = match schemathesis() {
+        Ok(b) => b,
+        Err(why) => return skip("schemathesis", &why),
+    };
+    let hub = Hub::start().await;
+    // What the document's examples name: device sensor-1, deployment demo.
+    hub.enroll(&Signer::generate(), Some("sensor-1"), &[("site", "a")])
+        .await;
+    hub.deploy(
+        "demo",
+        "apiVersion: edgefleet.io/v1\nkind: Deployment\nmetadata: {name: demo}\nspec:\n  selector: {matchLabels: {site: a}}\n  workloads:\n    - name: cm\n      kubernetes:\n        manifests:\n          - {apiVersion: v1, kind: ConfigMap, metadata: {name: cm}, data: {k: v}}\n",
+    )
+    .await;
+    hub.push_model("tiny", b"not really onnx".to_vec()).await;
+
+    let (code, doc) = hub.get("/openapi.json").await;
+    assert_eq!(code, 200, "GET /api/v1/openapi.json");
+    let operations: usize = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .values()
+        .map(|item| item.as_object().expect("path item").len())
+        .sum();
+    assert!(
+        operations >= 20,
+        "the document lists {operations} operations"
+    );
+
+    let reports = tempfile::tempdir().expect("tempdir");
+    let junit = reports.path().join("junit.xml");
+    let out = Command::new(&bin)
+        .current_dir(reports.path())
+        .args(["run", &format!("{}/api/v1/openapi.json", hub.api_url())])
+        .args(["--checks", CHECKS])
+        .args([
+            "--header",
+            &format!("Authorization: Bearer {}", hub.operator_token()),
+        ])
+        .args(["--phases", "examples,coverage,fuzzing"])
+        .args(["--max-examples", "40", "--seed", "20261201"])
+        .args(["--workers", "2", "--request-timeout", "10"])
+        .args(["--report", "junit", "--report-junit-path"])
+        .arg(&junit)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run schemathesis");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "schemathesis found answers outside the spec or 5xx:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // It tested every operation the document lists, not a subset.
+    let report = std::fs::read_to_string(&junit).expect("junit report");
+    let tested = report.matches("<testcase ").count();
+    assert_eq!(
+        tested, operations,
+        "schemathesis tested {tested} of {operations} operations:\n{report}"
+    );
+    assert_eq!(
+        report.matches("<failure").count() + report.matches("<error").count(),
+        0,
+        "{report}"
+    );
+}
