@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use edgefleet_daemon::config::{ConfigFileError, env_error, env_parse_as, read_toml};
+use edgefleet_daemon::config::{ConfigFileError, env_error, env_parse, env_parse_as, read_toml};
 use edgefleet_daemon::mqtt::{BrokerUrl, BrokerUrlError, PemError, read_pem};
 use serde::{Deserialize, Serialize};
 
@@ -399,18 +399,10 @@ impl Config {
                 env_parse_as("CLOUDCORE_STORE_EVENTS_PER_DEVICE", &v, expected)?;
         }
         if let Some(v) = env("CLOUDCORE_STORE_EVENTS_MAX_AGE") {
-            self.store.events_max_age =
-                v.parse()
-                    .map_err(|e: edgefleet_protocol::duration::DurationError| {
-                        env_error("CLOUDCORE_STORE_EVENTS_MAX_AGE", &v, e.to_string())
-                    })?;
+            self.store.events_max_age = env_parse("CLOUDCORE_STORE_EVENTS_MAX_AGE", &v)?;
         }
         if let Some(v) = env("CLOUDCORE_KEYS_ROTATION_GRACE") {
-            self.keys.rotation_grace =
-                v.parse()
-                    .map_err(|e: edgefleet_protocol::duration::DurationError| {
-                        env_error("CLOUDCORE_KEYS_ROTATION_GRACE", &v, e.to_string())
-                    })?;
+            self.keys.rotation_grace = env_parse("CLOUDCORE_KEYS_ROTATION_GRACE", &v)?;
         }
         if let Some(v) = env("CLOUDCORE_INGEST_RATE_PER_DEVICE") {
             let expected = "expected messages per second (0: no limit)";
@@ -431,11 +423,7 @@ impl Config {
             self.api.max_model_bytes = env_parse_as("CLOUDCORE_API_MAX_MODEL_BYTES", &v, expected)?;
         }
         if let Some(v) = env("CLOUDCORE_BACKUP_INTERVAL") {
-            self.backup.interval =
-                v.parse()
-                    .map_err(|e: edgefleet_protocol::duration::DurationError| {
-                        env_error("CLOUDCORE_BACKUP_INTERVAL", &v, e.to_string())
-                    })?;
+            self.backup.interval = env_parse("CLOUDCORE_BACKUP_INTERVAL", &v)?;
         }
         if let Some(v) = env("CLOUDCORE_BACKUP_KEEP") {
             let expected = "expected how many archives to keep";

@@ -192,7 +192,8 @@ pub fn random_token() -> String {
 }
 
 /// Once a minute: retires old hub keys every device has moved past, or
-/// whose grace period ended, and updates the devices-behind gauge.
+/// whose grace period ended (the devices-behind gauge is read at each
+/// scrape of /metrics).
 pub async fn retire_old(
     store: Store,
     keys: Arc<HubKeys>,
@@ -203,18 +204,17 @@ pub async fn retire_old(
     let grace_ms = grace.as_secs().saturating_mul(1000);
     loop {
         let k = keys.clone();
-        let current = keys.public().kid().0.clone();
         let r = store
             .run(move |st| {
                 let retired = st.retire_hub_keys(edgefleet_protocol::now_ms(), grace_ms)?;
                 if !retired.is_empty() {
                     k.refresh_chain(st)?;
                 }
-                Ok::<_, StoreError>((retired, st.devices_behind_hub_key(&current)?))
+                Ok::<_, StoreError>(retired)
             })
             .await;
         match r {
-            Ok((retired, behind)) => {
+            Ok(retired) => {
                 for (kid, reason) in retired {
                     tracing::info!(key_id = %kid, reason, "old hub key retired: no longer announced to devices");
                     metrics
@@ -222,7 +222,6 @@ pub async fn retire_old(
                         .get_or_create(&vec![("reason", reason.to_owned())])
                         .inc();
                 }
-                metrics.hub_key_devices_behind.set(behind as i64);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot retire old hub keys; trying again in a minute")
