@@ -51,24 +51,24 @@ pub fn base() -> OpenApi {
         )
         .build();
     let components = api.components.get_or_insert_with(Default::default);
-    components.add_security_scheme(
-        OPERATOR,
-        SecurityScheme::Http(
-            HttpBuilder::new()
-                .scheme(HttpAuthScheme::Bearer)
-                .description(Some("The operator token (<data-dir>/operator-token)"))
-                .build(),
+    for (name, scheme, text) in [
+        (
+            OPERATOR,
+            HttpAuthScheme::Bearer,
+            "The operator token (<data-dir>/operator-token)",
         ),
-    );
-    components.add_security_scheme(
-        DEVICE,
-        SecurityScheme::Http(
-            HttpBuilder::new()
-                .scheme(HttpAuthScheme::Basic)
-                .description(Some("A device's broker username and password"))
-                .build(),
+        (
+            DEVICE,
+            HttpAuthScheme::Basic,
+            "A device's broker username and password",
         ),
-    );
+    ] {
+        let http = HttpBuilder::new()
+            .scheme(scheme)
+            .description(Some(text))
+            .build();
+        components.add_security_scheme(name, SecurityScheme::Http(http));
+    }
     api
 }
 
