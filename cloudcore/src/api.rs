@@ -398,18 +398,16 @@ pub fn router(st: Shared, max_body: usize, max_model: usize) -> Router {
     let operator = operator_routes(max_model)
         .route_layer(middleware::from_fn_with_state(st.clone(), require_operator));
     let (router, api) = assemble(operator, open_routes());
-    let doc: Arc<str> = api
-        .to_pretty_json()
-        .expect("the OpenAPI document serialises")
-        .into();
+    // Made once; each request shares the bytes.
+    let doc = bytes::Bytes::from(
+        api.to_pretty_json()
+            .expect("the OpenAPI document serialises"),
+    );
     router
         .route(
             "/api/v1/openapi.json",
-            get(move || async move {
-                (
-                    [(header::CONTENT_TYPE, "application/json")],
-                    doc.to_string(),
-                )
+            get(move || {
+                std::future::ready(([(header::CONTENT_TYPE, "application/json")], doc.clone()))
             }),
         )
         .fallback(not_found)
@@ -456,6 +454,7 @@ async fn json_errors(req: Request, next: Next) -> Response {
     } else {
         text
     };
+    tracing::info!(status = status.as_u16(), code, "request refused: {message}");
     let mut out = ApiError::new(status, code, message).into_response();
     if let Some(allow) = parts.headers.get(header::ALLOW) {
         out.headers_mut().insert(header::ALLOW, allow.clone());

@@ -71,6 +71,32 @@ async fn api_errors_have_status_and_message() {
     let (code, _) = hub.api(Method::DELETE, "/deployments/nope", None).await;
     assert_eq!(code, 404);
 
+    // What axum itself refuses has the same shape: a query it cannot read,
+    // a method the route does not have (its Allow header kept), a body that
+    // is not JSON.
+    let (code, body) = hub.get("/devices?limit=lots").await;
+    assert_eq!(code, 400);
+    assert_error(&body, "invalid", "limit");
+    let resp = reqwest::Client::new()
+        .put(format!("{}/api/v1/devices", hub.api_url()))
+        .bearer_auth(hub.operator_token())
+        .send()
+        .await
+        .expect("hub reachable");
+    assert_eq!(resp.status(), 405);
+    assert!(resp.headers().contains_key("allow"), "{:?}", resp.headers());
+    let body: serde_json::Value = resp.json().await.expect("a JSON error");
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+    let (code, body) = hub
+        .api(
+            Method::POST,
+            "/deployments/nope/rollback",
+            Some(("application/json", "{not json".into())),
+        )
+        .await;
+    assert_eq!(code, 400);
+    assert_error(&body, "invalid", "body");
+
     // Create, then unchanged.
     assert_eq!(hub.put_deployment("web", GOOD).await.0, 201);
     let (code, body) = hub.put_deployment("web", GOOD).await;
