@@ -173,6 +173,28 @@ pub fn page<T>(mut items: Vec<T>, limit: usize, key: impl Fn(&T) -> String) -> J
     })
 }
 
+/// `{id}` in a device's paths.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct DevicePath {
+    /// The device id
+    #[param(
+        example = "sensor-1",
+        pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        max_length = 63
+    )]
+    pub id: String,
+}
+
+/// `{name}` in a deployment's paths.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct DeploymentPath {
+    /// The deployment's metadata.name
+    #[param(example = "demo")]
+    pub name: String,
+}
+
 /// `?limit=&continue=` on list endpoints.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]

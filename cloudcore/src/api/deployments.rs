@@ -12,7 +12,7 @@ use edgefleet_api::{
 };
 use edgefleet_protocol::{Deployment, Health, SyncState};
 
-use super::{ApiError, ApiResult, Shared};
+use super::{ApiError, ApiResult, DeploymentPath, Shared};
 use crate::store::DeploymentRecord;
 
 /// Every deployment, with how many devices it targets and how they are doing.
@@ -43,11 +43,11 @@ pub async fn list(State(st): State<Shared>) -> ApiResult<Json<Page<DeploymentSum
 }
 
 /// One deployment: its current generation's manifest.
-#[utoipa::path(get, path = "/deployments/{name}", tag = "deployments", params(("name" = String, Path, description = "The deployment's metadata.name", example = "demo")),
+#[utoipa::path(get, path = "/deployments/{name}", tag = "deployments", params(DeploymentPath),
     responses((status = OK, body = DeploymentRecord), (status = NOT_FOUND, body = ErrorBody)))]
 pub async fn get_one(
     State(st): State<Shared>,
-    Path(name): Path<String>,
+    Path(DeploymentPath { name }): Path<DeploymentPath>,
 ) -> ApiResult<Json<DeploymentRecord>> {
     let n = name.clone();
     st.store
@@ -60,7 +60,7 @@ pub async fn get_one(
 /// Applies a manifest (YAML or JSON; JSON is YAML). Created → 201,
 /// changed → 200, unchanged → 200 without a new generation; the body says
 /// which (`result`).
-#[utoipa::path(put, path = "/deployments/{name}", tag = "deployments", params(("name" = String, Path, description = "The deployment's metadata.name", example = "demo")),
+#[utoipa::path(put, path = "/deployments/{name}", tag = "deployments", params(DeploymentPath),
     request_body(description = "The manifest, as YAML or JSON", content(
         (Deployment = "application/json"),
         (Deployment = "application/yaml"),
@@ -73,7 +73,7 @@ pub async fn get_one(
     ))]
 pub async fn put(
     State(st): State<Shared>,
-    Path(name): Path<String>,
+    Path(DeploymentPath { name }): Path<DeploymentPath>,
     body: String,
 ) -> ApiResult<(StatusCode, Json<Applied>)> {
     let d = Deployment::from_yaml(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -144,9 +144,12 @@ fn violations_with(
 }
 
 /// Deletes a deployment; its workloads leave every device.
-#[utoipa::path(delete, path = "/deployments/{name}", tag = "deployments", params(("name" = String, Path, description = "The deployment's metadata.name", example = "demo")),
+#[utoipa::path(delete, path = "/deployments/{name}", tag = "deployments", params(DeploymentPath),
     responses((status = NO_CONTENT, description = "Deleted"), (status = NOT_FOUND, body = ErrorBody)))]
-pub async fn delete(State(st): State<Shared>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete(
+    State(st): State<Shared>,
+    Path(DeploymentPath { name }): Path<DeploymentPath>,
+) -> ApiResult<StatusCode> {
     let n = name.clone();
     if !st.store.run(move |s| s.delete_deployment(&n)).await? {
         return Err(ApiError::not_found(format_args!("deployment {name:?}")));
@@ -252,11 +255,11 @@ impl Fleet {
 }
 
 /// Where the deployment's current generation is, device by device.
-#[utoipa::path(get, path = "/deployments/{name}/status", tag = "deployments", params(("name" = String, Path, description = "The deployment's metadata.name", example = "demo")),
+#[utoipa::path(get, path = "/deployments/{name}/status", tag = "deployments", params(DeploymentPath),
     responses((status = OK, body = DeploymentStatus), (status = NOT_FOUND, body = ErrorBody)))]
 pub async fn status(
     State(st): State<Shared>,
-    Path(name): Path<String>,
+    Path(DeploymentPath { name }): Path<DeploymentPath>,
 ) -> ApiResult<Json<DeploymentStatus>> {
     let n = name.clone();
     st.store
@@ -270,11 +273,11 @@ pub async fn status(
 }
 
 /// The generations the hub keeps of a deployment, newest first.
-#[utoipa::path(get, path = "/deployments/{name}/history", tag = "deployments", params(("name" = String, Path, description = "The deployment's metadata.name", example = "demo")),
+#[utoipa::path(get, path = "/deployments/{name}/history", tag = "deployments", params(DeploymentPath),
     responses((status = OK, body = Page<DeploymentGeneration>), (status = NOT_FOUND, body = ErrorBody)))]
 pub async fn history(
     State(st): State<Shared>,
-    Path(name): Path<String>,
+    Path(DeploymentPath { name }): Path<DeploymentPath>,
 ) -> ApiResult<Json<Page<DeploymentGeneration>>> {
     let n = name.clone();
     let items = st

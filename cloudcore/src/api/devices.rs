@@ -9,7 +9,7 @@ use edgefleet_protocol::{Channel, DeviceId, Topic};
 use rumqttc::QoS;
 use serde::Deserialize;
 
-use super::{ApiError, ApiResult, Page, PageQuery, Shared};
+use super::{ApiError, ApiResult, DevicePath, Page, PageQuery, Shared};
 use crate::store::{DeviceRecord, EventRecord};
 
 /// Enrolled devices, a page at a time, in id order.
@@ -29,11 +29,11 @@ pub async fn list(
 }
 
 /// One device, with the workloads it should run and what it reported of them.
-#[utoipa::path(get, path = "/devices/{id}", tag = "devices", params(("id" = String, Path, description = "The device id", example = "sensor-1", pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 63)),
+#[utoipa::path(get, path = "/devices/{id}", tag = "devices", params(DevicePath),
     responses((status = OK, body = DeviceDetail), (status = NOT_FOUND, body = ErrorBody)))]
 pub async fn get_one(
     State(st): State<Shared>,
-    Path(id): Path<String>,
+    Path(DevicePath { id }): Path<DevicePath>,
 ) -> ApiResult<Json<DeviceDetail>> {
     let id2 = id.clone();
     let (device, desired, workloads) = st
@@ -61,7 +61,7 @@ pub async fn get_one(
 }
 
 /// Sets (a string) or removes (null) a device's labels.
-#[utoipa::path(patch, path = "/devices/{id}", tag = "devices", params(("id" = String, Path, description = "The device id", example = "sensor-1", pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 63)),
+#[utoipa::path(patch, path = "/devices/{id}", tag = "devices", params(DevicePath),
     request_body = DevicePatch,
     responses(
         (status = OK, body = DeviceRecord),
@@ -70,7 +70,7 @@ pub async fn get_one(
     ))]
 pub async fn patch(
     State(st): State<Shared>,
-    Path(id): Path<String>,
+    Path(DevicePath { id }): Path<DevicePath>,
     body: Result<Json<DevicePatch>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult<Json<DeviceRecord>> {
     let Json(p) = body.map_err(|e| ApiError::json(&e))?;
@@ -127,13 +127,16 @@ pub async fn patch(
 }
 
 /// Forgets a device: its credentials stop working and its topics are cleared.
-#[utoipa::path(delete, path = "/devices/{id}", tag = "devices", params(("id" = String, Path, description = "The device id", example = "sensor-1", pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 63)),
+#[utoipa::path(delete, path = "/devices/{id}", tag = "devices", params(DevicePath),
     responses(
         (status = NO_CONTENT, description = "Deleted"),
         (status = NOT_FOUND, body = ErrorBody),
         (status = SERVICE_UNAVAILABLE, description = "The external broker could not be changed; retry", body = ErrorBody),
     ))]
-pub async fn delete(State(st): State<Shared>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete(
+    State(st): State<Shared>,
+    Path(DevicePath { id }): Path<DevicePath>,
+) -> ApiResult<StatusCode> {
     // The broker forgets the device first: a device deleted here must not
     // keep a login there.
     if let (Some(d), Ok(dev)) = (&st.dynsec, DeviceId::new(&id))
@@ -181,11 +184,11 @@ pub struct EventQuery {
 }
 
 /// A device's events (and inference results), oldest first.
-#[utoipa::path(get, path = "/devices/{id}/events", tag = "devices", params(("id" = String, Path, description = "The device id", example = "sensor-1", pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 63), EventQuery),
+#[utoipa::path(get, path = "/devices/{id}/events", tag = "devices", params(DevicePath, EventQuery),
     responses((status = OK, body = Page<EventRecord>), (status = NOT_FOUND, body = ErrorBody)))]
 pub async fn events(
     State(st): State<Shared>,
-    Path(id): Path<String>,
+    Path(DevicePath { id }): Path<DevicePath>,
     Query(q): Query<EventQuery>,
 ) -> ApiResult<Json<Page<EventRecord>>> {
     let after: i64 = match q.continue_token.as_deref() {

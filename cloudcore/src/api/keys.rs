@@ -9,7 +9,7 @@ use edgefleet_api::{DeviceKeyRotated, ErrorBody, HubKey, HubKeyInfo, HubKeyRotat
 use edgefleet_protocol::rotation::DeviceKeyRotation;
 use edgefleet_protocol::{DeviceId, Expect, Rejection, open};
 
-use super::{ApiError, ApiResult, Shared};
+use super::{ApiError, ApiResult, DevicePath, Shared};
 use crate::registry::DeviceEntry;
 use crate::store::KeySwap;
 
@@ -78,7 +78,7 @@ pub async fn rotate(State(st): State<Shared>) -> ApiResult<Json<HubKeyRotation>>
 /// A device replaces its key: the body is a `deviceKey` envelope signed by
 /// its current key. No token: the signature is the authentication. A
 /// repeated request (the answer was lost) succeeds again.
-#[utoipa::path(post, path = "/devices/{id}/key", tag = "keys", params(("id" = String, Path, description = "The device id", example = "sensor-1", pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 63)),
+#[utoipa::path(post, path = "/devices/{id}/key", tag = "keys", params(DevicePath),
     request_body(description = "A `deviceKey` envelope (PROTOCOL.md, \"Key rotation\")",
         content = Object, content_type = "application/json"),
     responses(
@@ -90,7 +90,7 @@ pub async fn rotate(State(st): State<Shared>) -> ApiResult<Json<HubKeyRotation>>
     ))]
 pub async fn rotate_device(
     State(st): State<Shared>,
-    Path(id): Path<String>,
+    Path(DevicePath { id }): Path<DevicePath>,
     body: Bytes,
 ) -> ApiResult<Json<DeviceKeyRotated>> {
     let refused = |status: StatusCode, code: &'static str, msg: String| {

@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use edgefleet_api::{ErrorBody, RollbackRequest, RolloutStatus};
 
-use super::{ApiError, ApiResult, Shared};
+use super::{ApiError, ApiResult, DeploymentPath, Shared};
 use crate::store::RolloutAction;
 
 fn conflict(why: String) -> ApiError {
@@ -15,11 +15,11 @@ fn conflict(why: String) -> ApiError {
 }
 
 /// The rollout of the deployment's current generation: state, waves, events.
-#[utoipa::path(get, path = "/deployments/{name}/rollout", tag = "rollouts", params(("name" = String, Path, description = "The deployment's metadata.name", example = "demo")),
+#[utoipa::path(get, path = "/deployments/{name}/rollout", tag = "rollouts", params(DeploymentPath),
     responses((status = OK, body = RolloutStatus), (status = NOT_FOUND, body = ErrorBody)))]
 pub async fn status(
     State(st): State<Shared>,
-    Path(name): Path<String>,
+    Path(DeploymentPath { name }): Path<DeploymentPath>,
 ) -> ApiResult<Json<RolloutStatus>> {
     let n = name.clone();
     st.store
@@ -60,12 +60,12 @@ pub async fn act(
         st.publish.changed();
     }
     st.rollout_wake.notify_one();
-    status(State(st), Path(name)).await
+    status(State(st), Path(DeploymentPath { name })).await
 }
 
 /// Rolls back (`{"toGeneration": N}` optional, default the previous one): a
 /// new generation with generation N's spec, to every device at once.
-#[utoipa::path(post, path = "/deployments/{name}/rollback", tag = "rollouts", params(("name" = String, Path, description = "The deployment's metadata.name", example = "demo")),
+#[utoipa::path(post, path = "/deployments/{name}/rollback", tag = "rollouts", params(DeploymentPath),
     request_body(content = Option<RollbackRequest>, content_type = "application/json"),
     responses(
         (status = OK, body = RolloutStatus),
@@ -74,7 +74,7 @@ pub async fn act(
     ))]
 pub async fn rollback(
     State(st): State<Shared>,
-    Path(name): Path<String>,
+    Path(DeploymentPath { name }): Path<DeploymentPath>,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<RolloutStatus>> {
     // No body, or `null`: the previous generation.
@@ -95,5 +95,5 @@ pub async fn rollback(
     tracing::info!(deployment = %name, generation = rec.generation, "rolled back by an operator");
     st.publish.changed();
     st.rollout_wake.notify_one();
-    status(State(st), Path(name)).await
+    status(State(st), Path(DeploymentPath { name })).await
 }
