@@ -157,6 +157,30 @@ pub fn venv_python() -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
+/// The venv's python when it can `import modules` (a comma-separated
+/// import list). When the suite is required (`EDGEFLEET_REQUIRE_<WHAT>`),
+/// `models/venv.sh` makes the venv first; otherwise an existing one is used
+/// and the error says how to make it.
+pub fn venv_python_with(what: &str, modules: &str) -> Result<PathBuf, String> {
+    let python = if crate::required(what) {
+        venv_python().map_err(|e| format!("{e:#}"))?
+    } else {
+        repo().join(".venv/bin/python")
+    };
+    let ok = std::process::Command::new(&python)
+        .args(["-c", &format!("import {modules}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        Ok(python)
+    } else {
+        Err(format!(
+            "{} cannot import {modules} (run models/venv.sh)",
+            python.display()
+        ))
+    }
+}
+
 /// Generates MobileNetV2 at `path` unless it is there (`dynamic`: a
 /// symbolic batch dimension).
 pub fn generate_mobilenet(python: &Path, path: &Path, dynamic: bool) -> anyhow::Result<()> {

@@ -16,30 +16,14 @@ use std::process::Command;
 use std::time::Duration;
 
 use edgefleet_tests::agent::Agent;
-use edgefleet_tests::bench::{generate_mobilenet, repo, venv_python};
+use edgefleet_tests::bench::{generate_mobilenet, repo, venv_python_with};
 use edgefleet_tests::hub::Hub;
 use edgefleet_tests::{eventually, skip};
 
 /// The venv's python when it has tritonclient; with the requirement set,
 /// `models/venv.sh` makes it.
 fn python() -> Result<PathBuf, String> {
-    let python = if edgefleet_tests::required("tritonclient") {
-        venv_python().map_err(|e| format!("{e:#}"))?
-    } else {
-        repo().join(".venv/bin/python")
-    };
-    let ok = Command::new(&python)
-        .args(["-c", "import tritonclient.http, onnxruntime"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        Ok(python)
-    } else {
-        Err(format!(
-            "{} cannot import tritonclient.http and onnxruntime (run models/venv.sh)",
-            python.display()
-        ))
-    }
+    venv_python_with("tritonclient", "tritonclient.http, onnxruntime")
 }
 
 fn run(python: &Path, args: &[&str]) -> String {

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use edgefleet_protocol::Signer;
-use edgefleet_tests::bench::{repo, venv_python};
+use edgefleet_tests::bench::venv_python_with;
 use edgefleet_tests::hub::Hub;
 use edgefleet_tests::skip;
 
@@ -27,12 +27,7 @@ const CHECKS: &str = "not_a_server_error,status_code_conformance,content_type_co
 /// The venv's `schemathesis` when it is installed; with the requirement
 /// set, `models/venv.sh` makes it.
 fn schemathesis() -> Result<PathBuf, String> {
-    let python = if edgefleet_tests::required("schemathesis") {
-        venv_python().map_err(|e| format!("{e:#}"))?
-    } else {
-        repo().join(".venv/bin/python")
-    };
-    let bin = python.with_file_name("schemathesis");
+    let bin = venv_python_with("schemathesis", "schemathesis")?.with_file_name("schemathesis");
     let ok = Command::new(&bin)
         .arg("--version")
         .output()
