@@ -178,11 +178,9 @@ pub fn page<T>(mut items: Vec<T>, limit: usize, key: impl Fn(&T) -> String) -> J
 #[into_params(parameter_in = Path)]
 pub struct DevicePath {
     /// The device id
-    #[param(
-        example = "sensor-1",
-        pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
-        max_length = 63
-    )]
+    // Read as text, so an id no device can have is a 404 like any unknown
+    // one; described as a `DeviceId`, its one pattern and length.
+    #[param(value_type = DeviceId)]
     pub id: String,
 }
 
