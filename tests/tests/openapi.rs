@@ -116,3 +116,36 @@ async fn schemathesis_finds_no_5xx_and_no_answer_outside_the_spec() {
         "{report}"
     );
 }
+
+/// `cloudcore openapi` prints the committed document, and a reader that
+/// stops early (`| head`) ends it quietly, with status 0, not a panic.
+#[test]
+fn cloudcore_openapi_prints_the_document_and_stops_quietly_for_head() {
+    let (code, stdout, stderr) = Hub::cloudcore(&["openapi".as_ref()]);
+    assert_eq!(code, 0, "{stderr}");
+    let committed = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json"),
+    )
+    .expect("docs/openapi.json");
+    assert!(
+        stdout == committed,
+        "cloudcore openapi != docs/openapi.json"
+    );
+
+    let mut child = Command::new(edgefleet_tests::process::bin("cloudcore"))
+        .arg("openapi")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start cloudcore openapi");
+    // Read a little, then hang up, as `head -1` does. The document is larger
+    // than a pipe's buffer, so the writer meets the closed pipe.
+    let mut first = [0u8; 16];
+    std::io::Read::read_exact(child.stdout.as_mut().expect("stdout"), &mut first)
+        .expect("the document's start");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("cloudcore openapi ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

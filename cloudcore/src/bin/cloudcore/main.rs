@@ -194,15 +194,9 @@ fn main() {
     let code = match cli.command {
         Command::Config {
             command: ConfigCommand::Defaults,
-        } => {
-            print!("{}", Config::defaults_toml());
-            0
-        }
+        } => print_document(&Config::defaults_toml()),
         Command::Openapi => match cloudcore::api::document().to_pretty_json() {
-            Ok(json) => {
-                println!("{json}");
-                0
-            }
+            Ok(json) => print_document(&(json + "\n")),
             Err(e) => {
                 eprintln!("error: {e}");
                 exit::FAILURE
@@ -217,6 +211,20 @@ fn main() {
         Command::Demo(args) => demo(args),
     };
     std::process::exit(code);
+}
+
+/// Writes a document the user asked for to stdout. A reader that stops
+/// early (`| head`) is not an error; print! would panic on it.
+fn print_document(text: &str) -> i32 {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Ok(()) => 0,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => {
+            eprintln!("error: cannot write to stdout: {e}");
+            exit::FAILURE
+        }
+    }
 }
 
 fn serve(args: ServeArgs) -> i32 {
