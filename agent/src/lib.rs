@@ -7,6 +7,7 @@
 //! outbox ([`outbox`]).
 
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod db;

@@ -60,6 +60,10 @@ edgefleet_daemon::declare_metrics! {
         /// Messages from the hub refused by verification, by reason
         #[name = "messages_rejected"]
         pub rejected: Family<Labels, Counter>,
+        /// Commands from the hub run, by action (each id once)
+        pub commands_run: Family<Labels, Counter>,
+        /// Commands from the hub not run again: their id already ran
+        pub commands_duplicate: Counter,
         /// Revision of the stored desired state
         pub desired_revision: Gauge,
         /// Duration of reconcile passes

@@ -124,6 +124,13 @@ impl Reconciler {
         let shared = self.shared.clone();
         let m = &shared.metrics;
         m.reconcile_passes.inc();
+        if shared
+            .resync_wanted
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::info!("resync: every workload is synced now, waits for retries dropped");
+            self.retries.clear();
+        }
         let mut out = PassOutcome::default();
         let loaded = shared
             .db

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use edgefleet_protocol::{Channel, Command, CommandAction, Presence, PresenceState, Topic};
+use edgefleet_protocol::{Channel, Command, Presence, PresenceState, Topic};
 use rand::Rng;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing,
@@ -136,7 +136,6 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) -> Result<(), S
         maybe_more: false,
         need_subscribe: true,
         session: 0,
-        seen_commands: std::collections::VecDeque::new(),
         telemetry: crate::telemetry::Sampler::new(),
     };
     s.drive(ev_rx, resume_tx, cancel).await;
@@ -168,7 +167,6 @@ struct Session {
     maybe_more: bool,
     need_subscribe: bool,
     session: u64,
-    seen_commands: std::collections::VecDeque<String>,
     telemetry: crate::telemetry::Sampler,
 }
 
@@ -260,13 +258,9 @@ impl Session {
         self.ack_timeout.reset();
         self.maybe_more = true;
         tracing::info!(session_present, "MQTT connected");
-        let online = presence(
-            &self.shared,
-            PresenceState::Online,
-            session,
-            edgefleet_protocol::now_ms(),
-        );
-        self.publish(Channel::Presence, online, Tag::Other);
+        // Subscribed before `online` is announced: what the hub sends a
+        // device it sees come online (commands) is never published before
+        // the subscription exists.
         if self.need_subscribe || !session_present {
             let subs = [Channel::Desired, Channel::Commands, Channel::Acks].map(|c| {
                 rumqttc::SubscribeFilter {
@@ -278,6 +272,13 @@ impl Session {
                 tracing::warn!(error = %e, "cannot queue subscribe; retrying on next connect");
             }
         }
+        let online = presence(
+            &self.shared,
+            PresenceState::Online,
+            session,
+            edgefleet_protocol::now_ms(),
+        );
+        self.publish(Channel::Presence, online, Tag::Other);
         // A fresh status report and heartbeat for the hub on every connect.
         self.shared.report_wanted.store(true, Ordering::Relaxed);
         self.shared.reconcile_wake.notify_one();
@@ -441,29 +442,13 @@ impl Session {
         }
     }
 
+    /// A command: verified here, run (once per id) on its own task.
     fn on_command(&mut self, payload: &[u8]) {
         let shared = &self.shared;
         let Some(cmd) = shared.open_from_hub::<Command>(payload, "command") else {
             return;
         };
-        if self.seen_commands.contains(&cmd.id) {
-            return;
-        }
-        if self.seen_commands.len() >= 256 {
-            self.seen_commands.pop_front();
-        }
-        self.seen_commands.push_back(cmd.id.clone());
-        tracing::info!(id = %cmd.id, action = ?cmd.action, "command received");
-        match cmd.action {
-            CommandAction::Resync => shared.reconcile_wake.notify_one(),
-            CommandAction::ReportStatus => {
-                shared.report_wanted.store(true, Ordering::Relaxed);
-                shared.reconcile_wake.notify_one();
-            }
-            CommandAction::RestartWorkload { name } => {
-                tracing::warn!(workload = %name, "restartWorkload is not supported yet");
-            }
-        }
+        tokio::spawn(crate::commands::run(shared.clone(), cmd));
     }
 
     async fn heartbeat(&mut self) {

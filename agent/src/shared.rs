@@ -37,6 +37,9 @@ pub struct Shared {
     pub reconcile_wake: Notify,
     /// The next pass must queue a status report even if nothing changed.
     pub report_wanted: AtomicBool,
+    /// The next pass syncs every workload, including those waiting for a
+    /// retry (a resync command).
+    pub resync_wanted: AtomicBool,
     /// New outbox rows were committed.
     pub outbox_wake: Notify,
     pub connected: AtomicBool,
@@ -64,6 +67,7 @@ impl Shared {
             models: ModelRegistry::new(),
             reconcile_wake: Notify::new(),
             report_wanted: AtomicBool::new(true),
+            resync_wanted: AtomicBool::new(false),
             outbox_wake: Notify::new(),
             connected: AtomicBool::new(false),
             kube_needed: AtomicBool::new(false),

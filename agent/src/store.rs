@@ -24,6 +24,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use crate::config::Synchronous;
 
+mod commands;
 mod desired;
 mod inventory;
 mod models;
@@ -132,6 +133,14 @@ CREATE INDEX outbox_by_key ON outbox (channel, msg_key);
     // our managedFields entry), to notice drift.
     r#"
 ALTER TABLE inventory ADD COLUMN fields_hash TEXT NOT NULL DEFAULT '';
+"#,
+    // 4: commands run, by id (store/commands.rs): each runs at most once.
+    r#"
+CREATE TABLE commands_run (
+    id TEXT PRIMARY KEY,
+    expires_at_ms INTEGER NOT NULL,
+    run_at_ms INTEGER NOT NULL
+);
 "#,
 ];
 

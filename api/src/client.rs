@@ -10,9 +10,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::types::{
-    Applied, DeploymentGeneration, DeploymentRecord, DeploymentStatus, DeploymentSummary,
-    DeviceDetail, DevicePatch, DeviceRecord, ErrorBody, EventRecord, HubKey, HubKeyRotation,
-    ModelRecord, Page, RollbackRequest, RolloutStatus,
+    Applied, BulkCommandRequest, BulkCommandResponse, CommandRecord, CommandRequest,
+    DeploymentGeneration, DeploymentRecord, DeploymentStatus, DeploymentSummary, DeviceDetail,
+    DevicePatch, DeviceRecord, ErrorBody, EventRecord, HubKey, HubKeyRotation, ModelRecord, Page,
+    RollbackRequest, RolloutStatus,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -253,6 +254,39 @@ impl Client {
             Body::None,
         )
         .await
+    }
+
+    /// Sends a command to one device.
+    pub async fn send_command(
+        &self,
+        device: &str,
+        req: &CommandRequest,
+    ) -> Result<CommandRecord, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/devices/{device}/commands"),
+            Self::json(req),
+        )
+        .await
+    }
+
+    /// Sends a command to every device a selector matches.
+    pub async fn send_bulk_command(
+        &self,
+        req: &BulkCommandRequest,
+    ) -> Result<BulkCommandResponse, ClientError> {
+        self.call(Method::POST, "/commands", Self::json(req)).await
+    }
+
+    /// A device's commands, newest first.
+    pub async fn commands(&self, device: &str) -> Result<Vec<CommandRecord>, ClientError> {
+        self.get::<Page<CommandRecord>>(&format!("/devices/{device}/commands"))
+            .await
+            .map(|p| p.items)
+    }
+
+    pub async fn command(&self, device: &str, id: &str) -> Result<CommandRecord, ClientError> {
+        self.get(&format!("/devices/{device}/commands/{id}")).await
     }
 
     pub async fn deployments(&self) -> Result<Vec<DeploymentSummary>, ClientError> {

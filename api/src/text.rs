@@ -242,6 +242,36 @@ pub fn events(items: &[EventRecord]) -> String {
     render(&["AGE", "KIND", "WORKLOAD", "PAYLOAD"], &rows)
 }
 
+/// What a command does, e.g. `resync`, `restartWorkload demo.web`.
+pub fn command_action(a: &edgefleet_protocol::CommandAction) -> String {
+    match a {
+        edgefleet_protocol::CommandAction::RestartWorkload { name } => {
+            format!("{} {name}", a.name())
+        }
+        _ => a.name().to_owned(),
+    }
+}
+
+pub fn commands(items: &[crate::types::CommandRecord]) -> String {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|c| {
+            vec![
+                c.id.clone(),
+                c.device_id.clone(),
+                command_action(&c.action),
+                c.state.as_str().to_owned(),
+                age(Some(c.created_ms)),
+                or_dash(c.message.as_deref()),
+            ]
+        })
+        .collect();
+    render(
+        &["ID", "DEVICE", "ACTION", "STATE", "AGE", "MESSAGE"],
+        &rows,
+    )
+}
+
 pub fn describe_device(detail: &DeviceDetail) -> String {
     let d = &detail.device;
     let mut out = String::new();

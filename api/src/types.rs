@@ -523,3 +523,108 @@ pub struct RollbackRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_generation: Option<u64>,
 }
+
+/// `POST /api/v1/devices/{id}/commands`: what to do, and how long the
+/// command may wait for an offline device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CommandRequest {
+    pub action: edgefleet_protocol::CommandAction,
+    /// How long the command stays valid (default 10m, at most 24h). A device
+    /// that comes back later never runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<edgefleet_protocol::Duration>,
+}
+
+/// `POST /api/v1/commands`: one command to every device the selector matches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BulkCommandRequest {
+    /// Kubernetes label-selector semantics; it must name at least one label.
+    pub selector: edgefleet_protocol::LabelSelector,
+    pub action: edgefleet_protocol::CommandAction,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<edgefleet_protocol::Duration>,
+}
+
+/// Where a command is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum CommandState {
+    /// Waiting for the device to be online.
+    Queued,
+    /// Sent to the device, no result yet (sent again each time it reconnects,
+    /// until it expires; it runs once).
+    Delivered,
+    /// The device ran it.
+    Done,
+    /// The device tried and failed; `message` says why.
+    Failed,
+    /// No result before it expired; `message` says whether it was delivered.
+    Expired,
+}
+
+impl CommandState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandState::Queued => "queued",
+            CommandState::Delivered => "delivered",
+            CommandState::Done => "done",
+            CommandState::Failed => "failed",
+            CommandState::Expired => "expired",
+        }
+    }
+
+    /// Done, failed or expired: it will not change again (a late result can
+    /// still turn `expired` into `done` or `failed`).
+    pub fn is_final(self) -> bool {
+        !matches!(self, CommandState::Queued | CommandState::Delivered)
+    }
+}
+
+impl std::str::FromStr for CommandState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "queued" => CommandState::Queued,
+            "delivered" => CommandState::Delivered,
+            "done" => CommandState::Done,
+            "failed" => CommandState::Failed,
+            "expired" => CommandState::Expired,
+            other => return Err(format!("unknown command state {other:?}")),
+        })
+    }
+}
+
+/// A command and where it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandRecord {
+    pub id: String,
+    pub device_id: String,
+    pub action: edgefleet_protocol::CommandAction,
+    pub state: CommandState,
+    /// The device's message (done, failed), or why it expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub created_ms: u64,
+    pub expires_ms: u64,
+    /// When it was last sent to the device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_ms: Option<u64>,
+    /// How many times it was sent (a device runs it once).
+    pub deliveries: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<u64>,
+}
+
+/// The answer to a bulk command: one command per matched device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BulkCommandResponse {
+    pub items: Vec<CommandRecord>,
+    /// Matched devices that got no command: they already have the most open
+    /// commands a device may have.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
+}

@@ -5,6 +5,7 @@
 //! enroll with the bootstrap token and fetch model blobs with their broker
 //! credentials.
 
+mod commands;
 mod deployments;
 mod devices;
 mod enroll;
@@ -63,6 +64,8 @@ pub struct AppState {
     pub fleet_changes: tokio::sync::Mutex<()>,
     /// Wakes the rollout engine (a new generation, a resume).
     pub rollout_wake: Arc<tokio::sync::Notify>,
+    /// Sends new commands to their devices.
+    pub commands: crate::commands::Dispatch,
     /// Provisions device credentials and ACLs into an external mosquitto.
     pub dynsec: Option<crate::dynsec::Dynsec>,
     /// The hub's user on an external broker (no device may be named so).
@@ -366,6 +369,9 @@ fn operator_routes(max_model: usize) -> OpenApiRouter<Shared> {
         .routes(routes!(devices::list))
         .routes(routes!(devices::get_one, devices::patch, devices::delete))
         .routes(routes!(devices::events))
+        .routes(routes!(commands::create, commands::list))
+        .routes(routes!(commands::get_one))
+        .routes(routes!(commands::create_bulk))
         .routes(routes!(deployments::list))
         .routes(routes!(
             deployments::get_one,

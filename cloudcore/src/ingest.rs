@@ -15,8 +15,8 @@ use std::time::Instant;
 use edgefleet_protocol::limits::MAX_ACK_IDS;
 use edgefleet_protocol::sign::{Expect, Message};
 use edgefleet_protocol::{
-    Ack, Channel, DeviceId, Event, Heartbeat, Presence, PresenceState, Rejection, Signer,
-    StatusReport, Topic, open,
+    Ack, COMMAND_RESULT_KIND, Channel, CommandResult, DeviceId, Event, Heartbeat, Presence,
+    PresenceState, Rejection, Signer, StatusReport, Topic, open,
 };
 use rumqttc::{AsyncClient, Publish, QoS};
 use rusqlite::Connection;
@@ -256,15 +256,40 @@ pub async fn prune_by_age(
     }
 }
 
-/// Verifies and commits one batch; returns what to acknowledge to devices.
-/// Other outcomes go to metrics and logs.
+/// What one committed batch leads to.
+#[derive(Debug, Default)]
+struct Committed {
+    /// What to acknowledge to devices.
+    acks: Acks,
+    /// Devices whose `online` presence was stored (their commands are sent).
+    online: Vec<DeviceId>,
+}
+
+/// Applies a device's command result (an event of kind
+/// [`COMMAND_RESULT_KIND`]) in the batch's transaction; the outcome for
+/// metrics: done, failed, or why it was ignored.
+fn apply_command_result(tx: &Connection, e: &Event) -> Result<&'static str, StoreError> {
+    let Ok(r) = serde_json::from_value::<CommandResult>(e.payload.clone()) else {
+        tracing::warn!(device = %e.device_id, id = %e.id, "command result with a malformed payload ignored");
+        return Ok("malformed");
+    };
+    if !Store::ingest_command_result(tx, &e.device_id, &r, edgefleet_protocol::now_ms())? {
+        tracing::warn!(device = %e.device_id, command = %r.command_id, "result for no open command of this device ignored");
+        return Ok("unknown");
+    }
+    tracing::info!(device = %e.device_id, command = %r.command_id, ok = r.ok, message = %r.message, "command finished");
+    Ok(if r.ok { "done" } else { "failed" })
+}
+
+/// Verifies and commits one batch; returns what to acknowledge to devices
+/// and who came online. Other outcomes go to metrics and logs.
 fn process(
     store: &Store,
     registry: &Registry,
     metrics: &Metrics,
     limits: &Limits,
     batch: &[Publish],
-) -> Result<Acks, StoreError> {
+) -> Result<Committed, StoreError> {
     let mut verified = Vec::with_capacity(batch.len());
     let now = Instant::now();
     for p in batch {
@@ -284,11 +309,19 @@ fn process(
             }
         }
     }
-    let (outcomes, pruned) = store.transaction(|tx| {
+    let (outcomes, pruned, results) = store.transaction(|tx| {
         let outcomes = verified
             .iter()
             .map(|(_, m)| store_one(tx, m))
             .collect::<Result<Vec<_>, _>>()?;
+        let mut results = Vec::new();
+        for ((_, m), o) in verified.iter().zip(&outcomes) {
+            if let (Verified::Event(e), Ingested::Stored) = (m, o)
+                && e.kind == COMMAND_RESULT_KIND
+            {
+                results.push(apply_command_result(tx, e)?);
+            }
+        }
         // Retention by count, in the same transaction: no device ever holds
         // more than its limit, whatever it sends.
         let mut pruned = 0;
@@ -305,12 +338,25 @@ fn process(
                 pruned += Store::trim_events(tx, d, limits.events_per_device)?;
             }
         }
-        Ok::<_, StoreError>((outcomes, pruned))
+        Ok::<_, StoreError>((outcomes, pruned, results))
     })?;
     if pruned > 0 {
         metrics.events_pruned("count", pruned);
     }
+    for r in results {
+        let family = match r {
+            "done" | "failed" => &metrics.commands_finished,
+            _ => &metrics.command_results_ignored,
+        };
+        let label = if matches!(r, "done" | "failed") {
+            "state"
+        } else {
+            "reason"
+        };
+        family.get_or_create(&vec![(label, r.to_owned())]).inc();
+    }
     let mut acks = Acks::new();
+    let mut online = Vec::new();
     for ((channel, m), outcome) in verified.iter().zip(outcomes) {
         match (m, outcome) {
             (Verified::Event(e), Ingested::Stored | Ingested::Duplicate) => {
@@ -332,10 +378,13 @@ fn process(
                 let a = acks.entry(r.device_id.clone()).or_default();
                 a.status_reported_at_ms = a.status_reported_at_ms.max(Some(r.reported_at_ms));
             }
+            (Verified::Presence(p), Ingested::Stored) if p.state == PresenceState::Online => {
+                online.push(p.device_id.clone());
+            }
             _ => {}
         }
     }
-    Ok(acks)
+    Ok(Committed { acks, online })
 }
 
 /// The hub's data directory and the space ingest leaves free on it.
@@ -364,7 +413,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     keys: Arc<crate::keys::HubKeys>,
     client: AsyncClient,
-    (disk, limits): (Disk, Arc<Limits>),
+    (disk, limits, commands): (Disk, Arc<Limits>, crate::commands::Dispatch),
     mut rx: mpsc::UnboundedReceiver<Publish>,
 ) {
     let mut backlog_warned = false;
@@ -432,7 +481,10 @@ pub async fn run(
             .ingest_batch
             .observe(started.elapsed().as_secs_f64());
         match res {
-            Ok(acks) => {
+            Ok(Committed { acks, online }) => {
+                for device in online {
+                    commands.online(device);
+                }
                 let (s2, n) = (keys.signer(), acks.len());
                 let messages = tokio::task::spawn_blocking(move || {
                     ack_messages(acks, &s2, edgefleet_protocol::now_ms())
@@ -556,7 +608,7 @@ mod tests {
             Channel::Events,
             b.seal(&event("pi-2", "x")),
         ));
-        let acks = process(&s, &reg, &m, &limits, &batch).unwrap();
+        let acks = process(&s, &reg, &m, &limits, &batch).unwrap().acks;
         // Three of pi-1's (its burst), none beyond; pi-2 is not held back.
         assert_eq!(acks[&id("pi-1")].events, ["e-1", "e-2", "e-3"]);
         assert_eq!(acks[&id("pi-2")].events, ["x"]);
@@ -592,7 +644,7 @@ mod tests {
                     b.seal(&event("pi-2", &format!("x-{round}"))),
                 )])
                 .collect();
-            let acks = process(&s, &reg, &m, &limits, &batch).unwrap();
+            let acks = process(&s, &reg, &m, &limits, &batch).unwrap().acks;
             // Everything stored is acknowledged, pruned or not.
             assert_eq!(acks[&id("pi-1")].events.len(), 4);
         }
@@ -639,10 +691,14 @@ mod tests {
             publish("pi-1", Channel::Events, e.clone()),
             publish("pi-1", Channel::Events, e.clone()),
         ];
-        let acks = process(&s, &reg, &m, &Limits::default(), &batch).unwrap();
+        let acks = process(&s, &reg, &m, &Limits::default(), &batch)
+            .unwrap()
+            .acks;
         assert_eq!(acks[&id("pi-1")].events, ["e-1", "e-1"]);
         // Redelivered in a later batch (the device never saw the Ack).
-        let acks = process(&s, &reg, &m, &Limits::default(), &batch[..1]).unwrap();
+        let acks = process(&s, &reg, &m, &Limits::default(), &batch[..1])
+            .unwrap()
+            .acks;
         assert_eq!(acks[&id("pi-1")].events, ["e-1"]);
         assert_eq!(s.events("pi-1", 0, 10).unwrap().len(), 1, "stored once");
         assert_eq!(m.events_stored.get(), 1);
@@ -658,7 +714,9 @@ mod tests {
             Channel::Events,
             forger.seal(&event("pi-1", "e-1")),
         )];
-        let acks = process(&s, &reg, &m, &Limits::default(), &batch).unwrap();
+        let acks = process(&s, &reg, &m, &Limits::default(), &batch)
+            .unwrap()
+            .acks;
         assert!(acks.is_empty(), "nothing acknowledged");
         assert!(s.events("pi-1", 0, 10).unwrap().is_empty());
         let reasons = m.render();
@@ -682,7 +740,8 @@ mod tests {
             &Limits::default(),
             &[on_other_topic, naming_other],
         )
-        .unwrap();
+        .unwrap()
+        .acks;
         assert!(acks.is_empty());
         for dev in ["pi-1", "pi-2"] {
             assert!(s.events(dev, 0, 10).unwrap().is_empty(), "{dev}");
@@ -701,6 +760,7 @@ mod tests {
         assert!(
             process(&s, &reg, &m, &Limits::default(), &batch)
                 .unwrap()
+                .acks
                 .is_empty()
         );
         assert_eq!(rejected(&m, "events", "unknown_device"), 1.0);
@@ -722,7 +782,9 @@ mod tests {
             Channel::Status,
             a.seal(&status("pi-1", now - 1000, Health::Degraded)),
         );
-        let acks = process(&s, &reg, &m, &Limits::default(), &[newer, older]).unwrap();
+        let acks = process(&s, &reg, &m, &Limits::default(), &[newer, older])
+            .unwrap()
+            .acks;
         assert_eq!(acks[&id("pi-1")].status_reported_at_ms, Some(now));
         let w = s.workload_status(Some("pi-1")).unwrap();
         assert_eq!(w[0].health, Health::Healthy, "the older report lost");

@@ -12,6 +12,7 @@
 pub mod api;
 pub mod backup;
 pub mod broker;
+pub mod commands;
 pub mod config;
 pub mod desired;
 pub mod dynsec;

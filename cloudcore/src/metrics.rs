@@ -71,6 +71,15 @@ edgefleet_daemon::declare_metrics! {
         pub ingest_batch: Histogram,
         /// Device messages received from the broker and not yet stored (nor acknowledged)
         pub ingest_backlog: Gauge,
+        /// Commands created, by action
+        pub commands_created: Family<Labels, Counter>,
+        /// Signed commands handed to the broker (resends on reconnect included)
+        pub commands_sent: Counter,
+        /// Commands that reached a final state, by state (done, failed, expired)
+        pub commands_finished: Family<Labels, Counter>,
+        /// Command results from devices not applied, by reason (malformed,
+        /// unknown: no open command of that id for that device)
+        pub command_results_ignored: Family<Labels, Counter>,
         /// Signed acknowledgements of committed events and status sent to devices
         pub acks_published: Counter,
         /// Desired-state documents not issued because a device would refuse them (per pass and device)

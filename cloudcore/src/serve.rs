@@ -269,6 +269,21 @@ pub async fn serve_with(
             }
         });
     }
+    let (commands, commands_rx) = crate::commands::Dispatch::new();
+    {
+        let dispatcher = crate::commands::Dispatcher {
+            store: store.clone(),
+            keys: hub_keys.clone(),
+            registry: registry.clone(),
+            client: session.client.clone(),
+            metrics: metrics.clone(),
+        };
+        let run = dispatcher.run(commands_rx, tasks.clone());
+        sup.critical("command dispatcher", async move {
+            run.await;
+            Ok(())
+        });
+    }
     let ingest = ingest::run(
         store.clone(),
         registry.clone(),
@@ -284,6 +299,7 @@ pub async fn serve_with(
                 &cfg.ingest,
                 cfg.store.events_per_device,
             )),
+            commands.clone(),
         ),
         ingest_rx,
     );
@@ -356,6 +372,7 @@ pub async fn serve_with(
         check_limits: !cfg.unchecked_limits.api,
         fleet_changes: tokio::sync::Mutex::new(()),
         rollout_wake,
+        commands,
         dynsec,
         broker_username: cfg.broker.username.clone(),
     });

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use edgefleet_daemon::sqlite::MigrateError;
 use rusqlite::{Connection, params};
 
+pub mod commands;
 mod conditions;
 mod deployments;
 mod desired;
@@ -24,6 +25,7 @@ mod models;
 mod reports;
 mod rollouts;
 
+pub use commands::{NewCommand, Refused as CommandRefused};
 pub use desired::NewDesired;
 pub use devices::{DeviceAuth, EnrollOutcome};
 /// The rows the store returns are the API's types: what is stored is what
@@ -226,6 +228,23 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE devices ADD COLUMN previous_key TEXT;
     ALTER TABLE devices ADD COLUMN previous_key_until_ms INTEGER;
     "#,
+    // 8: commands to devices (store/commands.rs) and where each is.
+    r#"
+    CREATE TABLE commands (
+        device_id TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+        id TEXT NOT NULL,
+        action TEXT NOT NULL,
+        state TEXT NOT NULL,
+        message TEXT,
+        created_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        delivered_ms INTEGER,
+        deliveries INTEGER NOT NULL DEFAULT 0,
+        finished_ms INTEGER,
+        PRIMARY KEY (device_id, id)
+    );
+    CREATE INDEX commands_open ON commands(state, expires_ms);
+    "#,
 ];
 
 pub type Labels = BTreeMap<String, String>;
@@ -400,7 +419,7 @@ mod tests {
             let conn = s.lock();
             conn.execute_batch(
                 "DROP TABLE rollout_events; DROP TABLE rollout_devices; DROP TABLE rollouts;
-                 DROP TABLE deployment_generations; DROP TABLE hub_keys;
+                 DROP TABLE deployment_generations; DROP TABLE hub_keys; DROP TABLE commands;
                  ALTER TABLE devices DROP COLUMN hub_key_id;
                  ALTER TABLE devices DROP COLUMN previous_key;
                  ALTER TABLE devices DROP COLUMN previous_key_until_ms;

@@ -19,6 +19,7 @@ pub struct Command {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "camelCase", deny_unknown_fields)]
 pub enum CommandAction {
     /// Re-run the reconciler now, including a full drift check.
@@ -27,6 +28,34 @@ pub enum CommandAction {
     ReportStatus,
     /// Restart one workload (Kubernetes rollout restart, or model reload).
     RestartWorkload { name: String },
+}
+
+impl CommandAction {
+    /// A short name for logs and metrics: `resync`, `reportStatus`,
+    /// `restartWorkload`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CommandAction::Resync => "resync",
+            CommandAction::ReportStatus => "reportStatus",
+            CommandAction::RestartWorkload { .. } => "restartWorkload",
+        }
+    }
+}
+
+/// The event `kind` of a command's result, sent through the outbox.
+pub const COMMAND_RESULT_KIND: &str = "command.result";
+
+/// What a device did with a command: the payload of its
+/// [`COMMAND_RESULT_KIND`] event. The event's own id is the command id, so a
+/// redelivered result is stored once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CommandResult {
+    pub command_id: String,
+    pub ok: bool,
+    /// What happened, for the operator (at most 1 KiB).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
 }
 
 impl Message for Command {

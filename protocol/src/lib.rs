@@ -34,7 +34,7 @@ pub mod workload;
 mod bounded;
 
 pub use ack::Ack;
-pub use command::{Command, CommandAction};
+pub use command::{COMMAND_RESULT_KIND, Command, CommandAction, CommandResult};
 pub use deployment::Deployment;
 pub use desired::{DesiredState, DesiredWorkload, TooLarge, Version};
 pub use duration::Duration;

@@ -96,6 +96,81 @@ impl LabelSelector {
     }
 }
 
+impl std::str::FromStr for LabelSelector {
+    type Err = String;
+
+    /// kubectl's `-l` syntax: comma-separated `k=v` (or `k==v`), `k!=v`,
+    /// `k in (a,b)`, `k notin (a,b)`, `k` (exists), `!k` (does not exist).
+    /// Checked with [`LabelSelector::validate_into`] as well.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut sel = LabelSelector::default();
+        let mut rest = text.trim();
+        while !rest.is_empty() {
+            // One requirement: up to a comma outside parentheses.
+            let end = {
+                let mut depth = 0i32;
+                rest.char_indices()
+                    .find(|&(_, c)| {
+                        match c {
+                            '(' => depth += 1,
+                            ')' => depth -= 1,
+                            _ => {}
+                        }
+                        c == ',' && depth == 0
+                    })
+                    .map_or(rest.len(), |(i, _)| i)
+            };
+            let part = rest[..end].trim();
+            rest = rest[end..].strip_prefix(',').unwrap_or("").trim_start();
+            let set = |key: &str, op: Operator, list: &str| -> Result<Requirement, String> {
+                let inner = list
+                    .trim()
+                    .strip_prefix('(')
+                    .and_then(|l| l.strip_suffix(')'))
+                    .ok_or_else(|| format!("{part:?}: the values go in parentheses, e.g. (a,b)"))?;
+                Ok(Requirement {
+                    key: key.trim().to_owned(),
+                    operator: op,
+                    values: inner.split(',').map(|v| v.trim().to_owned()).collect(),
+                })
+            };
+            if let Some((k, v)) = part.split_once("!=") {
+                sel.match_expressions.push(Requirement {
+                    key: k.trim().to_owned(),
+                    operator: Operator::NotIn,
+                    values: vec![v.trim().to_owned()],
+                });
+            } else if let Some((k, v)) = part.split_once('=') {
+                let v = v.strip_prefix('=').unwrap_or(v);
+                sel.match_labels
+                    .insert(k.trim().to_owned(), v.trim().to_owned());
+            } else if let Some((k, l)) = part.split_once(" notin ") {
+                sel.match_expressions.push(set(k, Operator::NotIn, l)?);
+            } else if let Some((k, l)) = part.split_once(" in ") {
+                sel.match_expressions.push(set(k, Operator::In, l)?);
+            } else if let Some(k) = part.strip_prefix('!') {
+                sel.match_expressions.push(Requirement {
+                    key: k.trim().to_owned(),
+                    operator: Operator::DoesNotExist,
+                    values: Vec::new(),
+                });
+            } else if !part.is_empty() {
+                sel.match_expressions.push(Requirement {
+                    key: part.to_owned(),
+                    operator: Operator::Exists,
+                    values: Vec::new(),
+                });
+            } else {
+                return Err(format!("{text:?}: an empty requirement"));
+            }
+        }
+        let mut errs = ValidationErrors::default();
+        sel.validate_into("selector", &mut errs);
+        errs.into_result().map_err(|e| e.to_string())?;
+        Ok(sel)
+    }
+}
+
 impl Requirement {
     pub fn matches(&self, labels: &Labels) -> bool {
         let v = labels.get(&self.key);
@@ -163,6 +238,35 @@ mod tests {
         assert!(!sel.matches(&labels(&[("site", "plant-4"), ("arch", "arm64")])));
         assert!(!sel.matches(&labels(&[("arch", "arm64")])));
         assert!(!sel.matches(&labels(&[("site", "PLANT-3"), ("arch", "arm64")])));
+    }
+
+    #[test]
+    fn kubectl_selector_syntax_parses() {
+        let sel: LabelSelector =
+            "site=plant-3, ring==canary,arch in (arm64, armv7),tier notin (db),gpu,!legacy,zone!=b"
+                .parse()
+                .unwrap();
+        assert_eq!(
+            sel.match_labels,
+            labels(&[("site", "plant-3"), ("ring", "canary")])
+        );
+        assert_eq!(
+            sel.match_expressions,
+            vec![
+                req("arch", Operator::In, &["arm64", "armv7"]),
+                req("tier", Operator::NotIn, &["db"]),
+                req("gpu", Operator::Exists, &[]),
+                req("legacy", Operator::DoesNotExist, &[]),
+                req("zone", Operator::NotIn, &["b"]),
+            ]
+        );
+        assert!("site=a,,b".parse::<LabelSelector>().is_err());
+        assert!("arch in arm64".parse::<LabelSelector>().is_err());
+        assert!("bad key!=x".parse::<LabelSelector>().is_err());
+        assert_eq!(
+            "".parse::<LabelSelector>().unwrap(),
+            LabelSelector::default()
+        );
     }
 
     #[test]

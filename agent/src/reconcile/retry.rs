@@ -138,6 +138,12 @@ impl Retries {
         }
     }
 
+    /// Forgets every wait: each workload is synced on the next pass (a
+    /// resync command).
+    pub fn clear(&mut self) {
+        self.waiting.clear();
+    }
+
     /// The status to keep reporting while `workload` waits for its retry;
     /// `None` when it should be synced now.
     pub fn waiting(&self, workload: &str, spec: u64, now: Instant) -> Option<&WorkloadStatus> {

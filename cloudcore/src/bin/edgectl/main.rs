@@ -8,7 +8,10 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use edgefleet_api::{Client, ClientError, DevicePatch, text};
+use edgefleet_api::{
+    BulkCommandRequest, Client, ClientError, CommandRequest, CommandState, DevicePatch, text,
+};
+use edgefleet_protocol::CommandAction;
 use serde_json::Value;
 
 const EXIT_API: i32 = 1;
@@ -96,6 +99,48 @@ enum Command {
         #[command(subcommand)]
         command: RolloutCommand,
     },
+    /// Re-run a device's reconciler now (every workload, retries included)
+    /// and send a status report: `resync device ID` or `resync device -l SELECTOR`.
+    Resync {
+        resource: Labelable,
+        /// The device (omit with -l).
+        id: Option<String>,
+        #[command(flatten)]
+        send: SendOpts,
+    },
+    /// Restart one workload on a device (`<deployment>.<workload>`):
+    /// `restart device ID WORKLOAD` or `restart device -l SELECTOR WORKLOAD`.
+    Restart {
+        resource: Labelable,
+        /// ID WORKLOAD, or WORKLOAD alone with -l.
+        #[arg(required = true, num_args = 1..=2)]
+        args: Vec<String>,
+        #[command(flatten)]
+        send: SendOpts,
+    },
+    /// A device's commands, newest first, or one of them.
+    Commands {
+        device: String,
+        id: Option<String>,
+        #[arg(short, long)]
+        output: Option<Output>,
+    },
+}
+
+/// How a command is sent.
+#[derive(Debug, clap::Args)]
+struct SendOpts {
+    /// Every device matching this label selector (kubectl syntax:
+    /// `site=plant-3,arch in (arm64)`).
+    #[arg(short = 'l', long)]
+    selector: Option<String>,
+    /// How long the command may wait for an offline device (at most 24h).
+    #[arg(long, default_value = "10m")]
+    expires_in: edgefleet_protocol::Duration,
+    /// Wait until each command is done, failed or expired; exit 1 unless
+    /// all are done.
+    #[arg(short, long)]
+    wait: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -421,6 +466,37 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             print_as(all.as_slice(), output, text::events)?;
         }
         Command::Rollout { command } => rollout(&client, command).await?,
+        Command::Resync { id, send, .. } => {
+            let target = target(id, &send)?;
+            send_command(&client, target, CommandAction::Resync, &send).await?;
+        }
+        Command::Restart { mut args, send, .. } => {
+            let name = args.pop().unwrap_or_default();
+            let target = target(args.pop(), &send)?;
+            if !args.is_empty() {
+                return Err(fail(
+                    2,
+                    "edgectl: restart takes DEVICE WORKLOAD, or WORKLOAD with -l",
+                ));
+            }
+            send_command(
+                &client,
+                target,
+                CommandAction::RestartWorkload { name },
+                &send,
+            )
+            .await?;
+        }
+        Command::Commands { device, id, output } => match id {
+            Some(id) => {
+                let c = client.command(&device, &id).await.map_err(err)?;
+                print_as(std::slice::from_ref(&c), output, text::commands)?;
+            }
+            None => {
+                let items = client.commands(&device).await.map_err(err)?;
+                print_as(items.as_slice(), output, text::commands)?;
+            }
+        },
         Command::Models {
             command: ModelsCommand::Push { file, name },
         } => {
@@ -490,6 +566,100 @@ async fn rollout(client: &Client, command: RolloutCommand) -> Result<(), Failure
                 r.generation
             );
         }
+    }
+    Ok(())
+}
+
+/// One device, or the devices a selector matches.
+enum Target {
+    Device(String),
+    Selector(edgefleet_protocol::LabelSelector),
+}
+
+fn target(id: Option<String>, send: &SendOpts) -> Result<Target, Failure> {
+    match (id, &send.selector) {
+        (Some(id), None) => Ok(Target::Device(id)),
+        (None, Some(sel)) => sel
+            .parse()
+            .map(Target::Selector)
+            .map_err(|e| fail(2, format!("edgectl: -l: {e}"))),
+        _ => Err(fail(
+            2,
+            "edgectl: name one device, or a selector with -l (not both)",
+        )),
+    }
+}
+
+/// Sends `action` to the target and prints each command; with `--wait`,
+/// waits for each to finish and fails unless all are done.
+async fn send_command(
+    client: &Client,
+    target: Target,
+    action: CommandAction,
+    send: &SendOpts,
+) -> Result<(), Failure> {
+    let err = |e| failure(e, client.has_token());
+    let expires_in = Some(send.expires_in);
+    let items = match target {
+        Target::Device(id) => vec![
+            client
+                .send_command(&id, &CommandRequest { action, expires_in })
+                .await
+                .map_err(err)?,
+        ],
+        Target::Selector(selector) => {
+            let r = client
+                .send_bulk_command(&BulkCommandRequest {
+                    selector,
+                    action,
+                    expires_in,
+                })
+                .await
+                .map_err(err)?;
+            for d in &r.skipped {
+                eprintln!("device/{d}: skipped, it has too many open commands");
+            }
+            if r.items.is_empty() && r.skipped.is_empty() {
+                eprintln!("no device matches the selector");
+            }
+            r.items
+        }
+    };
+    if !send.wait {
+        for c in &items {
+            println!(
+                "command/{} to device/{}: {} ({})",
+                c.id,
+                c.device_id,
+                c.state.as_str(),
+                text::command_action(&c.action)
+            );
+        }
+        return Ok(());
+    }
+    let mut failed = 0;
+    for c in items {
+        let mut c = c;
+        while !c.state.is_final() {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            c = client.command(&c.device_id, &c.id).await.map_err(err)?;
+        }
+        if c.state != CommandState::Done {
+            failed += 1;
+        }
+        println!(
+            "command/{} to device/{}: {}{}",
+            c.id,
+            c.device_id,
+            c.state.as_str(),
+            c.message.map(|m| format!(": {m}")).unwrap_or_default()
+        );
+    }
+    if failed > 0 {
+        return Err(fail(
+            EXIT_API,
+            format!("edgectl: {failed} command(s) not done"),
+        ));
     }
     Ok(())
 }

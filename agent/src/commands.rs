@@ -1,0 +1,81 @@
+//! Commands from the hub: one-off, signed, expiring. The session has
+//! verified, decrypted and checked the expiry of each one; here its id is
+//! claimed in the store (so it runs at most once, across redeliveries and
+//! restarts), the action runs, and the result goes back to the hub through
+//! the outbox as a [`COMMAND_RESULT_KIND`] event whose id is the command's.
+//!
+//! A claim that cannot be stored (full disk) runs nothing: the hub sends the
+//! command again when the device reconnects, until it expires.
+
+use std::sync::Arc;
+
+use edgefleet_protocol::{COMMAND_RESULT_KIND, Command, CommandAction, CommandResult, Event};
+
+use crate::shared::Shared;
+
+/// Runs `cmd` once (by id) and queues its result.
+pub async fn run(shared: Arc<Shared>, cmd: Command) {
+    let (id, expires) = (cmd.id.clone(), cmd.expires_at_ms);
+    let claimed = shared
+        .db
+        .call(move |s| s.command_claim(&id, expires, edgefleet_protocol::now_ms()))
+        .await;
+    match claimed {
+        Ok(true) => {}
+        Ok(false) => {
+            shared.metrics.commands_duplicate.inc();
+            tracing::debug!(id = %cmd.id, "command already ran; not run again");
+            return;
+        }
+        Err(e) => {
+            shared.metrics.store_errors.inc();
+            tracing::error!(id = %cmd.id, error = %crate::error_chain(&e),
+                "cannot record the command as run; not running it (the hub resends it on reconnect)");
+            return;
+        }
+    }
+    let action = cmd.action.name();
+    shared
+        .metrics
+        .commands_run
+        .get_or_create(&[("action", action)])
+        .inc();
+    tracing::info!(id = %cmd.id, action, "running command");
+    let (ok, message, workload) = match &cmd.action {
+        CommandAction::Resync => {
+            shared
+                .resync_wanted
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            shared.request_report();
+            (true, "reconcile pass started".to_owned(), None)
+        }
+        CommandAction::ReportStatus => {
+            shared.request_report();
+            (true, "status report queued".to_owned(), None)
+        }
+        CommandAction::RestartWorkload { name } => (
+            false,
+            "restartWorkload is not supported by this agent version".to_owned(),
+            Some(name.clone()),
+        ),
+    };
+    let event = Event {
+        id: cmd.id.clone(),
+        device_id: shared.device.clone(),
+        kind: COMMAND_RESULT_KIND.to_owned(),
+        workload,
+        created_at_ms: edgefleet_protocol::now_ms(),
+        payload: serde_json::to_value(CommandResult {
+            command_id: cmd.id.clone(),
+            ok,
+            message: edgefleet_protocol::status::truncate_message(&message),
+        })
+        .unwrap_or_default(),
+    };
+    let sealed = vec![(event.id.clone(), shared.identity.signer().seal(&event))];
+    if let Err(e) = shared.queue_events(sealed).await {
+        shared.metrics.store_errors.inc();
+        tracing::error!(id = %cmd.id, error = %crate::error_chain(&e),
+            "command ran, but its result cannot be queued for the hub");
+    }
+}
