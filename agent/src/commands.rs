@@ -53,11 +53,19 @@ pub async fn run(shared: Arc<Shared>, cmd: Command) {
             shared.request_report();
             (true, "status report queued".to_owned(), None)
         }
-        CommandAction::RestartWorkload { name } => (
-            false,
-            "restartWorkload is not supported by this agent version".to_owned(),
-            Some(name.clone()),
-        ),
+        CommandAction::RestartWorkload { name } => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let r = match shared.restarts.send((name.clone(), tx)).await {
+                Ok(()) => rx
+                    .await
+                    .unwrap_or_else(|_| Err("the reconciler stopped".to_owned())),
+                Err(_) => Err("the reconciler is not running".to_owned()),
+            };
+            match r {
+                Ok(m) => (true, m, Some(name.clone())),
+                Err(m) => (false, m, Some(name.clone())),
+            }
+        }
     };
     let event = Event {
         id: cmd.id.clone(),

@@ -44,6 +44,7 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
     let drift = Duration::from_secs(shared.cfg.reconcile.drift_interval_secs);
     let poll = Duration::from_millis(shared.cfg.reconcile.progress_poll_ms).min(drift);
     let mut r = Reconciler::new(shared.clone(), Retries::new(min, max, drift));
+    let mut restarts = shared.take_restarts();
     // For what fails the whole pass (the store, pruning a removed workload).
     let mut pass_backoff = Backoff::new(min, max);
     loop {
@@ -72,6 +73,14 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
             _ = cancel.cancelled() => break,
             _ = shared.reconcile_wake.notified() => {}
             _ = tokio::time::sleep(delay) => {}
+            Some((workload, reply)) = async {
+                match restarts.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let _ = reply.send(r.restart(&workload).await);
+            }
         }
     }
 }
@@ -292,6 +301,68 @@ impl Reconciler {
         }
         self.report(desired.as_ref(), statuses).await;
         out
+    }
+
+    /// Restarts one workload (a command): its Deployments, StatefulSets and
+    /// DaemonSets get a new pod template (their pods are replaced), or its
+    /// model is unloaded and loaded again by the pass that follows.
+    async fn restart(&mut self, workload: &str) -> Result<String, String> {
+        let loaded = self
+            .shared
+            .db
+            .call(|s| Ok::<_, crate::store::StoreError>((s.desired()?, s.inventory()?)))
+            .await
+            .map_err(|e| format!("cannot read the store: {}", crate::error_chain(&e)))?;
+        let (desired, inventory) = loaded;
+        let spec = desired
+            .iter()
+            .flat_map(|d| &d.workloads)
+            .find(|w| w.workload.name == workload)
+            .and_then(|w| w.workload.spec())
+            .ok_or_else(|| format!("no workload {workload:?} on this device"))?;
+        match spec {
+            WorkloadSpec::Inference(_) => {
+                let unloaded = self
+                    .inference
+                    .as_mut()
+                    .is_some_and(|rt| rt.unload(workload));
+                self.shared.reconcile_wake.notify_one();
+                Ok(if unloaded {
+                    "model unloaded; loaded again now".to_owned()
+                } else {
+                    "model was not loaded; loading it now".to_owned()
+                })
+            }
+            WorkloadSpec::Kubernetes(_) => {
+                let targets: Vec<_> = inventory
+                    .iter()
+                    .filter(|e| e.workload == workload)
+                    .filter(|e| crate::runtime::kube::is_restartable(&e.api_version, &e.kind))
+                    .map(kubernetes::key_of)
+                    .collect();
+                if targets.is_empty() {
+                    return Err(format!(
+                        "nothing to restart: {workload} has no Deployment, StatefulSet or DaemonSet applied"
+                    ));
+                }
+                let kube = self.kube().await?;
+                let at = edgefleet_protocol::now_ms().to_string();
+                let mut done = Vec::new();
+                for key in &targets {
+                    match kube.restart(key, &at).await {
+                        Ok(true) => done.push(format!("{}/{}", key.kind, key.name)),
+                        Ok(false) => {}
+                        Err(e) => {
+                            return Err(format!("{key}: {}", crate::error_chain(&e)));
+                        }
+                    }
+                }
+                if done.is_empty() {
+                    return Err(format!("nothing to restart: {workload}'s objects are gone"));
+                }
+                Ok(format!("restarted {}", done.join(", ")))
+            }
+        }
     }
 
     /// The Kubernetes client, connected and probed.

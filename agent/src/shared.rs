@@ -42,6 +42,9 @@ pub struct Shared {
     pub resync_wanted: AtomicBool,
     /// New outbox rows were committed.
     pub outbox_wake: Notify,
+    /// Workload restarts asked by commands, run by the reconciler.
+    pub restarts: tokio::sync::mpsc::Sender<RestartRequest>,
+    restarts_rx: Mutex<Option<tokio::sync::mpsc::Receiver<RestartRequest>>>,
     pub connected: AtomicBool,
     /// Kubernetes workloads exist (so `/readyz` needs the API).
     pub kube_needed: AtomicBool,
@@ -55,6 +58,7 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(cfg: Config, device: DeviceId, identity: Identity, db: Db, disk: DiskGuard) -> Self {
+        let (restarts, restarts_rx) = tokio::sync::mpsc::channel(16);
         Self {
             cfg,
             device,
@@ -69,6 +73,8 @@ impl Shared {
             report_wanted: AtomicBool::new(true),
             resync_wanted: AtomicBool::new(false),
             outbox_wake: Notify::new(),
+            restarts,
+            restarts_rx: Mutex::new(Some(restarts_rx)),
             connected: AtomicBool::new(false),
             kube_needed: AtomicBool::new(false),
             kube_reachable: AtomicBool::new(false),
@@ -179,6 +185,14 @@ impl Shared {
         }
     }
 
+    /// The receiving end of [`Shared::restarts`], once (the reconciler's).
+    pub fn take_restarts(&self) -> Option<tokio::sync::mpsc::Receiver<RestartRequest>> {
+        self.restarts_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
     /// Asks the reconciler for a status report soon.
     pub fn request_report(&self) {
         self.report_wanted.store(true, Ordering::Relaxed);
@@ -213,6 +227,10 @@ impl Shared {
         self.request_report();
     }
 }
+
+/// A workload to restart, and where the reconciler answers: what it did,
+/// or why it could not.
+pub type RestartRequest = (String, tokio::sync::oneshot::Sender<Result<String, String>>);
 
 /// Why events were not queued.
 #[derive(Debug, thiserror::Error)]

@@ -560,3 +560,72 @@ spec:
         .await
         .expect("unlabel node");
 }
+
+/// A restart command (`edgectl restart device ID WORKLOAD`) gives the
+/// workload's Deployment a new pod template, so its controller replaces the
+/// pods, as `kubectl rollout restart` does; the agent's own applies neither
+/// undo it nor count it as drift. A workload the device does not run fails
+/// with the device's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_command_replaces_the_pods_without_drift() {
+    let Some((admin, hub, _agent)) = on_shared_cluster("pi-restart").await else {
+        return;
+    };
+    let ns = "restart";
+    hub.deploy("line-3", &site(ns, true)).await;
+    hub_healthy(&hub, 1).await;
+    let before = admin
+        .get("apps/v1", "Deployment", Some(ns), "web")
+        .await
+        .expect("Deployment web");
+    assert_eq!(before["metadata"]["generation"], 1);
+
+    let (code, out, err) =
+        hub.edgectl(&["restart", "device", "pi-restart", "line-3.web", "--wait"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("done: restarted Deployment/web"), "{out}");
+    let after = admin
+        .get("apps/v1", "Deployment", Some(ns), "web")
+        .await
+        .expect("Deployment web");
+    assert_eq!(after["metadata"]["generation"], 2, "{after}");
+    assert!(
+        after
+            .pointer("/spec/template/metadata/annotations/edgefleet.io~1restartedAt")
+            .is_some(),
+        "{after}"
+    );
+    // The controller rolls the pods: a second ReplicaSet, and the
+    // Deployment settles on generation 2 with both replicas updated.
+    eventually("the Deployment rolled to its new template", T, || async {
+        let d = admin.get("apps/v1", "Deployment", Some(ns), "web").await?;
+        (d["status"]["observedGeneration"] == 2 && d["status"]["updatedReplicas"] == 2)
+            .then_some(())
+    })
+    .await;
+    let replica_sets = admin
+        .api("apps/v1", "ReplicaSet", Some(ns))
+        .list(&Default::default())
+        .await
+        .expect("list ReplicaSets");
+    assert_eq!(
+        replica_sets.items.len(),
+        2,
+        "a new ReplicaSet for the restart"
+    );
+    // Drift checks run every 2 s here: the annotation stays and the
+    // generation does not move.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let later = admin
+        .get("apps/v1", "Deployment", Some(ns), "web")
+        .await
+        .expect("Deployment web");
+    assert_eq!(later["metadata"]["generation"], 2, "{later}");
+
+    let (code, out, _) = hub.edgectl(&["restart", "device", "pi-restart", "line-3.nope", "--wait"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("failed: no workload \"line-3.nope\" on this device"),
+        "{out}"
+    );
+}

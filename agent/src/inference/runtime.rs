@@ -251,12 +251,20 @@ impl InferenceRuntime {
             .cloned()
             .collect();
         for w in gone {
-            self.bindings.remove(&w);
-            if let Some(l) = self.loaded.remove(&w) {
-                self.registry.remove(&[w.as_str(), l.model.as_str()]);
-                tracing::info!(workload = %w, model = %l.model, "model unloaded");
-            }
+            self.unload(&w);
         }
+    }
+
+    /// Unloads one workload's model (the next sync loads it again); false
+    /// when it was not loaded.
+    pub fn unload(&mut self, workload: &str) -> bool {
+        self.bindings.remove(workload);
+        let Some(l) = self.loaded.remove(workload) else {
+            return false;
+        };
+        self.registry.remove(&[workload, l.model.as_str()]);
+        tracing::info!(%workload, model = %l.model, "model unloaded");
+        true
     }
 }
 

@@ -39,6 +39,17 @@ use manifest::{prepare, set_namespace, write_canonical};
 
 /// The field manager of every server-side apply we send.
 pub const FIELD_MANAGER: &str = "edgefleet-agent";
+/// The field manager of restarts (a pod-template annotation our applies
+/// never set, so they neither remove it nor count it as drift).
+pub const RESTART_MANAGER: &str = "edgefleet-restart";
+/// The pod-template annotation a restart sets, as `kubectl rollout restart`
+/// sets `kubectl.kubernetes.io/restartedAt`.
+pub const RESTARTED_AT: &str = "edgefleet.io/restartedAt";
+
+/// Whether `kubectl rollout restart` applies to the kind.
+pub fn is_restartable(api_version: &str, kind: &str) -> bool {
+    api_version == "apps/v1" && matches!(kind, "Deployment" | "StatefulSet" | "DaemonSet")
+}
 /// Label marking objects as ours; only such objects are ever deleted.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Value of [`MANAGED_BY_LABEL`] on our objects.
@@ -342,6 +353,32 @@ impl KubeRuntime {
     /// label (never touches anything else). Ok(false) when absent or not ours.
     pub async fn delete_owned(&self, key: &ObjectKey) -> Result<bool, KubeError> {
         self.bounded("delete", self.delete_inner(key)).await
+    }
+
+    /// Restarts a Deployment, StatefulSet or DaemonSet we own: a new
+    /// pod-template annotation ([`RESTARTED_AT`] = `at`), so its controller
+    /// replaces the pods. Ok(false) when absent or not ours.
+    pub async fn restart(&self, key: &ObjectKey, at: &str) -> Result<bool, KubeError> {
+        self.bounded("restart", async {
+            let Some(live) = self.get_inner(key).await? else {
+                return Ok(false);
+            };
+            if !live.is_owned() {
+                return Ok(false);
+            }
+            let resolved = self.resolve(&key.api_version, &key.kind).await?;
+            let api = self.api(&resolved, live.key.namespace.as_deref());
+            let patch = serde_json::json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: at}}}}});
+            let params = PatchParams {
+                field_manager: Some(RESTART_MANAGER.to_owned()),
+                ..Default::default()
+            };
+            api.patch(&key.name, &params, &Patch::Merge(&patch))
+                .await
+                .map_err(|e| KubeError::from_kube(&format!("restart {key}"), e))?;
+            Ok(true)
+        })
+        .await
     }
 
     /// Objects of the given (apiVersion, kind) pairs labelled as ours, in all
