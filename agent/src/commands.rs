@@ -7,6 +7,8 @@
 //! A claim that cannot be stored (full disk) runs nothing: the hub sends the
 //! command again when the device reconnects, until it expires.
 
+mod logs;
+
 use std::sync::Arc;
 
 use edgefleet_protocol::{COMMAND_RESULT_KIND, Command, CommandAction, CommandResult, Event};
@@ -52,6 +54,32 @@ pub async fn run(shared: Arc<Shared>, cmd: Command) {
         CommandAction::ReportStatus => {
             shared.request_report();
             (true, "status report queued".to_owned(), None)
+        }
+        CommandAction::Logs {
+            workload,
+            container,
+            tail_lines,
+            since_seconds,
+            limit_bytes,
+        } => {
+            let req = logs::Request {
+                workload: workload.clone(),
+                container: container.clone(),
+                tail: *tail_lines,
+                since_secs: *since_seconds,
+                limit: *limit_bytes,
+            };
+            let result = logs::collect(&shared, &req).await;
+            let bytes = result.as_ref().map_or(0, String::len);
+            let sent = logs::send(&shared, &cmd.id, &result).await;
+            match (result, sent) {
+                (Ok(_), Ok(n)) => (
+                    true,
+                    format!("{bytes} bytes of logs sent in {n} chunks"),
+                    Some(workload.clone()),
+                ),
+                (Err(e), _) | (Ok(_), Err(e)) => (false, e, Some(workload.clone())),
+            }
         }
         CommandAction::RestartWorkload { name } => {
             let (tx, rx) = tokio::sync::oneshot::channel();

@@ -24,5 +24,6 @@ pub mod session;
 pub mod shared;
 pub mod store;
 pub mod telemetry;
+pub mod worklog;
 
 pub use edgefleet_daemon::{error_chain, exit};

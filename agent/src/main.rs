@@ -141,6 +141,7 @@ fn init_logging(default: &str) {
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_target(false),
         )
+        .with(edge_agent::worklog::Layer)
         .with(log_filter(default, &env_var))
         .init();
 }

@@ -16,6 +16,7 @@
 //! but no longer desired are deleted — only if they carry our label.
 
 mod kubernetes;
+pub use kubernetes::key_of;
 mod retry;
 mod rollback;
 

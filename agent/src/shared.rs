@@ -42,6 +42,10 @@ pub struct Shared {
     pub resync_wanted: AtomicBool,
     /// New outbox rows were committed.
     pub outbox_wake: Notify,
+    /// Signed events the session publishes as they are, not through the
+    /// outbox (log chunks: ephemeral, for a caller waiting now).
+    pub direct: tokio::sync::mpsc::Sender<Vec<u8>>,
+    direct_rx: Mutex<Option<tokio::sync::mpsc::Receiver<Vec<u8>>>>,
     /// Workload restarts asked by commands, run by the reconciler.
     pub restarts: tokio::sync::mpsc::Sender<RestartRequest>,
     restarts_rx: Mutex<Option<tokio::sync::mpsc::Receiver<RestartRequest>>>,
@@ -59,6 +63,7 @@ pub struct Shared {
 impl Shared {
     pub fn new(cfg: Config, device: DeviceId, identity: Identity, db: Db, disk: DiskGuard) -> Self {
         let (restarts, restarts_rx) = tokio::sync::mpsc::channel(16);
+        let (direct, direct_rx) = tokio::sync::mpsc::channel(64);
         Self {
             cfg,
             device,
@@ -75,6 +80,8 @@ impl Shared {
             outbox_wake: Notify::new(),
             restarts,
             restarts_rx: Mutex::new(Some(restarts_rx)),
+            direct,
+            direct_rx: Mutex::new(Some(direct_rx)),
             connected: AtomicBool::new(false),
             kube_needed: AtomicBool::new(false),
             kube_reachable: AtomicBool::new(false),
@@ -183,6 +190,14 @@ impl Shared {
                 None
             }
         }
+    }
+
+    /// The receiving end of [`Shared::direct`], once (the session's).
+    pub fn take_direct(&self) -> Option<tokio::sync::mpsc::Receiver<Vec<u8>>> {
+        self.direct_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     /// The receiving end of [`Shared::restarts`], once (the reconciler's).

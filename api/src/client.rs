@@ -131,8 +131,14 @@ impl Client {
         self.token.is_some()
     }
 
-    /// Sends a request to `/api/v1{path}`; the raw body of a success.
-    async fn send(&self, method: Method, path: &str, body: Body) -> Result<Vec<u8>, ClientError> {
+    /// Sends a request to `/api/v1{path}`; the response to a success, its
+    /// error sorted otherwise.
+    async fn response(
+        &self,
+        method: Method,
+        path: &str,
+        body: Body,
+    ) -> Result<reqwest::Response, ClientError> {
         let url = format!("{}/api/v1{path}", self.server);
         let mut req = self.http.request(method, &url);
         if let Some(t) = &self.token {
@@ -145,16 +151,12 @@ impl Client {
                 .body(b),
             Body::Bytes(ct, b) => req.header(reqwest::header::CONTENT_TYPE, ct).body(b),
         };
-        let unreachable = |source| ClientError::Unreachable {
-            server: self.server.clone(),
-            source,
-        };
-        let resp = req.send().await.map_err(unreachable)?;
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(unreachable)?.to_vec();
         if status.is_success() {
-            return Ok(bytes);
+            return Ok(resp);
         }
+        let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
         let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(e) => (e.error.code, e.error.message),
             Err(_) => (
@@ -170,6 +172,23 @@ impl Client {
             code,
             message,
         })
+    }
+
+    fn unreachable(&self, source: reqwest::Error) -> ClientError {
+        ClientError::Unreachable {
+            server: self.server.clone(),
+            source,
+        }
+    }
+
+    /// Sends a request to `/api/v1{path}`; the raw body of a success.
+    async fn send(&self, method: Method, path: &str, body: Body) -> Result<Vec<u8>, ClientError> {
+        let resp = self.response(method, path, body).await?;
+        Ok(resp
+            .bytes()
+            .await
+            .map_err(|e| self.unreachable(e))?
+            .to_vec())
     }
 
     async fn call<T: DeserializeOwned>(
@@ -285,6 +304,23 @@ impl Client {
             .map(|p| p.items)
     }
 
+    /// A workload's logs as the hub streams them: read the body with
+    /// [`reqwest::Response::chunk`]. `query` is `tail`, `since`,
+    /// `container`, `limitBytes` as the API takes them.
+    pub async fn logs(
+        &self,
+        device: &str,
+        workload: &str,
+        query: &[(&str, String)],
+    ) -> Result<reqwest::Response, ClientError> {
+        let q: Vec<String> = query
+            .iter()
+            .map(|(k, v)| format!("{k}={}", urlencode(v)))
+            .collect();
+        let path = format!("/devices/{device}/logs/{workload}?{}", q.join("&"));
+        self.response(Method::GET, &path, Body::None).await
+    }
+
     pub async fn command(&self, device: &str, id: &str) -> Result<CommandRecord, ClientError> {
         self.get(&format!("/devices/{device}/commands/{id}")).await
     }
@@ -377,4 +413,16 @@ impl Client {
     pub async fn rotate_hub_key(&self) -> Result<HubKeyRotation, ClientError> {
         self.call(Method::POST, "/hub/key/rotate", Body::None).await
     }
+}
+
+/// Percent-encodes a query value (everything but unreserved characters).
+fn urlencode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

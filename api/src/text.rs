@@ -245,8 +245,9 @@ pub fn events(items: &[EventRecord]) -> String {
 /// What a command does, e.g. `resync`, `restartWorkload demo.web`.
 pub fn command_action(a: &edgefleet_protocol::CommandAction) -> String {
     match a {
-        edgefleet_protocol::CommandAction::RestartWorkload { name } => {
-            format!("{} {name}", a.name())
+        edgefleet_protocol::CommandAction::RestartWorkload { name: w }
+        | edgefleet_protocol::CommandAction::Logs { workload: w, .. } => {
+            format!("{} {w}", a.name())
         }
         _ => a.name().to_owned(),
     }

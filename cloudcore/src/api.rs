@@ -10,6 +10,7 @@ mod deployments;
 mod devices;
 mod enroll;
 mod keys;
+mod logs;
 mod models;
 mod openapi;
 mod rollouts;
@@ -66,6 +67,11 @@ pub struct AppState {
     pub rollout_wake: Arc<tokio::sync::Notify>,
     /// Sends new commands to their devices.
     pub commands: crate::commands::Dispatch,
+    /// Callers waiting for logs.
+    pub logs: crate::logs::LogStreams,
+    /// Recent logs requests per device (the rate limit).
+    pub log_requests:
+        std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<Instant>>>,
     /// Provisions device credentials and ACLs into an external mosquitto.
     pub dynsec: Option<crate::dynsec::Dynsec>,
     /// The hub's user on an external broker (no device may be named so).
@@ -372,6 +378,7 @@ fn operator_routes(max_model: usize) -> OpenApiRouter<Shared> {
         .routes(routes!(commands::create, commands::list))
         .routes(routes!(commands::get_one))
         .routes(routes!(commands::create_bulk))
+        .routes(routes!(logs::logs))
         .routes(routes!(deployments::list))
         .routes(routes!(
             deployments::get_one,

@@ -15,14 +15,15 @@ use std::time::Instant;
 use edgefleet_protocol::limits::MAX_ACK_IDS;
 use edgefleet_protocol::sign::{Expect, Message};
 use edgefleet_protocol::{
-    Ack, COMMAND_RESULT_KIND, Channel, CommandResult, DeviceId, Event, Heartbeat, Presence,
-    PresenceState, Rejection, Signer, StatusReport, Topic, open,
+    Ack, COMMAND_RESULT_KIND, Channel, CommandResult, DeviceId, Event, Heartbeat, LOG_CHUNK_KIND,
+    LogChunk, Presence, PresenceState, Rejection, Signer, StatusReport, Topic, open,
 };
 use rumqttc::{AsyncClient, Publish, QoS};
 use rusqlite::Connection;
 use tokio::sync::mpsc;
 
 use crate::config::IngestConfig;
+use crate::logs::LogStreams;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::{Ingested, Store, StoreError};
@@ -287,7 +288,7 @@ fn process(
     store: &Store,
     registry: &Registry,
     metrics: &Metrics,
-    limits: &Limits,
+    (limits, logs): (&Limits, &LogStreams),
     batch: &[Publish],
 ) -> Result<Committed, StoreError> {
     let mut verified = Vec::with_capacity(batch.len());
@@ -309,6 +310,24 @@ fn process(
             }
         }
     }
+    // Log chunks go to the caller waiting for them, never to the store.
+    verified.retain(|(_, m)| match m {
+        Verified::Event(e) if e.kind == LOG_CHUNK_KIND => {
+            let outcome = match serde_json::from_value::<LogChunk>(e.payload.clone()) {
+                Ok(chunk) => logs.deliver(&e.device_id, chunk),
+                Err(_) => "malformed",
+            };
+            if outcome != "delivered" {
+                tracing::debug!(device = %e.device_id, id = %e.id, outcome, "log chunk dropped");
+            }
+            metrics
+                .log_chunks
+                .get_or_create(&vec![("outcome", outcome.to_owned())])
+                .inc();
+            false
+        }
+        _ => true,
+    });
     let (outcomes, pruned, results) = store.transaction(|tx| {
         let outcomes = verified
             .iter()
@@ -413,7 +432,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     keys: Arc<crate::keys::HubKeys>,
     client: AsyncClient,
-    (disk, limits, commands): (Disk, Arc<Limits>, crate::commands::Dispatch),
+    (disk, limits, commands, logs): (Disk, Arc<Limits>, crate::commands::Dispatch, LogStreams),
     mut rx: mpsc::UnboundedReceiver<Publish>,
 ) {
     let mut backlog_warned = false;
@@ -462,14 +481,15 @@ pub async fn run(
             disk_full_warned = false;
         }
         let started = Instant::now();
-        let (s, r, m, limits) = (
+        let (s, r, m, limits, logs) = (
             store.clone(),
             registry.clone(),
             metrics.clone(),
             limits.clone(),
+            logs.clone(),
         );
         let result = tokio::task::spawn_blocking(move || {
-            let res = process(&s, &r, &m, &limits, &batch);
+            let res = process(&s, &r, &m, (&limits, &logs), &batch);
             (res, batch)
         })
         .await;
@@ -608,7 +628,9 @@ mod tests {
             Channel::Events,
             b.seal(&event("pi-2", "x")),
         ));
-        let acks = process(&s, &reg, &m, &limits, &batch).unwrap().acks;
+        let acks = process(&s, &reg, &m, (&limits, &LogStreams::default()), &batch)
+            .unwrap()
+            .acks;
         // Three of pi-1's (its burst), none beyond; pi-2 is not held back.
         assert_eq!(acks[&id("pi-1")].events, ["e-1", "e-2", "e-3"]);
         assert_eq!(acks[&id("pi-2")].events, ["x"]);
@@ -644,7 +666,9 @@ mod tests {
                     b.seal(&event("pi-2", &format!("x-{round}"))),
                 )])
                 .collect();
-            let acks = process(&s, &reg, &m, &limits, &batch).unwrap().acks;
+            let acks = process(&s, &reg, &m, (&limits, &LogStreams::default()), &batch)
+                .unwrap()
+                .acks;
             // Everything stored is acknowledged, pruned or not.
             assert_eq!(acks[&id("pi-1")].events.len(), 4);
         }
@@ -691,14 +715,26 @@ mod tests {
             publish("pi-1", Channel::Events, e.clone()),
             publish("pi-1", Channel::Events, e.clone()),
         ];
-        let acks = process(&s, &reg, &m, &Limits::default(), &batch)
-            .unwrap()
-            .acks;
+        let acks = process(
+            &s,
+            &reg,
+            &m,
+            (&Limits::default(), &LogStreams::default()),
+            &batch,
+        )
+        .unwrap()
+        .acks;
         assert_eq!(acks[&id("pi-1")].events, ["e-1", "e-1"]);
         // Redelivered in a later batch (the device never saw the Ack).
-        let acks = process(&s, &reg, &m, &Limits::default(), &batch[..1])
-            .unwrap()
-            .acks;
+        let acks = process(
+            &s,
+            &reg,
+            &m,
+            (&Limits::default(), &LogStreams::default()),
+            &batch[..1],
+        )
+        .unwrap()
+        .acks;
         assert_eq!(acks[&id("pi-1")].events, ["e-1"]);
         assert_eq!(s.events("pi-1", 0, 10).unwrap().len(), 1, "stored once");
         assert_eq!(m.events_stored.get(), 1);
@@ -714,9 +750,15 @@ mod tests {
             Channel::Events,
             forger.seal(&event("pi-1", "e-1")),
         )];
-        let acks = process(&s, &reg, &m, &Limits::default(), &batch)
-            .unwrap()
-            .acks;
+        let acks = process(
+            &s,
+            &reg,
+            &m,
+            (&Limits::default(), &LogStreams::default()),
+            &batch,
+        )
+        .unwrap()
+        .acks;
         assert!(acks.is_empty(), "nothing acknowledged");
         assert!(s.events("pi-1", 0, 10).unwrap().is_empty());
         let reasons = m.render();
@@ -737,7 +779,7 @@ mod tests {
             &s,
             &reg,
             &m,
-            &Limits::default(),
+            (&Limits::default(), &LogStreams::default()),
             &[on_other_topic, naming_other],
         )
         .unwrap()
@@ -758,10 +800,16 @@ mod tests {
             publish("pi-1", Channel::Desired, a.seal(&event("pi-1", "e"))),
         ];
         assert!(
-            process(&s, &reg, &m, &Limits::default(), &batch)
-                .unwrap()
-                .acks
-                .is_empty()
+            process(
+                &s,
+                &reg,
+                &m,
+                (&Limits::default(), &LogStreams::default()),
+                &batch
+            )
+            .unwrap()
+            .acks
+            .is_empty()
         );
         assert_eq!(rejected(&m, "events", "unknown_device"), 1.0);
         assert_eq!(rejected(&m, "unknown", "bad_topic"), 1.0);
@@ -782,9 +830,15 @@ mod tests {
             Channel::Status,
             a.seal(&status("pi-1", now - 1000, Health::Degraded)),
         );
-        let acks = process(&s, &reg, &m, &Limits::default(), &[newer, older])
-            .unwrap()
-            .acks;
+        let acks = process(
+            &s,
+            &reg,
+            &m,
+            (&Limits::default(), &LogStreams::default()),
+            &[newer, older],
+        )
+        .unwrap()
+        .acks;
         assert_eq!(acks[&id("pi-1")].status_reported_at_ms, Some(now));
         let w = s.workload_status(Some("pi-1")).unwrap();
         assert_eq!(w[0].health, Health::Healthy, "the older report lost");
@@ -810,7 +864,7 @@ mod tests {
             &s,
             &reg,
             &m,
-            &Limits::default(),
+            (&Limits::default(), &LogStreams::default()),
             &[presence(PresenceState::Online, 2)],
         )
         .unwrap();
@@ -819,7 +873,7 @@ mod tests {
             &s,
             &reg,
             &m,
-            &Limits::default(),
+            (&Limits::default(), &LogStreams::default()),
             &[presence(PresenceState::Offline, 1)],
         )
         .unwrap();
@@ -830,7 +884,7 @@ mod tests {
             &s,
             &reg,
             &m,
-            &Limits::default(),
+            (&Limits::default(), &LogStreams::default()),
             &[presence(PresenceState::Offline, 2)],
         )
         .unwrap();
@@ -865,14 +919,28 @@ mod tests {
                 }),
             )
         };
-        process(&s, &reg, &m, &Limits::default(), &[heartbeat(true)]).unwrap();
+        process(
+            &s,
+            &reg,
+            &m,
+            (&Limits::default(), &LogStreams::default()),
+            &[heartbeat(true)],
+        )
+        .unwrap();
         let dev = s.get_device("pi-1").unwrap().unwrap();
         assert_eq!(
             dev.conditions[0].kind,
             crate::store::ConditionType::DiskPressure
         );
         assert_eq!(dev.heartbeat_summary().unwrap().disk_used_bytes, 99);
-        process(&s, &reg, &m, &Limits::default(), &[heartbeat(false)]).unwrap();
+        process(
+            &s,
+            &reg,
+            &m,
+            (&Limits::default(), &LogStreams::default()),
+            &[heartbeat(false)],
+        )
+        .unwrap();
         assert!(s.get_device("pi-1").unwrap().unwrap().conditions.is_empty());
     }
 

@@ -18,6 +18,7 @@ pub mod desired;
 pub mod dynsec;
 pub mod ingest;
 pub mod keys;
+pub mod logs;
 pub mod metrics;
 pub mod mqtt;
 pub mod publisher;

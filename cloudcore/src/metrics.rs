@@ -80,6 +80,11 @@ edgefleet_daemon::declare_metrics! {
         /// Command results from devices not applied, by reason (malformed,
         /// unknown: no open command of that id for that device)
         pub command_results_ignored: Family<Labels, Counter>,
+        /// Log chunks from devices, by outcome (delivered to the caller, or
+        /// dropped: no_caller, wrong_device, overflow, malformed)
+        pub log_chunks: Family<Labels, Counter>,
+        /// Logs requests, by result (streamed, offline, throttled, failed)
+        pub log_requests: Family<Labels, Counter>,
         /// Signed acknowledgements of committed events and status sent to devices
         pub acks_published: Counter,
         /// Desired-state documents not issued because a device would refuse them (per pass and device)

@@ -270,6 +270,7 @@ pub async fn serve_with(
         });
     }
     let (commands, commands_rx) = crate::commands::Dispatch::new();
+    let logs = crate::logs::LogStreams::default();
     {
         let dispatcher = crate::commands::Dispatcher {
             store: store.clone(),
@@ -300,6 +301,7 @@ pub async fn serve_with(
                 cfg.store.events_per_device,
             )),
             commands.clone(),
+            logs.clone(),
         ),
         ingest_rx,
     );
@@ -373,6 +375,8 @@ pub async fn serve_with(
         fleet_changes: tokio::sync::Mutex::new(()),
         rollout_wake,
         commands,
+        logs,
+        log_requests: std::sync::Mutex::default(),
         dynsec,
         broker_username: cfg.broker.username.clone(),
     });

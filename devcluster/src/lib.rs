@@ -90,6 +90,58 @@ pub fn binaries() -> Option<PathBuf> {
 }
 
 /// A free TCP port on 127.0.0.1.
+/// The file kwok serves as every fake container's log (CRI format).
+pub const POD_LOG_FILE: &str = "pod.log";
+/// How many lines it holds.
+pub const POD_LOG_LINES: usize = 50;
+
+/// Line `i` (0-based) of every fake container's log.
+pub fn pod_log_line(i: usize) -> String {
+    format!(
+        "10.0.0.{} - - \"GET /healthz HTTP/1.1\" 200 2 \"-\" \"kube-probe\" line {i}",
+        i % 250
+    )
+}
+
+/// [`POD_LOG_LINES`] lines in the CRI log format, one a second up to `now_ms`.
+fn fake_pod_log(now_ms: u64) -> String {
+    (0..POD_LOG_LINES)
+        .map(|i| {
+            let at = now_ms - ((POD_LOG_LINES - 1 - i) as u64) * 1000;
+            format!("{} stdout F {}\n", rfc3339(at), pod_log_line(i))
+        })
+        .collect()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `ms` since the Unix epoch as RFC 3339 in UTC with nanoseconds.
+fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Days to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        (ms % 1000) * 1_000_000
+    )
+}
+
 fn free_port() -> std::io::Result<u16> {
     std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()
@@ -139,6 +191,8 @@ pub struct ControlPlane {
     bin: PathBuf,
     api_port: u16,
     kine_port: u16,
+    /// kwok's kubelet API (pod logs), the port every fake node advertises.
+    kwok_port: u16,
     token: String,
     procs: Vec<(String, Child)>,
     ready_at: Option<Instant>,
@@ -179,9 +233,16 @@ impl ControlPlane {
                 "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n  users: [\"{AGENT_USER}\"]\n  verbs: [create, update, patch, delete, deletecollection]\n- level: None\n"
             ),
         )?;
+        // kwok's stages, and the logs every container of a fake pod has.
+        let logs = dir.join(POD_LOG_FILE);
+        write(POD_LOG_FILE, &fake_pod_log(now_ms()))?;
         write(
             "kwok-stages.yaml",
-            include_str!("../../tests/kube/kwok-stages.yaml"),
+            &format!(
+                "{}---\napiVersion: kwok.x-k8s.io/v1alpha1\nkind: ClusterLogs\nmetadata: {{name: every-pod}}\nspec:\n  logs:\n  - logsFile: {}\n",
+                include_str!("../../tests/kube/kwok-stages.yaml"),
+                logs.display()
+            ),
         )?;
         let port = |what: &str| {
             free_port().map_err(|source| Error::Spawn {
@@ -194,6 +255,7 @@ impl ControlPlane {
             bin: bin.to_owned(),
             api_port: port("kube-apiserver")?,
             kine_port: port("kine")?,
+            kwok_port: port("kwok")?,
             token,
             procs: Vec::new(),
             ready_at: None,
@@ -377,6 +439,9 @@ impl ControlPlane {
                 format!("--audit-log-path={}", p("audit.log")),
                 "--profiling=false".into(),
                 "--enable-priority-and-fairness=false".into(),
+                // Pod logs come from kwok's kubelet API on 127.0.0.1 (its
+                // test certificate is not verified: no kubelet CA is set).
+                "--kubelet-preferred-address-types=InternalIP".into(),
             ],
         )?;
         if self.netns.is_some() {
@@ -442,7 +507,10 @@ impl ControlPlane {
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake".into(),
                 "--node-lease-duration-seconds=40".into(),
                 "--cidr=10.244.0.0/16".into(),
-                "--node-ip=10.0.0.2".into(),
+                // The nodes' kubelet API (pod logs) is kwok's server.
+                "--node-ip=127.0.0.1".into(),
+                format!("--node-port={}", self.kwok_port),
+                format!("--server-address=127.0.0.1:{}", self.kwok_port),
             ],
         )?;
         for name in NODES {
@@ -593,5 +661,34 @@ impl Drop for ControlPlane {
         // Each child is killed on drop (kill_on_drop); the API server and
         // its clients go before the datastore.
         while self.procs.pop().is_some() {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates_cross_leap_days_and_centuries() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123000000Z");
+        assert_eq!(rfc3339(4_102_444_799_000), "2099-12-31T23:59:59.000000000Z");
+    }
+
+    #[test]
+    fn the_fake_pod_log_is_cri_formatted_and_ends_now() {
+        let log = fake_pod_log(951_782_400_000);
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), POD_LOG_LINES);
+        assert_eq!(
+            lines.last().copied(),
+            Some(
+                format!(
+                    "2000-02-29T00:00:00.000000000Z stdout F {}",
+                    pod_log_line(49)
+                )
+                .as_str()
+            )
+        );
     }
 }

@@ -28,6 +28,20 @@ pub enum CommandAction {
     ReportStatus,
     /// Restart one workload (Kubernetes rollout restart, or model reload).
     RestartWorkload { name: String },
+    /// Send a workload's recent logs back ([`LogChunk`] events): its pods'
+    /// logs from the K3s API, or the agent's own lines about an inference
+    /// workload. Bounded by `limitBytes` and, per container, `tailLines`.
+    #[serde(rename_all = "camelCase")]
+    Logs {
+        workload: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        container: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tail_lines: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since_seconds: Option<u64>,
+        limit_bytes: u32,
+    },
 }
 
 impl CommandAction {
@@ -38,12 +52,40 @@ impl CommandAction {
             CommandAction::Resync => "resync",
             CommandAction::ReportStatus => "reportStatus",
             CommandAction::RestartWorkload { .. } => "restartWorkload",
+            CommandAction::Logs { .. } => "logs",
         }
     }
 }
 
 /// The event `kind` of a command's result, sent through the outbox.
 pub const COMMAND_RESULT_KIND: &str = "command.result";
+
+/// The event `kind` of a piece of a logs command's answer. Sent directly,
+/// not through the outbox: nobody waits for logs across a reconnect.
+pub const LOG_CHUNK_KIND: &str = "command.logs";
+
+/// Most bytes of log text in one [`LogChunk`] (well under an event's payload
+/// limit once JSON-escaped).
+pub const LOG_CHUNK_BYTES: usize = 8 * 1024;
+
+/// Most bytes of logs one command may ask for.
+pub const MAX_LOG_BYTES: u32 = 4 * 1024 * 1024;
+
+/// A piece of a logs command's answer: the payload of a [`LOG_CHUNK_KIND`]
+/// event. Chunks are numbered from 0; the last one says so, and carries the
+/// error if the logs could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LogChunk {
+    pub command_id: String,
+    pub seq: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub data: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub last: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
 
 /// What a device did with a command: the payload of its
 /// [`COMMAND_RESULT_KIND`] event. The event's own id is the command id, so a

@@ -34,7 +34,9 @@ pub mod workload;
 mod bounded;
 
 pub use ack::Ack;
-pub use command::{COMMAND_RESULT_KIND, Command, CommandAction, CommandResult};
+pub use command::{
+    COMMAND_RESULT_KIND, Command, CommandAction, CommandResult, LOG_CHUNK_KIND, LogChunk,
+};
 pub use deployment::Deployment;
 pub use desired::{DesiredState, DesiredWorkload, TooLarge, Version};
 pub use duration::Duration;

@@ -629,3 +629,77 @@ async fn a_restart_command_replaces_the_pods_without_drift() {
         "{out}"
     );
 }
+
+/// `edgectl logs` of a Kubernetes workload: the hub asks the device, the
+/// agent reads its pod's log from the K3s API (kwok serves the fake
+/// container log of `edgefleet_devcluster::pod_log_line`), and the lines
+/// come back streamed; `--tail 10` gives the last 10; a container the
+/// workload does not have is the device's clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edgectl_logs_returns_the_pods_log_lines() {
+    let Some((_admin, hub, _agent)) = on_shared_cluster("pi-logs").await else {
+        return;
+    };
+    let ns = "logs";
+    let manifest = format!(
+        r#"
+apiVersion: edgefleet.io/v1
+kind: Deployment
+metadata: {{name: line-3}}
+spec:
+  selector:
+    matchLabels: {{site: plant-3}}
+  workloads:
+    - name: web
+      kubernetes:
+        manifests:
+          - apiVersion: apps/v1
+            kind: Deployment
+            metadata: {{name: web, namespace: {ns}}}
+            spec:
+              replicas: 1
+              selector: {{matchLabels: {{app: web}}}}
+              template:
+                metadata: {{labels: {{app: web}}}}
+                spec:
+                  containers: [{{name: nginx, image: "nginx:1.27"}}]
+"#
+    );
+    hub.deploy("line-3", &manifest).await;
+    hub_healthy(&hub, 1).await;
+    let all: Vec<String> = (0..edgefleet_devcluster::POD_LOG_LINES)
+        .map(edgefleet_devcluster::pod_log_line)
+        .collect();
+
+    let (code, out, err) = hub.edgectl(&["logs", "pi-logs", "line-3.web"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), all, "{out}");
+
+    let (code, out, err) = hub.edgectl(&[
+        "logs",
+        "pi-logs",
+        "line-3.web",
+        "--tail",
+        "10",
+        "-c",
+        "nginx",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), all[40..], "{out}");
+
+    let (code, out, err) = hub.edgectl(&["logs", "pi-logs", "line-3.web", "-c", "sidecar"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("no container \"sidecar\""), "{err}");
+
+    // Each request is a command the device ran, audited at the hub.
+    let (code, out, _) = hub.edgectl(&["commands", "pi-logs"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.matches("logs line-3.web").count(), 3, "{out}");
+    assert!(
+        hub.proc
+            .output()
+            .iter()
+            .any(|l| l.contains("logs requested") && l.contains("pi-logs")),
+        "no audit line in the hub's log"
+    );
+}

@@ -216,3 +216,77 @@ async fn bad_command_requests_are_refused() {
     let (code, out, err) = hub.edgectl(&["resync", "device", "pi-bad", "-l", "site=x"]);
     assert_eq!(code, 2, "{out}{err}");
 }
+
+/// `edgectl logs` of an inference workload returns the agent's own recent
+/// lines about it; a device that is offline is a clear error at once; the
+/// rate per device is bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_of_an_inference_workload_offline_devices_and_the_rate_limit() {
+    install_crypto();
+    let hub = Hub::start().await;
+    let mut agent = Agent::enroll_and_start(&hub, "pi-log", &[("site", "log")]).await;
+    agent.wait_uplink(true).await;
+    let broken = hub
+        .client()
+        .push_model("broken", b"this is not an ONNX model".to_vec())
+        .await
+        .expect("push model");
+    hub.deploy(
+        "line-3",
+        &format!(
+            r#"
+apiVersion: edgefleet.io/v1
+kind: Deployment
+metadata: {{name: line-3}}
+spec:
+  selector:
+    matchLabels: {{site: log}}
+  workloads:
+    - name: model
+      inference:
+        model: {{name: broken, sha256: "{}"}}
+        input: {{http: {{}}}}
+        output: {{upstream: true}}
+"#,
+            broken.sha256
+        ),
+    )
+    .await;
+    eventually("the model workload failed", T, || async {
+        let d = hub.client().device("pi-log").await.ok()?;
+        d.workloads
+            .iter()
+            .any(|w| w.name == "line-3.model" && w.sync == edgefleet_protocol::SyncState::Failed)
+            .then_some(())
+    })
+    .await;
+    let (code, out, err) = hub.edgectl(&["logs", "pi-log", "line-3.model", "--tail", "1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(
+        out.contains("workload failed") && out.contains("cannot load model"),
+        "{out}"
+    );
+    let (code, _, err) = hub.edgectl(&["logs", "pi-log", "line-3.nope"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not found"), "{err}");
+
+    // Over the rate: 6 a minute per device (one was used above; the
+    // unknown workload was refused before counting).
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        let (code, _) = hub.get("/devices/pi-log/logs/line-3.model?tail=1").await;
+        codes.push(code);
+    }
+    assert_eq!(codes, [200, 200, 200, 200, 200, 429], "{codes:?}");
+
+    // Offline: refused at once, saying so.
+    assert_eq!(agent.stop().await, Some(0));
+    presence(&hub, "pi-log", "offline").await;
+    let started = std::time::Instant::now();
+    let (code, out, err) = hub.edgectl(&["logs", "pi-log", "line-3.model"]);
+    let took = started.elapsed();
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("is offline"), "{err}");
+    assert!(took <= Duration::from_secs(2), "took {took:?}");
+}

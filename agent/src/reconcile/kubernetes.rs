@@ -196,7 +196,7 @@ pub(super) fn apply_order(
         .chain(manifests.iter().filter(move |m| !first(m)))
 }
 
-pub(super) fn key_of(e: &InventoryEntry) -> ObjectKey {
+pub fn key_of(e: &InventoryEntry) -> ObjectKey {
     ObjectKey {
         api_version: e.api_version.clone(),
         kind: e.kind.clone(),

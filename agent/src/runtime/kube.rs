@@ -18,10 +18,10 @@ use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{
-    Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, Preconditions,
-    PropagationPolicy,
+    Api, DeleteParams, DynamicObject, ListParams, LogParams, Patch, PatchParams, PostParams,
+    Preconditions, PropagationPolicy,
 };
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::gvk::GroupVersion;
@@ -377,6 +377,94 @@ impl KubeRuntime {
                 .await
                 .map_err(|e| KubeError::from_kube(&format!("restart {key}"), e))?;
             Ok(true)
+        })
+        .await
+    }
+
+    /// The pods behind `keys` (a workload's objects): Pods themselves, and
+    /// the pods each other object selects by its `spec.selector.matchLabels`
+    /// (Deployments, StatefulSets, DaemonSets, Jobs, ReplicaSets). Each as
+    /// (namespace, name, container names), by name, at most `max`.
+    pub async fn workload_pods(
+        &self,
+        keys: &[ObjectKey],
+        max: usize,
+    ) -> Result<Vec<(String, String, Vec<String>)>, KubeError> {
+        self.bounded("list pods", async {
+            let mut out = std::collections::BTreeMap::new();
+            for key in keys {
+                let Some(live) = self.get_inner(key).await? else {
+                    continue;
+                };
+                let ns = live
+                    .key
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
+                let pods: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+                let found = if key.api_version == "v1" && key.kind == "Pod" {
+                    pods.get_opt(&key.name)
+                        .await
+                        .map_err(|e| {
+                            KubeError::from_kube(&format!("get pod {ns}/{}", key.name), e)
+                        })?
+                        .into_iter()
+                        .collect()
+                } else {
+                    let Some(labels) = live.raw["spec"]["selector"]["matchLabels"]
+                        .as_object()
+                        .filter(|l| !l.is_empty())
+                    else {
+                        continue;
+                    };
+                    let selector: Vec<String> = labels
+                        .iter()
+                        .filter_map(|(k, v)| v.as_str().map(|v| format!("{k}={v}")))
+                        .collect();
+                    pods.list(&ListParams::default().labels(&selector.join(",")))
+                        .await
+                        .map_err(|e| KubeError::from_kube(&format!("list pods of {key}"), e))?
+                        .items
+                };
+                for pod in found {
+                    let name = pod.metadata.name.clone().unwrap_or_default();
+                    let containers = pod
+                        .spec
+                        .map(|s| s.containers.into_iter().map(|c| c.name).collect())
+                        .unwrap_or_default();
+                    out.insert((ns.clone(), name), containers);
+                }
+            }
+            Ok(out
+                .into_iter()
+                .take(max)
+                .map(|((ns, name), c)| (ns, name, c))
+                .collect())
+        })
+        .await
+    }
+
+    /// One container's log: the last `tail` lines, since `since_secs` ago,
+    /// at most `limit` bytes.
+    pub async fn pod_log(
+        &self,
+        (ns, pod, container): (&str, &str, &str),
+        tail: Option<u32>,
+        since_secs: Option<u64>,
+        limit: u32,
+    ) -> Result<String, KubeError> {
+        self.bounded("pod log", async {
+            let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+            let params = LogParams {
+                container: Some(container.to_owned()),
+                tail_lines: tail.map(i64::from),
+                since_seconds: since_secs.map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
+                limit_bytes: Some(i64::from(limit)),
+                ..Default::default()
+            };
+            pods.logs(pod, &params)
+                .await
+                .map_err(|e| KubeError::from_kube(&format!("logs of {ns}/{pod} {container}"), e))
         })
         .await
     }

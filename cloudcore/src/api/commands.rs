@@ -34,7 +34,7 @@ pub struct CommandPath {
 }
 
 /// A new command id: 16 random bytes, base64url (22 characters).
-fn new_id() -> String {
+pub fn new_id() -> String {
     let mut b = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut b);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
@@ -55,6 +55,11 @@ fn expiry(expires_in: Option<edgefleet_protocol::Duration>, now: u64) -> ApiResu
 }
 
 fn check_action(a: &CommandAction) -> ApiResult<()> {
+    if let CommandAction::Logs { .. } = a {
+        return Err(ApiError::bad_request(
+            "action: logs are asked with GET /api/v1/devices/{id}/logs/{workload}, which streams them",
+        ));
+    }
     // A workload as the device knows it: `<deployment>.<workload>`.
     if let CommandAction::RestartWorkload { name } = a
         && (name.is_empty()
@@ -81,7 +86,7 @@ fn too_many(device: &str) -> ApiError {
     )
 }
 
-fn created(st: &Shared, c: &CommandRecord) {
+pub fn created(st: &Shared, c: &CommandRecord) {
     st.metrics
         .commands_created
         .get_or_create(&vec![("action", c.action.name().to_owned())])

@@ -118,6 +118,24 @@ enum Command {
         #[command(flatten)]
         send: SendOpts,
     },
+    /// A workload's recent logs, read on the device (which must be online)
+    /// and streamed here. WORKLOAD is `<deployment>.<workload>`.
+    Logs {
+        device: String,
+        workload: String,
+        /// One container of the workload's pods (default: all).
+        #[arg(short, long)]
+        container: Option<String>,
+        /// The last N lines of each container.
+        #[arg(long)]
+        tail: Option<u32>,
+        /// Only lines newer than this (10m, 1h).
+        #[arg(long)]
+        since: Option<edgefleet_protocol::Duration>,
+        /// At most this many bytes (default 1 MiB, at most 4 MiB).
+        #[arg(long)]
+        limit_bytes: Option<u32>,
+    },
     /// A device's commands, newest first, or one of them.
     Commands {
         device: String,
@@ -486,6 +504,48 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 &send,
             )
             .await?;
+        }
+        Command::Logs {
+            device,
+            workload,
+            container,
+            tail,
+            since,
+            limit_bytes,
+        } => {
+            let mut query = Vec::new();
+            if let Some(c) = container {
+                query.push(("container", c));
+            }
+            if let Some(t) = tail {
+                query.push(("tail", t.to_string()));
+            }
+            if let Some(s) = since {
+                query.push(("since", s.to_string()));
+            }
+            if let Some(l) = limit_bytes {
+                query.push(("limitBytes", l.to_string()));
+            }
+            let mut resp = client.logs(&device, &workload, &query).await.map_err(err)?;
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            loop {
+                match resp.chunk().await {
+                    Ok(Some(bytes)) => {
+                        if out.write_all(&bytes).and_then(|()| out.flush()).is_err() {
+                            // A reader that hung up (| head) is done.
+                            return Ok(());
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        return Err(fail(
+                            EXIT_UNREACHABLE,
+                            format!("edgectl: the logs stream broke: {e}"),
+                        ));
+                    }
+                }
+            }
         }
         Command::Commands { device, id, output } => match id {
             Some(id) => {
