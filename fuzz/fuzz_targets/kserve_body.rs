@@ -13,5 +13,5 @@ fuzz_target!(|data: &[u8]| {
         _ => (None, data),
     };
     let body = bytes::Bytes::copy_from_slice(body);
-    let _ = edge_agent::inference::kserve::parse_request(&body, header);
+    let _ = edgefleet_localapi::kserve::parse_request(&body, header);
 });

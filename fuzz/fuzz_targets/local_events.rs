@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = edge_agent::http::parse_events(data);
+    let _ = edgefleet_localapi::events::parse_events(data);
 });
