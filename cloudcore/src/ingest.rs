@@ -557,6 +557,7 @@ async fn puback(client: &AsyncClient, batch: &[Publish]) {
 mod tests {
     use super::*;
     use crate::testing::{enroll, id, metric, store};
+    use edgefleet_api::CommandState;
     use edgefleet_protocol::{Health, SyncState, WorkloadStatus};
 
     /// A hub with two enrolled devices; their keys.
@@ -602,6 +603,114 @@ mod tests {
             unstored: false,
             hub_key_id: None,
         }
+    }
+
+    /// A device's command result event, as its agent sends it.
+    fn result_event(device: &str, command: &str, ok: bool) -> Event {
+        Event {
+            kind: COMMAND_RESULT_KIND.into(),
+            payload: serde_json::to_value(CommandResult {
+                command_id: command.into(),
+                ok,
+                message: "ran".into(),
+            })
+            .unwrap(),
+            ..event(device, command)
+        }
+    }
+
+    /// A device with valid credentials cannot finish another device's
+    /// command, nor answer a log request made of another device: both are
+    /// acknowledged (stored as its own event, or dropped) and counted.
+    #[test]
+    fn command_results_and_log_chunks_count_only_from_the_device_asked() {
+        use crate::store::NewCommand;
+        let (s, reg, m, a, b) = hub();
+        s.create_commands(&[NewCommand {
+            device_id: id("pi-1"),
+            id: "c1".into(),
+            action: edgefleet_protocol::CommandAction::Resync,
+            created_ms: 1,
+            expires_ms: u64::MAX / 2,
+        }])
+        .unwrap();
+        let streams = LogStreams::default();
+        let mut waiting = streams.register("c9", id("pi-1"));
+        let chunk = |device: &str, signer: &Signer| {
+            let e = Event {
+                kind: LOG_CHUNK_KIND.into(),
+                payload: serde_json::to_value(LogChunk {
+                    command_id: "c9".into(),
+                    seq: 0,
+                    data: "forged\n".into(),
+                    last: true,
+                    error: None,
+                })
+                .unwrap(),
+                ..event(device, "c9-l0")
+            };
+            publish(device, Channel::Events, signer.seal(&e))
+        };
+        let batch = [
+            publish(
+                "pi-2",
+                Channel::Events,
+                b.seal(&result_event("pi-2", "c1", false)),
+            ),
+            chunk("pi-2", &b),
+        ];
+        let acks = process(&s, &reg, &m, (&Limits::default(), &streams), &batch)
+            .unwrap()
+            .acks;
+        assert_eq!(acks[&id("pi-2")].events, ["c1"]);
+        assert_eq!(
+            s.get_command("pi-1", "c1").unwrap().unwrap().state,
+            CommandState::Queued
+        );
+        assert!(
+            waiting.rx.try_recv().is_err(),
+            "a chunk from pi-2 reached pi-1's caller"
+        );
+        assert_eq!(
+            metric(
+                &m,
+                "edgefleet_hub_command_results_ignored_total{reason=\"unknown\"}"
+            ),
+            1.0
+        );
+        assert_eq!(
+            metric(
+                &m,
+                "edgefleet_hub_log_chunks_total{outcome=\"wrong_device\"}"
+            ),
+            1.0
+        );
+        // The device asked: its result finishes the command, its chunk
+        // reaches the caller and is not stored.
+        let batch = [
+            publish(
+                "pi-1",
+                Channel::Events,
+                a.seal(&result_event("pi-1", "c1", true)),
+            ),
+            chunk("pi-1", &a),
+        ];
+        process(&s, &reg, &m, (&Limits::default(), &streams), &batch).unwrap();
+        assert_eq!(
+            s.get_command("pi-1", "c1").unwrap().unwrap().state,
+            CommandState::Done
+        );
+        assert_eq!(waiting.rx.try_recv().unwrap().data, "forged\n");
+        assert!(
+            s.events("pi-1", 0, 10)
+                .unwrap()
+                .iter()
+                .all(|e| e.kind != LOG_CHUNK_KIND)
+        );
+        assert_eq!(
+            metric(&m, "edgefleet_hub_commands_finished_total{state=\"done\"}"),
+            1.0
+        );
     }
 
     #[test]
