@@ -15,6 +15,38 @@ use edgefleet_protocol::{COMMAND_RESULT_KIND, Command, CommandAction, CommandRes
 
 use crate::shared::Shared;
 
+/// The workload `name` of the stored desired state, and the inventory
+/// entries of its Kubernetes objects; `Err` says why not (for a command's
+/// result).
+pub async fn workload_on_device(
+    shared: &Shared,
+    name: &str,
+) -> Result<
+    (
+        edgefleet_protocol::Workload,
+        Vec<crate::store::InventoryEntry>,
+    ),
+    String,
+> {
+    let loaded = shared
+        .db
+        .call(|s| Ok::<_, crate::store::StoreError>((s.desired()?, s.inventory()?)))
+        .await
+        .map_err(|e| format!("cannot read the store: {}", crate::error_chain(&e)))?;
+    let (desired, inventory) = loaded;
+    let workload = desired
+        .into_iter()
+        .flat_map(|d| d.workloads)
+        .find(|w| w.workload.name == name)
+        .map(|w| w.workload)
+        .ok_or_else(|| format!("no workload {name:?} on this device"))?;
+    let objects = inventory
+        .into_iter()
+        .filter(|e| e.workload == name)
+        .collect();
+    Ok((workload, objects))
+}
+
 /// Runs `cmd` once (by id) and queues its result.
 pub async fn run(shared: Arc<Shared>, cmd: Command) {
     let (id, expires) = (cmd.id.clone(), cmd.expires_at_ms);

@@ -308,19 +308,10 @@ impl Reconciler {
     /// DaemonSets get a new pod template (their pods are replaced), or its
     /// model is unloaded and loaded again by the pass that follows.
     async fn restart(&mut self, workload: &str) -> Result<String, String> {
-        let loaded = self
-            .shared
-            .db
-            .call(|s| Ok::<_, crate::store::StoreError>((s.desired()?, s.inventory()?)))
-            .await
-            .map_err(|e| format!("cannot read the store: {}", crate::error_chain(&e)))?;
-        let (desired, inventory) = loaded;
-        let spec = desired
-            .iter()
-            .flat_map(|d| &d.workloads)
-            .find(|w| w.workload.name == workload)
-            .and_then(|w| w.workload.spec())
-            .ok_or_else(|| format!("no workload {workload:?} on this device"))?;
+        let (found, objects) = crate::commands::workload_on_device(&self.shared, workload).await?;
+        let spec = found
+            .spec()
+            .ok_or_else(|| format!("workload {workload:?} is neither kubernetes nor inference"))?;
         match spec {
             WorkloadSpec::Inference(_) => {
                 let unloaded = self
@@ -335,9 +326,8 @@ impl Reconciler {
                 })
             }
             WorkloadSpec::Kubernetes(_) => {
-                let targets: Vec<_> = inventory
+                let targets: Vec<_> = objects
                     .iter()
-                    .filter(|e| e.workload == workload)
                     .filter(|e| crate::runtime::kube::is_restartable(&e.api_version, &e.kind))
                     .map(kubernetes::key_of)
                     .collect();

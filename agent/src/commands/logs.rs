@@ -32,18 +32,13 @@ pub struct Request {
 /// The workload's logs as text, or why they cannot be read.
 pub async fn collect(shared: &Arc<Shared>, req: &Request) -> Result<String, String> {
     let limit = req.limit.min(MAX_LOG_BYTES);
-    let loaded = shared
-        .db
-        .call(|s| Ok::<_, crate::store::StoreError>((s.desired()?, s.inventory()?)))
-        .await
-        .map_err(|e| format!("cannot read the store: {}", crate::error_chain(&e)))?;
-    let (desired, inventory) = loaded;
-    let spec = desired
-        .iter()
-        .flat_map(|d| &d.workloads)
-        .find(|w| w.workload.name == req.workload)
-        .and_then(|w| w.workload.spec())
-        .ok_or_else(|| format!("no workload {:?} on this device", req.workload))?;
+    let (workload, objects) = super::workload_on_device(shared, &req.workload).await?;
+    let spec = workload.spec().ok_or_else(|| {
+        format!(
+            "workload {:?} is neither kubernetes nor inference",
+            req.workload
+        )
+    })?;
     match spec {
         WorkloadSpec::Inference(_) => {
             let since_ms = req.since_secs.map_or(0, |s| {
@@ -56,11 +51,7 @@ pub async fn collect(shared: &Arc<Shared>, req: &Request) -> Result<String, Stri
             Ok(text)
         }
         WorkloadSpec::Kubernetes(_) => {
-            let keys: Vec<_> = inventory
-                .iter()
-                .filter(|e| e.workload == req.workload)
-                .map(crate::reconcile::key_of)
-                .collect();
+            let keys: Vec<_> = objects.iter().map(crate::reconcile::key_of).collect();
             let timeout = Duration::from_millis(shared.cfg.kube.request_timeout_ms);
             let kube = KubeRuntime::connect(shared.cfg.kube.kubeconfig.as_deref(), timeout)
                 .await

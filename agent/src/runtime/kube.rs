@@ -360,14 +360,9 @@ impl KubeRuntime {
     /// replaces the pods. Ok(false) when absent or not ours.
     pub async fn restart(&self, key: &ObjectKey, at: &str) -> Result<bool, KubeError> {
         self.bounded("restart", async {
-            let Some(live) = self.get_inner(key).await? else {
+            let Some((_, api)) = self.owned(key).await? else {
                 return Ok(false);
             };
-            if !live.is_owned() {
-                return Ok(false);
-            }
-            let resolved = self.resolve(&key.api_version, &key.kind).await?;
-            let api = self.api(&resolved, live.key.namespace.as_deref());
             let patch = serde_json::json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: at}}}}});
             let params = PatchParams {
                 field_manager: Some(RESTART_MANAGER.to_owned()),
@@ -642,15 +637,27 @@ impl KubeRuntime {
         }
     }
 
-    async fn delete_inner(&self, key: &ObjectKey) -> Result<bool, KubeError> {
+    /// The live object if it carries our `managed-by` label, with the API
+    /// to change it; `None` when absent or not ours (never touched).
+    async fn owned(
+        &self,
+        key: &ObjectKey,
+    ) -> Result<Option<(LiveObject, Api<DynamicObject>)>, KubeError> {
         let Some(live) = self.get_inner(key).await? else {
-            return Ok(false);
+            return Ok(None);
         };
         if !live.is_owned() {
-            return Ok(false);
+            return Ok(None);
         }
         let resolved = self.resolve(&key.api_version, &key.kind).await?;
         let api = self.api(&resolved, live.key.namespace.as_deref());
+        Ok(Some((live, api)))
+    }
+
+    async fn delete_inner(&self, key: &ObjectKey) -> Result<bool, KubeError> {
+        let Some((live, api)) = self.owned(key).await? else {
+            return Ok(false);
+        };
         let params = DeleteParams {
             // Background: the Job API's default is to orphan the Job's pods.
             propagation_policy: Some(PropagationPolicy::Background),
