@@ -159,11 +159,7 @@ pub fn truncate_message(s: &str) -> String {
     if s.len() <= MAX_MESSAGE_BYTES {
         return s.to_owned();
     }
-    let mut end = MAX_MESSAGE_BYTES - 3;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
+    format!("{}...", &s[..s.floor_char_boundary(MAX_MESSAGE_BYTES - 3)])
 }
 
 impl Message for StatusReport {

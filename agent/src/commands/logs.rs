@@ -47,7 +47,7 @@ pub async fn collect(shared: &Arc<Shared>, req: &Request) -> Result<String, Stri
             let lines =
                 crate::worklog::recent(&req.workload, since_ms, req.tail.map(|t| t as usize));
             let mut text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-            truncate(&mut text, limit as usize);
+            text.truncate(text.floor_char_boundary(limit as usize));
             Ok(text)
         }
         WorkloadSpec::Kubernetes(_) => {
@@ -101,20 +101,9 @@ pub async fn collect(shared: &Arc<Shared>, req: &Request) -> Result<String, Stri
                     text.push('\n');
                 }
             }
-            truncate(&mut text, limit as usize);
+            text.truncate(text.floor_char_boundary(limit as usize));
             Ok(text)
         }
-    }
-}
-
-/// Cuts `text` to at most `max` bytes, at a character boundary.
-fn truncate(text: &mut String, max: usize) {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
     }
 }
 
@@ -132,10 +121,7 @@ pub async fn send(
     let mut pieces = Vec::new();
     let mut rest = text;
     while !rest.is_empty() {
-        let mut end = rest.len().min(LOG_CHUNK_BYTES);
-        while !rest.is_char_boundary(end) {
-            end -= 1;
-        }
+        let end = rest.floor_char_boundary(LOG_CHUNK_BYTES);
         pieces.push(&rest[..end]);
         rest = &rest[end..];
     }
@@ -169,6 +155,7 @@ pub async fn send(
         let sealed = shared.identity.signer().seal(&event);
         shared
             .direct
+            .tx
             .send_timeout(sealed, SEND_WAIT)
             .await
             .map_err(|_| "the MQTT session did not take the logs in time".to_owned())?;
