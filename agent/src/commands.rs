@@ -115,7 +115,7 @@ pub async fn run(shared: Arc<Shared>, cmd: Command) {
         }
         CommandAction::RestartWorkload { name } => {
             let (tx, rx) = tokio::sync::oneshot::channel();
-            let r = match shared.restarts.send((name.clone(), tx)).await {
+            let r = match shared.restarts.tx.send((name.clone(), tx)).await {
                 Ok(()) => rx
                     .await
                     .unwrap_or_else(|_| Err("the reconciler stopped".to_owned())),

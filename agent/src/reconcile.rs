@@ -45,7 +45,7 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
     let drift = Duration::from_secs(shared.cfg.reconcile.drift_interval_secs);
     let poll = Duration::from_millis(shared.cfg.reconcile.progress_poll_ms).min(drift);
     let mut r = Reconciler::new(shared.clone(), Retries::new(min, max, drift));
-    let mut restarts = shared.take_restarts();
+    let mut restarts = shared.restarts.take();
     // For what fails the whole pass (the store, pruning a removed workload).
     let mut pass_backoff = Backoff::new(min, max);
     loop {
@@ -74,12 +74,7 @@ pub async fn run(shared: Arc<Shared>, cancel: CancellationToken) {
             _ = cancel.cancelled() => break,
             _ = shared.reconcile_wake.notified() => {}
             _ = tokio::time::sleep(delay) => {}
-            Some((workload, reply)) = async {
-                match restarts.as_mut() {
-                    Some(rx) => rx.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => {
+            Some((workload, reply)) = restarts.recv() => {
                 let _ = reply.send(r.restart(&workload).await);
             }
         }

@@ -184,7 +184,7 @@ impl Session {
         let mut housekeeping = tokio::time::interval(Duration::from_secs(1));
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut flush_at: Option<tokio::time::Instant> = None;
-        let mut direct = shared.take_direct();
+        let mut direct = shared.direct.take();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -201,12 +201,7 @@ impl Session {
                     None => break,
                 },
                 _ = shared.outbox_wake.notified() => self.maybe_more = true,
-                Some(payload) = async {
-                    match direct.as_mut() {
-                        Some(rx) => rx.recv().await,
-                        None => std::future::pending().await,
-                    }
-                }, if self.connected => {
+                Some(payload) = direct.recv(), if self.connected => {
                     self.publish(Channel::Events, payload, Tag::Other);
                 }
                 _ = heartbeat.tick() => self.heartbeat().await,

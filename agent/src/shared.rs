@@ -44,11 +44,9 @@ pub struct Shared {
     pub outbox_wake: Notify,
     /// Signed events the session publishes as they are, not through the
     /// outbox (log chunks: ephemeral, for a caller waiting now).
-    pub direct: tokio::sync::mpsc::Sender<Vec<u8>>,
-    direct_rx: Mutex<Option<tokio::sync::mpsc::Receiver<Vec<u8>>>>,
+    pub direct: Handoff<Vec<u8>>,
     /// Workload restarts asked by commands, run by the reconciler.
-    pub restarts: tokio::sync::mpsc::Sender<RestartRequest>,
-    restarts_rx: Mutex<Option<tokio::sync::mpsc::Receiver<RestartRequest>>>,
+    pub restarts: Handoff<RestartRequest>,
     pub connected: AtomicBool,
     /// Kubernetes workloads exist (so `/readyz` needs the API).
     pub kube_needed: AtomicBool,
@@ -62,8 +60,6 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(cfg: Config, device: DeviceId, identity: Identity, db: Db, disk: DiskGuard) -> Self {
-        let (restarts, restarts_rx) = tokio::sync::mpsc::channel(16);
-        let (direct, direct_rx) = tokio::sync::mpsc::channel(64);
         Self {
             cfg,
             device,
@@ -78,10 +74,8 @@ impl Shared {
             report_wanted: AtomicBool::new(true),
             resync_wanted: AtomicBool::new(false),
             outbox_wake: Notify::new(),
-            restarts,
-            restarts_rx: Mutex::new(Some(restarts_rx)),
-            direct,
-            direct_rx: Mutex::new(Some(direct_rx)),
+            restarts: Handoff::new(16),
+            direct: Handoff::new(64),
             connected: AtomicBool::new(false),
             kube_needed: AtomicBool::new(false),
             kube_reachable: AtomicBool::new(false),
@@ -192,22 +186,6 @@ impl Shared {
         }
     }
 
-    /// The receiving end of [`Shared::direct`], once (the session's).
-    pub fn take_direct(&self) -> Option<tokio::sync::mpsc::Receiver<Vec<u8>>> {
-        self.direct_rx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-    }
-
-    /// The receiving end of [`Shared::restarts`], once (the reconciler's).
-    pub fn take_restarts(&self) -> Option<tokio::sync::mpsc::Receiver<RestartRequest>> {
-        self.restarts_rx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-    }
-
     /// Asks the reconciler for a status report soon.
     pub fn request_report(&self) {
         self.report_wanted.store(true, Ordering::Relaxed);
@@ -240,6 +218,44 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = r;
         self.request_report();
+    }
+}
+
+/// A channel to one task: any task sends, the one that takes the receiving
+/// end (once, at its start) receives.
+#[derive(Debug)]
+pub struct Handoff<T> {
+    pub tx: tokio::sync::mpsc::Sender<T>,
+    rx: Mutex<Option<tokio::sync::mpsc::Receiver<T>>>,
+}
+
+impl<T> Handoff<T> {
+    fn new(capacity: usize) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+        Self {
+            tx,
+            rx: Mutex::new(Some(rx)),
+        }
+    }
+
+    /// The receiving end; a second taker gets one that never receives.
+    pub fn take(&self) -> Inbox<T> {
+        Inbox(self.rx.lock().unwrap_or_else(|p| p.into_inner()).take())
+    }
+}
+
+/// The receiving end of a [`Handoff`].
+#[derive(Debug)]
+pub struct Inbox<T>(Option<tokio::sync::mpsc::Receiver<T>>);
+
+impl<T> Inbox<T> {
+    /// The next message; pending forever without a receiver (a branch of a
+    /// `select!` that never fires).
+    pub async fn recv(&mut self) -> Option<T> {
+        match &mut self.0 {
+            Some(rx) => rx.recv().await,
+            None => std::future::pending().await,
+        }
     }
 }
 
