@@ -363,14 +363,9 @@ fn process(
         metrics.events_pruned("count", pruned);
     }
     for r in results {
-        let family = match r {
-            "done" | "failed" => &metrics.commands_finished,
-            _ => &metrics.command_results_ignored,
-        };
-        let label = if matches!(r, "done" | "failed") {
-            "state"
-        } else {
-            "reason"
+        let (family, label) = match r {
+            "done" | "failed" => (&metrics.commands_finished, "state"),
+            _ => (&metrics.command_results_ignored, "reason"),
         };
         family.get_or_create(&vec![(label, r.to_owned())]).inc();
     }

@@ -86,7 +86,7 @@ fn too_many(device: &str) -> ApiError {
     )
 }
 
-pub fn created(st: &Shared, c: &CommandRecord) {
+fn created(st: &Shared, c: &CommandRecord) {
     st.metrics
         .commands_created
         .get_or_create(&vec![("action", c.action.name().to_owned())])
@@ -122,15 +122,29 @@ pub async fn create(
         created_ms: now,
         expires_ms: expiry(req.expires_in, now)?,
     };
-    let mut r = st.store.run(move |s| s.create_commands(&[cmd])).await?;
-    match r.pop() {
+    Ok((StatusCode::CREATED, Json(issue(&st, cmd).await?)))
+}
+
+/// Stores one command and hands it to the dispatcher; 404 for a device the
+/// hub does not know, 429 when it has too many open commands.
+pub async fn issue(st: &Shared, cmd: NewCommand) -> ApiResult<CommandRecord> {
+    let device = cmd.device_id.clone();
+    match st
+        .store
+        .run(move |s| s.create_commands(&[cmd]))
+        .await?
+        .pop()
+    {
         Some(Ok(c)) => {
-            created(&st, &c);
+            created(st, &c);
             st.commands.created(device);
-            Ok((StatusCode::CREATED, Json(c)))
+            Ok(c)
         }
-        Some(Err(CommandRefused::TooManyOpen)) => Err(too_many(&id)),
-        _ => Err(ApiError::not_found(format_args!("device {id:?}"))),
+        Some(Err(CommandRefused::TooManyOpen)) => Err(too_many(device.as_str())),
+        _ => Err(ApiError::not_found(format_args!(
+            "device {:?}",
+            device.as_str()
+        ))),
     }
 }
 

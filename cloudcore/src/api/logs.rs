@@ -24,7 +24,7 @@ use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 
 use super::{ApiError, ApiResult, Shared};
-use crate::store::{CommandRefused, NewCommand};
+use crate::store::NewCommand;
 
 /// How long the device has to send its first chunk.
 pub const FIRST_CHUNK: Duration = Duration::from_secs(15);
@@ -173,28 +173,15 @@ pub async fn logs(
         created_ms: now,
         expires_ms: now + EXPIRY_MS,
     };
-    let (cid, dev) = (cmd.id.clone(), device.id.clone());
+    let cid = cmd.id.clone();
     // Registered before the command exists: no chunk can come first.
-    let mut waiting = st.logs.register(&cid, dev.clone());
-    let created = match st
-        .store
-        .run(move |s| s.create_commands(&[cmd]))
-        .await?
-        .pop()
-    {
-        Some(Ok(c)) => c,
-        Some(Err(CommandRefused::TooManyOpen)) => {
+    let mut waiting = st.logs.register(&cid, device.id.clone());
+    if let Err(e) = super::commands::issue(&st, cmd).await {
+        if e.status == StatusCode::TOO_MANY_REQUESTS {
             counted("throttled");
-            return Err(refuse(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_commands",
-                format!("device {id:?} has too many open commands"),
-            ));
         }
-        _ => return Err(ApiError::not_found(format_args!("device {id:?}"))),
-    };
-    super::commands::created(&st, &created);
-    st.commands.created(dev);
+        return Err(e);
+    }
     let first = match tokio::time::timeout(FIRST_CHUNK, waiting.rx.recv()).await {
         Ok(Some(c)) => c,
         _ => {
@@ -226,46 +213,32 @@ pub async fn logs(
         let started = Instant::now();
         let mut chunk = first;
         let mut expect = 0;
-        loop {
+        // Why the stream ends early, said as its last line.
+        let cut_short = loop {
             if chunk.seq != expect {
-                let _ = tx
-                    .write_all(
-                        format!(
-                            "\n[edgefleet: logs cut short: chunks {expect}..{} lost]\n",
-                            chunk.seq
-                        )
-                        .as_bytes(),
-                    )
-                    .await;
-                break;
+                break Some(format!("chunks {expect}..{} lost", chunk.seq));
             }
             if tx.write_all(chunk.data.as_bytes()).await.is_err() {
-                break; // the caller went away
+                break None; // the caller went away
             }
             if chunk.last {
-                if let Some(e) = chunk.error {
-                    let _ = tx
-                        .write_all(format!("\n[edgefleet: logs cut short: {e}]\n").as_bytes())
-                        .await;
-                }
-                break;
+                break chunk.error.take();
             }
             expect += 1;
             match tokio::time::timeout(NEXT_CHUNK, waiting.rx.recv()).await {
                 Ok(Some(c)) => chunk = c,
                 _ => {
-                    let _ = tx
-                        .write_all(
-                            format!(
-                                "\n[edgefleet: logs cut short: the device sent nothing for {}s]\n",
-                                NEXT_CHUNK.as_secs()
-                            )
-                            .as_bytes(),
-                        )
-                        .await;
-                    break;
+                    break Some(format!(
+                        "the device sent nothing for {}s",
+                        NEXT_CHUNK.as_secs()
+                    ));
                 }
             }
+        };
+        if let Some(why) = cut_short {
+            let _ = tx
+                .write_all(format!("\n[edgefleet: logs cut short: {why}]\n").as_bytes())
+                .await;
         }
         tracing::debug!(command = %stream_id, chunks = expect + 1, elapsed_ms = started.elapsed().as_millis() as u64, "logs stream ended");
         let _ = tx.shutdown().await;
