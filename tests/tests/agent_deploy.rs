@@ -12,7 +12,7 @@ use edgefleet_tests::agent::{Agent, AgentOptions};
 use edgefleet_tests::control_plane::{Admin, ControlPlane, Shared};
 use edgefleet_tests::device::{MqttDevice, host_port};
 use edgefleet_tests::eventually;
-use edgefleet_tests::fixtures::site;
+use edgefleet_tests::fixtures::{WEB, site};
 use edgefleet_tests::hub::Hub;
 use serde_json::{Value, json};
 
@@ -640,31 +640,9 @@ async fn edgectl_logs_returns_the_pods_log_lines() {
     let Some((_admin, hub, _agent)) = on_shared_cluster("pi-logs").await else {
         return;
     };
-    let ns = "logs";
-    let manifest = format!(
-        r#"
-apiVersion: edgefleet.io/v1
-kind: Deployment
-metadata: {{name: line-3}}
-spec:
-  selector:
-    matchLabels: {{site: plant-3}}
-  workloads:
-    - name: web
-      kubernetes:
-        manifests:
-          - apiVersion: apps/v1
-            kind: Deployment
-            metadata: {{name: web, namespace: {ns}}}
-            spec:
-              replicas: 1
-              selector: {{matchLabels: {{app: web}}}}
-              template:
-                metadata: {{labels: {{app: web}}}}
-                spec:
-                  containers: [{{name: nginx, image: "nginx:1.27"}}]
-"#
-    );
+    // The web fixture (one replica, container `web`) in a namespace of
+    // this test's own on the shared cluster.
+    let manifest = WEB.replace("namespace: demo", "namespace: logs");
     hub.deploy("line-3", &manifest).await;
     hub_healthy(&hub, 1).await;
     let all: Vec<String> = (0..edgefleet_devcluster::POD_LOG_LINES)
@@ -675,15 +653,8 @@ spec:
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(out.lines().collect::<Vec<_>>(), all, "{out}");
 
-    let (code, out, err) = hub.edgectl(&[
-        "logs",
-        "pi-logs",
-        "line-3.web",
-        "--tail",
-        "10",
-        "-c",
-        "nginx",
-    ]);
+    let (code, out, err) =
+        hub.edgectl(&["logs", "pi-logs", "line-3.web", "--tail", "10", "-c", "web"]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(out.lines().collect::<Vec<_>>(), all[40..], "{out}");
 
