@@ -47,6 +47,14 @@ pub async fn run(shared: Arc<Shared>) -> Result<(), DaemonError> {
         }
     })
     .map_err(DaemonError::Signals)?;
+    // A staged agent release: stop like on SIGTERM, then exit for it.
+    let staged = shared.clone();
+    let stop_for_update = stop.clone();
+    tokio::spawn(async move {
+        staged.update_wake.notified().await;
+        tracing::info!("stopping to start the staged agent release");
+        stop_for_update.cancel();
+    });
     let sup = Supervisor::<DaemonError>::new();
     let cancel = sup.cancel_token();
     // The first reconcile pass starts before anything touches the network.

@@ -24,6 +24,7 @@ pub mod session;
 pub mod shared;
 pub mod store;
 pub mod telemetry;
+pub mod update;
 pub mod worklog;
 
 pub use edgefleet_daemon::{error_chain, exit};

@@ -75,6 +75,20 @@ enum Command {
         #[arg(long)]
         kubeconfig: Option<PathBuf>,
     },
+    /// Run the daemon under the update supervisor (what the systemd unit
+    /// starts): the agent runs from the current release, a new release is
+    /// on trial until it commits, and one that does not is reverted.
+    Supervise {
+        #[command(flatten)]
+        common: Common,
+        /// Seconds a release on trial has to open its store, connect and
+        /// have a status report acknowledged.
+        #[arg(long, env = "EDGEFLEET_UPDATE_COMMIT_TIMEOUT", default_value_t = 30)]
+        commit_timeout: u64,
+        /// Passed to `edge-agent run` (after `--`).
+        #[arg(last = true)]
+        run_args: Vec<std::ffi::OsString>,
+    },
     /// Show what the local store says (works while the daemon runs).
     Status {
         #[command(flatten)]
@@ -217,6 +231,14 @@ fn main() {
             )
             .unwrap_or_else(|c| c)
         }
+        Command::Supervise {
+            common,
+            commit_timeout,
+            run_args,
+        } => {
+            init_logging("info");
+            cmd_supervise(&common, commit_timeout, run_args).unwrap_or_else(|c| c)
+        }
         Command::RotateKey { common } => {
             init_logging("warn");
             cmd_rotate(&common).unwrap_or_else(|c| c)
@@ -231,6 +253,30 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+fn cmd_supervise(
+    common: &Common,
+    commit_timeout: u64,
+    run_args: Vec<std::ffi::OsString>,
+) -> Result<i32, i32> {
+    let cfg = load(common, true, Overrides::default())?;
+    let packaged = edge_agent::update::supervise::packaged_binary().map_err(|e| {
+        eprintln!("edge-agent: cannot find this binary: {e}");
+        exit::FAILURE
+    })?;
+    let mut args: Vec<std::ffi::OsString> = vec!["--config".into(), common.config.clone().into()];
+    if let Some(dir) = &common.state_dir {
+        args.extend(["--state-dir".into(), dir.clone().into()]);
+    }
+    args.extend(run_args);
+    Ok(edge_agent::update::supervise::Supervise {
+        layout: edge_agent::update::Layout::new(&cfg.state_dir),
+        packaged,
+        args,
+        commit_timeout: std::time::Duration::from_secs(commit_timeout.max(1)),
+    }
+    .run())
 }
 
 fn cmd_enroll(common: &Common, args: enroll::EnrollArgs) -> Result<i32, i32> {
@@ -282,6 +328,10 @@ fn cmd_rotate(common: &Common) -> Result<i32, i32> {
 }
 
 fn cmd_run(common: &Common, extra: Overrides) -> Result<i32, i32> {
+    if !edge_agent::update::die_with_supervisor() {
+        eprintln!("edge-agent: the supervisor that started this agent is gone");
+        return Err(exit::UNAVAILABLE);
+    }
     let cfg = load(common, true, extra)?;
     let fail_config = |msg: String| {
         tracing::error!("{msg}");
@@ -344,7 +394,14 @@ fn cmd_run(common: &Common, extra: Overrides) -> Result<i32, i32> {
     shared.metrics.set_outbox(depth);
     shared.metrics.outbox_dropped.inc_by(dropped.unwrap_or(0));
     let rt = runtime(2)?;
-    match rt.block_on(edge_agent::daemon::run(shared)) {
+    match rt.block_on(edge_agent::daemon::run(shared.clone())) {
+        Ok(())
+            if shared
+                .update_staged
+                .load(std::sync::atomic::Ordering::Relaxed) =>
+        {
+            Ok(edge_agent::update::EXIT_UPDATE)
+        }
         Ok(()) => Ok(exit::OK),
         Err(e) => {
             let msg = edge_agent::error_chain(&e);

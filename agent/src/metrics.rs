@@ -74,6 +74,8 @@ edgefleet_daemon::declare_metrics! {
         pub reconcile_passes: Counter,
         /// Reconcile passes that left a workload failed
         pub reconcile_errors: Counter,
+        /// Agent updates that could not be applied (no binary for this arch, download, a failed trial)
+        pub update_errors: Counter,
         /// 1 when the Kubernetes API answered the last probe
         pub kube_reachable: Gauge,
         /// Server-side applies sent

@@ -103,6 +103,8 @@ struct Reconciler {
     /// Created on the first inference workload.
     inference: Option<InferenceRuntime>,
     retries: Retries,
+    /// This pass's agent workload failed its trial on this device.
+    update_failed: Option<edgefleet_protocol::UpdateFailure>,
 }
 
 /// The parts of a status report that make it worth sending again.
@@ -121,6 +123,7 @@ impl Reconciler {
             first_pass: true,
             inference: None,
             retries,
+            update_failed: None,
         }
     }
 
@@ -181,6 +184,7 @@ impl Reconciler {
         };
 
         let mut statuses = Vec::new();
+        self.update_failed = None;
         let mut by_workload: BTreeMap<&str, Vec<&InventoryEntry>> = BTreeMap::new();
         for e in &inventory {
             by_workload.entry(e.workload.as_str()).or_default().push(e);
@@ -218,6 +222,7 @@ impl Reconciler {
                             Err(e) => Synced::failed(name, Health::Unknown, vec![e.into()]),
                         }
                     }
+                    Some(WorkloadSpec::Agent(a)) => self.sync_agent(name, a).await,
                     None => Synced::failed(name, Health::Unknown, vec![SyncError::NoSpec]),
                 };
                 if synced.errors.is_empty() {
@@ -304,10 +309,13 @@ impl Reconciler {
     /// model is unloaded and loaded again by the pass that follows.
     async fn restart(&mut self, workload: &str) -> Result<String, String> {
         let (found, objects) = crate::commands::workload_on_device(&self.shared, workload).await?;
-        let spec = found
-            .spec()
-            .ok_or_else(|| format!("workload {workload:?} is neither kubernetes nor inference"))?;
+        let spec = found.spec().ok_or_else(|| {
+            format!("workload {workload:?} has no kind (kubernetes, inference or agent)")
+        })?;
         match spec {
+            WorkloadSpec::Agent(_) => Err(format!(
+                "{workload} is the agent itself: it restarts by an update, not by a command"
+            )),
             WorkloadSpec::Inference(_) => {
                 let unloaded = self
                     .inference
@@ -347,6 +355,45 @@ impl Reconciler {
                     return Err(format!("nothing to restart: {workload}'s objects are gone"));
                 }
                 Ok(format!("restarted {}", done.join(", ")))
+            }
+        }
+    }
+
+    /// An `agent` workload: this process is the release, or the release is
+    /// staged and the daemon stops for the supervisor to start it.
+    async fn sync_agent(&mut self, name: &str, a: &edgefleet_protocol::AgentWorkload) -> Synced {
+        match crate::update::sync(&self.shared, a).await {
+            Ok(crate::update::Progress::Running) => Synced::ok(status(
+                name,
+                SyncState::Synced,
+                Health::Healthy,
+                Some(&format!("agent {} running", a.version)),
+            )),
+            Ok(crate::update::Progress::Staged) => {
+                self.shared.update_staged.store(true, Ordering::Relaxed);
+                self.shared.update_wake.notify_one();
+                Synced::ok(status(
+                    name,
+                    SyncState::Syncing,
+                    Health::Progressing,
+                    Some(&format!("agent {} staged; restarting into it", a.version)),
+                ))
+            }
+            Err(e) => {
+                self.shared.metrics.update_errors.inc();
+                if let crate::update::UpdateError::Failed {
+                    version,
+                    reason,
+                    at_ms,
+                } = &e
+                {
+                    self.update_failed = Some(edgefleet_protocol::UpdateFailure {
+                        version: version.clone(),
+                        reason: edgefleet_protocol::status::truncate_message(reason),
+                        at_ms: *at_ms,
+                    });
+                }
+                Synced::failed(name, Health::Degraded, vec![e.into()])
             }
         }
     }
@@ -423,9 +470,10 @@ impl Reconciler {
             reported_at_ms: now,
             workloads: statuses.clone(),
             message: None,
-            agent_version: crate::telemetry::AGENT_VERSION.to_owned(),
+            agent_version: crate::update::running().version.clone(),
             k3s_version: shared.k3s_version(),
             desired_rejected: rejected.clone(),
+            update_failed: self.update_failed.clone(),
             unstored: false,
             hub_key_id: Some(shared.identity.hub_key().kid().0.clone()),
         };

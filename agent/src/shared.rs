@@ -56,6 +56,10 @@ pub struct Shared {
     desired_rejected: Mutex<Option<edgefleet_protocol::DesiredRejection>>,
     /// Process start, for the cold-start log line.
     pub started_ms: AtomicU64,
+    /// An agent release is staged: the daemon stops and exits with
+    /// [`crate::update::EXIT_UPDATE`] for the supervisor to start it.
+    pub update_staged: AtomicBool,
+    pub update_wake: Notify,
 }
 
 impl Shared {
@@ -82,6 +86,8 @@ impl Shared {
             k3s_version: Mutex::new(None),
             desired_rejected: Mutex::new(None),
             started_ms: AtomicU64::new(edgefleet_protocol::now_ms()),
+            update_staged: AtomicBool::new(false),
+            update_wake: Notify::new(),
         }
     }
 

@@ -62,7 +62,7 @@ impl Sampler {
             disk_pressure: shared.disk.under_pressure(),
             temperature_c: sample.temperature_c,
             agent_rss_bytes: rss_bytes().unwrap_or(0),
-            agent_version: AGENT_VERSION.to_owned(),
+            agent_version: crate::update::running().version.clone(),
             k3s_version: shared.k3s_version(),
             outbox_depth,
             outbox_dropped: dropped.unwrap_or(0),

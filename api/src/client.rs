@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::types::{
-    Applied, BulkCommandRequest, BulkCommandResponse, CommandRecord, CommandRequest,
+    AgentRelease, Applied, BulkCommandRequest, BulkCommandResponse, CommandRecord, CommandRequest,
     DeploymentGeneration, DeploymentRecord, DeploymentStatus, DeploymentSummary, DeviceDetail,
     DevicePatch, DeviceRecord, ErrorBody, EventRecord, HubKey, HubKeyRotation, ModelRecord, Page,
     RollbackRequest, RolloutStatus,
@@ -401,6 +401,25 @@ impl Client {
             Method::POST,
             &format!("/models?name={name}"),
             Body::Bytes("application/octet-stream", onnx),
+        )
+        .await
+    }
+
+    pub async fn agent_releases(&self) -> Result<Vec<AgentRelease>, ClientError> {
+        self.list_all("/agent-releases").await
+    }
+
+    /// Uploads an agent binary as `version` for `arch`.
+    pub async fn push_agent_release(
+        &self,
+        version: &str,
+        arch: &str,
+        binary: Vec<u8>,
+    ) -> Result<AgentRelease, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/agent-releases?version={version}&arch={arch}"),
+            Body::Bytes("application/octet-stream", binary),
         )
         .await
     }

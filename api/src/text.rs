@@ -2,8 +2,8 @@
 //! `edgectl describe` print, and the pieces `cloudcore demo` reuses.
 
 use crate::types::{
-    Counts, DeploymentGeneration, DeploymentStatus, DeploymentSummary, DeviceDetail, DeviceRecord,
-    EventRecord, ModelRecord, RolloutStatus,
+    AgentRelease, Counts, DeploymentGeneration, DeploymentStatus, DeploymentSummary, DeviceDetail,
+    DeviceRecord, EventRecord, ModelRecord, RolloutStatus,
 };
 
 /// Left-aligned columns separated by three spaces, upper-case headers.
@@ -225,6 +225,26 @@ pub fn models(items: &[ModelRecord], wide: bool) -> String {
         })
         .collect();
     render(&["NAME", "SHA256", "SIZE", "AGE"], &rows)
+}
+
+pub fn agent_releases(items: &[AgentRelease], wide: bool) -> String {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|r| {
+            vec![
+                r.version.clone(),
+                r.arch.clone(),
+                if wide {
+                    r.sha256.clone()
+                } else {
+                    r.sha256.chars().take(12).collect()
+                },
+                format!("{:.1} MiB", r.size as f64 / (1024.0 * 1024.0)),
+                age(Some(r.created_ms)),
+            ]
+        })
+        .collect();
+    render(&["VERSION", "ARCH", "SHA256", "SIZE", "AGE"], &rows)
 }
 
 pub fn events(items: &[EventRecord]) -> String {

@@ -137,13 +137,17 @@ pub enum ConditionType {
     DesiredRejected,
     /// The device reported its disk at its reserve.
     DiskPressure,
+    /// The device reported that the agent release it was sent failed its
+    /// trial and was reverted.
+    UpdateFailed,
 }
 
 impl ConditionType {
-    pub const ALL: [ConditionType; 3] = [
+    pub const ALL: [ConditionType; 4] = [
         ConditionType::DesiredTooLarge,
         ConditionType::DesiredRejected,
         ConditionType::DiskPressure,
+        ConditionType::UpdateFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -151,6 +155,7 @@ impl ConditionType {
             ConditionType::DesiredTooLarge => "DesiredTooLarge",
             ConditionType::DesiredRejected => "DesiredRejected",
             ConditionType::DiskPressure => "DiskPressure",
+            ConditionType::UpdateFailed => "UpdateFailed",
         }
     }
 
@@ -362,6 +367,19 @@ pub struct DeploymentStatus {
 pub struct ModelRecord {
     pub sha256: String,
     pub name: String,
+    pub size: u64,
+    pub created_ms: u64,
+}
+
+/// An agent release binary for one architecture (content-addressed). A
+/// version and arch name one binary for good: releases are immutable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentRelease {
+    pub version: String,
+    /// `amd64`, `arm64` or `armhf`.
+    pub arch: String,
+    pub sha256: String,
     pub size: u64,
     pub created_ms: u64,
 }

@@ -5,6 +5,7 @@
 //! enroll with the bootstrap token and fetch model blobs with their broker
 //! credentials.
 
+mod blobs;
 mod commands;
 mod deployments;
 mod devices;
@@ -13,6 +14,7 @@ mod keys;
 mod logs;
 mod models;
 mod openapi;
+mod releases;
 mod rollouts;
 
 use std::path::PathBuf;
@@ -56,6 +58,8 @@ pub struct AppState {
     pub bootstrap_token: String,
     pub device_broker_url: String,
     pub models_dir: PathBuf,
+    /// Agent release binaries, by sha256.
+    pub releases_dir: PathBuf,
     /// The store's hub epoch (part of every desired document).
     pub epoch: u64,
     /// Refuse changes that would give a device a document it refuses.
@@ -370,6 +374,7 @@ async fn not_found() -> ApiError {
 fn operator_routes(max_model: usize) -> OpenApiRouter<Shared> {
     let models = OpenApiRouter::new()
         .routes(routes!(models::upload, models::list))
+        .routes(routes!(releases::upload, releases::list))
         .layer(DefaultBodyLimit::max(max_model));
     OpenApiRouter::new()
         .routes(routes!(devices::list))
@@ -402,6 +407,7 @@ fn open_routes() -> OpenApiRouter<Shared> {
         .routes(routes!(keys::hub_key))
         .routes(routes!(keys::rotate_device))
         .routes(routes!(models::blob))
+        .routes(routes!(releases::blob))
 }
 
 /// The whole surface and its document, from the same routes.

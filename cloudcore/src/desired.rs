@@ -149,6 +149,7 @@ fn matched_workloads<'a>(
                     name: d.spec.workload_id(w),
                     kubernetes: w.kubernetes.clone(),
                     inference: w.inference.clone(),
+                    agent: w.agent.clone(),
                 },
             })
         })

@@ -595,6 +595,7 @@ mod tests {
             agent_version: "test".into(),
             k3s_version: None,
             desired_rejected: None,
+            update_failed: None,
             unstored: false,
             hub_key_id: None,
         }

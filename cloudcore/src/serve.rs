@@ -370,6 +370,7 @@ pub async fn serve_with(
         bootstrap_token,
         device_broker_url: cfg.device_broker_url(),
         models_dir: data.join("models"),
+        releases_dir: data.join("agent-releases"),
         epoch,
         check_limits: !cfg.unchecked_limits.api,
         fleet_changes: tokio::sync::Mutex::new(()),

@@ -22,6 +22,7 @@ mod desired;
 mod devices;
 mod keys;
 mod models;
+mod releases;
 mod reports;
 mod rollouts;
 
@@ -31,10 +32,11 @@ pub use devices::{DeviceAuth, EnrollOutcome};
 /// The rows the store returns are the API's types: what is stored is what
 /// is served.
 pub use edgefleet_api::{
-    Condition, ConditionType, DEPLOYMENT_HISTORY, DeploymentGeneration, DeploymentRecord,
-    DeviceRecord, EventRecord, ModelRecord, Presence, WorkloadStatusRecord,
+    AgentRelease, Condition, ConditionType, DEPLOYMENT_HISTORY, DeploymentGeneration,
+    DeploymentRecord, DeviceRecord, EventRecord, ModelRecord, Presence, WorkloadStatusRecord,
 };
 pub use keys::{HubKeyRecord, KeySwap};
+pub use releases::ReleaseConflict;
 pub use reports::Ingested;
 pub use rollouts::{ActiveRollouts, RolloutAction, RolloutStep};
 
@@ -245,6 +247,17 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX commands_open ON commands(state, expires_ms);
     "#,
+    // 9: agent releases (store/releases.rs); the binaries are files.
+    r#"
+    CREATE TABLE agent_releases (
+        version TEXT NOT NULL,
+        arch TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        PRIMARY KEY (version, arch)
+    );
+    "#,
 ];
 
 pub type Labels = BTreeMap<String, String>;
@@ -420,6 +433,7 @@ mod tests {
             conn.execute_batch(
                 "DROP TABLE rollout_events; DROP TABLE rollout_devices; DROP TABLE rollouts;
                  DROP TABLE deployment_generations; DROP TABLE hub_keys; DROP TABLE commands;
+                 DROP TABLE agent_releases;
                  ALTER TABLE devices DROP COLUMN hub_key_id;
                  ALTER TABLE devices DROP COLUMN previous_key;
                  ALTER TABLE devices DROP COLUMN previous_key_until_ms;

@@ -143,6 +143,19 @@ impl Deployment {
             }
             w.validate_spec_into(&p, &mut errs);
         }
+        if self
+            .spec
+            .workloads
+            .iter()
+            .filter(|w| w.agent.is_some())
+            .count()
+            > 1
+        {
+            errs.push(
+                "spec.workloads",
+                "at most one workload may be of kind `agent` (a device runs one agent)",
+            );
+        }
         errs.into_result()
     }
 

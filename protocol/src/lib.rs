@@ -48,10 +48,14 @@ pub use presence::{Presence, PresenceState};
 pub use rollout::RolloutSpec;
 pub use selector::LabelSelector;
 pub use sign::{Expect, KeyId, Message, MessageKind, PublicKey, Rejection, Signer, open, open_for};
-pub use status::{DesiredRejection, Health, StatusReport, SyncState, WorkloadStatus};
+pub use status::{
+    DesiredRejection, Health, StatusReport, SyncState, UpdateFailure, WorkloadStatus,
+};
 pub use topic::{Channel, Topic, TopicError};
 pub use validate::{ValidationError, ValidationErrors};
-pub use workload::{InferenceWorkload, KubernetesWorkload, Workload, WorkloadSpec};
+pub use workload::{
+    AgentArtifact, AgentWorkload, InferenceWorkload, KubernetesWorkload, Workload, WorkloadSpec,
+};
 
 /// Milliseconds since the Unix epoch, the one time format on the wire.
 pub fn now_ms() -> u64 {

@@ -129,6 +129,10 @@ pub struct StatusReport {
     /// newer one: why the device is not at the hub's revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired_rejected: Option<DesiredRejection>,
+    /// The agent release the desired state names failed its trial on this
+    /// device (it was reverted); the device runs its previous agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_failed: Option<UpdateFailure>,
     /// This report could not be stored on the device (its disk is full) and
     /// was sent from memory.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -151,6 +155,16 @@ pub struct DesiredRejection {
     pub reason: String,
     /// The verifier's message, at most 1 KiB.
     pub message: String,
+    pub at_ms: u64,
+}
+
+/// An agent update that did not commit: which release, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateFailure {
+    pub version: String,
+    /// At most 1 KiB.
+    pub reason: String,
     pub at_ms: u64,
 }
 
@@ -179,6 +193,16 @@ impl Message for StatusReport {
                 "desiredRejected",
                 format_args!(
                     "reason longer than 64 or message longer than {MAX_MESSAGE_BYTES} bytes"
+                ),
+            );
+        }
+        if let Some(u) = &self.update_failed
+            && (u.reason.len() > MAX_MESSAGE_BYTES || u.version.len() > 64)
+        {
+            errs.push(
+                "updateFailed",
+                format_args!(
+                    "version longer than 64 or reason longer than {MAX_MESSAGE_BYTES} bytes"
                 ),
             );
         }

@@ -24,6 +24,8 @@ pub struct Workload {
     pub kubernetes: Option<KubernetesWorkload>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inference: Option<InferenceWorkload>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentWorkload>,
 }
 
 /// The kind of a validated workload.
@@ -31,31 +33,65 @@ pub struct Workload {
 pub enum WorkloadSpec<'a> {
     Kubernetes(&'a KubernetesWorkload),
     Inference(&'a InferenceWorkload),
+    Agent(&'a AgentWorkload),
 }
 
 impl Workload {
     /// The workload's kind; `None` only for a workload that failed validation.
     pub fn spec(&self) -> Option<WorkloadSpec<'_>> {
-        match (&self.kubernetes, &self.inference) {
-            (Some(k), None) => Some(WorkloadSpec::Kubernetes(k)),
-            (None, Some(i)) => Some(WorkloadSpec::Inference(i)),
+        match (&self.kubernetes, &self.inference, &self.agent) {
+            (Some(k), None, None) => Some(WorkloadSpec::Kubernetes(k)),
+            (None, Some(i), None) => Some(WorkloadSpec::Inference(i)),
+            (None, None, Some(a)) => Some(WorkloadSpec::Agent(a)),
             _ => None,
         }
     }
 
+    /// A workload of one kind, named `name`.
+    pub fn new(name: impl Into<String>, spec: WorkloadSpec<'_>) -> Self {
+        let mut w = Workload {
+            name: name.into(),
+            kubernetes: None,
+            inference: None,
+            agent: None,
+        };
+        match spec {
+            WorkloadSpec::Kubernetes(k) => w.kubernetes = Some(k.clone()),
+            WorkloadSpec::Inference(i) => w.inference = Some(i.clone()),
+            WorkloadSpec::Agent(a) => w.agent = Some(a.clone()),
+        }
+        w
+    }
+
     /// Checks everything but the name, which the caller constrains.
     pub(crate) fn validate_spec_into(&self, path: &str, errs: &mut ValidationErrors) {
-        match (&self.kubernetes, &self.inference) {
-            (Some(k), None) => k.validate_into(&format!("{path}.kubernetes"), errs),
-            (None, Some(i)) => i.validate_into(&format!("{path}.inference"), errs),
-            (None, None) => errs.push(
-                path,
-                "exactly one of `kubernetes` or `inference` must be set, found neither",
-            ),
-            (Some(_), Some(_)) => errs.push(
-                path,
-                "exactly one of `kubernetes` or `inference` must be set, found both",
-            ),
+        match self.spec() {
+            Some(WorkloadSpec::Kubernetes(k)) => {
+                k.validate_into(&format!("{path}.kubernetes"), errs)
+            }
+            Some(WorkloadSpec::Inference(i)) => i.validate_into(&format!("{path}.inference"), errs),
+            Some(WorkloadSpec::Agent(a)) => a.validate_into(&format!("{path}.agent"), errs),
+            None => {
+                let set = [
+                    self.kubernetes.is_some(),
+                    self.inference.is_some(),
+                    self.agent.is_some(),
+                ]
+                .into_iter()
+                .filter(|s| *s)
+                .count();
+                errs.push(
+                    path,
+                    format_args!(
+                        "exactly one of `kubernetes`, `inference` or `agent` must be set, found {}",
+                        if set == 0 {
+                            "none".to_owned()
+                        } else {
+                            set.to_string()
+                        }
+                    ),
+                )
+            }
         }
     }
 }
@@ -145,6 +181,99 @@ pub struct InferenceWorkload {
 pub struct ModelRef {
     pub name: String,
     pub sha256: String,
+}
+
+/// The edge agent itself, at a release uploaded to the hub
+/// (`edgectl agents push`). The operator names the version; the hub fills
+/// in `artifacts` from its releases when it stores the deployment, so the
+/// device verifies what it downloads against hashes in the signed document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentWorkload {
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9.+_-]*$", max_length = 64)
+    )]
+    pub version: String,
+    /// One binary per architecture; set by the hub.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "crate::bounded::vec::<_, _, MAX_AGENT_ARCHES>"
+    )]
+    pub artifacts: Vec<AgentArtifact>,
+}
+
+/// Architectures a release may name (Debian's names).
+pub const AGENT_ARCHES: &[&str] = &["amd64", "arm64", "armhf"];
+const MAX_AGENT_ARCHES: usize = 8;
+
+/// One release binary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentArtifact {
+    /// `amd64`, `arm64` or `armhf`.
+    pub arch: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// The Debian name of an architecture, from Rust's (`std::env::consts::ARCH`)
+/// or Debian's own; `None` for one releases cannot target.
+pub fn agent_arch(name: &str) -> Option<&'static str> {
+    match name {
+        "amd64" | "x86_64" => Some("amd64"),
+        "arm64" | "aarch64" => Some("arm64"),
+        "armhf" | "arm" | "armv7" => Some("armhf"),
+        _ => None,
+    }
+}
+
+/// Whether `v` can name an agent release.
+pub fn is_agent_version(v: &str) -> bool {
+    (1..=64).contains(&v.len())
+        && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '_' | '-'))
+}
+
+impl AgentWorkload {
+    /// The binary for `arch` (Debian's name).
+    pub fn artifact(&self, arch: &str) -> Option<&AgentArtifact> {
+        self.artifacts.iter().find(|a| a.arch == arch)
+    }
+
+    fn validate_into(&self, path: &str, errs: &mut ValidationErrors) {
+        if !is_agent_version(&self.version) {
+            errs.push(
+                format!("{path}.version"),
+                "must be 1-64 characters of letters, digits and `.+_-`, starting with a letter or digit",
+            );
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, a) in self.artifacts.iter().enumerate() {
+            let p = format!("{path}.artifacts[{i}]");
+            if !AGENT_ARCHES.contains(&a.arch.as_str()) {
+                errs.push(
+                    format!("{p}.arch"),
+                    format_args!("must be one of {}", AGENT_ARCHES.join(", ")),
+                );
+            } else if !seen.insert(a.arch.as_str()) {
+                errs.push(
+                    format!("{p}.arch"),
+                    format_args!("duplicate arch {}", a.arch),
+                );
+            }
+            if !is_sha256_hex(&a.sha256) {
+                errs.push(
+                    format!("{p}.sha256"),
+                    "not a sha256 (64 lower-case hex characters)",
+                );
+            }
+        }
+    }
 }
 
 /// Where inputs come from: the device-local MQTT broker and/or the agent's

@@ -56,6 +56,7 @@ fn desired() -> DesiredState {
                         })],
                     }),
                     inference: None,
+                    agent: None,
                 },
             },
             DesiredWorkload {
@@ -83,6 +84,7 @@ fn desired() -> DesiredState {
                         },
                         concurrency: Some(2),
                     }),
+                    agent: None,
                 },
             },
         ],
@@ -115,6 +117,7 @@ fn status() -> StatusReport {
         agent_version: "0.1.0".into(),
         k3s_version: Some("v1.31.4+k3s1".into()),
         desired_rejected: None,
+        update_failed: None,
         unstored: false,
         hub_key_id: None,
     }

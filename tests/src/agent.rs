@@ -31,6 +31,9 @@ pub struct AgentOptions {
     pub netns: Option<String>,
     /// The state directory (e.g. on a small tmpfs); `None`: a temp dir.
     pub state_dir: Option<PathBuf>,
+    /// Run under `edge-agent supervise` (as the systemd unit does), which
+    /// self-update needs.
+    pub supervised: bool,
 }
 
 /// An enrolled agent; `start()` runs the daemon.
@@ -126,12 +129,20 @@ impl Agent {
             }
             None => Command::new(bin("edge-agent")),
         };
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&self.config)
-            .arg("--http-port")
-            .arg(self.opts.http_port.unwrap_or(0).to_string())
-            .env("EDGEFLEET_LOG", "info");
+        let port = self.opts.http_port.unwrap_or(0).to_string();
+        if self.opts.supervised {
+            cmd.arg("supervise")
+                .arg("--config")
+                .arg(&self.config)
+                .args(["--", "--http-port", &port]);
+        } else {
+            cmd.arg("run")
+                .arg("--config")
+                .arg(&self.config)
+                .arg("--http-port")
+                .arg(&port);
+        }
+        cmd.env("EDGEFLEET_LOG", "info");
         if let Some(k) = &self.opts.kubeconfig {
             cmd.arg("--kubeconfig").arg(k);
         }
@@ -151,9 +162,24 @@ impl Agent {
         self.http_url = crate::word_after(&line, "local HTTP on ");
     }
 
-    /// SIGKILL.
+    /// SIGKILL (of the supervisor and its agent, as systemd stops a unit's
+    /// cgroup, when supervised).
     pub async fn kill(&mut self) {
+        let agent = self.opts.supervised.then(|| self.agent_pid()).flatten();
         self.proc.kill().await;
+        if let Some(pid) = agent {
+            let _ = crate::process::send_signal(pid, "KILL");
+        }
+    }
+
+    /// The pid of the agent the supervisor started last (supervised only).
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.proc
+            .output()
+            .iter()
+            .rev()
+            .find(|l| l.contains("agent started"))
+            .and_then(|l| crate::word_after(l, "pid=").parse().ok())
     }
 
     /// SIGTERM; returns the exit code.

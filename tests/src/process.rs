@@ -104,11 +104,22 @@ impl Proc {
 
     /// Waits until a printed line contains `needle`; returns that line.
     pub async fn wait_for_line(&mut self, needle: &str, timeout: std::time::Duration) -> String {
+        self.wait_for_line_after(needle, 0, timeout).await
+    }
+
+    /// Waits until a line printed after the first `skip` contains
+    /// `needle`; returns that line.
+    pub async fn wait_for_line_after(
+        &mut self,
+        needle: &str,
+        skip: usize,
+        timeout: std::time::Duration,
+    ) -> String {
         let name = self.name.clone();
         let mut rx = self.lines.clone();
-        let fut = rx.wait_for(|v| v.iter().any(|l| l.contains(needle)));
+        let fut = rx.wait_for(|v| v.iter().skip(skip).any(|l| l.contains(needle)));
         let found = match tokio::time::timeout(timeout, fut).await {
-            Ok(Ok(v)) => v.iter().find(|l| l.contains(needle)).cloned(),
+            Ok(Ok(v)) => v.iter().skip(skip).find(|l| l.contains(needle)).cloned(),
             _ => None,
         };
         match found {

@@ -725,6 +725,23 @@ impl DeviceTask {
             })
         };
         let never_healthy = self.fail.as_ref().is_some_and(|f| f.never_healthy);
+        // An `agent` workload: the device runs its version, or (failing)
+        // reverted it as a real agent's supervisor does.
+        let mut agent_version = "fleet-sim".to_owned();
+        let mut update_failed = None;
+        for w in &doc.workloads {
+            if let Some(a) = &w.workload.agent {
+                if failing(w) {
+                    update_failed = Some(edgefleet_protocol::UpdateFailure {
+                        version: a.version.clone(),
+                        reason: "fleet-sim: the release exited at once (exit status: 1) before committing".into(),
+                        at_ms: edgefleet_protocol::now_ms(),
+                    });
+                } else {
+                    agent_version = a.version.clone();
+                }
+            }
+        }
         let report = StatusReport {
             device_id: self.ident.id.clone(),
             applied: Some(doc.version()),
@@ -749,17 +766,26 @@ impl DeviceTask {
                         name: w.workload.name.clone(),
                         sync: SyncState::Failed,
                         health: Health::Degraded,
-                        message: Some(format!(
-                            "fleet-sim: generation {} fails on this device",
-                            w.generation
-                        )),
+                        message: Some(match (&w.workload.agent, &update_failed) {
+                            (Some(_), Some(u)) => {
+                                format!(
+                                    "UpdateFailed: agent {} was reverted: {}",
+                                    u.version, u.reason
+                                )
+                            }
+                            _ => format!(
+                                "fleet-sim: generation {} fails on this device",
+                                w.generation
+                            ),
+                        }),
                     },
                 })
                 .collect(),
             message: None,
-            agent_version: "fleet-sim".into(),
+            agent_version,
             k3s_version: None,
             desired_rejected: None,
+            update_failed,
             unstored: false,
             hub_key_id: Some(self.hub_key.kid().0.clone()),
         };

@@ -155,6 +155,7 @@ fn status(device: &str) -> edgefleet_protocol::StatusReport {
         agent_version: "test".into(),
         k3s_version: None,
         desired_rejected: None,
+        update_failed: None,
         unstored: false,
         hub_key_id: None,
     }

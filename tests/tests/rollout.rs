@@ -146,6 +146,68 @@ async fn a_bad_generation_stops_early_and_rolls_back_by_itself() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_release_that_fails_on_the_canary_goes_no_further() {
+    const DEVICES: usize = 1000;
+    const AGENT: &str = "fleet-agent";
+    let hub = Hub::start().await;
+    // Every device that gets the release reverts it (as the supervisor
+    // does with one that exits at once) and reports UpdateFailed.
+    let plan = FailPlan {
+        deployment: AGENT.into(),
+        generation: 1,
+        fraction: 1.0,
+        never_healthy: false,
+    };
+    let fleet = fleet(&hub, DEVICES, Some(plan)).await;
+    let client = hub.client();
+    for arch in ["arm64", "armhf"] {
+        client
+            .push_agent_release(
+                "2.0.0",
+                arch,
+                format!("not run by fleet-sim {arch}").into_bytes(),
+            )
+            .await
+            .expect("push the release");
+    }
+    let yaml = format!(
+        "apiVersion: edgefleet.io/v1\nkind: Deployment\nmetadata: {{name: {AGENT}}}\nspec:\n  \
+         selector: {{matchLabels: {{fleet: sim}}}}\n  rollout:\n    waves:\n      \
+         - {{name: canary, selector: {{matchLabels: {{ring: canary}}}}}}\n      \
+         - {{name: early, percent: 10}}\n      - {{name: rest, percent: 100}}\n    \
+         healthTimeout: 60s\n    bake: 0s\n    maxFailures: 5%\n    minSample: 10\n  \
+         workloads:\n    - name: agent\n      agent: {{version: \"2.0.0\"}}\n"
+    );
+    hub.deploy(AGENT, &yaml).await;
+    let r = rollout_bench::ended(&hub, AGENT, 1)
+        .await
+        .expect("the rollout ends");
+    eprintln!(
+        "agent release rollout: {:?}, wave {}, {:?}",
+        r.state, r.current_wave, r.reason
+    );
+    assert_eq!(r.state, RolloutState::RolledBack, "{r:?}");
+    assert_eq!(r.current_wave, 0, "stopped at the canary: {r:?}");
+    let reason = r.reason.clone().unwrap_or_default();
+    assert!(reason.contains("UpdateFailed: agent 2.0.0"), "{reason}");
+    assert!(r.waves[0].failed > 0, "{r:?}");
+    let received = fleet.received(AGENT, 1);
+    assert_eq!(received, 10, "only the 10 canaries ever got the release");
+    // The hub shows UpdateFailed on exactly those devices.
+    let devices = client.devices().await.expect("devices");
+    let failed = devices
+        .iter()
+        .filter(|d| {
+            d.conditions
+                .iter()
+                .any(|c| c.kind == edgefleet_api::ConditionType::UpdateFailed)
+        })
+        .count();
+    assert_eq!(failed, received, "UpdateFailed on every device that got it");
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_devices_do_not_block_and_converge_when_back() {
     const DEVICES: usize = 200;
     let hub = Hub::start().await;

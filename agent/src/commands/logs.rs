@@ -35,11 +35,15 @@ pub async fn collect(shared: &Arc<Shared>, req: &Request) -> Result<String, Stri
     let (workload, objects) = super::workload_on_device(shared, &req.workload).await?;
     let spec = workload.spec().ok_or_else(|| {
         format!(
-            "workload {:?} is neither kubernetes nor inference",
+            "workload {:?} has no kind (kubernetes, inference or agent)",
             req.workload
         )
     })?;
     match spec {
+        WorkloadSpec::Agent(_) => Err(format!(
+            "{} is the agent itself; its log is the device's journal (journalctl -u edge-agent)",
+            req.workload
+        )),
         WorkloadSpec::Inference(_) => {
             let since_ms = req.since_secs.map_or(0, |s| {
                 edgefleet_protocol::now_ms().saturating_sub(s.saturating_mul(1000))

@@ -22,15 +22,15 @@ use crate::store::{CachedModel, StoreError};
 pub enum CacheError {
     #[error("`{0}` is not a sha256 (64 lowercase hex digits)")]
     BadHash(String),
-    #[error("cannot download model {sha256} from the hub")]
+    #[error("cannot download blob {sha256} from the hub")]
     Download {
         sha256: String,
         #[source]
         source: reqwest::Error,
     },
-    #[error("hub answered {status} for model {sha256}")]
+    #[error("hub answered {status} for blob {sha256}")]
     Status { sha256: String, status: StatusCode },
-    #[error("model blob hash mismatch: expected sha256 {expected}, got {actual}; file deleted")]
+    #[error("blob hash mismatch: expected sha256 {expected}, got {actual}; file deleted")]
     HashMismatch { expected: String, actual: String },
     #[error("model cache I/O on {path}")]
     Io {
@@ -40,7 +40,7 @@ pub enum CacheError {
     },
     #[error("model cache index")]
     Store(#[from] StoreError),
-    #[error("cannot download model {sha256} ({size} bytes)")]
+    #[error("cannot download blob {sha256} ({size} bytes)")]
     DiskFull {
         sha256: String,
         size: u64,
@@ -80,6 +80,38 @@ pub struct HubSource {
     pub url: String,
     pub username: String,
     pub password: String,
+}
+
+impl HubSource {
+    /// The hub of `shared`'s config, with the device's broker credentials
+    /// as Basic auth.
+    pub fn for_agent(shared: &crate::shared::Shared) -> Self {
+        let cfg = &shared.cfg;
+        let builder = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .read_timeout(std::time::Duration::from_millis(
+                cfg.hub.request_timeout_ms.max(1),
+            ));
+        // hub.ca_file was read when the config was validated at start.
+        let client = crate::cli::enroll::hub_tls(builder, &cfg.hub)
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "hub.ca_file unusable: downloads use the system's roots");
+                reqwest::Client::builder()
+            })
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        let username = if cfg.broker.username.is_empty() {
+            shared.device.to_string()
+        } else {
+            cfg.broker.username.clone()
+        };
+        HubSource {
+            client,
+            url: cfg.hub.url.clone(),
+            username,
+            password: shared.identity.broker_password.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -169,15 +201,8 @@ impl ModelCache {
             .await
             .map_err(io(&self.dir))?;
         let part = self.part_path(sha256);
-        self.download(sha256, hub, &part).await?;
-        let actual = file_sha256(&part).await?;
-        if actual != sha256 {
-            let _ = tokio::fs::remove_file(&part).await;
-            return Err(CacheError::HashMismatch {
-                expected: sha256.to_owned(),
-                actual,
-            });
-        }
+        let url = format!("/api/v1/models/{sha256}/blob");
+        fetch_verified(hub, &url, sha256, &part, self.disk.as_deref()).await?;
         let path = self.final_path(sha256);
         tokio::fs::rename(&part, &path).await.map_err(io(&path))?;
         let size_bytes = tokio::fs::metadata(&path).await.map_err(io(&path))?.len();
@@ -215,63 +240,6 @@ impl ModelCache {
         Ok(None)
     }
 
-    /// Appends the rest of the blob to `part` (Range from its current size).
-    async fn download(&self, sha256: &str, hub: &HubSource, part: &Path) -> Result<(), CacheError> {
-        let have = match tokio::fs::metadata(part).await {
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        };
-        let url = format!(
-            "{}/api/v1/models/{sha256}/blob",
-            hub.url.trim_end_matches('/')
-        );
-        let mut req = hub
-            .client
-            .get(&url)
-            .basic_auth(&hub.username, Some(&hub.password));
-        if have > 0 {
-            req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
-        }
-        let dl = |source| CacheError::Download {
-            sha256: sha256.to_owned(),
-            source,
-        };
-        let mut resp = req.send().await.map_err(dl)?;
-        if let (Some(disk), Some(left)) = (&self.disk, resp.content_length()) {
-            disk.admit(left).map_err(|source| CacheError::DiskFull {
-                sha256: sha256.to_owned(),
-                size: left,
-                source,
-            })?;
-        }
-        let append = match resp.status() {
-            StatusCode::PARTIAL_CONTENT => true,
-            StatusCode::OK => false,
-            // The part already holds the whole blob (or more): verify it.
-            StatusCode::RANGE_NOT_SATISFIABLE if have > 0 => return Ok(()),
-            status => {
-                return Err(CacheError::Status {
-                    sha256: sha256.to_owned(),
-                    status,
-                });
-            }
-        };
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .append(append)
-            .truncate(!append)
-            .open(part)
-            .await
-            .map_err(io(part))?;
-        while let Some(chunk) = resp.chunk().await.map_err(dl)? {
-            file.write_all(&chunk).await.map_err(io(part))?;
-        }
-        file.flush().await.map_err(io(part))?;
-        file.sync_all().await.map_err(io(part))?;
-        Ok(())
-    }
-
     /// Deletes least recently used models until the cache fits `max_bytes`,
     /// never one whose hash is in `keep`.
     pub async fn evict(&self, keep: &HashSet<String>) -> Result<Vec<String>, CacheError> {
@@ -294,4 +262,91 @@ impl ModelCache {
         }
         Ok(evicted)
     }
+}
+
+/// Downloads blob `sha256` from `hub` at `path` (e.g.
+/// `/api/v1/models/{sha256}/blob`) into `part`, resuming from what `part`
+/// already holds (`Range`), and verifies its hash: on success `part` holds
+/// exactly the blob; a file that hashes wrong is deleted. With `disk`, the
+/// download must leave the disk its reserve.
+pub async fn fetch_verified(
+    hub: &HubSource,
+    path: &str,
+    sha256: &str,
+    part: &Path,
+    disk: Option<&crate::disk::DiskGuard>,
+) -> Result<(), CacheError> {
+    if !is_sha256(sha256) {
+        return Err(CacheError::BadHash(sha256.to_owned()));
+    }
+    download(hub, path, sha256, part, disk).await?;
+    let actual = file_sha256(part).await?;
+    if actual != sha256 {
+        let _ = tokio::fs::remove_file(part).await;
+        return Err(CacheError::HashMismatch {
+            expected: sha256.to_owned(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// Appends the rest of the blob to `part` (Range from its current size).
+async fn download(
+    hub: &HubSource,
+    path: &str,
+    sha256: &str,
+    part: &Path,
+    disk: Option<&crate::disk::DiskGuard>,
+) -> Result<(), CacheError> {
+    let have = match tokio::fs::metadata(part).await {
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    };
+    let url = format!("{}{path}", hub.url.trim_end_matches('/'));
+    let mut req = hub
+        .client
+        .get(&url)
+        .basic_auth(&hub.username, Some(&hub.password));
+    if have > 0 {
+        req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
+    }
+    let dl = |source| CacheError::Download {
+        sha256: sha256.to_owned(),
+        source,
+    };
+    let mut resp = req.send().await.map_err(dl)?;
+    if let (Some(disk), Some(left)) = (disk, resp.content_length()) {
+        disk.admit(left).map_err(|source| CacheError::DiskFull {
+            sha256: sha256.to_owned(),
+            size: left,
+            source,
+        })?;
+    }
+    let append = match resp.status() {
+        StatusCode::PARTIAL_CONTENT => true,
+        StatusCode::OK => false,
+        // The part already holds the whole blob (or more): verify it.
+        StatusCode::RANGE_NOT_SATISFIABLE if have > 0 => return Ok(()),
+        status => {
+            return Err(CacheError::Status {
+                sha256: sha256.to_owned(),
+                status,
+            });
+        }
+    };
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(part)
+        .await
+        .map_err(io(part))?;
+    while let Some(chunk) = resp.chunk().await.map_err(dl)? {
+        file.write_all(&chunk).await.map_err(io(part))?;
+    }
+    file.flush().await.map_err(io(part))?;
+    file.sync_all().await.map_err(io(part))?;
+    Ok(())
 }

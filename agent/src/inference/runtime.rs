@@ -6,7 +6,6 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use edgefleet_protocol::InferenceWorkload;
 
@@ -112,28 +111,7 @@ impl InferenceRuntime {
             shared.db.clone(),
         )
         .with_disk(Arc::clone(&shared.disk));
-        let builder = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .read_timeout(Duration::from_millis(cfg.hub.request_timeout_ms.max(1)));
-        // hub.ca_file was read when the config was validated at start.
-        let client = crate::cli::enroll::hub_tls(builder, &cfg.hub)
-            .unwrap_or_else(|e| {
-                tracing::error!(error = %e, "hub.ca_file unusable: model downloads use the system's roots");
-                reqwest::Client::builder()
-            })
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
-        let username = if cfg.broker.username.is_empty() {
-            shared.device.to_string()
-        } else {
-            cfg.broker.username.clone()
-        };
-        let hub = HubSource {
-            client,
-            url: cfg.hub.url.clone(),
-            username,
-            password: shared.identity.broker_password.to_string(),
-        };
+        let hub = HubSource::for_agent(shared);
         // Plain MQTT only (validated in config): the broker is on the device.
         let local = edgefleet_daemon::mqtt::BrokerUrl::parse(&cfg.local_broker.url)
             .ok()

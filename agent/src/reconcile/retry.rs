@@ -42,10 +42,12 @@ pub enum SyncError {
     },
     #[error("manifest without apiVersion, kind or metadata.name")]
     BadManifest,
-    #[error("workload has neither `kubernetes` nor `inference`")]
+    #[error("workload has none of `kubernetes`, `inference` or `agent`")]
     NoSpec,
     #[error(transparent)]
     Inference(#[from] crate::inference::runtime::SyncError),
+    #[error(transparent)]
+    Update(#[from] crate::update::UpdateError),
 }
 
 impl SyncError {
@@ -56,6 +58,7 @@ impl SyncError {
             Self::Object { source, .. } => source.is_transient(),
             Self::BadManifest | Self::NoSpec => false,
             Self::Inference(e) => e.is_transient(),
+            Self::Update(e) => e.is_transient(),
         }
     }
 }

@@ -19,6 +19,14 @@ impl Session {
         let Some(ack) = shared.open_from_hub::<Ack>(payload, "acknowledgement") else {
             return;
         };
+        // The hub has a status report this process made (not one queued
+        // for an earlier process): an update on trial commits.
+        if ack
+            .status_reported_at_ms
+            .is_some_and(|at| at >= shared.started_ms.load(Ordering::Relaxed))
+        {
+            crate::update::commit();
+        }
         let handed_through = self.inflight.last_row;
         let res = shared
             .write_essential(move |s| {

@@ -76,7 +76,7 @@ pub async fn put(
     Path(DeploymentPath { name }): Path<DeploymentPath>,
     body: String,
 ) -> ApiResult<(StatusCode, Json<Applied>)> {
-    let d = Deployment::from_yaml(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let mut d = Deployment::from_yaml(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
     if d.metadata.name != name {
         return Err(ApiError::bad_request(format!(
             "metadata.name {:?} does not match the URL's {name:?}",
@@ -88,16 +88,18 @@ pub async fn put(
     let (rec, changed) = st
         .store
         .run(move |s| {
+            if let Err(e) = super::releases::resolve(s, &mut d)? {
+                return Ok(Err(ApiError::bad_request(e)));
+            }
             if check {
                 let v = violations_with(s, &d, epoch)?;
                 if !v.is_empty() {
-                    return Ok(Err(v));
+                    return Ok(Err(ApiError::limits(&v)));
                 }
             }
             s.put_deployment(&d).map(Ok)
         })
-        .await?
-        .map_err(|v| ApiError::limits(&v))?;
+        .await??;
     if changed {
         tracing::info!(deployment = %rec.name, generation = rec.generation, "deployment applied");
         st.publish.changed();

@@ -17,10 +17,11 @@ use utoipa::openapi::{
 };
 use utoipa::{PartialSchema, ToSchema};
 
-/// The body of a model upload or download: the ONNX file's bytes.
-pub struct OnnxFile;
+/// The body of a blob upload or download (an ONNX model, an agent
+/// binary): the file's bytes.
+pub struct BlobFile;
 
-impl PartialSchema for OnnxFile {
+impl PartialSchema for BlobFile {
     fn schema() -> RefOr<Schema> {
         ObjectBuilder::new()
             .schema_type(Type::String)
@@ -29,7 +30,7 @@ impl PartialSchema for OnnxFile {
     }
 }
 
-impl ToSchema for OnnxFile {}
+impl ToSchema for BlobFile {}
 
 /// The security scheme of the operator routes.
 pub const OPERATOR: &str = "operator";

@@ -6,6 +6,8 @@
 //!   which a device would refuse (too many workloads, too many bytes).
 //! - `DesiredRejected`: the device reported that it refused a document.
 //! - `DiskPressure`: the device reported its disk below its reserve.
+//! - `UpdateFailed`: the device reported that an agent release failed its
+//!   trial and was reverted.
 
 use std::collections::HashMap;
 

@@ -90,6 +90,15 @@ impl Store {
                 Self::clear_condition(tx, device, ConditionType::DesiredRejected)?;
             }
         }
+        match &r.update_failed {
+            Some(u) => {
+                let message = format!("agent {} reverted: {}", u.version, u.reason);
+                Self::set_condition(tx, device, ConditionType::UpdateFailed, &message)?;
+            }
+            None => {
+                Self::clear_condition(tx, device, ConditionType::UpdateFailed)?;
+            }
+        }
         Ok(Ingested::Stored)
     }
 
@@ -358,6 +367,7 @@ mod tests {
                 message: "65 workloads".into(),
                 at_ms: 9,
             }),
+            update_failed: None,
             unstored: false,
             hub_key_id: None,
         };

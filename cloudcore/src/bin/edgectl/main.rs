@@ -94,6 +94,12 @@ enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+    /// Agent releases, for self-update (a workload of kind `agent` names
+    /// the version).
+    Agents {
+        #[command(subcommand)]
+        command: AgentsCommand,
+    },
     /// A deployment's rollouts.
     Rollout {
         #[command(subcommand)]
@@ -229,6 +235,26 @@ enum ModelsCommand {
         /// Model name (default: the file name without extension).
         #[arg(long)]
         name: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentsCommand {
+    /// Upload an edge-agent binary as a release (content-addressed by
+    /// SHA-256; a version and arch name one binary for good).
+    Push {
+        file: PathBuf,
+        /// The release's version, as a workload of kind `agent` names it.
+        #[arg(long)]
+        version: String,
+        /// amd64, arm64 or armhf (x86_64, aarch64 and armv7 are accepted).
+        #[arg(long)]
+        arch: String,
+    },
+    /// List the releases.
+    List {
+        #[arg(short, long)]
+        output: Option<Output>,
     },
 }
 
@@ -568,6 +594,35 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 "model/{name} pushed: sha256 {} ({} bytes)",
                 rec.sha256, rec.size
             );
+        }
+        Command::Agents {
+            command:
+                AgentsCommand::Push {
+                    file,
+                    version,
+                    arch,
+                },
+        } => {
+            let bytes = std::fs::read(&file)
+                .map_err(|e| fail(EXIT_API, format!("cannot read {}: {e}", file.display())))?;
+            let rec = client
+                .push_agent_release(&version, &arch, bytes)
+                .await
+                .map_err(err)?;
+            println!(
+                "agent {} ({}) pushed: sha256 {} ({} bytes)",
+                rec.version, rec.arch, rec.sha256, rec.size
+            );
+        }
+        Command::Agents {
+            command: AgentsCommand::List { output },
+        } => {
+            let items = client.agent_releases().await.map_err(err)?;
+            if matches!(output, Some(Output::Wide)) {
+                print!("{}", text::agent_releases(&items, true));
+            } else {
+                print_as(items.as_slice(), output, |i| text::agent_releases(i, false))?;
+            }
         }
     }
     Ok(())
