@@ -326,8 +326,12 @@ ConditionPathExists=/var/lib/edgefleet/hub-key.pub
 
 [Service]
 Type=notify
-NotifyAccess=main
-ExecStart=$BIN run --config /etc/edgefleet/agent.toml
+# The supervisor (this process) runs the agent from the current release
+# (/var/lib/edgefleet/agent/releases/, see packaging/README.md) and reverts
+# an update that does not commit; the agent itself sends READY and the
+# watchdog pings, hence NotifyAccess=all.
+NotifyAccess=all
+ExecStart=$BIN supervise --config /etc/edgefleet/agent.toml
 # Re-reads the device key (edge-agent rotate-key does this by itself). The
 # shell's kill: procps' /bin/kill is not on every image.
 ExecReload=/bin/sh -c 'kill -HUP "\$MAINPID"'

@@ -84,7 +84,10 @@ pub async fn run(shared: Arc<Shared>) -> Result<(), DaemonError> {
 async fn watchdog(shared: Arc<Shared>, cancel: CancellationToken) {
     let mut usec = 0u64;
     if !sd_notify::watchdog_enabled(false, &mut usec) {
-        return;
+        match crate::update::supervised_watchdog_usec() {
+            Some(u) => usec = u,
+            None => return,
+        }
     }
     let period = Duration::from_micros(usec / 2).max(Duration::from_millis(500));
     let mut tick = tokio::time::interval(period);

@@ -76,7 +76,10 @@ impl StoreError {
     }
 }
 
-/// Schema migrations ([`edgefleet_daemon::sqlite::migrate`]).
+/// Schema migrations ([`edgefleet_daemon::sqlite::migrate`]). They only
+/// add (tables, columns with defaults), never rename, drop or change the
+/// meaning of one: an agent reverted after an update that migrated the
+/// store opens the newer schema as it is (`Newer::Use`).
 const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE desired (
@@ -277,7 +280,8 @@ impl Store {
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
-        edgefleet_daemon::sqlite::migrate(&mut self.conn, MIGRATIONS).map_err(|e| match e {
+        use edgefleet_daemon::sqlite::{Newer, migrate_with};
+        migrate_with(&mut self.conn, MIGRATIONS, Newer::Use).map_err(|e| match e {
             MigrateError::TooNew { found, known } => StoreError::TooNew { found, known },
             MigrateError::Sql(e) => StoreError::Sql(e),
         })?;
@@ -434,6 +438,29 @@ mod tests {
 
     fn open(dir: &Path) -> (Store, OpenReport) {
         Store::open(&dir.join("agent.db"), Synchronous::Normal).unwrap()
+    }
+
+    #[test]
+    fn a_store_a_newer_agent_migrated_still_opens_after_a_revert() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = open(dir.path());
+        s.kv_set("kept", "yes").unwrap();
+        // What a newer agent's next migration might do: add a table and a
+        // column with a default, and count itself.
+        let next = MIGRATIONS.len() as i64 + 1;
+        s.conn
+            .execute_batch(&format!(
+                "CREATE TABLE from_the_future (x INTEGER);
+                 ALTER TABLE kv ADD COLUMN future INTEGER NOT NULL DEFAULT 0;
+                 PRAGMA user_version = {next};"
+            ))
+            .unwrap();
+        drop(s);
+        let (mut s, _) = open(dir.path());
+        assert_eq!(s.schema_version().unwrap(), next);
+        assert_eq!(s.kv_get("kept").unwrap().as_deref(), Some("yes"));
+        s.kv_set("after", "revert").unwrap();
+        assert_eq!(s.kv_get("after").unwrap().as_deref(), Some("revert"));
     }
 
     #[test]

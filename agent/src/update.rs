@@ -40,6 +40,17 @@ pub const ENV_TRIAL: &str = "EDGEFLEET_UPDATE_TRIAL";
 /// Set by the supervisor: its pid.
 pub const ENV_SUPERVISOR_PID: &str = "EDGEFLEET_SUPERVISOR_PID";
 
+/// systemd's watchdog period for an agent under the supervisor: the
+/// unit's watchdog names the supervisor (the main pid), and the agent pings
+/// for it (`NotifyAccess=all`).
+pub fn supervised_watchdog_usec() -> Option<u64> {
+    let var = |k| std::env::var(k).ok();
+    let supervisor = var(ENV_SUPERVISOR_PID)?;
+    (var("WATCHDOG_PID")? == supervisor)
+        .then(|| var("WATCHDOG_USEC")?.parse().ok())
+        .flatten()
+}
+
 /// An agent started by a supervisor stops when the supervisor dies (under
 /// systemd the unit's cgroup is stopped anyway; elsewhere nothing else
 /// would stop it, and it would hold the state directory against the next
@@ -81,6 +92,11 @@ pub struct State {
     pub current: Option<Release>,
     pub previous: Option<Release>,
     pub trial: Option<Trial>,
+    /// The packaged agent's version when the supervisor last wrote this:
+    /// a package installed since (apt, install.sh) runs instead of the
+    /// current release, until the desired state updates it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packaged: Option<String>,
 }
 
 /// A release that failed its trial on this device.
@@ -388,6 +404,7 @@ mod tests {
                 },
                 attempts: 1,
             }),
+            packaged: Some("0.1.0".into()),
         };
         l.save_state(&s).unwrap();
         assert_eq!(l.state().unwrap(), s);

@@ -127,6 +127,7 @@ impl Supervise {
                     State::default()
                 }
             };
+            self.adopt_package(&mut state);
             self.prune(&state);
             let trial = match state.trial.as_mut() {
                 Some(t) if t.attempts >= MAX_TRIAL_STARTS => {
@@ -169,6 +170,11 @@ impl Supervise {
                 let deadline = tokio::time::sleep(self.commit_timeout);
                 tokio::pin!(deadline);
                 let mut poll = tokio::time::interval(Duration::from_millis(200));
+                // The agent on trial may never ping systemd's watchdog (it
+                // hangs): the commit deadline judges it, so the supervisor
+                // pings until then.
+                let mut usec = 0u64;
+                let watchdog = sd_notify::watchdog_enabled(false, &mut usec);
                 let committed = loop {
                     tokio::select! {
                         status = child.wait() => {
@@ -187,6 +193,9 @@ impl Supervise {
                         _ = poll.tick() => {
                             if self.layout.committed_path().exists() {
                                 break true;
+                            }
+                            if watchdog {
+                                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
                             }
                         }
                         () = &mut deadline => {
@@ -302,6 +311,26 @@ impl Supervise {
         let _ = std::fs::remove_file(self.layout.binary(&t.release.sha256));
     }
 
+    /// A package installed since the state was written runs instead of
+    /// the current release (which becomes the previous one).
+    fn adopt_package(&self, state: &mut State) {
+        let mine = crate::telemetry::AGENT_VERSION;
+        if state.packaged.as_deref() == Some(mine) {
+            return;
+        }
+        if state.packaged.is_some()
+            && let Some(current) = state.current.take()
+        {
+            tracing::info!(package = mine, release = %current.version, "a new agent package was installed: it runs instead of the current release");
+            state.previous = Some(current);
+            state.trial = None;
+        }
+        state.packaged = Some(mine.to_owned());
+        if let Err(e) = self.layout.save_state(state) {
+            tracing::error!(error = %e, "cannot record the packaged version");
+        }
+    }
+
     /// Deletes release binaries the state no longer names.
     fn prune(&self, state: &State) {
         let keep: Vec<&str> = [
@@ -331,4 +360,80 @@ impl Supervise {
 /// The packaged binary: this process's own.
 pub fn packaged_binary() -> std::io::Result<PathBuf> {
     std::env::current_exe()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn supervisor(dir: &std::path::Path) -> Supervise {
+        Supervise {
+            layout: Layout::new(dir),
+            packaged: PathBuf::from("/usr/bin/edge-agent"),
+            args: Vec::new(),
+            commit_timeout: Duration::from_secs(30),
+        }
+    }
+
+    fn release(v: &str, c: char) -> Release {
+        Release {
+            version: v.into(),
+            sha256: c.to_string().repeat(64),
+        }
+    }
+
+    #[test]
+    fn a_newly_installed_package_runs_instead_of_the_current_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let sup = supervisor(dir.path());
+        std::fs::create_dir_all(sup.layout.releases()).unwrap();
+        // Written by this package: nothing changes.
+        let mut state = State {
+            current: Some(release("2.0.0", 'a')),
+            packaged: Some(crate::telemetry::AGENT_VERSION.into()),
+            ..Default::default()
+        };
+        sup.adopt_package(&mut state);
+        assert_eq!(state.current, Some(release("2.0.0", 'a')));
+        // Written under another package: the package runs.
+        state.packaged = Some("0.0.1-old".into());
+        sup.adopt_package(&mut state);
+        assert_eq!(state.current, None);
+        assert_eq!(state.previous, Some(release("2.0.0", 'a')));
+        assert_eq!(sup.layout.state().unwrap(), state);
+    }
+
+    #[test]
+    fn a_revert_drops_the_trial_records_why_and_prunes_its_binary() {
+        let dir = tempfile::tempdir().unwrap();
+        let sup = supervisor(dir.path());
+        std::fs::create_dir_all(sup.layout.releases()).unwrap();
+        for c in ['a', 'b', 'c'] {
+            std::fs::write(sup.layout.binary(&c.to_string().repeat(64)), b"x").unwrap();
+        }
+        let mut state = State {
+            current: Some(release("2.0.0", 'a')),
+            previous: Some(release("1.0.0", 'b')),
+            trial: Some(super::super::Trial {
+                release: release("3.0.0", 'c'),
+                attempts: 1,
+            }),
+            packaged: None,
+        };
+        sup.revert(&mut state, "it exited");
+        assert!(state.trial.is_none());
+        assert_eq!(state.current, Some(release("2.0.0", 'a')));
+        let failed = sup.layout.failed().unwrap();
+        assert_eq!(
+            (failed.release.version.as_str(), failed.reason.as_str()),
+            ("3.0.0", "it exited")
+        );
+        assert!(!sup.layout.binary(&"c".repeat(64)).exists());
+        // Pruning keeps the current and previous binaries, deletes the rest.
+        std::fs::write(sup.layout.binary(&"d".repeat(64)), b"x").unwrap();
+        sup.prune(&state);
+        assert!(sup.layout.binary(&"a".repeat(64)).exists());
+        assert!(sup.layout.binary(&"b".repeat(64)).exists());
+        assert!(!sup.layout.binary(&"d".repeat(64)).exists());
+    }
 }
