@@ -158,6 +158,10 @@ async fn a_good_release_is_installed_and_reported() {
         (s["current"]["version"] == "9.2.0" && s["previous"]["version"] == "9.1.0").then_some(())
     })
     .await;
+    // `edge-agent status` on the device says the same.
+    let st = agent.status().await;
+    assert_eq!(st["agentReleases"]["current"]["version"], "9.2.0", "{st}");
+    assert_eq!(st["agentReleases"]["previous"]["version"], "9.1.0", "{st}");
     let releases: Vec<_> = std::fs::read_dir(agent.state_dir().join("agent/releases"))
         .unwrap()
         .flatten()
@@ -218,6 +222,15 @@ async fn releases_that_crash_or_never_connect_are_reverted_within_a_minute() {
         assert_eq!(s["failed"], 1, "{s}");
         let st = state(&agent);
         assert!(st["trial"].is_null() && st["current"].is_null(), "{st}");
+        let st = agent.status().await;
+        assert_eq!(st["updateFailed"]["version"], version, "{st}");
+        assert!(
+            st["updateFailed"]["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains(why),
+            "{st}"
+        );
     }
     assert!(agent.metric("edgefleet_agent_update_errors_total").await >= 1.0);
     agent.stop().await;

@@ -17,10 +17,15 @@ pub struct Snapshot {
     pub last_reconcile_ms: Option<u64>,
     pub workloads: Vec<crate::store::StoredStatus>,
     pub outbox: crate::outbox::Stats,
+    /// The supervisor's release state (`None`: none written, the packaged
+    /// binary runs) and the last release reverted here.
+    pub releases: Option<crate::update::State>,
+    pub failed: Option<crate::update::Failed>,
 }
 
 pub fn snapshot(cfg: &Config) -> Result<Snapshot, StoreError> {
     let store = Store::open_read_only(&cfg.db_path())?;
+    let layout = crate::update::Layout::new(&cfg.state_dir);
     Ok(Snapshot {
         device_id: cfg.device_id.clone(),
         version: store.desired_version()?,
@@ -30,6 +35,8 @@ pub fn snapshot(cfg: &Config) -> Result<Snapshot, StoreError> {
             .and_then(|v| v.parse().ok()),
         workloads: store.statuses()?,
         outbox: store.outbox_stats()?,
+        releases: layout.state().ok().filter(|s| *s != Default::default()),
+        failed: layout.failed(),
     })
 }
 
@@ -63,6 +70,11 @@ impl Snapshot {
                 "dropped": self.outbox.dropped,
                 "expired": self.outbox.expired,
             },
+            "agentReleases": self.releases,
+            "updateFailed": self.failed.as_ref().map(|f| json!({
+                "version": f.release.version, "sha256": f.release.sha256,
+                "reason": f.reason, "atMs": f.at_ms,
+            })),
         })
     }
 
@@ -95,6 +107,37 @@ impl Snapshot {
             "            {} acknowledged by the hub, {} dropped (full), {} expired (too old)",
             o.acked, o.dropped, o.expired
         );
+        let release = |r: &Option<crate::update::Release>| match r {
+            Some(r) => format!(
+                "{} (sha256 {})",
+                r.version,
+                &r.sha256[..r.sha256.len().min(12)]
+            ),
+            None => "the packaged binary".to_owned(),
+        };
+        if let Some(st) = &self.releases {
+            let _ = writeln!(s, "agent:      {}", release(&st.current));
+            if st.previous.is_some() {
+                let _ = writeln!(s, "            previous: {}", release(&st.previous));
+            }
+            if let Some(t) = &st.trial {
+                let _ = writeln!(
+                    s,
+                    "            on trial: {} (start {})",
+                    release(&Some(t.release.clone())),
+                    t.attempts
+                );
+            }
+        }
+        if let Some(f) = &self.failed {
+            let _ = writeln!(
+                s,
+                "            reverted: {} {}: {}",
+                f.release.version,
+                ago(Some(f.at_ms)),
+                f.reason
+            );
+        }
         let _ = writeln!(s, "workloads:  {}", self.workloads.len());
         if !self.workloads.is_empty() {
             let width = self
