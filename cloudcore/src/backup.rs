@@ -3,8 +3,8 @@
 //!
 //! One tar archive holds what a fleet cannot lose: an online snapshot of the
 //! store taken with SQLite's backup API (never a copy of a live WAL file),
-//! the hub's key and token files, and the model blobs (or, without them,
-//! their hashes). The manifest comes last and names the size and sha256 of
+//! the hub's key and token files, the model blobs (or, without them,
+//! their hashes) and the agent release binaries. The manifest comes last and names the size and sha256 of
 //! every part before it, so a truncated archive has none and an altered one
 //! fails its hashes. Archives are written 0600 (they hold the signing key)
 //! and appear under their name only once complete.
@@ -38,6 +38,9 @@ pub const SECRETS: [&str; 3] = ["hub.key", "operator-token", "bootstrap-token"];
 pub const BACKUPS: &str = "backups";
 /// The model blobs' directory, in the data directory and in the archive.
 pub const MODELS: &str = "models";
+/// The agent release binaries' directory (`<sha256>` each), in the data
+/// directory and in the archive.
+pub const RELEASES: &str = "agent-releases";
 
 /// What an archive holds, checked part by part on restore.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,6 +112,15 @@ pub enum BackupError {
     )]
     MissingBlob {
         name: String,
+        sha256: String,
+        path: PathBuf,
+    },
+    #[error(
+        "agent release {version} ({sha256}) is in the store but its binary {path} is missing; \
+         push it again (edgectl agents push)"
+    )]
+    MissingRelease {
+        version: String,
         sha256: String,
         path: PathBuf,
     },
@@ -199,6 +211,7 @@ fn write_archive(
     let counts = Counts::of(&snap).map_err(BackupError::Snapshot)?;
     let (schema_version, hub_epoch) = schema_and_epoch(&snap).map_err(BackupError::Snapshot)?;
     let models = models_of(&snap).map_err(BackupError::Snapshot)?;
+    let releases = releases_of(&snap).map_err(BackupError::Snapshot)?;
     // The key the snapshot says is current (none before key rotation).
     let snap_kid: Option<String> = snap
         .query_row(
@@ -254,6 +267,20 @@ fn write_archive(
             });
         }
         let name = format!("{MODELS}/{}.onnx", m.sha256);
+        parts.push(append_file(&mut tar, &path, &name, partial)?);
+    }
+    // Always in: a device told to run a release downloads it from the hub,
+    // and nothing else holds it once pushed.
+    for (version, sha256) in releases {
+        let name = format!("{RELEASES}/{sha256}");
+        let path = data.join(&name);
+        if !path.is_file() {
+            return Err(BackupError::MissingRelease {
+                version,
+                sha256,
+                path,
+            });
+        }
         parts.push(append_file(&mut tar, &path, &name, partial)?);
     }
     let manifest = Manifest {
@@ -399,6 +426,24 @@ fn models_of(conn: &Connection) -> rusqlite::Result<Vec<ModelRef>> {
     .collect()
 }
 
+/// Each agent release binary once: (a version naming it, its sha256). No
+/// table before the migration that added releases.
+fn releases_of(conn: &Connection) -> rusqlite::Result<Vec<(String, String)>> {
+    let table: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'agent_releases'",
+        [],
+        |r| r.get(0),
+    )?;
+    if !table {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare(
+        "SELECT min(version), sha256 FROM agent_releases GROUP BY sha256 ORDER BY sha256",
+    )?;
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect()
+}
+
 /// A reader that hashes what passes through it.
 pub(crate) struct Hashing<R> {
     inner: R,
@@ -437,6 +482,7 @@ mod tests {
     use crate::testing::{deployment, enroll};
 
     const MODEL: &[u8] = b"not really onnx, but a blob all the same";
+    const AGENT: &[u8] = b"an agent binary, as far as a backup cares";
 
     /// A hub data directory as `cloudcore serve` leaves it: a device, a
     /// deployment with its desired document issued, keys, tokens, a model.
@@ -463,6 +509,22 @@ mod tests {
                 created_ms: 1,
             })
             .unwrap();
+        let sha256 = hex::encode(Sha256::digest(AGENT));
+        std::fs::create_dir_all(data.join(RELEASES)).unwrap();
+        std::fs::write(data.join(RELEASES).join(&sha256), AGENT).unwrap();
+        // One binary under two versions goes in once.
+        for version in ["2.0.0", "2.0.0-rc1"] {
+            store
+                .put_agent_release(&crate::store::AgentRelease {
+                    version: version.into(),
+                    arch: "arm64".into(),
+                    sha256: sha256.clone(),
+                    size: AGENT.len() as u64,
+                    created_ms: 1,
+                })
+                .unwrap()
+                .unwrap();
+        }
         (tmp, data)
     }
 
@@ -481,7 +543,7 @@ mod tests {
         assert_eq!(manifest.counts.devices, 1);
         assert_eq!(manifest.counts.desired_documents, 1);
         assert_eq!(manifest.counts.models, 1);
-        assert_eq!(manifest.parts.len(), 5, "{:?}", manifest.parts);
+        assert_eq!(manifest.parts.len(), 6, "{:?}", manifest.parts);
         let old = Store::open(&data).unwrap();
         let (old_epoch, old_rev) = (old.epoch().unwrap(), old.desired_hashes().unwrap());
 
@@ -503,6 +565,8 @@ mod tests {
             .join(MODELS)
             .join(format!("{}.onnx", hex::encode(Sha256::digest(MODEL))));
         assert_eq!(std::fs::read(blob).unwrap(), MODEL);
+        let agent = to.join(RELEASES).join(hex::encode(Sha256::digest(AGENT)));
+        assert_eq!(std::fs::read(agent).unwrap(), AGENT);
 
         // The restored hub's first pass issues the device a document in the
         // new epoch, at the next revision: newer than anything it holds.
@@ -522,10 +586,21 @@ mod tests {
         let (tmp, _data, archive, manifest) = backed_up(Options {
             without_models: true,
         });
-        assert_eq!(manifest.parts.len(), 4);
+        assert_eq!(manifest.parts.len(), 5, "the agent release stays in");
         assert_eq!(manifest.models_left_out.len(), 1);
         let r = restore(&archive, &tmp.path().join("r"), false).unwrap();
         assert_eq!(r.manifest.models_left_out[0].name, "m");
+    }
+
+    #[test]
+    fn a_missing_agent_release_binary_fails_the_backup_and_says_which() {
+        let (tmp, data) = hub_dir();
+        std::fs::remove_dir_all(data.join(RELEASES)).unwrap();
+        let archive = tmp.path().join("b.tar");
+        let e = create(&data, &archive, Options::default()).unwrap_err();
+        assert!(matches!(e, BackupError::MissingRelease { .. }), "{e}");
+        assert!(e.to_string().contains("edgectl agents push"), "{e}");
+        assert!(!archive.exists());
     }
 
     #[test]

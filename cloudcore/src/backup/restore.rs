@@ -24,7 +24,9 @@ use std::path::{Path, PathBuf};
 use edgefleet_daemon::lock::{DirLock, LOCK_FILE, LockError};
 use rusqlite::{Connection, params};
 
-use super::{BACKUPS, Counts, DB, FORMAT, Hashing, IoError, MANIFEST, MODELS, Manifest, SECRETS};
+use super::{
+    BACKUPS, Counts, DB, FORMAT, Hashing, IoError, MANIFEST, MODELS, Manifest, RELEASES, SECRETS,
+};
 
 /// A manifest larger than this is not one of ours.
 const MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
@@ -82,8 +84,10 @@ pub fn restore(from: &Path, data: &Path, force: bool) -> Result<Restored, Restor
     let _lock = DirLock::acquire(data)?;
     let staging = beside(data, &format!("restore.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
-    edgefleet_daemon::files::create_private_dir(&staging.join(MODELS))
-        .map_err(IoError::write(&staging))?;
+    for dir in [MODELS, RELEASES] {
+        edgefleet_daemon::files::create_private_dir(&staging.join(dir))
+            .map_err(IoError::write(&staging))?;
+    }
     let result = unpack_and_check(from, &staging).and_then(|manifest| {
         let epoch = start_new_epoch(&staging.join(DB), manifest.hub_epoch)?;
         let moved_aside = if occupied.is_empty() {
@@ -135,6 +139,7 @@ fn allowed(path: &str) -> bool {
     }
     path.strip_prefix(&format!("{MODELS}/"))
         .and_then(|f| f.strip_suffix(".onnx"))
+        .or_else(|| path.strip_prefix(&format!("{RELEASES}/")))
         .is_some_and(edgefleet_protocol::validate::is_sha256_hex)
 }
 
@@ -308,6 +313,10 @@ fn move_in(staging: &Path, data: &Path, manifest: &Manifest) -> Result<(), Resto
     if has_models || manifest.counts.models > 0 {
         edgefleet_daemon::files::create_private_dir(&data.join(MODELS))
             .map_err(IoError::write(&data.join(MODELS)))?;
+    }
+    if manifest.parts.iter().any(|p| p.path.starts_with(RELEASES)) {
+        edgefleet_daemon::files::create_private_dir(&data.join(RELEASES))
+            .map_err(IoError::write(&data.join(RELEASES)))?;
     }
     for part in &manifest.parts {
         let (from, to) = (staging.join(&part.path), data.join(&part.path));
