@@ -440,7 +440,7 @@ EOF
 
 start_service() {
     if ! command -v systemctl >/dev/null 2>&1; then
-        warn "systemctl not found: start $BIN run --config $CONFIG_DIR/agent.toml yourself"
+        warn "systemctl not found: start $BIN supervise --config $CONFIG_DIR/agent.toml yourself (it runs the agent and its updates)"
         return
     fi
     if [ ! -d /run/systemd/system ]; then
