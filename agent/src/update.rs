@@ -346,25 +346,36 @@ pub async fn sync(shared: &Shared, want: &AgentWorkload) -> Result<Progress, Upd
     };
     let dir = layout.releases();
     tokio::fs::create_dir_all(&dir).await.map_err(io(&dir))?;
-    let part = dir.join(format!("{}.part", release.sha256));
-    let hub = HubSource::for_agent(shared);
-    let url = format!("/api/v1/agent-releases/{}/blob", release.sha256);
-    tracing::info!(version = %release.version, sha256 = %release.sha256, size = artifact.size, "downloading agent release");
-    fetch_verified(&hub, &url, &release.sha256, &part, Some(&shared.disk))
-        .await
-        .map_err(|source| UpdateError::Download {
-            version: release.version.clone(),
-            source,
-        })?;
     let bin = layout.binary(&release.sha256);
+    let part = dir.join(format!("{}.part", release.sha256));
+    // The previous release (a rollback) is still here: checked, not
+    // downloaded again, so going back works offline too.
+    let kept = crate::inference::model_cache::file_sha256(&bin)
+        .await
+        .is_ok_and(|h| h == release.sha256);
+    if kept {
+        tracing::info!(version = %release.version, "agent release already on this device");
+    } else {
+        let hub = HubSource::for_agent(shared);
+        let url = format!("/api/v1/agent-releases/{}/blob", release.sha256);
+        tracing::info!(version = %release.version, sha256 = %release.sha256, size = artifact.size, "downloading agent release");
+        fetch_verified(&hub, &url, &release.sha256, &part, Some(&shared.disk))
+            .await
+            .map_err(|source| UpdateError::Download {
+                version: release.version.clone(),
+                source,
+            })?;
+    }
     let staged = {
         let (part, bin, release) = (part.clone(), bin.clone(), release.clone());
         let layout = layout.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&part, std::fs::Permissions::from_mode(0o700))?;
-            std::fs::rename(&part, &bin)?;
-            edgefleet_daemon::files::sync_parent(&bin)?;
+            if !kept {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&part, std::fs::Permissions::from_mode(0o700))?;
+                std::fs::rename(&part, &bin)?;
+                edgefleet_daemon::files::sync_parent(&bin)?;
+            }
             let mut state = layout.state()?;
             state.trial = Some(Trial {
                 release,

@@ -162,6 +162,28 @@ async fn a_good_release_is_installed_and_reported() {
     let st = agent.status().await;
     assert_eq!(st["agentReleases"]["current"]["version"], "9.2.0", "{st}");
     assert_eq!(st["agentReleases"]["previous"]["version"], "9.1.0", "{st}");
+
+    // Back to 9.1.0: the kept binary, not a new download.
+    let mark = agent.proc.output().len();
+    let started = edgefleet_protocol::now_ms();
+    hub.deploy("agent-good", &deployment("agent-good", "upd-good", "9.1.0"))
+        .await;
+    reports(&hub, "pi-upd-good", "9.1.0", started).await;
+    agent
+        .proc
+        .wait_for_line_after("agent release already on this device", mark, T)
+        .await;
+    assert!(
+        !agent.proc.output()[mark..]
+            .iter()
+            .any(|l| l.contains("downloading agent release")),
+        "the previous release was downloaded again"
+    );
+    eventually("9.2.0 is now the previous release", T, || async {
+        let s = state(&agent);
+        (s["current"]["version"] == "9.1.0" && s["previous"]["version"] == "9.2.0").then_some(())
+    })
+    .await;
     let releases: Vec<_> = std::fs::read_dir(agent.state_dir().join("agent/releases"))
         .unwrap()
         .flatten()
@@ -176,7 +198,7 @@ async fn a_good_release_is_installed_and_reported() {
     agent.stop().await;
     let stopped = edgefleet_protocol::now_ms();
     agent.start().await;
-    reports(&hub, "pi-upd-good", "9.2.0", stopped).await;
+    reports(&hub, "pi-upd-good", "9.1.0", stopped).await;
     agent.stop().await;
 }
 
