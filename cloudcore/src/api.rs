@@ -369,8 +369,8 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route")
 }
 
-/// The operator's routes (bearer token). A model upload may be up to
-/// `max_model` bytes.
+/// The operator's routes (bearer token). A model or agent release upload
+/// may be up to `max_model` bytes.
 fn operator_routes(max_model: usize) -> OpenApiRouter<Shared> {
     let models = OpenApiRouter::new()
         .routes(routes!(models::upload, models::list))
