@@ -385,6 +385,55 @@ impl Client {
         .await
     }
 
+    /// `PUT /sources/{name}` with a `GitRepo` manifest (YAML or JSON).
+    /// Returns the source and whether it is new.
+    pub async fn apply_source(
+        &self,
+        name: &str,
+        manifest: &str,
+    ) -> Result<(crate::SourceStatus, bool), ClientError> {
+        let resp = self
+            .response(
+                Method::PUT,
+                &format!("/sources/{name}"),
+                Body::Bytes("application/yaml", manifest.as_bytes().to_vec()),
+            )
+            .await?;
+        let created = resp.status() == reqwest::StatusCode::CREATED;
+        let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
+        let s = serde_json::from_slice(&bytes).map_err(|source| ClientError::Decode {
+            path: format!("/sources/{name}"),
+            source,
+        })?;
+        Ok((s, created))
+    }
+
+    pub async fn sources(&self) -> Result<Vec<crate::SourceStatus>, ClientError> {
+        self.list_all("/sources").await
+    }
+
+    pub async fn source(&self, name: &str) -> Result<crate::SourceStatus, ClientError> {
+        self.get(&format!("/sources/{name}")).await
+    }
+
+    pub async fn reconcile_source(
+        &self,
+        name: &str,
+    ) -> Result<crate::SourceTriggered, ClientError> {
+        self.call(
+            Method::POST,
+            &format!("/sources/{name}/reconcile"),
+            Body::None,
+        )
+        .await
+    }
+
+    pub async fn delete_source(&self, name: &str) -> Result<(), ClientError> {
+        self.send(Method::DELETE, &format!("/sources/{name}"), Body::None)
+            .await
+            .map(drop)
+    }
+
     pub async fn delete_deployment(&self, name: &str) -> Result<(), ClientError> {
         self.send(Method::DELETE, &format!("/deployments/{name}"), Body::None)
             .await

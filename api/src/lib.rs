@@ -6,8 +6,10 @@
 //! and other clients never link the hub.
 
 pub mod client;
+pub mod sources;
 pub mod text;
 pub mod types;
 
 pub use client::{Client, ClientError};
+pub use sources::*;
 pub use types::*;

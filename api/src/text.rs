@@ -1,6 +1,7 @@
 //! kubectl-style text views of API objects: the tables `edgectl get` and
 //! `edgectl describe` print, and the pieces `cloudcore demo` reuses.
 
+use crate::sources::{SourceRef, SourceStatus, short};
 use crate::types::{
     AgentRelease, Counts, DeploymentGeneration, DeploymentStatus, DeploymentSummary, DeviceDetail,
     DeviceRecord, EventRecord, ModelRecord, RolloutStatus,
@@ -117,15 +118,150 @@ pub fn deployments(items: &[DeploymentSummary], wide: bool) -> String {
             if wide {
                 r.push(d.generation.to_string());
                 r.push(d.workloads.to_string());
+                r.push(or_dash(d.source.as_ref().map(|s| s.name.as_str())));
+                r.push(or_dash(
+                    d.source.as_ref().map(|s| commit_on(s, c)).as_deref(),
+                ));
             }
             r
         })
         .collect();
     let mut headers = vec!["NAME", "READY", "IN-SYNC", "FAILED", "STATUS", "AGE"];
     if wide {
-        headers.extend(["GENERATION", "WORKLOADS"]);
+        headers.extend(["GENERATION", "WORKLOADS", "SOURCE", "COMMIT"]);
     }
     render(&headers, &rows)
+}
+
+/// `commit 3f2a1c9 on 998/1000`: the deployment's commit, and how many of
+/// its devices run it (in sync with the generation it made).
+pub fn commit_on(s: &SourceRef, c: &Counts) -> String {
+    format!(
+        "commit {} on {}/{}",
+        short(&s.commit),
+        c.in_sync,
+        c.targeted
+    )
+}
+
+/// `edgectl get sources`.
+pub fn sources(items: &[SourceStatus], wide: bool) -> String {
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|s| {
+            let mut r = vec![
+                s.name.clone(),
+                s.ref_text(),
+                or_dash(s.fetched_commit.as_deref().map(short)),
+                or_dash(s.applied_commit.as_deref().map(short)),
+                s.state().to_owned(),
+                age(s.applied_ms),
+            ];
+            if wide {
+                r.push(s.spec.url.clone());
+                r.push(or_dash(
+                    Some(s.spec.path.as_str()).filter(|p| !p.is_empty()),
+                ));
+                r.push(s.deployments.len().to_string());
+                r.push(
+                    s.failure
+                        .as_ref()
+                        .map_or_else(|| "-".into(), |f| f.message.clone()),
+                );
+            }
+            r
+        })
+        .collect();
+    let mut headers = vec!["NAME", "REF", "FETCHED", "APPLIED", "STATUS", "APPLIED-AGO"];
+    if wide {
+        headers.extend(["URL", "PATH", "DEPLOYMENTS", "MESSAGE"]);
+    }
+    render(&headers, &rows)
+}
+
+/// `edgectl describe source NAME`.
+pub fn describe_source(s: &SourceStatus) -> String {
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{:<16}{v}\n", format!("{k}:")));
+    line("Name", s.name.clone());
+    line("URL", s.spec.url.clone());
+    line("Ref", s.ref_text());
+    line("Path", format!("{}/", s.spec.path.trim_matches('/')));
+    line(
+        "Interval",
+        s.spec
+            .interval
+            .unwrap_or(crate::sources::DEFAULT_INTERVAL)
+            .to_string(),
+    );
+    line("Prune", s.spec.prune.to_string());
+    line(
+        "Verify",
+        s.spec.verify.as_ref().map_or_else(
+            || "no".into(),
+            |v| format!("SSH signatures against {}", v.allowed_signers_file),
+        ),
+    );
+    line("Status", s.state().to_owned());
+    line(
+        "Fetched",
+        match &s.fetched_commit {
+            Some(c) => format!("{c} ({} ago)", age(s.last_fetch_ms)),
+            None => "<none>".into(),
+        },
+    );
+    line(
+        "Applied",
+        match &s.applied_commit {
+            Some(c) => format!("{c} ({} ago)", age(s.applied_ms)),
+            None => "<none>".into(),
+        },
+    );
+    if let Some(f) = &s.failure {
+        let mut at = String::new();
+        if let Some(file) = &f.file {
+            at = match f.line {
+                Some(l) => format!(" in {file}:{l}"),
+                None => format!(" in {file}"),
+            };
+        }
+        let commit = f
+            .commit
+            .as_deref()
+            .map_or_else(String::new, |c| format!(" commit {}", short(c)));
+        line(
+            "Failed",
+            format!(
+                "{}{commit}{at}: {} ({} ago)",
+                f.stage,
+                f.message,
+                age(Some(f.at_ms))
+            ),
+        );
+        line("Failures", format!("{} in a row", s.failures));
+    }
+    if s.refused_commits > 0 {
+        line(
+            "Refused",
+            format!("{} unverified commits", s.refused_commits),
+        );
+    }
+    if let Some(n) = s.next_fetch_ms {
+        let now = edgefleet_protocol::now_ms();
+        line(
+            "Next fetch",
+            format!("in {}s", n.saturating_sub(now).div_ceil(1000)),
+        );
+    }
+    line(
+        "Deployments",
+        if s.deployments.is_empty() {
+            "<none>".into()
+        } else {
+            s.deployments.join(", ")
+        },
+    );
+    out
 }
 
 /// `edgectl rollout history`: the generations the hub keeps, newest first.
@@ -381,6 +517,13 @@ pub fn describe_deployment(d: &DeploymentStatus) -> String {
     let mut out = String::new();
     out.push_str(&format!("Name:           {}\n", d.name));
     out.push_str(&format!("Generation:     {}\n", d.generation));
+    if let Some(src) = &d.source {
+        out.push_str(&format!(
+            "Source:         {} ({})\n",
+            src.name,
+            commit_on(src, &d.counts)
+        ));
+    }
     out.push_str(&format!(
         "Devices:        {} targeted, {} in sync, {} healthy, {} failed ({})\n",
         c.targeted,
@@ -439,6 +582,7 @@ mod tests {
             workloads: 1,
             updated_ms: 0,
             counts: counts(1, 1, 1, 0),
+            source: None,
         };
         let t = deployments(&[d], false);
         assert!(

@@ -247,6 +247,9 @@ pub struct DeploymentRecord {
     pub created_ms: u64,
     pub updated_ms: u64,
     pub spec: edgefleet_protocol::Deployment,
+    /// The Git source that owns it, and the commit in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<crate::SourceRef>,
 }
 
 /// What `PUT /deployments/{name}` did.
@@ -320,6 +323,8 @@ pub struct DeploymentSummary {
     pub updated_ms: u64,
     #[serde(flatten)]
     pub counts: Counts,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<crate::SourceRef>,
 }
 
 /// One targeted device in a deployment's rollout.
@@ -358,6 +363,10 @@ pub struct DeploymentStatus {
     pub generation: u64,
     #[serde(flatten)]
     pub counts: Counts,
+    /// The Git source that owns it, and the commit its current generation
+    /// came from: `inSync` devices run that commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<crate::SourceRef>,
     pub devices: Vec<DeviceRollout>,
 }
 

@@ -99,6 +99,7 @@ fn a_deployment_summary_and_its_status() {
             workloads: 1,
             updated_ms: 9,
             counts: counts.clone(),
+            source: None,
         },
         json!({"name": "web", "generation": 3, "workloads": 1, "updatedMs": 9,
                "targeted": 2, "inSync": 1, "healthy": 1, "failed": 0}),
@@ -108,6 +109,7 @@ fn a_deployment_summary_and_its_status() {
             name: "web".into(),
             generation: 3,
             counts,
+            source: None,
             devices: vec![DeviceRollout {
                 device: "pi-1".into(),
                 presence: Presence::Offline,
@@ -146,10 +148,18 @@ fn an_apply_result_and_a_label_patch() {
             created_ms: 1,
             updated_ms: 2,
             spec: spec.clone(),
+            source: Some(edgefleet_api::SourceRef {
+                name: "fleet-config".into(),
+                commit: "3f2a1c9".into(),
+            }),
         },
         result: ApplyResult::Configured,
     };
     let v = serde_json::to_value(&applied).unwrap();
+    assert_eq!(
+        v["source"],
+        json!({"name": "fleet-config", "commit": "3f2a1c9"})
+    );
     assert_eq!(v["result"], "configured");
     assert_eq!(v["generation"], 2);
     assert_eq!(v["spec"]["metadata"]["name"], "web");

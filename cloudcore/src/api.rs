@@ -14,8 +14,9 @@ mod keys;
 mod logs;
 mod models;
 mod openapi;
-mod releases;
+pub(crate) mod releases;
 mod rollouts;
+pub(crate) mod sources;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -60,6 +61,10 @@ pub struct AppState {
     pub models_dir: PathBuf,
     /// Agent release binaries, by sha256.
     pub releases_dir: PathBuf,
+    /// Git sources' bare repositories (caches of their remotes).
+    pub sources_dir: PathBuf,
+    /// Git sources to fetch now.
+    pub sources: crate::sources::Triggers,
     /// The store's hub epoch (part of every desired document).
     pub epoch: u64,
     /// Refuse changes that would give a device a document it refuses.
@@ -396,6 +401,9 @@ fn operator_routes(max_model: usize) -> OpenApiRouter<Shared> {
         .routes(routes!(rollouts::act))
         .routes(routes!(rollouts::rollback))
         .routes(routes!(keys::rotate))
+        .routes(routes!(sources::list))
+        .routes(routes!(sources::get_one, sources::put, sources::delete))
+        .routes(routes!(sources::reconcile))
         .merge(models)
 }
 
@@ -408,6 +416,7 @@ fn open_routes() -> OpenApiRouter<Shared> {
         .routes(routes!(keys::rotate_device))
         .routes(routes!(models::blob))
         .routes(routes!(releases::blob))
+        .routes(routes!(sources::webhook))
 }
 
 /// The whole surface and its document, from the same routes.

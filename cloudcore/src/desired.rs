@@ -181,6 +181,7 @@ mod tests {
             created_ms: 0,
             updated_ms: 0,
             spec: Deployment::from_yaml(&yaml).unwrap(),
+            source: None,
         }
     }
 

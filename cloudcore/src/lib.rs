@@ -3,7 +3,7 @@
 //!
 //! Parts: [`config`], [`store`] (SQLite), [`keys`] (hub key, tokens),
 //! [`broker`] (embedded rumqttd), [`mqtt`] (the hub's own MQTT session),
-//! [`publisher`] (desired-state sync), [`rollout`] (staged rollouts),
+//! [`publisher`] (desired-state sync), [`rollout`] (staged rollouts), [`sources`] (Git sources),
 //! [`ingest`] (status, events, presence, heartbeats), [`api`] (REST, its
 //! types in `edgefleet-api`), [`backup`] (backups and restores), [`serve`]
 //! (wiring and shutdown). `cloudcore demo` and `edgectl` are binaries of
@@ -25,6 +25,7 @@ pub mod publisher;
 pub mod registry;
 pub mod rollout;
 pub mod serve;
+pub mod sources;
 pub mod store;
 #[cfg(test)]
 mod testing;

@@ -97,6 +97,17 @@ edgefleet_daemon::declare_metrics! {
         pub rollouts: Family<Labels, Gauge>,
         /// Rollout state changes, by event (wave_started, wave_healthy, complete, rolled_back, paused, resumed, aborted)
         pub rollout_transitions: Family<Labels, Counter>,
+        /// Git source syncs, by outcome (applied, unchanged, fetch_failed,
+        /// invalid, unverified, refused)
+        pub source_syncs: Family<Labels, Counter>,
+        /// Time to fetch a Git source's ref
+        #[name = "source_fetch_duration"]
+        #[unit = Seconds]
+        #[init = latency_histogram()]
+        pub source_fetch: Histogram,
+        /// Git source webhook calls, by result (accepted, bad_signature,
+        /// no_secret, unknown_source)
+        pub source_webhooks: Family<Labels, Counter>,
         /// Scheduled backups, by result (ok, failed)
         pub backups: Family<Labels, Counter>,
         /// When the last scheduled backup was written (Unix seconds; 0: none since start)

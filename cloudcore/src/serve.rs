@@ -371,6 +371,8 @@ pub async fn serve_with(
         device_broker_url: cfg.device_broker_url(),
         models_dir: data.join(crate::backup::MODELS),
         releases_dir: data.join(crate::backup::RELEASES),
+        sources_dir: data.join("sources"),
+        sources: crate::sources::Triggers::default(),
         epoch,
         check_limits: !cfg.unchecked_limits.api,
         fleet_changes: tokio::sync::Mutex::new(()),
@@ -391,6 +393,7 @@ pub async fn serve_with(
         addr: cfg.api.listen,
         source,
     })?;
+    sup.spawn(crate::sources::run(state.clone(), tasks.clone()));
     let app = api::router(state, cfg.api.max_body_bytes, cfg.api.max_model_bytes);
     let stop = tasks.clone();
     let tls = if cfg.api_tls() {

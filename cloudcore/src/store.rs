@@ -25,6 +25,7 @@ mod models;
 mod releases;
 mod reports;
 mod rollouts;
+mod sources;
 
 pub use commands::{NewCommand, Refused as CommandRefused};
 pub use desired::NewDesired;
@@ -39,6 +40,7 @@ pub use keys::{HubKeyRecord, KeySwap};
 pub use releases::ReleaseConflict;
 pub use reports::Ingested;
 pub use rollouts::{ActiveRollouts, RolloutAction, RolloutStep};
+pub use sources::{SourceApplied, SourceRefused};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -257,6 +259,26 @@ const MIGRATIONS: &[&str] = &[
         created_ms INTEGER NOT NULL,
         PRIMARY KEY (version, arch)
     );
+    "#,
+    // 10: Git sources (store/sources.rs), and the source (and commit) a
+    // deployment came from.
+    r#"
+    CREATE TABLE sources (
+        name TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        fetched_commit TEXT,
+        applied_commit TEXT,
+        applied_ms INTEGER,
+        last_fetch_ms INTEGER,
+        failure TEXT,
+        failures INTEGER NOT NULL DEFAULT 0,
+        next_fetch_ms INTEGER,
+        refused_commits INTEGER NOT NULL DEFAULT 0,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL
+    );
+    ALTER TABLE deployments ADD COLUMN source TEXT;
+    ALTER TABLE deployments ADD COLUMN source_commit TEXT;
     "#,
 ];
 

@@ -11,6 +11,7 @@ pub mod bench;
 pub mod control_plane;
 pub mod device;
 pub mod fixtures;
+pub mod git;
 pub mod hub;
 pub mod mosquitto;
 pub mod netns;

@@ -37,6 +37,7 @@ pub async fn list(State(st): State<Shared>) -> ApiResult<Json<Page<DeploymentSum
             workloads: d.spec.spec.workloads.len(),
             updated_ms: d.updated_ms,
             counts: r.counts,
+            source: d.source,
         })
         .collect();
     Ok(Json(super::Page::whole(items)))
@@ -69,7 +70,7 @@ pub async fn get_one(
         (status = OK, description = "Configured, or unchanged (no new generation)", body = Applied),
         (status = CREATED, description = "Created", body = Applied),
         (status = BAD_REQUEST, description = "Not a valid manifest, or its name is not the URL's", body = ErrorBody),
-        (status = CONFLICT, description = "A device would refuse its desired document (limit_exceeded)", body = ErrorBody),
+        (status = CONFLICT, description = "A device would refuse its desired document (limit_exceeded), or a Git source owns the deployment (conflict)", body = ErrorBody),
     ))]
 pub async fn put(
     State(st): State<Shared>,
@@ -88,6 +89,9 @@ pub async fn put(
     let (rec, changed) = st
         .store
         .run(move |s| {
+            if let Some(owner) = s.deployment_owner(&d.metadata.name)? {
+                return Ok(Err(super::sources::owned(&d.metadata.name, &owner)));
+            }
             if let Err(e) = super::releases::resolve(s, &mut d)? {
                 return Ok(Err(ApiError::bad_request(e)));
             }
@@ -137,6 +141,7 @@ fn violations_with(
         created_ms: 0,
         updated_ms: 0,
         spec: d.clone(),
+        source: None,
     });
     Ok(crate::desired::violations(
         &s.device_labels()?,
@@ -147,13 +152,25 @@ fn violations_with(
 
 /// Deletes a deployment; its workloads leave every device.
 #[utoipa::path(delete, path = "/deployments/{name}", tag = "deployments", params(DeploymentPath),
-    responses((status = NO_CONTENT, description = "Deleted"), (status = NOT_FOUND, body = ErrorBody)))]
+    responses(
+        (status = NO_CONTENT, description = "Deleted"),
+        (status = NOT_FOUND, body = ErrorBody),
+        (status = CONFLICT, description = "A Git source owns the deployment", body = ErrorBody),
+    ))]
 pub async fn delete(
     State(st): State<Shared>,
     Path(DeploymentPath { name }): Path<DeploymentPath>,
 ) -> ApiResult<StatusCode> {
     let n = name.clone();
-    if !st.store.run(move |s| s.delete_deployment(&n)).await? {
+    let _fleet = st.fleet_changes.lock().await;
+    let deleted = st
+        .store
+        .run(move |s| match s.deployment_owner(&n)? {
+            Some(owner) => Ok(Err(super::sources::owned(&n, &owner))),
+            None => s.delete_deployment(&n).map(Ok),
+        })
+        .await??;
+    if !deleted {
         return Err(ApiError::not_found(format_args!("deployment {name:?}")));
     }
     tracing::info!(deployment = %name, "deployment deleted");
@@ -204,6 +221,7 @@ impl Fleet {
             name: d.name.clone(),
             generation: d.generation,
             counts: Counts::default(),
+            source: d.source.clone(),
             devices: Vec::new(),
         };
         for dev in self

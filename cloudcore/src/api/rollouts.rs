@@ -70,7 +70,7 @@ pub async fn act(
     responses(
         (status = OK, body = RolloutStatus),
         (status = NOT_FOUND, body = ErrorBody),
-        (status = CONFLICT, description = "No generation to go back to", body = ErrorBody),
+        (status = CONFLICT, description = "No generation to go back to, or a Git source owns the deployment (revert the commit instead)", body = ErrorBody),
     ))]
 pub async fn rollback(
     State(st): State<Shared>,
@@ -88,9 +88,11 @@ pub async fn rollback(
     let rec = {
         let _fleet = st.fleet_changes.lock().await;
         st.store
-            .run(move |s| s.undo_deployment(&n, to))
-            .await?
-            .map_err(conflict)?
+            .run(move |s| match s.deployment_owner(&n)? {
+                Some(owner) => Ok(Err(super::sources::owned(&n, &owner))),
+                None => Ok(s.undo_deployment(&n, to)?.map_err(conflict)),
+            })
+            .await??
     };
     tracing::info!(deployment = %name, generation = rec.generation, "rolled back by an operator");
     st.publish.changed();

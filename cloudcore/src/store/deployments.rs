@@ -7,6 +7,49 @@ use super::{
     DEPLOYMENT_HISTORY, DeploymentGeneration, DeploymentRecord, Store, StoreError, ms, sql_i64,
 };
 
+/// The columns [`DeploymentRow::read`] takes, in its order.
+const DEPLOYMENT_COLUMNS: &str =
+    "name, spec, generation, created_ms, updated_ms, source, source_commit";
+
+/// A `deployments` row as SQLite gives it.
+struct DeploymentRow {
+    name: String,
+    spec: String,
+    generation: i64,
+    created_ms: i64,
+    updated_ms: i64,
+    source: Option<String>,
+    source_commit: Option<String>,
+}
+
+impl DeploymentRow {
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            name: r.get(0)?,
+            spec: r.get(1)?,
+            generation: r.get(2)?,
+            created_ms: r.get(3)?,
+            updated_ms: r.get(4)?,
+            source: r.get(5)?,
+            source_commit: r.get(6)?,
+        })
+    }
+
+    fn record(self) -> Result<DeploymentRecord, StoreError> {
+        Ok(DeploymentRecord {
+            spec: serde_json::from_str(&self.spec)?,
+            name: self.name,
+            generation: ms(self.generation),
+            created_ms: ms(self.created_ms),
+            updated_ms: ms(self.updated_ms),
+            source: self.source.map(|name| edgefleet_api::SourceRef {
+                name,
+                commit: self.source_commit.unwrap_or_default(),
+            }),
+        })
+    }
+}
+
 impl Store {
     /// Stores a deployment; bumps the generation only when the spec changed.
     /// Returns the record and whether anything changed.
@@ -64,7 +107,7 @@ impl Store {
         Ok(Ok(rec))
     }
 
-    fn put_deployment_in(
+    pub(super) fn put_deployment_in(
         tx: &rusqlite::Transaction<'_>,
         d: &edgefleet_protocol::Deployment,
         undo_of: Option<u64>,
@@ -115,22 +158,13 @@ impl Store {
         conn: &Connection,
         name: &str,
     ) -> Result<Option<DeploymentRecord>, StoreError> {
-        let row: Option<(String, String, i64, i64, i64)> = conn
-            .query_row(
-                "SELECT name, spec, generation, created_ms, updated_ms FROM deployments WHERE name = ?1",
-                params![name],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-            )
-            .optional()?;
-        row.map(|(name, spec, g, c, u)| {
-            Ok(DeploymentRecord {
-                name,
-                spec: serde_json::from_str(&spec)?,
-                generation: ms(g),
-                created_ms: ms(c),
-                updated_ms: ms(u),
-            })
-        })
+        conn.query_row(
+            &format!("SELECT {DEPLOYMENT_COLUMNS} FROM deployments WHERE name = ?1"),
+            params![name],
+            DeploymentRow::read,
+        )
+        .optional()?
+        .map(DeploymentRow::record)
         .transpose()
     }
 
@@ -140,20 +174,13 @@ impl Store {
 
     pub fn list_deployments(&self) -> Result<Vec<DeploymentRecord>, StoreError> {
         let conn = self.lock();
-        let mut stmt = conn.prepare(
-            "SELECT name, spec, generation, created_ms, updated_ms FROM deployments ORDER BY name",
-        )?;
-        let rows = stmt.query_map([], |r| <(String, String, i64, i64, i64)>::try_from(r))?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {DEPLOYMENT_COLUMNS} FROM deployments ORDER BY name"
+        ))?;
+        let rows = stmt.query_map([], DeploymentRow::read)?;
         let mut out = Vec::new();
         for row in rows {
-            let (name, spec, g, c, u) = row?;
-            out.push(DeploymentRecord {
-                name,
-                spec: serde_json::from_str(&spec)?,
-                generation: ms(g),
-                created_ms: ms(c),
-                updated_ms: ms(u),
-            });
+            out.push(row?.record()?);
         }
         Ok(out)
     }

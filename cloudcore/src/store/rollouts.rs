@@ -377,6 +377,7 @@ impl Store {
                 created_ms: ms(created),
                 updated_ms: ms(created),
                 spec: serde_json::from_str(&spec)?,
+                source: None,
             })
         })
         .transpose()

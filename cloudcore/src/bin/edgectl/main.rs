@@ -67,13 +67,24 @@ enum Command {
     },
     /// Show one object in detail.
     Describe { resource: Single, name: String },
-    /// Create or update deployments from a YAML file (`-` for stdin).
+    /// Create or update deployments and Git sources (`kind: GitRepo`) from
+    /// a YAML file (`-` for stdin).
     Apply {
         #[arg(short, long)]
         file: PathBuf,
     },
-    /// Delete a deployment.
+    /// Delete a deployment, device or Git source.
     Delete { resource: Deletable, name: String },
+    /// Fetch a Git source now (`reconcile source NAME`) instead of at its
+    /// next interval.
+    Reconcile {
+        resource: Reconcilable,
+        name: String,
+        /// Wait until the source has fetched, then print where it is
+        /// (exit 1 if that commit could not be applied).
+        #[arg(long)]
+        wait: bool,
+    },
     /// Set (`k=v`) or remove (`k-`) labels on a device.
     Label {
         resource: Labelable,
@@ -208,18 +219,27 @@ enum Resource {
     Deployments,
     #[value(alias = "model")]
     Models,
+    #[value(alias = "source")]
+    Sources,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Single {
     Device,
     Deployment,
+    Source,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Deletable {
     Deployment,
     Device,
+    Source,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Reconcilable {
+    Source,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -349,7 +369,7 @@ fn read_input(file: &Path) -> Result<String, Failure> {
 
 /// Splits a multi-document YAML stream and returns each document's name
 /// and the document as JSON.
-fn split_documents(text: &str) -> Result<Vec<(String, String)>, Failure> {
+fn split_documents(text: &str) -> Result<Vec<(String, String, String)>, Failure> {
     let mut out = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let v: Value = serde::Deserialize::deserialize(doc)
@@ -367,8 +387,14 @@ fn split_documents(text: &str) -> Result<Vec<(String, String)>, Failure> {
                 )
             })?
             .to_owned();
+        // The hub says what is wrong with any other kind.
+        let kind = v
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         let json = serde_json::to_string(&v).map_err(|e| fail(EXIT_API, e.to_string()))?;
-        out.push((name, json));
+        out.push((kind, name, json));
     }
     if out.is_empty() {
         return Err(fail(EXIT_API, "no documents in the input"));
@@ -422,6 +448,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Resource::Devices => "/devices",
                 Resource::Deployments => "/deployments",
                 Resource::Models => "/models",
+                Resource::Sources => "/sources",
             };
             match output {
                 // Exactly what the hub sent, fields this edgectl does not
@@ -442,6 +469,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                         Resource::Models => {
                             text::models(&client.models().await.map_err(err)?, wide)
                         }
+                        Resource::Sources => {
+                            text::sources(&client.sources().await.map_err(err)?, wide)
+                        }
                     };
                     print!("{table}");
                 }
@@ -458,11 +488,55 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 let d = client.deployment_status(&name).await.map_err(err)?;
                 print!("{}", text::describe_deployment(&d));
             }
+            Single::Source => {
+                let s = client.source(&name).await.map_err(err)?;
+                print!("{}", text::describe_source(&s));
+            }
         },
         Command::Apply { file } => {
-            for (name, json) in split_documents(&read_input(&file)?)? {
-                let applied = client.apply(&name, &json).await.map_err(err)?;
-                println!("deployment/{name} {}", applied.result.as_str());
+            for (kind, name, json) in split_documents(&read_input(&file)?)? {
+                if kind == edgefleet_api::SOURCE_KIND {
+                    let (_, created) = client.apply_source(&name, &json).await.map_err(err)?;
+                    let result = if created { "created" } else { "configured" };
+                    println!("gitrepo/{name} {result}");
+                } else {
+                    let applied = client.apply(&name, &json).await.map_err(err)?;
+                    println!("deployment/{name} {}", applied.result.as_str());
+                }
+            }
+        }
+        Command::Reconcile {
+            resource: Reconcilable::Source,
+            name,
+            wait,
+        } => {
+            let before = client.source(&name).await.map_err(err)?;
+            client.reconcile_source(&name).await.map_err(err)?;
+            if !wait {
+                println!("gitrepo/{name} fetching");
+                return Ok(());
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+            loop {
+                let s = client.source(&name).await.map_err(err)?;
+                let fetched = s.last_fetch_ms != before.last_fetch_ms
+                    || s.applied_ms != before.applied_ms
+                    || s.failure.as_ref().map(|f| f.at_ms)
+                        != before.failure.as_ref().map(|f| f.at_ms);
+                if fetched {
+                    print!("{}", text::describe_source(&s));
+                    if s.failure.is_some() {
+                        return Err(fail(EXIT_API, format!("gitrepo/{name}: not applied")));
+                    }
+                    return Ok(());
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(fail(
+                        EXIT_API,
+                        format!("gitrepo/{name}: no fetch within 180s"),
+                    ));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
         }
         Command::Delete { resource, name } => {
@@ -474,6 +548,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Deletable::Device => {
                     client.delete_device(&name).await.map_err(err)?;
                     "device"
+                }
+                Deletable::Source => {
+                    client.delete_source(&name).await.map_err(err)?;
+                    "gitrepo"
                 }
             };
             println!("{kind}/{name} deleted");
@@ -815,8 +893,10 @@ mod tests {
     #[test]
     fn multi_document_yaml_is_split_by_name() {
         let docs = split_documents("metadata: {name: a}\n---\n---\nmetadata: {name: b}\n").unwrap();
-        let names: Vec<_> = docs.iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<_> = docs.iter().map(|(_, n, _)| n.as_str()).collect();
         assert_eq!(names, ["a", "b"]);
+        let docs = split_documents("kind: GitRepo\nmetadata: {name: s}\n").unwrap();
+        assert_eq!(docs[0].0, "GitRepo");
         assert!(split_documents("kind: X\n").is_err());
         assert!(split_documents("").is_err());
     }
