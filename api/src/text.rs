@@ -144,7 +144,8 @@ pub fn commit_on(s: &SourceRef, c: &Counts) -> String {
     )
 }
 
-/// `edgectl get sources`.
+/// `edgectl get sources`: what was fetched, what is in force and since
+/// when, and why not when they differ.
 pub fn sources(items: &[SourceStatus], wide: bool) -> String {
     let rows: Vec<Vec<String>> = items
         .iter()
@@ -163,20 +164,28 @@ pub fn sources(items: &[SourceStatus], wide: bool) -> String {
                     Some(s.spec.path.as_str()).filter(|p| !p.is_empty()),
                 ));
                 r.push(s.deployments.len().to_string());
-                r.push(
-                    s.failure
-                        .as_ref()
-                        .map_or_else(|| "-".into(), |f| f.message.clone()),
-                );
             }
+            r.push(s.failure.as_ref().map_or_else(|| "-".into(), failure_line));
             r
         })
         .collect();
     let mut headers = vec!["NAME", "REF", "FETCHED", "APPLIED", "STATUS", "APPLIED-AGO"];
     if wide {
-        headers.extend(["URL", "PATH", "DEPLOYMENTS", "MESSAGE"]);
+        headers.extend(["URL", "PATH", "DEPLOYMENTS"]);
     }
+    headers.push("MESSAGE");
     render(&headers, &rows)
+}
+
+/// `manifest deployments/a.yaml:6: not valid YAML…`: the stage, where, and
+/// what.
+fn failure_line(f: &crate::sources::SourceFailure) -> String {
+    let at = match (&f.file, f.line) {
+        (Some(file), Some(l)) => format!(" {file}:{l}"),
+        (Some(file), None) => format!(" {file}"),
+        _ => String::new(),
+    };
+    format!("{}{at}: {}", f.stage, f.message)
 }
 
 /// `edgectl describe source NAME`.
@@ -218,25 +227,13 @@ pub fn describe_source(s: &SourceStatus) -> String {
         },
     );
     if let Some(f) = &s.failure {
-        let mut at = String::new();
-        if let Some(file) = &f.file {
-            at = match f.line {
-                Some(l) => format!(" in {file}:{l}"),
-                None => format!(" in {file}"),
-            };
-        }
         let commit = f
             .commit
             .as_deref()
-            .map_or_else(String::new, |c| format!(" commit {}", short(c)));
+            .map_or_else(String::new, |c| format!("commit {}, ", short(c)));
         line(
             "Failed",
-            format!(
-                "{}{commit}{at}: {} ({} ago)",
-                f.stage,
-                f.message,
-                age(Some(f.at_ms))
-            ),
+            format!("{commit}{} ({} ago)", failure_line(f), age(Some(f.at_ms))),
         );
         line("Failures", format!("{} in a row", s.failures));
     }

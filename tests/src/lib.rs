@@ -12,6 +12,7 @@ pub mod control_plane;
 pub mod device;
 pub mod fixtures;
 pub mod git;
+pub mod git_bench;
 pub mod hub;
 pub mod mosquitto;
 pub mod netns;

@@ -49,7 +49,8 @@ async fn schemathesis_finds_no_5xx_and_no_answer_outside_the_spec() {
         Err(why) => return skip("schemathesis", &why),
     };
     let hub = Hub::start().await;
-    // What the document's examples name: device sensor-1, deployment demo.
+    // What the document's examples name: device sensor-1, deployment demo,
+    // model tiny.
     hub.enroll(&Signer::generate(), Some("sensor-1"), &[("site", "a")])
         .await;
     hub.deploy(
@@ -58,6 +59,15 @@ async fn schemathesis_finds_no_5xx_and_no_answer_outside_the_spec() {
     )
     .await;
     hub.push_model("tiny", b"not really onnx".to_vec()).await;
+    // And source fleet-config (its repository does not exist: it fails to
+    // fetch, as a source may).
+    hub.client()
+        .apply_source(
+            "fleet-config",
+            "apiVersion: edgefleet.io/v1\nkind: GitRepo\nmetadata: {name: fleet-config}\nspec: {url: 'file:///nonexistent/fleet.git', ref: {branch: main}, path: deployments/}\n",
+        )
+        .await
+        .expect("apply the source");
 
     let (code, doc) = hub.get("/openapi.json").await;
     assert_eq!(code, 200, "GET /api/v1/openapi.json");

@@ -141,9 +141,9 @@ fn triggered(name: String) -> (StatusCode, Json<SourceTriggered>) {
 /// the HMAC-SHA256 of the body with the source's `webhook.secretFile`,
 /// checked in constant time. A good one fetches the source now. No operator
 /// token: the signature is the credential.
-#[utoipa::path(post, path = "/sources/{name}/webhook", tag = "sources", params(SourcePath),
+#[utoipa::path(post, path = "/sources/{name}/webhook", tag = "sources",
+    params(SourcePath, ("X-Hub-Signature-256" = String, Header, description = "sha256=<hex HMAC-SHA256 of the body>")),
     request_body(description = "The Git host's event (any body; it is only signed)", content = String, content_type = "application/json"),
-    params(("X-Hub-Signature-256" = String, Header, description = "sha256=<hex HMAC-SHA256 of the body>")),
     responses(
         (status = ACCEPTED, body = SourceTriggered),
         (status = UNAUTHORIZED, description = "Missing or wrong signature, or the source takes no webhook", body = ErrorBody),

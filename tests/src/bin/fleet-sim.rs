@@ -4,6 +4,7 @@
 //! cargo build --release -p cloudcore -p edge-agent -p edgefleet-tests
 //! target/release/fleet-sim bench --devices 1000,10000 [--rollouts 3]
 //! target/release/fleet-sim rollout --devices 1000 [--runs 3]
+//! target/release/fleet-sim git --devices 1000 [--pushes 5]
 //! target/release/fleet-sim soak --devices 1000 --minutes 10
 //! target/release/fleet-sim run --devices 500 [--hub http://127.0.0.1:8080 --token BOOTSTRAP]
 //! ```
@@ -25,6 +26,7 @@ use reqwest::Method;
 const USAGE: &str = "usage:
   fleet-sim bench --devices 1000,10000 [--rollouts 3]
   fleet-sim rollout --devices 1000 [--runs 3]
+  fleet-sim git --devices 1000 [--pushes 5]
   fleet-sim soak --devices 1000 --minutes 10 [--reconnects-per-s 3]
   fleet-sim run --devices N [--hub URL --token BOOTSTRAP_TOKEN]";
 
@@ -73,6 +75,14 @@ async fn main() -> anyhow::Result<()> {
             edgefleet_tests::rollout_bench::run(
                 num("--devices", 1000)?,
                 num("--runs", 3)?,
+                &args.join(" "),
+            )
+            .await
+        }
+        "git" => {
+            edgefleet_tests::git_bench::run(
+                num("--devices", 1000)?,
+                num("--pushes", 5)?,
                 &args.join(" "),
             )
             .await
