@@ -358,3 +358,101 @@ async fn cgi(State(b): State<Arc<Backend>>, req: Request) -> Response {
     }
     resp.body(Body::from(raw[at + sep..].to_vec())).unwrap()
 }
+
+/// OpenSSH's server on a free loopback port, for `ssh://` remotes: it lets
+/// in one key (as the user running the tests) and runs `git upload-pack`
+/// as a Git host's ssh does. Killed on drop.
+#[derive(Debug)]
+pub struct Sshd {
+    pub port: u16,
+    /// A known_hosts line for this server's host key.
+    pub known_hosts: String,
+    child: std::process::Child,
+}
+
+/// Where Debian's sshd is.
+pub const SSHD: &str = "/usr/sbin/sshd";
+
+impl Sshd {
+    /// Starts sshd in `dir` accepting `client_pub` (an OpenSSH public key
+    /// line). `Err` when sshd is not installed or does not start.
+    pub fn start(dir: &Path, client_pub: &str) -> Result<Self, String> {
+        if !Path::new(SSHD).is_file() {
+            return Err(format!("{SSHD} is not installed (openssh-server)"));
+        }
+        // sshd's privilege separation directory.
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let host_key = dir.join("ssh_host_ed25519_key");
+        let out = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&host_key)
+            .output()
+            .map_err(|e| format!("ssh-keygen: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        let auth = dir.join("authorized_keys");
+        std::fs::write(&auth, format!("{client_pub}\n")).map_err(|e| e.to_string())?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| e.to_string())?
+            .port();
+        let config = dir.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
+                 PidFile {}\nUsePAM no\nStrictModes no\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
+                 PermitRootLogin prohibit-password\nLogLevel ERROR\n",
+                host_key.display(),
+                auth.display(),
+                dir.join("sshd.pid").display()
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let child = Command::new(SSHD)
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .spawn()
+            .map_err(|e| format!("{SSHD}: {e}"))?;
+        let host_pub =
+            std::fs::read_to_string(host_key.with_extension("pub")).map_err(|e| e.to_string())?;
+        let mut s = Self {
+            port,
+            known_hosts: format!(
+                "[127.0.0.1]:{port} {}",
+                host_pub
+                    .split_whitespace()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            child,
+        };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(s);
+            }
+            if let Ok(Some(status)) = s.child.try_wait() {
+                return Err(format!("sshd exited: {status}"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = s.child.kill();
+        Err("sshd did not listen within 5 s".into())
+    }
+
+    /// `ssh://USER@127.0.0.1:PORT/<path>`, as the current user.
+    pub fn url(&self, path: &Path) -> String {
+        let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+        format!("ssh://{user}@127.0.0.1:{}{}", self.port, path.display())
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,5 +1,6 @@
 //! Git sources against a real Git server (Debian's `git http-backend` on
-//! loopback, and `file://` through `git upload-pack`), a real hub and a
+//! loopback over https, OpenSSH's sshd for `ssh://`, and `file://` through
+//! `git upload-pack`), a real hub and a
 //! simulated fleet: commits are made and pushed with the real `git`, and the
 //! webhook is called as GitHub calls it (`X-Hub-Signature-256`).
 //!
@@ -12,7 +13,10 @@
 //! - a stopped server: the source reports it and backs off, deployments
 //!   stay, and it recovers by itself when the server returns;
 //! - with `verify.allowedSignersFile`, unsigned commits and commits signed
-//!   by an unlisted key are refused; one signed by a listed key applies.
+//!   by an unlisted key are refused; one signed by a listed key applies;
+//! - tags (annotated ones peeled), semver ranges over tags, pinned commits;
+//! - an ssh remote with a key and known_hosts; a server whose host key is
+//!   not the known one is refused.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -82,6 +86,14 @@ async fn webhook(hub: &Hub, secret: &[u8], commit: &str) -> u16 {
         .expect("webhook")
         .status()
         .as_u16()
+}
+
+/// `edgectl apply -f` of `yaml`, which must succeed.
+async fn apply_file(hub: &Hub, dir: &Path, yaml: &str) {
+    let f = dir.join("source.yaml");
+    std::fs::write(&f, yaml).unwrap();
+    let (code, out, err) = edgectl(hub, &["apply", "-f", f.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{out}{err}");
 }
 
 async fn source(hub: &Hub) -> SourceStatus {
@@ -348,12 +360,7 @@ async fn an_unreachable_server_is_reported_backed_off_and_recovered_from() {
     );
     let hub = Hub::start().await;
     let yaml = source_yaml(&server.url("fleet"), dir.path(), "1s", "");
-    let (code, out, err) = {
-        let f = dir.path().join("s.yaml");
-        std::fs::write(&f, yaml).unwrap();
-        edgectl(&hub, &["apply", "-f", f.to_str().unwrap()]).await
-    };
-    assert_eq!(code, 0, "{out}{err}");
+    apply_file(&hub, dir.path(), &yaml).await;
     applied(&hub, &c1).await;
 
     // Stopped: the error is reported, the waits grow, deployments stay.
@@ -459,8 +466,6 @@ async fn only_commits_signed_by_an_allowed_key_apply() {
     // file://: the hub runs `git upload-pack` on the path.
     let url = format!("file://{}", repo.bare.display());
     let verify = format!("  verify: {{allowedSignersFile: {}}}\n", signers.display());
-    let f = dir.path().join("s.yaml");
-    std::fs::write(&f, source_yaml(&url, dir.path(), "1h", &verify)).unwrap();
 
     // Unsigned: refused.
     let c1 = repo.commit(
@@ -471,8 +476,12 @@ async fn only_commits_signed_by_an_allowed_key_apply() {
         "unsigned",
         &[],
     );
-    let (code, out, err) = edgectl(&hub, &["apply", "-f", f.to_str().unwrap()]).await;
-    assert_eq!(code, 0, "{out}{err}");
+    apply_file(
+        &hub,
+        dir.path(),
+        &source_yaml(&url, dir.path(), "1h", &verify),
+    )
+    .await;
     let s = failed_on(&hub, &c1).await;
     let fail = s.failure.unwrap();
     assert_eq!(fail.stage, "verify");
@@ -524,4 +533,173 @@ async fn only_commits_signed_by_an_allowed_key_apply() {
             .await,
         2.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_semver_ranges_and_pinned_commits_are_followed() {
+    if !have_git() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repo::create(dir.path(), "fleet");
+    std::fs::write(dir.path().join("webhook-secret"), "x").unwrap();
+    let mut commits = Vec::new();
+    for (value, tag, annotated) in [
+        ("1", "v1.0.0", true),
+        ("2", "v1.1.0", false),
+        ("3", "v2.0.0", true),
+    ] {
+        let c = repo.commit(
+            &[(
+                "deployments/sim.yaml",
+                Some(&sim_deployment(NAME, value, None)),
+            )],
+            value,
+            &[],
+        );
+        let mut args = vec!["tag"];
+        if annotated {
+            args.extend(["-a", "-m", tag]);
+        }
+        args.push(tag);
+        git::run(&repo.work, &args);
+        commits.push(c);
+    }
+    git::run(&repo.work, &["push", "-q", "origin", "--tags"]);
+    let hub = Hub::start().await;
+    let url = format!("file://{}", repo.bare.display());
+    let apply = |reference: &str| {
+        source_yaml(&url, dir.path(), "1h", "")
+            .replace("ref: {branch: main}", &format!("ref: {reference}"))
+    };
+    // The newest tag in the range (an annotated v2.0.0 is outside it).
+    apply_file(&hub, dir.path(), &apply("{semver: '>=1.0, <2'}")).await;
+    applied(&hub, &commits[1]).await;
+    // A new tag in range is found by the next fetch.
+    let c4 = repo.commit(
+        &[(
+            "deployments/sim.yaml",
+            Some(&sim_deployment(NAME, "4", None)),
+        )],
+        "4",
+        &[],
+    );
+    git::run(&repo.work, &["tag", "v1.2.0"]);
+    git::run(&repo.work, &["push", "-q", "origin", "v1.2.0"]);
+    let (code, ..) = edgectl(&hub, &["reconcile", "source", SOURCE, "--wait"]).await;
+    assert_eq!(code, 0);
+    applied(&hub, &c4).await;
+    // An annotated tag, peeled to its commit.
+    apply_file(&hub, dir.path(), &apply("{tag: v1.0.0}")).await;
+    applied(&hub, &commits[0]).await;
+    // A pinned commit.
+    apply_file(
+        &hub,
+        dir.path(),
+        &apply(&format!("{{commit: {}}}", commits[2])),
+    )
+    .await;
+    let s = applied(&hub, &commits[2]).await;
+    assert_eq!(s.ref_text(), format!("commit {}", &commits[2][..7]));
+    // A tag that does not exist: reported, the commit in force stays.
+    apply_file(&hub, dir.path(), &apply("{tag: v9.9.9}")).await;
+    let s = eventually("the missing tag reported", T, || async {
+        let s = source(&hub).await;
+        s.failure.clone().map(|f| (s, f))
+    })
+    .await;
+    assert_eq!(s.1.stage, "fetch");
+    assert!(s.1.message.contains("v9.9.9"), "{:?}", s.1);
+    assert_eq!(s.0.applied_commit.as_deref(), Some(commits[2].as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ssh_remote_needs_the_key_and_the_known_host_key() {
+    if !have_git() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repo::create(dir.path(), "fleet");
+    std::fs::write(dir.path().join("webhook-secret"), "x").unwrap();
+    let (key, key_pub) = ssh_key(dir.path(), "hub");
+    let sshd = match git::Sshd::start(dir.path(), &key_pub) {
+        Ok(s) => s,
+        Err(why) => return edgefleet_tests::skip("git", &why),
+    };
+    let c1 = repo.commit(
+        &[(
+            "deployments/sim.yaml",
+            Some(&sim_deployment(NAME, "1", None)),
+        )],
+        "first",
+        &[],
+    );
+    let hosts = dir.path().join("known_hosts");
+    std::fs::write(&hosts, format!("{}\n", sshd.known_hosts)).unwrap();
+    let auth = |hosts: &Path| {
+        format!(
+            "  auth: {{sshKeyFile: {key}, knownHostsFile: {}}}\n",
+            hosts.display()
+        )
+    };
+    let hub = Hub::start().await;
+    let url = sshd.url(&repo.bare);
+    apply_file(
+        &hub,
+        dir.path(),
+        &source_yaml(&url, dir.path(), "1h", &auth(&hosts)),
+    )
+    .await;
+    applied(&hub, &c1).await;
+    assert_eq!(generation(&hub, NAME).await, Some(1));
+
+    // A server whose host key is not the known one (a man in the middle,
+    // or a server that lies about who it is) is refused, nothing applied.
+    let (_, other_pub) = ssh_key(dir.path(), "impostor");
+    let wrong = dir.path().join("wrong_known_hosts");
+    let mut parts = other_pub.split_whitespace();
+    std::fs::write(
+        &wrong,
+        format!(
+            "[127.0.0.1]:{} {} {}\n",
+            sshd.port,
+            parts.next().unwrap(),
+            parts.next().unwrap()
+        ),
+    )
+    .unwrap();
+    let c2 = repo.commit(
+        &[(
+            "deployments/sim.yaml",
+            Some(&sim_deployment(NAME, "2", None)),
+        )],
+        "second",
+        &[],
+    );
+    apply_file(
+        &hub,
+        dir.path(),
+        &source_yaml(&url, dir.path(), "1h", &auth(&wrong)),
+    )
+    .await;
+    let s = eventually("the unknown host key refused", T, || async {
+        let s = source(&hub).await;
+        s.failure.clone().map(|f| (s, f))
+    })
+    .await;
+    eprintln!("wrong host key: {}", s.1.message);
+    assert_eq!(s.1.stage, "fetch");
+    assert!(s.1.message.contains("knownHostsFile"), "{:?}", s.1);
+    assert_eq!(s.0.applied_commit.as_deref(), Some(c1.as_str()));
+    assert_eq!(generation(&hub, NAME).await, Some(1));
+
+    // The right one again: the new commit applies.
+    apply_file(
+        &hub,
+        dir.path(),
+        &source_yaml(&url, dir.path(), "1h", &auth(&hosts)),
+    )
+    .await;
+    applied(&hub, &c2).await;
+    assert_eq!(generation(&hub, NAME).await, Some(2));
 }

@@ -57,9 +57,35 @@ fn fetch_err(context: &str) -> impl FnOnce(gix::Error) -> FetchError + '_ {
     move |e| FetchError::Fetch(format!("{context}: {}", crate::error_chain(&e)))
 }
 
+/// An ssh remote that hung up before the Git protocol began: ssh said why
+/// on its stderr, which is the hub's.
+fn ssh_hint(url: &str, e: FetchError) -> FetchError {
+    match e {
+        FetchError::Fetch(m) if is_ssh(url) && m.contains("failed to fill whole buffer") => {
+            FetchError::Fetch(format!(
+                "{m} (ssh closed the connection: check sshKeyFile, knownHostsFile and the \
+                 server's host key; ssh's own message is in the hub's log)"
+            ))
+        }
+        e => e,
+    }
+}
+
+fn is_ssh(url: &str) -> bool {
+    url.starts_with("ssh://") || (!url.contains("://") && url.contains('@'))
+}
+
 /// Fetches the source's ref into `dir` and reads its manifests.
 /// `interrupt` set from another thread stops the transfer.
 pub fn fetch(dir: &Path, source: &GitRepo, interrupt: &AtomicBool) -> Result<Fetched, FetchError> {
+    fetch_inner(dir, source, interrupt).map_err(|e| ssh_hint(&source.spec.url, e))
+}
+
+fn fetch_inner(
+    dir: &Path,
+    source: &GitRepo,
+    interrupt: &AtomicBool,
+) -> Result<Fetched, FetchError> {
     let repo = open(dir, source.spec.auth.as_ref())?;
     let spec = &source.spec;
     let r = &spec.reference;
