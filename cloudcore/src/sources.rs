@@ -152,15 +152,18 @@ async fn sync(st: Shared, s: SourceStatus) -> String {
     let dir = repo_dir(&st.sources_dir, &name);
     let interrupt = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
-    let work = {
+    let mut work = {
         let (repo, interrupt) = (repo.clone(), interrupt.clone());
         tokio::task::spawn_blocking(move || git::fetch(&dir, &repo, &interrupt))
     };
-    let fetched = match tokio::time::timeout(FETCH_TIMEOUT, work).await {
+    let fetched = match tokio::time::timeout(FETCH_TIMEOUT, &mut work).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => Err(git::FetchError::Fetch(format!("the fetch panicked: {e}"))),
         Err(_) => {
             interrupt.store(true, Ordering::Relaxed);
+            // The source stays busy until the fetch has stopped: no second
+            // one works in the same repository meanwhile.
+            let _ = work.await;
             Err(git::FetchError::Fetch(format!(
                 "the fetch took longer than {}s",
                 FETCH_TIMEOUT.as_secs()

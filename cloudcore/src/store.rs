@@ -28,6 +28,7 @@ mod rollouts;
 mod sources;
 
 pub use commands::{NewCommand, Refused as CommandRefused};
+pub use deployments::proposed;
 pub use desired::NewDesired;
 pub use devices::{DeviceAuth, EnrollOutcome};
 /// The rows the store returns are the API's types: what is stored is what

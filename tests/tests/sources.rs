@@ -88,6 +88,18 @@ async fn webhook(hub: &Hub, secret: &[u8], commit: &str) -> u16 {
         .as_u16()
 }
 
+/// Commits and pushes deployment `sim-config` with `value` in it.
+fn commit_sim(repo: &Repo, value: &str, message: &str, extra: &[&str]) -> String {
+    repo.commit(
+        &[(
+            "deployments/sim.yaml",
+            Some(&sim_deployment(NAME, value, None)),
+        )],
+        message,
+        extra,
+    )
+}
+
 /// `edgectl apply -f` of `yaml`, which must succeed.
 async fn apply_file(hub: &Hub, dir: &Path, yaml: &str) {
     let f = dir.join("source.yaml");
@@ -229,14 +241,7 @@ async fn a_push_reaches_the_fleet_and_a_bad_commit_keeps_the_last_good_one() {
     assert_eq!(status, 409);
 
     // A push and a webhook: the change reaches every device.
-    let c2 = repo.commit(
-        &[(
-            "deployments/sim.yaml",
-            Some(&sim_deployment(NAME, "2", None)),
-        )],
-        "second",
-        &[],
-    );
+    let c2 = commit_sim(&repo, "2", "second", &[]);
     let pushed = Instant::now();
     assert_eq!(webhook(&hub, secret, &c2).await, 202);
     fleet
@@ -350,14 +355,7 @@ async fn an_unreachable_server_is_reported_backed_off_and_recovered_from() {
     let repo = Repo::create(dir.path(), "fleet");
     let mut server = GitServer::start(dir.path(), None, None).await;
     std::fs::write(dir.path().join("webhook-secret"), "x").unwrap();
-    let c1 = repo.commit(
-        &[(
-            "deployments/sim.yaml",
-            Some(&sim_deployment(NAME, "1", None)),
-        )],
-        "first",
-        &[],
-    );
+    let c1 = commit_sim(&repo, "1", "first", &[]);
     let hub = Hub::start().await;
     let yaml = source_yaml(&server.url("fleet"), dir.path(), "1s", "");
     apply_file(&hub, dir.path(), &yaml).await;
@@ -393,14 +391,7 @@ async fn an_unreachable_server_is_reported_backed_off_and_recovered_from() {
     );
 
     // Back: a new commit is found without anyone asking.
-    let c2 = repo.commit(
-        &[(
-            "deployments/sim.yaml",
-            Some(&sim_deployment(NAME, "2", None)),
-        )],
-        "second",
-        &[],
-    );
+    let c2 = commit_sim(&repo, "2", "second", &[]);
     server.start_again().await;
     let s = eventually("recovered by itself", Duration::from_secs(90), || async {
         let s = source(&hub).await;
@@ -468,14 +459,7 @@ async fn only_commits_signed_by_an_allowed_key_apply() {
     let verify = format!("  verify: {{allowedSignersFile: {}}}\n", signers.display());
 
     // Unsigned: refused.
-    let c1 = repo.commit(
-        &[(
-            "deployments/sim.yaml",
-            Some(&sim_deployment(NAME, "1", None)),
-        )],
-        "unsigned",
-        &[],
-    );
+    let c1 = commit_sim(&repo, "1", "unsigned", &[]);
     apply_file(
         &hub,
         dir.path(),
@@ -491,14 +475,7 @@ async fn only_commits_signed_by_an_allowed_key_apply() {
     // Signed by a key not in the file: refused, with the key named.
     let args = signed_by(&mallory);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let c2 = repo.commit(
-        &[(
-            "deployments/sim.yaml",
-            Some(&sim_deployment(NAME, "2", None)),
-        )],
-        "mallory",
-        &args,
-    );
+    let c2 = commit_sim(&repo, "2", "mallory", &args);
     let (code, out, err) = edgectl(&hub, &["reconcile", "source", SOURCE, "--wait"]).await;
     assert_eq!(code, 1, "{out}{err}");
     let s = failed_on(&hub, &c2).await;
@@ -516,14 +493,7 @@ async fn only_commits_signed_by_an_allowed_key_apply() {
     // Signed by alice: applies.
     let args = signed_by(&alice);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let c3 = repo.commit(
-        &[(
-            "deployments/sim.yaml",
-            Some(&sim_deployment(NAME, "3", None)),
-        )],
-        "alice",
-        &args,
-    );
+    let c3 = commit_sim(&repo, "3", "alice", &args);
     let (code, out, err) = edgectl(&hub, &["reconcile", "source", SOURCE, "--wait"]).await;
     assert_eq!(code, 0, "{out}{err}");
     applied(&hub, &c3).await;
@@ -549,14 +519,7 @@ async fn tags_semver_ranges_and_pinned_commits_are_followed() {
         ("2", "v1.1.0", false),
         ("3", "v2.0.0", true),
     ] {
-        let c = repo.commit(
-            &[(
-                "deployments/sim.yaml",
-                Some(&sim_deployment(NAME, value, None)),
-            )],
-            value,
-            &[],
-        );
+        let c = commit_sim(&repo, value, value, &[]);
         let mut args = vec!["tag"];
         if annotated {
             args.extend(["-a", "-m", tag]);
@@ -576,14 +539,7 @@ async fn tags_semver_ranges_and_pinned_commits_are_followed() {
     apply_file(&hub, dir.path(), &apply("{semver: '>=1.0, <2'}")).await;
     applied(&hub, &commits[1]).await;
     // A new tag in range is found by the next fetch.
-    let c4 = repo.commit(
-        &[(
-            "deployments/sim.yaml",
-            Some(&sim_deployment(NAME, "4", None)),
-        )],
-        "4",
-        &[],
-    );
+    let c4 = commit_sim(&repo, "4", "4", &[]);
     git::run(&repo.work, &["tag", "v1.2.0"]);
     git::run(&repo.work, &["push", "-q", "origin", "v1.2.0"]);
     let (code, ..) = edgectl(&hub, &["reconcile", "source", SOURCE, "--wait"]).await;
@@ -626,14 +582,7 @@ async fn an_ssh_remote_needs_the_key_and_the_known_host_key() {
         Ok(s) => s,
         Err(why) => return edgefleet_tests::skip("git", &why),
     };
-    let c1 = repo.commit(
-        &[(
-            "deployments/sim.yaml",
-            Some(&sim_deployment(NAME, "1", None)),
-        )],
-        "first",
-        &[],
-    );
+    let c1 = commit_sim(&repo, "1", "first", &[]);
     let hosts = dir.path().join("known_hosts");
     std::fs::write(&hosts, format!("{}\n", sshd.known_hosts)).unwrap();
     let auth = |hosts: &Path| {
@@ -668,14 +617,7 @@ async fn an_ssh_remote_needs_the_key_and_the_known_host_key() {
         ),
     )
     .unwrap();
-    let c2 = repo.commit(
-        &[(
-            "deployments/sim.yaml",
-            Some(&sim_deployment(NAME, "2", None)),
-        )],
-        "second",
-        &[],
-    );
+    let c2 = commit_sim(&repo, "2", "second", &[]);
     apply_file(
         &hub,
         dir.path(),

@@ -135,14 +135,7 @@ fn violations_with(
         .find(|x| x.name == d.metadata.name)
         .map_or(1, |x| x.generation + 1);
     deployments.retain(|x| x.name != d.metadata.name);
-    deployments.push(DeploymentRecord {
-        name: d.metadata.name.clone(),
-        generation,
-        created_ms: 0,
-        updated_ms: 0,
-        spec: d.clone(),
-        source: None,
-    });
+    deployments.push(crate::store::proposed(d, generation));
     Ok(crate::desired::violations(
         &s.device_labels()?,
         &deployments,

@@ -7,6 +7,19 @@ use super::{
     DEPLOYMENT_HISTORY, DeploymentGeneration, DeploymentRecord, Store, StoreError, ms, sql_i64,
 };
 
+/// `d` as it would be stored at `generation`, for checking a change before
+/// it is written.
+pub fn proposed(d: &edgefleet_protocol::Deployment, generation: u64) -> DeploymentRecord {
+    DeploymentRecord {
+        name: d.metadata.name.clone(),
+        generation,
+        created_ms: 0,
+        updated_ms: 0,
+        spec: d.clone(),
+        source: None,
+    }
+}
+
 /// The columns [`DeploymentRow::read`] takes, in its order.
 const DEPLOYMENT_COLUMNS: &str =
     "name, spec, generation, created_ms, updated_ms, source, source_commit";

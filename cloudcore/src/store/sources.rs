@@ -222,14 +222,7 @@ impl Store {
             for d in deployments {
                 let generation =
                     Self::deployment_row(&tx, &d.metadata.name)?.map_or(1, |r| r.generation + 1);
-                after.push(super::DeploymentRecord {
-                    name: d.metadata.name.clone(),
-                    generation,
-                    created_ms: 0,
-                    updated_ms: 0,
-                    spec: d.clone(),
-                    source: None,
-                });
+                after.push(super::proposed(d, generation));
             }
             if let Err(e) = check(&after) {
                 return Ok(Err(Err(e)));
