@@ -456,7 +456,9 @@ mod tests {
             conn.execute_batch(
                 "DROP TABLE rollout_events; DROP TABLE rollout_devices; DROP TABLE rollouts;
                  DROP TABLE deployment_generations; DROP TABLE hub_keys; DROP TABLE commands;
-                 DROP TABLE agent_releases;
+                 DROP TABLE agent_releases; DROP TABLE sources;
+                 ALTER TABLE deployments DROP COLUMN source;
+                 ALTER TABLE deployments DROP COLUMN source_commit;
                  ALTER TABLE devices DROP COLUMN hub_key_id;
                  ALTER TABLE devices DROP COLUMN previous_key;
                  ALTER TABLE devices DROP COLUMN previous_key_until_ms;
