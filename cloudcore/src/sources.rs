@@ -81,14 +81,13 @@ pub async fn run(st: Shared, stop: CancellationToken) {
                     if !due {
                         continue;
                     }
-                    if in_flight.contains(&s.name) {
+                    // Busy, or no slot free: a trigger is kept for the
+                    // next round (a due poll is due then anyway).
+                    if in_flight.contains(&s.name) || in_flight.len() >= PARALLEL {
                         if triggered.contains(&s.name) {
                             again.insert(s.name.clone());
                         }
                         continue;
-                    }
-                    if in_flight.len() >= PARALLEL {
-                        break;
                     }
                     in_flight.insert(s.name.clone());
                     running.spawn(sync(st.clone(), s));
