@@ -567,6 +567,23 @@ async fn tags_semver_ranges_and_pinned_commits_are_followed() {
     assert_eq!(s.1.stage, "fetch");
     assert!(s.1.message.contains("v9.9.9"), "{:?}", s.1);
     assert_eq!(s.0.applied_commit.as_deref(), Some(commits[2].as_str()));
+
+    // Every shallow fetch adds a pack to the hub's cache; past 16 it is
+    // fetched afresh, and no fetch fails for it.
+    apply_file(&hub, dir.path(), &apply("{branch: main}")).await;
+    applied(&hub, &c4).await;
+    for i in 0..20 {
+        let c = commit_sim(&repo, &format!("many-{i}"), "many", &[]);
+        let (code, out, err) = edgectl(&hub, &["reconcile", "source", SOURCE, "--wait"]).await;
+        assert_eq!(code, 0, "fetch {i}: {out}{err}");
+        applied(&hub, &c).await;
+    }
+    let packs = std::fs::read_dir(hub.data_dir().join("sources/fleet-config.git/objects/pack"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+        .count();
+    assert!(packs <= 17, "{packs} packs in the cache");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -86,7 +86,7 @@ fn fetch_inner(
     source: &GitRepo,
     interrupt: &AtomicBool,
 ) -> Result<Fetched, FetchError> {
-    let repo = open(dir, source.spec.auth.as_ref())?;
+    let repo = open(dir, source.spec.auth.as_ref(), true)?;
     let spec = &source.spec;
     let r = &spec.reference;
     let src = match (&r.branch, &r.tag, &r.semver, &r.commit) {
@@ -121,8 +121,9 @@ fn fetch_inner(
         .receive(gix::progress::Discard, interrupt)
         .map_err(fetch_err("fetch failed"))?;
 
-    // A fresh handle sees the pack just written.
-    let repo = open(dir, spec.auth.as_ref())?;
+    // A fresh handle sees the pack just written (and keeps it, however
+    // many packs there are now).
+    let repo = open(dir, spec.auth.as_ref(), false)?;
     let mut target = repo
         .find_reference(TARGET)
         .map_err(|e| FetchError::Fetch(format!("the fetch wrote no {TARGET}: {e}")))?;
@@ -130,6 +131,13 @@ fn fetch_inner(
         .peel_to_commit()
         .map_err(|e| FetchError::Fetch(format!("{} is not a commit: {e}", source.ref_text())))?;
     let id = commit.id.to_string();
+    if let Some(pinned) = &r.commit
+        && !pinned.eq_ignore_ascii_case(&id)
+    {
+        return Err(FetchError::Fetch(format!(
+            "asked for commit {pinned}, the remote gave {id}"
+        )));
+    }
     let in_commit = |(message, file)| FetchError::Content {
         message,
         file,
@@ -158,9 +166,13 @@ fn content(message: String, file: Option<String>) -> ContentError {
 }
 
 /// The bare repository in `dir`, created if missing. A repository that
-/// cannot be opened, or holds too many packs, is started afresh: it is a
-/// cache of the remote.
-fn open(dir: &Path, auth: Option<&GitAuth>) -> Result<gix::Repository, FetchError> {
+/// cannot be opened, or (with `reset_when_large`, before a fetch) holds too
+/// many packs, is started afresh: it is a cache of the remote.
+fn open(
+    dir: &Path,
+    auth: Option<&GitAuth>,
+    reset_when_large: bool,
+) -> Result<gix::Repository, FetchError> {
     let packs = std::fs::read_dir(dir.join("objects/pack"))
         .map(|d| {
             d.flatten()
@@ -168,7 +180,7 @@ fn open(dir: &Path, auth: Option<&GitAuth>) -> Result<gix::Repository, FetchErro
                 .count()
         })
         .unwrap_or(0);
-    let fresh = packs > MAX_PACKS || !dir.join("HEAD").is_file();
+    let fresh = (reset_when_large && packs > MAX_PACKS) || !dir.join("HEAD").is_file();
     if fresh {
         let _ = std::fs::remove_dir_all(dir);
         gix::init_bare(dir)
