@@ -135,18 +135,8 @@ impl GitRepo {
             return bad("kind", format!("must be {SOURCE_KIND:?}"));
         }
         let name = &self.metadata.name;
-        let dns = !name.is_empty()
-            && name.len() <= 63
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !name.starts_with('-')
-            && !name.ends_with('-');
-        if !dns {
-            return bad(
-                "metadata.name",
-                "must be a DNS label: lowercase letters, digits and '-', at most 63".into(),
-            );
+        if let Err(e) = edgefleet_protocol::name::check_dns_label(name, 63) {
+            return bad("metadata.name", format!("must be a DNS label: {e}"));
         }
         let s = &self.spec;
         let url = s.url.as_str();
