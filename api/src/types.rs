@@ -101,6 +101,105 @@ pub struct DeviceRecord {
     /// What the hub knows is wrong with the device.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The worst of its reported workloads.
+    #[serde(default)]
+    pub health: DeviceHealth,
+}
+
+/// A device's workloads, summed up: `failed` when any failed to apply, was
+/// rolled back or is Degraded; `healthy` when all are Synced and Healthy;
+/// `progressing` otherwise; `none` when it reported no workloads.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceHealth {
+    Healthy,
+    Progressing,
+    Failed,
+    #[default]
+    #[serde(rename = "none")]
+    NoWorkloads,
+}
+
+impl DeviceHealth {
+    pub const ALL: [DeviceHealth; 4] = [
+        DeviceHealth::Healthy,
+        DeviceHealth::Progressing,
+        DeviceHealth::Failed,
+        DeviceHealth::NoWorkloads,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceHealth::Healthy => "healthy",
+            DeviceHealth::Progressing => "progressing",
+            DeviceHealth::Failed => "failed",
+            DeviceHealth::NoWorkloads => "none",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|h| h.as_str() == s)
+    }
+}
+
+/// `GET /overview`: the fleet at a glance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Overview {
+    pub devices: FleetCounts,
+    /// Every deployment with its ready counts.
+    pub deployments: Vec<DeploymentSummary>,
+    /// Rollouts progressing or paused.
+    pub rollouts: Vec<RolloutStatus>,
+    /// The newest workload reports that failed, were rolled back or are
+    /// Degraded (at most 20).
+    pub failures: Vec<WorkloadStatusRecord>,
+    /// The fleet's newest events (at most 20), newest first.
+    pub events: Vec<EventRecord>,
+}
+
+/// Devices by presence, and by health where it is bad.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FleetCounts {
+    pub total: u64,
+    pub online: u64,
+    pub offline: u64,
+    /// Enrolled, never connected.
+    pub unknown: u64,
+    /// Devices whose health is `failed`.
+    pub failed: u64,
+    /// Devices with a standing condition.
+    pub with_conditions: u64,
+}
+
+/// `GET /devices/{id}/history`: the device's heartbeats over the last
+/// 24 hours, averaged per interval, oldest first (intervals with no
+/// heartbeat are absent).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatHistory {
+    pub device_id: String,
+    /// The length of one point's interval.
+    pub interval_secs: u64,
+    pub points: Vec<HistoryPoint>,
+}
+
+/// One interval's average.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryPoint {
+    /// The interval's start.
+    pub at_ms: u64,
+    /// Heartbeats averaged.
+    pub samples: u32,
+    pub cpu_percent: f64,
+    pub mem_percent: f64,
+    pub disk_percent: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature_c: Option<f64>,
 }
 
 impl DeviceRecord {

@@ -29,6 +29,7 @@ fn device() -> DeviceRecord {
             since_ms: 5,
             updated_ms: 6,
         }],
+        health: DeviceHealth::Healthy,
     }
 }
 
@@ -52,7 +53,8 @@ fn a_device() {
             "desiredRevision": 3, "appliedRevision": 3, "lastReportMs": 4,
             "message": null, "k3sVersion": null,
             "heartbeat": {"cpuPercent": 5.0, "outboxDepth": 7},
-            "conditions": [{"type": "DiskPressure", "message": "full", "sinceMs": 5, "updatedMs": 6}]
+            "conditions": [{"type": "DiskPressure", "message": "full", "sinceMs": 5, "updatedMs": 6}],
+            "health": "healthy"
         }),
     );
     let hb = device().heartbeat_summary().unwrap();

@@ -14,6 +14,7 @@ mod keys;
 mod logs;
 mod models;
 mod openapi;
+mod overview;
 pub(crate) mod releases;
 mod rollouts;
 pub(crate) mod sources;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -85,6 +86,8 @@ pub struct AppState {
     pub dynsec: Option<crate::dynsec::Dynsec>,
     /// The hub's user on an external broker (no device may be named so).
     pub broker_username: String,
+    /// The dashboard's sessions and change feed.
+    pub ui: crate::ui::Ui,
 }
 
 pub type Shared = Arc<AppState>;
@@ -244,26 +247,75 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .strip_prefix("Bearer ")
 }
 
-fn token_ok(given: &str, expected: &str) -> bool {
+pub(crate) fn token_ok(given: &str, expected: &str) -> bool {
     given.as_bytes().ct_eq(expected.as_bytes()).into()
 }
 
-/// Operator routes: a bearer token equal to the operator token.
+/// Operator routes: a bearer token equal to the operator token, or a
+/// dashboard session (whose changes carry its CSRF token). A change made
+/// is announced to the dashboard.
 async fn require_operator(State(st): State<Shared>, req: Request, next: Next) -> Response {
-    match bearer(req.headers()) {
-        Some(t) if token_ok(t, &st.operator_token) => next.run(req).await,
-        Some(_) => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the operator token is not valid",
-        )
-        .into_response(),
-        None => ApiError::new(
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD);
+    let ok = match bearer(req.headers()) {
+        Some(t) if token_ok(t, &st.operator_token) => true,
+        Some(_) => {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the operator token is not valid",
+            )
+            .into_response();
+        }
+        None => match crate::ui::cookie_auth(&st, req.headers(), safe) {
+            crate::ui::CookieAuth::Ok => true,
+            crate::ui::CookieAuth::CsrfMissing => {
+                return ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "csrf",
+                    "a change from a dashboard session needs its CSRF token (X-CSRF-Token)",
+                )
+                .into_response();
+            }
+            crate::ui::CookieAuth::None => false,
+        },
+    };
+    if !ok {
+        return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing `Authorization: Bearer <operator token>` header",
         )
-        .into_response(),
+        .into_response();
+    }
+    let path = (!safe).then(|| req.uri().path().to_owned());
+    let resp = next.run(req).await;
+    if let Some(path) = path
+        && resp.status().is_success()
+    {
+        announce(&st.ui.changes, &path);
+    }
+    resp
+}
+
+/// Tells the dashboard what an operator's change touched.
+fn announce(changes: &crate::ui::Changes, path: &str) {
+    use crate::ui::Change;
+    let mut parts = path.trim_start_matches("/api/v1/").split('/');
+    match (parts.next(), parts.next()) {
+        (Some("devices"), Some(id)) => match DeviceId::new(id) {
+            Ok(id) => changes.devices(vec![id]),
+            Err(_) => changes.send(Change::AllDevices),
+        },
+        (Some("deployments"), _) => {
+            changes.send(Change::Deployments);
+            changes.send(Change::Rollouts);
+        }
+        (Some("sources"), _) => {
+            changes.send(Change::Sources);
+            changes.send(Change::Deployments);
+        }
+        (Some("models" | "agent-releases"), _) => changes.send(Change::Models),
+        _ => {}
     }
 }
 
@@ -385,6 +437,8 @@ fn operator_routes(max_model: usize) -> OpenApiRouter<Shared> {
         .routes(routes!(devices::list))
         .routes(routes!(devices::get_one, devices::patch, devices::delete))
         .routes(routes!(devices::events))
+        .routes(routes!(devices::history))
+        .routes(routes!(overview::overview))
         .routes(routes!(commands::create, commands::list))
         .routes(routes!(commands::get_one))
         .routes(routes!(commands::create_bulk))
@@ -458,6 +512,7 @@ pub fn router(st: Shared, max_body: usize, max_model: usize) -> Router {
                 std::future::ready(([(header::CONTENT_TYPE, "application/json")], doc.clone()))
             }),
         )
+        .merge(crate::ui::router())
         .fallback(not_found)
         .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(st.clone(), track_latency))

@@ -264,6 +264,8 @@ struct Committed {
     acks: Acks,
     /// Devices whose `online` presence was stored (their commands are sent).
     online: Vec<DeviceId>,
+    /// Devices whose status, presence or events were stored.
+    changed: Vec<DeviceId>,
 }
 
 /// Applies a device's command result (an event of kind
@@ -371,6 +373,20 @@ fn process(
     }
     let mut acks = Acks::new();
     let mut online = Vec::new();
+    // What the dashboard shows changed (not heartbeats: charts are read
+    // when a device's page is).
+    let mut changed: Vec<DeviceId> = verified
+        .iter()
+        .zip(&outcomes)
+        .filter_map(|((_, m), o)| match (m, o) {
+            (Verified::Status(r), Ingested::Stored) => Some(r.device_id.clone()),
+            (Verified::Event(e), Ingested::Stored) => Some(e.device_id.clone()),
+            (Verified::Presence(p), Ingested::Stored) => Some(p.device_id.clone()),
+            _ => None,
+        })
+        .collect();
+    changed.sort();
+    changed.dedup();
     for ((channel, m), outcome) in verified.iter().zip(outcomes) {
         match (m, outcome) {
             (Verified::Event(e), Ingested::Stored | Ingested::Duplicate) => {
@@ -398,7 +414,11 @@ fn process(
             _ => {}
         }
     }
-    Ok(Committed { acks, online })
+    Ok(Committed {
+        acks,
+        online,
+        changed,
+    })
 }
 
 /// The hub's data directory and the space ingest leaves free on it.
@@ -427,7 +447,13 @@ pub async fn run(
     metrics: Arc<Metrics>,
     keys: Arc<crate::keys::HubKeys>,
     client: AsyncClient,
-    (disk, limits, commands, logs): (Disk, Arc<Limits>, crate::commands::Dispatch, LogStreams),
+    (disk, limits, commands, logs, changes): (
+        Disk,
+        Arc<Limits>,
+        crate::commands::Dispatch,
+        LogStreams,
+        crate::ui::Changes,
+    ),
     mut rx: mpsc::UnboundedReceiver<Publish>,
 ) {
     let mut backlog_warned = false;
@@ -496,7 +522,12 @@ pub async fn run(
             .ingest_batch
             .observe(started.elapsed().as_secs_f64());
         match res {
-            Ok(Committed { acks, online }) => {
+            Ok(Committed {
+                acks,
+                online,
+                changed,
+            }) => {
+                changes.devices(changed);
                 for device in online {
                     commands.online(device);
                 }

@@ -30,5 +30,6 @@ pub mod store;
 #[cfg(test)]
 mod testing;
 pub mod tls;
+pub mod ui;
 
 pub use edgefleet_daemon::{error_chain, exit};

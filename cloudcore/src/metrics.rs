@@ -108,6 +108,14 @@ edgefleet_daemon::declare_metrics! {
         /// Git source webhook calls, by result (accepted, bad_signature,
         /// no_secret, unknown_source)
         pub source_webhooks: Family<Labels, Counter>,
+        /// Dashboard sign-ins, by outcome (ok, wrong_token, cross_origin)
+        pub ui_sign_ins: Family<Labels, Counter>,
+        /// Dashboard requests refused for a missing or wrong CSRF token
+        pub ui_csrf_refused: Counter,
+        /// Dashboard sessions signed in now
+        pub ui_sessions: Gauge,
+        /// Dashboard live-update streams open now
+        pub ui_streams: Gauge,
         /// Scheduled backups, by result (ok, failed)
         pub backups: Family<Labels, Counter>,
         /// When the last scheduled backup was written (Unix seconds; 0: none since start)

@@ -23,6 +23,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     publish: Trigger,
     wake: Arc<tokio::sync::Notify>,
+    changes: crate::ui::Changes,
     cancel: CancellationToken,
 ) {
     loop {
@@ -30,6 +31,9 @@ pub async fn run(
             Ok(step) => {
                 if step.publish {
                     publish.changed();
+                }
+                if !step.events.is_empty() {
+                    changes.send(crate::ui::Change::Rollouts);
                 }
                 for (_, kind, _) in &step.events {
                     metrics

@@ -285,6 +285,7 @@ pub async fn serve_with(
             Ok(())
         });
     }
+    let changes = crate::ui::Changes::default();
     let ingest = ingest::run(
         store.clone(),
         registry.clone(),
@@ -302,6 +303,7 @@ pub async fn serve_with(
             )),
             commands.clone(),
             logs.clone(),
+            changes.clone(),
         ),
         ingest_rx,
     );
@@ -350,6 +352,7 @@ pub async fn serve_with(
             metrics.clone(),
             trigger.clone(),
             rollout_wake.clone(),
+            changes.clone(),
             tasks.clone(),
         );
         sup.critical("rollout engine", async move {
@@ -382,6 +385,7 @@ pub async fn serve_with(
         log_requests: std::sync::Mutex::default(),
         dynsec,
         broker_username: cfg.broker.username.clone(),
+        ui: crate::ui::Ui::new(changes, cfg.api_tls()),
     });
     let listener = tokio::net::TcpListener::bind(cfg.api.listen)
         .await

@@ -260,6 +260,7 @@ async fn sync(st: Shared, s: SourceStatus) -> String {
             }
         }
     }
+    st.ui.changes.send(crate::ui::Change::Sources);
     name
 }
 
@@ -353,6 +354,7 @@ async fn apply(
             if !a.changed.is_empty() || !a.removed.is_empty() {
                 st.publish.changed();
                 st.rollout_wake.notify_one();
+                st.ui.changes.send(crate::ui::Change::Deployments);
             }
             Ok((f.commit, "applied"))
         }

@@ -20,6 +20,7 @@ mod conditions;
 mod deployments;
 mod desired;
 mod devices;
+mod history;
 mod keys;
 mod models;
 mod releases;
@@ -30,7 +31,7 @@ mod sources;
 pub use commands::{NewCommand, Refused as CommandRefused};
 pub use deployments::proposed;
 pub use desired::NewDesired;
-pub use devices::{DeviceAuth, EnrollOutcome};
+pub use devices::{DeviceAuth, DeviceFilter, EnrollOutcome, RunsGeneration};
 /// The rows the store returns are the API's types: what is stored is what
 /// is served.
 pub use edgefleet_api::{
@@ -281,6 +282,21 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE deployments ADD COLUMN source TEXT;
     ALTER TABLE deployments ADD COLUMN source_commit TEXT;
     "#,
+    // 11: each device's heartbeat history (store/history.rs): a fixed ring
+    // of slots, so its size per device is bounded by the schema.
+    r#"
+    CREATE TABLE heartbeat_history (
+        device_id TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+        slot INTEGER NOT NULL,
+        bucket INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        cpu REAL NOT NULL,
+        mem REAL NOT NULL,
+        disk REAL NOT NULL,
+        temp REAL,
+        PRIMARY KEY (device_id, slot)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 pub type Labels = BTreeMap<String, String>;
@@ -456,7 +472,7 @@ mod tests {
             conn.execute_batch(
                 "DROP TABLE rollout_events; DROP TABLE rollout_devices; DROP TABLE rollouts;
                  DROP TABLE deployment_generations; DROP TABLE hub_keys; DROP TABLE commands;
-                 DROP TABLE agent_releases; DROP TABLE sources;
+                 DROP TABLE agent_releases; DROP TABLE sources; DROP TABLE heartbeat_history;
                  ALTER TABLE deployments DROP COLUMN source;
                  ALTER TABLE deployments DROP COLUMN source_commit;
                  ALTER TABLE devices DROP COLUMN hub_key_id;

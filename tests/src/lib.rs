@@ -22,6 +22,7 @@ pub mod proxy;
 pub mod rollout_bench;
 pub mod sim;
 pub mod tmpfs;
+pub mod ui_bench;
 
 use std::time::{Duration, Instant};
 

@@ -19,28 +19,30 @@ use crate::store::DeploymentRecord;
 #[utoipa::path(get, path = "/deployments", tag = "deployments",
     responses((status = OK, body = Page<DeploymentSummary>)))]
 pub async fn list(State(st): State<Shared>) -> ApiResult<Json<Page<DeploymentSummary>>> {
-    let (deps, rows) = st
-        .store
-        .run(|s| {
-            let deps = s.list_deployments()?;
-            let fleet = Fleet::load(s)?;
-            let rows: Vec<_> = deps.iter().map(|d| fleet.rollout(d)).collect();
-            Ok((deps, rows))
-        })
-        .await?;
-    let items = deps
-        .into_iter()
-        .zip(rows)
-        .map(|(d, r)| DeploymentSummary {
-            name: d.name,
-            generation: d.generation,
-            workloads: d.spec.spec.workloads.len(),
-            updated_ms: d.updated_ms,
-            counts: r.counts,
-            source: d.source,
-        })
-        .collect();
+    let items = st.store.run(summaries).await?;
     Ok(Json(super::Page::whole(items)))
+}
+
+/// Every deployment with its counts (one read of the fleet for all).
+pub(super) fn summaries(
+    s: &crate::store::Store,
+) -> Result<Vec<DeploymentSummary>, crate::store::StoreError> {
+    let deps = s.list_deployments()?;
+    let fleet = Fleet::load(s)?;
+    Ok(deps
+        .into_iter()
+        .map(|d| {
+            let counts = fleet.rollout(&d).counts;
+            DeploymentSummary {
+                name: d.name,
+                generation: d.generation,
+                workloads: d.spec.spec.workloads.len(),
+                updated_ms: d.updated_ms,
+                counts,
+                source: d.source,
+            }
+        })
+        .collect())
 }
 
 /// One deployment: its current generation's manifest.

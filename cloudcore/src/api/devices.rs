@@ -3,7 +3,9 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use edgefleet_api::{DeviceDetail, DevicePatch, ErrorBody};
+use edgefleet_api::{
+    DeviceDetail, DeviceHealth, DevicePatch, ErrorBody, HeartbeatHistory, Presence,
+};
 use edgefleet_protocol::name::{check_label_key, check_label_value};
 use edgefleet_protocol::{Channel, DeviceId, Topic};
 use rumqttc::QoS;
@@ -12,20 +14,142 @@ use serde::Deserialize;
 use super::{ApiError, ApiResult, DevicePath, Page, PageQuery, Shared};
 use crate::store::{DeviceRecord, EventRecord};
 
-/// Enrolled devices, a page at a time, in id order.
-#[utoipa::path(get, path = "/devices", tag = "devices", params(PageQuery),
-    responses((status = OK, body = Page<DeviceRecord>)))]
+/// `GET /devices`: a page, and which devices.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeviceQuery {
+    /// At most this many items (default 500, at most 5000).
+    #[param(minimum = 1)]
+    pub limit: Option<usize>,
+    /// The `continue` of the previous page.
+    #[serde(rename = "continue")]
+    pub continue_token: Option<String>,
+    /// Devices whose labels match, in Kubernetes syntax
+    /// (`site=plant-3,ring!=canary,tier in (a,b),!legacy`).
+    #[param(example = "site=plant-3")]
+    pub selector: Option<String>,
+    /// online, offline or unknown (never connected).
+    #[param(example = "online")]
+    pub presence: Option<String>,
+    /// healthy, progressing, failed or none (see `DeviceHealth`).
+    #[param(example = "failed")]
+    pub health: Option<String>,
+    /// Devices that applied a document with this deployment…
+    #[param(example = "demo")]
+    pub deployment: Option<String>,
+    /// …at this generation (needs `deployment`).
+    #[param(minimum = 1)]
+    pub generation: Option<u64>,
+    /// Devices that applied the generation a Git commit made (a prefix of
+    /// at least 7 hex digits) of the deployments it made, or of
+    /// `deployment`'s.
+    #[param(example = "4f1c2ab")]
+    pub commit: Option<String>,
+}
+
+impl DeviceQuery {
+    fn filter(&self, s: &crate::store::Store) -> ApiResult<crate::store::DeviceFilter> {
+        use crate::store::{DeviceFilter, RunsGeneration};
+        let mut f = DeviceFilter {
+            selector: self
+                .selector
+                .as_deref()
+                .filter(|s| !s.trim().is_empty())
+                .map(str::parse)
+                .transpose()
+                .map_err(|e| ApiError::bad_request(format!("selector: {e}")))?,
+            ..DeviceFilter::default()
+        };
+        if let Some(p) = self.presence.as_deref().filter(|p| !p.is_empty()) {
+            f.presence = Some(Presence::parse(p).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "presence {p:?}: expected online, offline or unknown"
+                ))
+            })?);
+        }
+        if let Some(h) = self.health.as_deref().filter(|h| !h.is_empty()) {
+            f.health = Some(DeviceHealth::parse(h).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "health {h:?}: expected healthy, progressing, failed or none"
+                ))
+            })?);
+        }
+        let deployment = self.deployment.as_deref().filter(|d| !d.is_empty());
+        if self.generation.is_some() && deployment.is_none() {
+            return Err(ApiError::bad_request("generation needs deployment"));
+        }
+        if let Some(commit) = self.commit.as_deref().filter(|c| !c.is_empty()) {
+            if commit.len() < 7 || !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ApiError::bad_request(format!(
+                    "commit {commit:?}: expected at least 7 hex digits"
+                )));
+            }
+            let commit = commit.to_ascii_lowercase();
+            for d in s.list_deployments()? {
+                let made = d
+                    .source
+                    .as_ref()
+                    .is_some_and(|r| r.commit.starts_with(&commit));
+                if made && deployment.is_none_or(|n| n == d.name) {
+                    f.runs.push(RunsGeneration(d.name, Some(d.generation)));
+                }
+            }
+            if f.runs.is_empty() {
+                // No deployment came from that commit: nothing runs it.
+                f.runs.push(RunsGeneration(String::new(), Some(0)));
+            }
+        } else if let Some(d) = deployment {
+            f.runs.push(RunsGeneration(d.to_owned(), self.generation));
+        }
+        Ok(f)
+    }
+}
+
+/// Enrolled devices, a page at a time, in id order; optionally only those
+/// a label selector, presence, health or what they run picks.
+#[utoipa::path(get, path = "/devices", tag = "devices", params(DeviceQuery),
+    responses((status = OK, body = Page<DeviceRecord>), (status = BAD_REQUEST, body = ErrorBody)))]
 pub async fn list(
     State(st): State<Shared>,
-    Query(q): Query<PageQuery>,
+    Query(q): Query<DeviceQuery>,
 ) -> ApiResult<Json<Page<DeviceRecord>>> {
-    let limit = q.limit()?;
+    let limit = PageQuery {
+        limit: q.limit,
+        continue_token: None,
+    }
+    .limit()?;
     let after = q.continue_token.clone();
     let items = st
         .store
-        .run(move |s| s.list_devices(after.as_deref(), limit + 1))
-        .await?;
+        .run(move |s| {
+            let filter = match q.filter(s) {
+                Ok(f) => f,
+                Err(e) => return Ok(Err(e)),
+            };
+            s.find_devices(&filter, after.as_deref(), limit + 1).map(Ok)
+        })
+        .await??;
     Ok(super::page(items, limit, |d| d.id.to_string()))
+}
+
+/// Device `id`'s heartbeats of the last 24 hours, one point per 5 minutes.
+#[utoipa::path(get, path = "/devices/{id}/history", tag = "devices", params(DevicePath),
+    responses((status = OK, body = HeartbeatHistory), (status = NOT_FOUND, body = ErrorBody)))]
+pub async fn history(
+    State(st): State<Shared>,
+    Path(DevicePath { id }): Path<DevicePath>,
+) -> ApiResult<Json<HeartbeatHistory>> {
+    let id2 = id.clone();
+    st.store
+        .run(move |s| match s.get_device(&id2)? {
+            Some(_) => s
+                .heartbeat_history(&id2, edgefleet_protocol::now_ms())
+                .map(Some),
+            None => Ok(None),
+        })
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format_args!("device {id:?}")))
 }
 
 /// One device, with the workloads it should run and what it reported of them.
@@ -181,9 +305,11 @@ pub struct EventQuery {
     /// At most this many events (default 500, at most 5000).
     #[param(minimum = 1)]
     limit: Option<usize>,
+    /// `true`: the newest `limit` events instead, newest first (one page).
+    newest: Option<bool>,
 }
 
-/// A device's events (and inference results), oldest first.
+/// A device's events (and inference results), oldest first; or its newest.
 #[utoipa::path(get, path = "/devices/{id}/events", tag = "devices", params(DevicePath, EventQuery),
     responses((status = OK, body = Page<EventRecord>), (status = NOT_FOUND, body = ErrorBody)))]
 pub async fn events(
@@ -206,10 +332,12 @@ pub async fn events(
     let (exists, items) = st
         .store
         .run(move |s| {
-            Ok((
-                s.get_device(&id2)?.is_some(),
-                s.events(&id2, after, limit + 1)?,
-            ))
+            let exists = s.get_device(&id2)?.is_some();
+            Ok(if q.newest == Some(true) {
+                (exists, s.recent_events(Some(&id2), limit)?)
+            } else {
+                (exists, s.events(&id2, after, limit + 1)?)
+            })
         })
         .await?;
     if !exists {

@@ -6,7 +6,26 @@ use std::collections::{BTreeMap, HashMap};
 use edgefleet_protocol::DeviceId;
 use rusqlite::{OptionalExtension, params};
 
+use edgefleet_api::DeviceHealth;
+use edgefleet_protocol::LabelSelector;
+use serde::Serialize;
+
 use super::{DeviceRecord, Labels, Presence, Store, StoreError, ms, sql_i64};
+
+/// Which devices a list shows; the default shows all.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceFilter {
+    pub selector: Option<LabelSelector>,
+    pub presence: Option<Presence>,
+    pub health: Option<DeviceHealth>,
+    /// Devices that applied a document with any of these deployments at
+    /// the generation (any generation when `None`).
+    pub runs: Vec<RunsGeneration>,
+}
+
+/// A deployment and, optionally, one of its generations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunsGeneration(pub String, pub Option<u64>);
 
 /// Credentials and key the broker and ingest need per device.
 #[derive(Debug, Clone)]
@@ -147,15 +166,23 @@ impl Store {
                 .transpose()
                 .map_err(|e| bad_column(3, e))?,
             conditions: Vec::new(),
+            // The select's CASE gives one of the four.
+            health: DeviceHealth::parse(&r.get::<_, String>("health")?).unwrap_or_default(),
         };
         Ok((id, rec))
     }
 
     /// A revision a device applied in another epoch (from the hub before a
     /// restore) is not one of this hub's: it shows as none applied yet.
+    /// A device's health (see [`DeviceHealth`]) from its workloads' rows.
     const DEVICE_SELECT: &'static str = "SELECT d.*, ds.revision AS desired_revision,
         CASE WHEN d.applied_epoch = (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'epoch')
-             THEN d.applied_revision END AS applied_in_epoch
+             THEN d.applied_revision END AS applied_in_epoch,
+        (SELECT CASE WHEN COUNT(*) = 0 THEN 'none'
+                     WHEN MAX(w.sync IN ('Failed', 'RolledBack') OR w.health = 'Degraded') THEN 'failed'
+                     WHEN MIN(w.sync = 'Synced' AND w.health = 'Healthy') THEN 'healthy'
+                     ELSE 'progressing' END
+         FROM workload_status w WHERE w.device_id = d.id) AS health
         FROM devices d LEFT JOIN desired ds ON ds.device_id = d.id";
 
     /// Devices ordered by id, after `after`, at most `limit`.
@@ -164,20 +191,59 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<DeviceRecord>, StoreError> {
+        self.find_devices(&DeviceFilter::default(), after, limit)
+    }
+
+    /// Devices `filter` picks, in id order after `after`, at most `limit`.
+    /// Presence, health and what a device runs are matched by SQLite; the
+    /// label selector on each row read, which stops as soon as the page is
+    /// full.
+    pub fn find_devices(
+        &self,
+        filter: &DeviceFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeviceRecord>, StoreError> {
+        let runs = (!filter.runs.is_empty())
+            .then(|| serde_json::to_string(&filter.runs))
+            .transpose()?;
         let conn = self.lock();
-        let mut stmt = conn.prepare(&format!(
-            "{} WHERE d.id > ?1 ORDER BY d.id LIMIT ?2",
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT * FROM ({}) x WHERE x.id > ?1
+               AND (?2 IS NULL OR x.presence = ?2)
+               AND (?3 IS NULL OR x.health = ?3)
+               AND (?4 IS NULL OR (x.applied_in_epoch = x.desired_revision AND EXISTS (
+                     SELECT 1 FROM desired ds2, json_each(ds2.workloads) w, json_each(?4) r
+                     WHERE ds2.device_id = x.id
+                       AND json_extract(w.value, '$.deployment') = json_extract(r.value, '$[0]')
+                       AND (json_extract(r.value, '$[1]') IS NULL
+                            OR json_extract(w.value, '$.generation') = json_extract(r.value, '$[1]')))))
+             ORDER BY x.id",
             Self::DEVICE_SELECT
         ))?;
         let rows = stmt.query_map(
-            params![after.unwrap_or(""), limit as i64],
+            params![
+                after.unwrap_or(""),
+                filter.presence.map(Presence::as_str),
+                filter.health.map(DeviceHealth::as_str),
+                runs,
+            ],
             Self::device_from_row,
         )?;
-        let mut devices: Vec<DeviceRecord> = rows
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .map(|(_, d)| d)
-            .collect();
+        let mut devices = Vec::new();
+        for row in rows {
+            let (_, d) = row?;
+            if filter
+                .selector
+                .as_ref()
+                .is_none_or(|s| s.matches(&d.labels))
+            {
+                devices.push(d);
+                if devices.len() >= limit {
+                    break;
+                }
+            }
+        }
         drop(stmt);
         drop(conn);
         let mut conditions = self.conditions(None)?;
@@ -241,6 +307,38 @@ impl Store {
             out.push((id, serde_json::from_str(&labels)?));
         }
         Ok(out)
+    }
+
+    /// Devices by presence and bad health, for the overview.
+    pub fn fleet_counts(&self) -> Result<edgefleet_api::FleetCounts, StoreError> {
+        let conn = self.lock();
+        let mut c = conn.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(presence = 'online'), 0),
+                    COALESCE(SUM(presence = 'offline'), 0), COALESCE(SUM(presence = 'unknown'), 0)
+             FROM devices",
+            [],
+            |r| {
+                Ok(edgefleet_api::FleetCounts {
+                    total: ms(r.get(0)?),
+                    online: ms(r.get(1)?),
+                    offline: ms(r.get(2)?),
+                    unknown: ms(r.get(3)?),
+                    ..Default::default()
+                })
+            },
+        )?;
+        c.failed = conn.query_row(
+            "SELECT COUNT(DISTINCT device_id) FROM workload_status
+             WHERE sync IN ('Failed', 'RolledBack') OR health = 'Degraded'",
+            [],
+            |r| r.get(0).map(ms),
+        )?;
+        c.with_conditions = conn.query_row(
+            "SELECT COUNT(DISTINCT device_id) FROM device_conditions",
+            [],
+            |r| r.get(0).map(ms),
+        )?;
+        Ok(c)
     }
 
     pub fn count_devices(&self) -> Result<(u64, u64), StoreError> {

@@ -196,16 +196,14 @@ impl Store {
     /// condition as it says.
     pub fn ingest_heartbeat(tx: &Connection, h: &Heartbeat) -> Result<Ingested, StoreError> {
         let id = h.device_id.as_str();
+        let now = edgefleet_protocol::now_ms();
         let n = tx
             .prepare_cached("UPDATE devices SET heartbeat = ?2, last_seen_ms = ?3 WHERE id = ?1")?
-            .execute(params![
-                id,
-                serde_json::to_string(h)?,
-                sql_i64(edgefleet_protocol::now_ms())
-            ])?;
+            .execute(params![id, serde_json::to_string(h)?, sql_i64(now)])?;
         if n != 1 {
             return Ok(Ingested::UnknownDevice);
         }
+        Self::record_heartbeat(tx, h, now)?;
         if h.disk_pressure {
             let free = h.disk_total_bytes.saturating_sub(h.disk_used_bytes);
             let message = format!(
@@ -225,12 +223,32 @@ impl Store {
         &self,
         device: Option<&str>,
     ) -> Result<Vec<WorkloadStatusRecord>, StoreError> {
+        self.workload_rows(
+            "WHERE ?1 IS NULL OR device_id = ?1 ORDER BY device_id, name",
+            params![device],
+        )
+    }
+
+    /// The newest `limit` workload reports that failed to apply, were
+    /// rolled back or are Degraded, newest first.
+    pub fn recent_failures(&self, limit: usize) -> Result<Vec<WorkloadStatusRecord>, StoreError> {
+        self.workload_rows(
+            "WHERE sync IN ('Failed', 'RolledBack') OR health = 'Degraded'
+             ORDER BY updated_ms DESC LIMIT ?1",
+            params![limit as i64],
+        )
+    }
+
+    fn workload_rows(
+        &self,
+        rest: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<WorkloadStatusRecord>, StoreError> {
         let conn = self.lock();
-        let mut stmt = conn.prepare(
-            "SELECT device_id, name, sync, health, message, updated_ms FROM workload_status
-             WHERE ?1 IS NULL OR device_id = ?1 ORDER BY device_id, name",
-        )?;
-        let rows = stmt.query_map(params![device], |r| {
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT device_id, name, sync, health, message, updated_ms FROM workload_status {rest}"
+        ))?;
+        let rows = stmt.query_map(args, |r| {
             <(String, String, String, String, Option<String>, i64)>::try_from(r)
         })?;
         let mut out = Vec::new();
@@ -259,12 +277,38 @@ impl Store {
         after: i64,
         limit: usize,
     ) -> Result<Vec<EventRecord>, StoreError> {
+        self.event_rows(
+            "WHERE device_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            params![device, after, limit as i64],
+        )
+    }
+
+    /// The newest `limit` events of `device` (of the fleet: `None`),
+    /// newest first.
+    pub fn recent_events(
+        &self,
+        device: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, StoreError> {
+        match device {
+            Some(d) => self.event_rows(
+                "WHERE device_id = ?1 ORDER BY seq DESC LIMIT ?2",
+                params![d, limit as i64],
+            ),
+            None => self.event_rows("ORDER BY seq DESC LIMIT ?1", params![limit as i64]),
+        }
+    }
+
+    fn event_rows(
+        &self,
+        rest: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<EventRecord>, StoreError> {
         let conn = self.lock();
-        let mut stmt = conn.prepare(
-            "SELECT seq, id, device_id, kind, workload, created_ms, received_ms, payload FROM events
-             WHERE device_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(params![device, after, limit as i64], |r| {
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT seq, id, device_id, kind, workload, created_ms, received_ms, payload FROM events {rest}"
+        ))?;
+        let rows = stmt.query_map(args, |r| {
             <(
                 i64,
                 String,

@@ -27,6 +27,7 @@ const USAGE: &str = "usage:
   fleet-sim bench --devices 1000,10000 [--rollouts 3]
   fleet-sim rollout --devices 1000 [--runs 3]
   fleet-sim git --devices 1000 [--pushes 5]
+  fleet-sim ui --devices 1000,10000 [--runs 5]
   fleet-sim soak --devices 1000 --minutes 10 [--reconnects-per-s 3]
   fleet-sim run --devices N [--hub URL --token BOOTSTRAP_TOKEN]";
 
@@ -49,18 +50,19 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("{name} {v:?} is not a number"))
         })
     };
+    // `--devices 1000,10000`: the fleet sizes to compare.
+    let sizes = || -> anyhow::Result<Vec<usize>> {
+        flag("--devices")
+            .unwrap_or_else(|| "1000,10000".into())
+            .split(',')
+            .map(|s| s.trim().replace('_', "").parse::<usize>())
+            .collect::<Result<Vec<_>, _>>()
+            .context("--devices: comma-separated numbers")
+    };
     let limit = edgefleet_tests::sim::raise_open_file_limit();
     eprintln!("fleet-sim: open-file limit {limit}");
     match cmd.as_str() {
-        "bench" => {
-            let sizes = flag("--devices")
-                .unwrap_or_else(|| "1000,10000".into())
-                .split(',')
-                .map(|s| s.trim().replace('_', "").parse::<usize>())
-                .collect::<Result<Vec<_>, _>>()
-                .context("--devices: comma-separated numbers")?;
-            bench(&sizes, num("--rollouts", 3)?, &args.join(" ")).await
-        }
+        "bench" => bench(&sizes()?, num("--rollouts", 3)?, &args.join(" ")).await,
         "soak" => {
             soak(
                 num("--devices", 1000)?,
@@ -79,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
+        "ui" => edgefleet_tests::ui_bench::run(&sizes()?, num("--runs", 5)?, &args.join(" ")).await,
         "git" => {
             edgefleet_tests::git_bench::run(
                 num("--devices", 1000)?,

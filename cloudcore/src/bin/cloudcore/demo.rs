@@ -239,6 +239,11 @@ async fn steps(opts: &DemoOptions, parts: &mut Parts) -> Result<(), DemoError> {
         &[
             format!("REST API     {}", hub.api_url),
             format!(
+                "dashboard    {}/ui/ (sign in with the token in {})",
+                hub.api_url,
+                hub.token_file.display()
+            ),
+            format!(
                 "MQTT broker  {} (embedded; devices connect here)",
                 hub.broker_url
             ),

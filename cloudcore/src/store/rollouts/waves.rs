@@ -362,6 +362,23 @@ impl Store {
         Self::rollout_event(tx, &row.name, now, msg)
     }
 
+    /// Names of the rollouts progressing or paused.
+    pub fn open_rollouts(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare_cached("SELECT name FROM rollouts WHERE state IN (?1, ?2) ORDER BY name")?;
+        let names = stmt
+            .query_map(
+                params![
+                    RolloutState::Progressing.as_str(),
+                    RolloutState::Paused.as_str()
+                ],
+                |r| r.get(0),
+            )?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(names)
+    }
+
     /// `GET /deployments/{name}/rollout` (`None`: it never had one).
     pub fn rollout_status(&self, name: &str) -> Result<Option<RolloutStatus>, StoreError> {
         let conn = self.lock();
