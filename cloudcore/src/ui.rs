@@ -52,6 +52,8 @@ const COALESCE: Duration = Duration::from_millis(250);
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Device ids named in one event at most; beyond, the event says "many".
 const MAX_IDS: usize = 100;
+/// Change streams open at once (each holds a task and a queue of changes).
+pub const MAX_STREAMS: i64 = 128;
 
 const INDEX: &str = include_str!("../ui/index.html");
 const LOGIN: &str = include_str!("../ui/login.html");
@@ -488,7 +490,21 @@ async fn events(State(st): State<Shared>, headers: HeaderMap) -> Response {
     let Some((key, _)) = st.ui.session(&headers) else {
         return (StatusCode::UNAUTHORIZED, "sign in first\n").into_response();
     };
-    st.metrics.ui_streams.inc();
+    // `inc` answers the count before it: no two streams both take the last
+    // place.
+    if st.metrics.ui_streams.inc() >= MAX_STREAMS {
+        st.metrics.ui_streams.dec();
+        tracing::warn!(
+            max = MAX_STREAMS,
+            "dashboard change stream refused: too many open"
+        );
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "10")],
+            "too many dashboard change streams open; retry later\n",
+        )
+            .into_response();
+    }
     let stream = Stream {
         rx: st.ui.changes.0.subscribe(),
         key,

@@ -167,7 +167,9 @@ function overviewPage() {
   async function refresh() {
     const o = await api('/overview');
     const d = o.devices;
-    const stat = (n, label, q) => h('a', { class: 'stat', href: '#/devices' + (q ? '?' + q : '') }, h('b', {}, n), h('span', {}, label));
+    const stat = (n, label, q) => (q === null
+      ? h('div', { class: 'stat' }, h('b', {}, n), h('span', {}, label))
+      : h('a', { class: 'stat', href: '#/devices' + (q ? '?' + q : '') }, h('b', {}, n), h('span', {}, label)));
     fill(region, 
       h('section', { 'aria-labelledby': 'h-devices' },
         h('h2', { id: 'h-devices' }, 'Devices'),
@@ -177,7 +179,7 @@ function overviewPage() {
           stat(d.offline, 'offline', 'presence=offline'),
           stat(d.unknown, 'never connected', 'presence=unknown'),
           stat(d.failed, 'failing', 'health=failed'),
-          stat(d.withConditions, 'with conditions', ''))),
+          stat(d.withConditions, 'with conditions', null))),
       h('section', { 'aria-labelledby': 'h-deps' },
         h('h2', { id: 'h-deps' }, 'Deployments'),
         table(['Name', ['Generation', 'num'], 'Ready', ['Failed', 'num'], 'Updated'],

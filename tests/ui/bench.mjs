@@ -46,7 +46,8 @@ try {
       ['dashboard-device.png', '#/devices/' + DEVICE, 'devices'],
       ['dashboard-deployment.png', '#/deployments/' + DEPLOYMENT, 'deployments'],
     ]) {
-      await page.goto(`${HUB}/ui/?shot=1${hash}`);
+      // A new query string each: a fresh document, as the runs above.
+      await page.goto(`${HUB}/ui/?shot=${file}${hash}`);
       await readyMs(page, mark);
       await page.screenshot({ path: join(SHOTS, file), fullPage: true });
     }
