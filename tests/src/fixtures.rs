@@ -65,6 +65,37 @@ pub fn sim_deployment(name: &str, value: &str, bake: Option<&str>) -> String {
     )
 }
 
+/// Deployment `name` with one inference workload of the same name: model
+/// `model` (its sha256) on the agent's local HTTP input, scores above
+/// `threshold` sent upstream; for `site=plant-9`.
+pub fn inference(name: &str, model: &str, sha256: &str, threshold: &str) -> String {
+    format!(
+        r#"
+apiVersion: edgefleet.io/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  selector:
+    matchLabels: {{site: plant-9}}
+  workloads:
+    - name: {name}
+      inference:
+        model: {{name: {model}, sha256: "{sha256}"}}
+        input: {{http: {{}}}}
+        output: {{upstream: true, when: "score > {threshold}"}}
+"#
+    )
+}
+
+/// The reference anomaly model (`models/vibration`), pushed to `hub`;
+/// its sha256.
+pub async fn push_vibration(hub: &Hub) -> String {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/vibration/vibration.onnx");
+    let model = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    hub.push_model("vibration", model).await
+}
+
 /// A hub whose broker is a fresh mosquitto; `None` after a loud skip when
 /// mosquitto is not installed.
 pub async fn hub_on_mosquitto() -> Option<(Mosquitto, Hub)> {

@@ -19,22 +19,7 @@ fn models_dir() -> PathBuf {
 }
 
 fn deployment(workload: &str, model: &str, sha256: &str) -> String {
-    format!(
-        r#"
-apiVersion: edgefleet.io/v1
-kind: Deployment
-metadata: {{name: {workload}}}
-spec:
-  selector:
-    matchLabels: {{site: plant-9}}
-  workloads:
-    - name: {workload}
-      inference:
-        model: {{name: {model}, sha256: "{sha256}"}}
-        input: {{http: {{}}}}
-        output: {{upstream: true, when: "score > 0.8"}}
-"#
-    )
+    edgefleet_tests::fixtures::inference(workload, model, sha256, "0.8")
 }
 
 async fn workload_status(agent: &Agent, name: &str) -> Option<Value> {
@@ -52,8 +37,7 @@ async fn model_is_downloaded_served_and_corruption_fails() {
     let hub = Hub::start().await;
     let agent = Agent::enroll_and_start(&hub, "pi-infer", &[("site", "plant-9")]).await;
 
-    let model = std::fs::read(models_dir().join("vibration/vibration.onnx")).expect("model");
-    let sha = hub.push_model("vibration", model).await;
+    let sha = edgefleet_tests::fixtures::push_vibration(&hub).await;
     hub.deploy("anomaly", &deployment("anomaly", "vibration", &sha))
         .await;
 
@@ -153,8 +137,7 @@ async fn local_mqtt_readings_become_anomaly_events_at_the_hub() {
     let (mut agent, uplink) =
         Agent::enroll_behind(&hub, &hub.broker_url(), &[("site", "plant-9")], opts).await;
     agent.start().await;
-    let model = std::fs::read(models_dir().join("vibration/vibration.onnx")).expect("model");
-    let sha = hub.push_model("vibration", model).await;
+    let sha = edgefleet_tests::fixtures::push_vibration(&hub).await;
     let yaml = deployment("anomaly", "vibration", &sha).replace(
         "input: {http: {}}",
         "input: {mqtt: {topic: sensors/vibration}}",

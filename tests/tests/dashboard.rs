@@ -235,11 +235,7 @@ async fn ids(hub: &Hub, query: &str) -> Result<Vec<String>, (u16, Value)> {
 async fn the_device_list_filters_and_the_history_of_a_real_agent() {
     edgefleet_tests::install_crypto();
     let hub = Hub::start().await;
-    let model = std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/vibration/vibration.onnx"),
-    )
-    .expect("model");
-    let sha = hub.push_model("vibration", model).await;
+    let sha = edgefleet_tests::fixtures::push_vibration(&hub).await;
     let agent =
         Agent::enroll_and_start(&hub, "pi-ui-1", &[("site", "plant-9"), ("ring", "canary")]).await;
     for (id, site) in [
@@ -254,8 +250,11 @@ async fn the_device_list_filters_and_the_history_of_a_real_agent() {
         )
         .await;
     }
-    hub.deploy("detector", &inference("detector", &sha, "0.8"))
-        .await;
+    hub.deploy(
+        "detector",
+        &edgefleet_tests::fixtures::inference("detector", "vibration", &sha, "0.8"),
+    )
+    .await;
     eventually("pi-ui-1 runs detector generation 1", T, || async {
         let r = ids(&hub, "deployment=detector&generation=1").await.ok()?;
         (r == ["pi-ui-1"]).then_some(())
@@ -328,25 +327,6 @@ async fn the_device_list_filters_and_the_history_of_a_real_agent() {
     drop(agent);
 }
 
-fn inference(name: &str, sha: &str, threshold: &str) -> String {
-    format!(
-        r#"
-apiVersion: edgefleet.io/v1
-kind: Deployment
-metadata: {{name: {name}}}
-spec:
-  selector:
-    matchLabels: {{site: plant-9}}
-  workloads:
-    - name: {name}
-      inference:
-        model: {{name: vibration, sha256: "{sha}"}}
-        input: {{http: {{}}}}
-        output: {{upstream: true, when: "score > {threshold}"}}
-"#
-    )
-}
-
 /// Chromium, Node and `npm ci` in `tests/ui`; `None` after a loud skip.
 fn browser() -> Option<PathBuf> {
     let chromium = std::env::var_os("EF_CHROMIUM")
@@ -380,11 +360,7 @@ async fn in_chromium_sign_in_watch_a_deployment_pause_resume_relabel_sign_out() 
     let Some(chromium) = browser() else { return };
     edgefleet_tests::install_crypto();
     let hub = Hub::start().await;
-    let model = std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/vibration/vibration.onnx"),
-    )
-    .expect("model");
-    let sha = hub.push_model("vibration", model).await;
+    let sha = edgefleet_tests::fixtures::push_vibration(&hub).await;
     let _agent = Agent::enroll_and_start(
         &hub,
         "pi-browser",
