@@ -105,6 +105,12 @@ pub fn finish(mut api: OpenApi) -> OpenApi {
         ];
         if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
             common.push(("401", "No or a wrong token (code unauthorized)"));
+            if method != "get" {
+                common.push((
+                    "403",
+                    "Signed in by a dashboard session without its CSRF token (code csrf)",
+                ));
+            }
         }
         if op.request_body.is_some() {
             common.push(("413", "The body is over the hub's limit (code too_large)"));
