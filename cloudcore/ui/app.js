@@ -368,8 +368,8 @@ function devicePage([id]) {
         }, gone ? `Keep ${k}` : `Remove ${k}`));
     }));
     draw();
-    const newKey = h('input', { id: 'new-label-key', placeholder: 'key' });
-    const newValue = h('input', { id: 'new-label-value', placeholder: 'value' });
+    const newKey = h('input', { id: 'new-label-key', placeholder: 'key', oninput: () => { dirty = true; } });
+    const newValue = h('input', { id: 'new-label-value', placeholder: 'value', oninput: () => { dirty = true; } });
     const add = h('button', {
       type: 'button', class: 'secondary',
       onclick: () => {
@@ -408,7 +408,8 @@ function devicePage([id]) {
     const hb = d.heartbeat || {};
     const inSync = d.desiredRevision != null && d.appliedRevision === d.desiredRevision;
     fill(status, badge(d.presence), ' ', badge(d.health));
-    if (!dirty) fill(labelsBox, labelsEditor(d.labels));
+    // Not while the operator is editing: a redraw would lose the typing.
+    if (!dirty && !labelsBox.contains(document.activeElement)) fill(labelsBox, labelsEditor(d.labels));
     const desired = new Set(d.desiredWorkloads);
     const reported = new Map(d.workloads.map((w) => [w.name, w]));
     const names = [...new Set([...d.desiredWorkloads, ...d.workloads.map((w) => w.name)])].sort();
