@@ -149,12 +149,8 @@ async fn sign_in_sessions_and_csrf() {
     let csrf = csrf_of(&hub, &cookie).await;
 
     // Reads need only the cookie; a change needs the CSRF token too.
-    let r = http
-        .get(api("/overview"))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
+    let read = || http.get(api("/overview")).header(COOKIE, &cookie).send();
+    let r = read().await.unwrap();
     assert_eq!(r.status(), 200);
     let overview: Value = r.json().await.unwrap();
     assert_eq!(overview["devices"]["total"], 0);
@@ -198,12 +194,7 @@ async fn sign_in_sessions_and_csrf() {
             .unwrap()
             .contains("Max-Age=0")
     );
-    let r = http
-        .get(api("/overview"))
-        .header(COOKIE, &cookie)
-        .send()
-        .await
-        .unwrap();
+    let r = read().await.unwrap();
     assert_eq!(r.status(), 401, "the cookie no longer signs in");
     assert_eq!(
         hub.metric("edgefleet_hub_ui_sign_ins_total{outcome=\"ok\"}")
