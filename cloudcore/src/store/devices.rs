@@ -204,6 +204,9 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<DeviceRecord>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let runs = (!filter.runs.is_empty())
             .then(|| serde_json::to_string(&filter.runs))
             .transpose()?;
