@@ -26,13 +26,6 @@ const SOURCE: &str = "fleet-config";
 const NAME: &str = "sim-config";
 const T: Duration = Duration::from_secs(180);
 
-fn hub_options() -> HubOptions {
-    HubOptions {
-        env: vec![("CLOUDCORE_LOG".into(), "warn".into())],
-        ..Default::default()
-    }
-}
-
 fn source_yaml(url: &str, dir: &Path, interval: &str, path: &str) -> String {
     format!(
         "apiVersion: edgefleet.io/v1\nkind: GitRepo\nmetadata: {{name: {SOURCE}}}\nspec:\n  \
@@ -290,7 +283,7 @@ pub async fn run(devices: usize, count: usize, args: &str) -> anyhow::Result<()>
     );
 
     // 1. Webhook.
-    let hub = Hub::start_with(hub_options()).await;
+    let hub = Hub::start_with(HubOptions::quiet()).await;
     let fleet = Fleet::start_connected(
         hub.api_url(),
         &hub.bootstrap_token(),
@@ -331,7 +324,7 @@ pub async fn run(devices: usize, count: usize, args: &str) -> anyhow::Result<()>
     );
     let large = large_repo(dir.path(), files, history_mb)?;
     let pack_mb = du_mb(&large.bare);
-    let hub = Hub::start_with(hub_options()).await;
+    let hub = Hub::start_with(HubOptions::quiet()).await;
     let pid = hub.proc.pid().context("hub pid")?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = sample(pid).context("sample the hub")?;

@@ -72,11 +72,7 @@ struct Run {
 }
 
 async fn one_run(devices: usize) -> anyhow::Result<Run> {
-    let hub = Hub::start_with(HubOptions {
-        env: vec![("CLOUDCORE_LOG".into(), "warn".into())],
-        ..Default::default()
-    })
-    .await;
+    let hub = Hub::start_with(HubOptions::quiet()).await;
     let fleet = Fleet::start_connected(
         hub.api_url(),
         &hub.bootstrap_token(),

@@ -31,11 +31,7 @@ struct SizeResult {
 }
 
 async fn one(n: usize, runs: usize, shots: Option<&Path>) -> anyhow::Result<SizeResult> {
-    let hub = Hub::start_with(HubOptions {
-        env: vec![("CLOUDCORE_LOG".into(), "warn".into())],
-        ..Default::default()
-    })
-    .await;
+    let hub = Hub::start_with(HubOptions::quiet()).await;
     eprintln!("fleet-sim ui: {n} devices");
     let fleet = Fleet::start_connected(
         hub.api_url(),

@@ -6,9 +6,9 @@
 //! [`SLOTS`] and the primary key is `(device, slot)`, so a device never has
 //! more than [`SLOTS`] rows whatever it sends. Intervals are the hub's
 //! receive time, not the device's clock (a device cannot spread its points
-//! over more slots by lying about the time). Cost: ~60 bytes a row on disk
-//! with the key, so ≤ 17 KiB a device (170 MiB at 10,000 devices, measured
-//! in BENCHMARKS.md); nothing is held in memory beyond SQLite's page cache.
+//! over more slots by lying about the time). Cost: 10.7 KiB a device on disk
+//! for a full day (105 MiB at 10,000 devices; `fleet-sim ui` measures it,
+//! BENCHMARKS.md); nothing is held in memory beyond SQLite's page cache.
 
 use edgefleet_api::{HeartbeatHistory, HistoryPoint};
 use edgefleet_protocol::Heartbeat;

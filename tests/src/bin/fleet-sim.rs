@@ -94,14 +94,6 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-fn hub_options() -> HubOptions {
-    HubOptions {
-        // Per-device info lines (10,000 enrollments) would only cost time.
-        env: vec![("CLOUDCORE_LOG".into(), "warn".into())],
-        ..Default::default()
-    }
-}
-
 fn deployment(name: &str, selector: (&str, &str), content: &str) -> String {
     format!(
         r#"apiVersion: edgefleet.io/v1
@@ -249,7 +241,7 @@ async fn bench(sizes: &[usize], rollouts: usize, args: &str) -> anyhow::Result<(
 }
 
 async fn bench_one(n: usize, rollouts: usize) -> anyhow::Result<SizeResult> {
-    let mut hub = Hub::start_with(hub_options()).await;
+    let mut hub = Hub::start_with(HubOptions::quiet()).await;
     let opts = SimOptions {
         devices: n,
         ..Default::default()
@@ -545,7 +537,7 @@ fn rss_summary(name: &str, points: &[(f64, f64)], minutes: f64) -> (String, bool
 }
 
 async fn soak(n: usize, minutes: u64, reconnects_per_s: usize, args: &str) -> anyhow::Result<()> {
-    let hub = Hub::start_with(hub_options()).await;
+    let hub = Hub::start_with(HubOptions::quiet()).await;
     let opts = SimOptions {
         devices: n,
         sites: 10,
@@ -744,7 +736,7 @@ async fn run(n: usize, hub_url: Option<String>, token: Option<String>) -> anyhow
     let (own_hub, url, token) = match (hub_url, token) {
         (Some(u), Some(t)) => (None, u, t),
         (None, None) => {
-            let hub = Hub::start_with(hub_options()).await;
+            let hub = Hub::start_with(HubOptions::quiet()).await;
             let (u, t) = (hub.api_url().to_owned(), hub.bootstrap_token());
             println!(
                 "fleet-sim: started a hub at {u} (operator token in {})",
